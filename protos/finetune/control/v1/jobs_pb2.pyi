@@ -1,0 +1,175 @@
+import datetime
+
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class JobStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    JOB_STATUS_UNSPECIFIED: _ClassVar[JobStatus]
+    PENDING: _ClassVar[JobStatus]
+    IN_PROGRESS: _ClassVar[JobStatus]
+    SUCCESS: _ClassVar[JobStatus]
+    ERROR: _ClassVar[JobStatus]
+    CANCELLED: _ClassVar[JobStatus]
+
+class TaskType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    TASK_TYPE_UNSPECIFIED: _ClassVar[TaskType]
+    INSTRUCTION: _ClassVar[TaskType]
+    CHAT: _ClassVar[TaskType]
+    CONTINUED_PRETRAINING: _ClassVar[TaskType]
+JOB_STATUS_UNSPECIFIED: JobStatus
+PENDING: JobStatus
+IN_PROGRESS: JobStatus
+SUCCESS: JobStatus
+ERROR: JobStatus
+CANCELLED: JobStatus
+TASK_TYPE_UNSPECIFIED: TaskType
+INSTRUCTION: TaskType
+CHAT: TaskType
+CONTINUED_PRETRAINING: TaskType
+
+class FineTuningOptions(_message.Message):
+    __slots__ = ("max_epochs", "learning_rate", "batch_size", "lora_rank", "lora_alpha", "lora_dropout", "target_modules", "seed", "task_type", "from_model", "num_workers")
+    MAX_EPOCHS_FIELD_NUMBER: _ClassVar[int]
+    LEARNING_RATE_FIELD_NUMBER: _ClassVar[int]
+    BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
+    LORA_RANK_FIELD_NUMBER: _ClassVar[int]
+    LORA_ALPHA_FIELD_NUMBER: _ClassVar[int]
+    LORA_DROPOUT_FIELD_NUMBER: _ClassVar[int]
+    TARGET_MODULES_FIELD_NUMBER: _ClassVar[int]
+    SEED_FIELD_NUMBER: _ClassVar[int]
+    TASK_TYPE_FIELD_NUMBER: _ClassVar[int]
+    FROM_MODEL_FIELD_NUMBER: _ClassVar[int]
+    NUM_WORKERS_FIELD_NUMBER: _ClassVar[int]
+    max_epochs: int
+    learning_rate: float
+    batch_size: int
+    lora_rank: int
+    lora_alpha: int
+    lora_dropout: float
+    target_modules: _containers.RepeatedScalarFieldContainer[str]
+    seed: int
+    task_type: TaskType
+    from_model: str
+    num_workers: int
+    def __init__(self, max_epochs: _Optional[int] = ..., learning_rate: _Optional[float] = ..., batch_size: _Optional[int] = ..., lora_rank: _Optional[int] = ..., lora_alpha: _Optional[int] = ..., lora_dropout: _Optional[float] = ..., target_modules: _Optional[_Iterable[str]] = ..., seed: _Optional[int] = ..., task_type: _Optional[_Union[TaskType, str]] = ..., from_model: _Optional[str] = ..., num_workers: _Optional[int] = ...) -> None: ...
+
+class JobError(_message.Message):
+    __slots__ = ("code", "message")
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    code: str
+    message: str
+    def __init__(self, code: _Optional[str] = ..., message: _Optional[str] = ...) -> None: ...
+
+class TrainingResult(_message.Message):
+    __slots__ = ("training_loss", "validation_loss", "has_validation_loss")
+    TRAINING_LOSS_FIELD_NUMBER: _ClassVar[int]
+    VALIDATION_LOSS_FIELD_NUMBER: _ClassVar[int]
+    HAS_VALIDATION_LOSS_FIELD_NUMBER: _ClassVar[int]
+    training_loss: float
+    validation_loss: float
+    has_validation_loss: bool
+    def __init__(self, training_loss: _Optional[float] = ..., validation_loss: _Optional[float] = ..., has_validation_loss: _Optional[bool] = ...) -> None: ...
+
+class FineTuningJob(_message.Message):
+    __slots__ = ("id", "status", "progress", "error", "base_model", "created_on", "started_on", "finished_on", "model", "training_data", "validation_data", "trained_tokens", "training_result", "options", "training_rows", "validation_rows", "truncated_rows", "epoch", "step", "total_steps")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    PROGRESS_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    BASE_MODEL_FIELD_NUMBER: _ClassVar[int]
+    CREATED_ON_FIELD_NUMBER: _ClassVar[int]
+    STARTED_ON_FIELD_NUMBER: _ClassVar[int]
+    FINISHED_ON_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    TRAINING_DATA_FIELD_NUMBER: _ClassVar[int]
+    VALIDATION_DATA_FIELD_NUMBER: _ClassVar[int]
+    TRAINED_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    TRAINING_RESULT_FIELD_NUMBER: _ClassVar[int]
+    OPTIONS_FIELD_NUMBER: _ClassVar[int]
+    TRAINING_ROWS_FIELD_NUMBER: _ClassVar[int]
+    VALIDATION_ROWS_FIELD_NUMBER: _ClassVar[int]
+    TRUNCATED_ROWS_FIELD_NUMBER: _ClassVar[int]
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_STEPS_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    status: JobStatus
+    progress: float
+    error: JobError
+    base_model: str
+    created_on: _timestamp_pb2.Timestamp
+    started_on: _timestamp_pb2.Timestamp
+    finished_on: _timestamp_pb2.Timestamp
+    model: str
+    training_data: str
+    validation_data: str
+    trained_tokens: int
+    training_result: TrainingResult
+    options: FineTuningOptions
+    training_rows: int
+    validation_rows: int
+    truncated_rows: int
+    epoch: int
+    step: int
+    total_steps: int
+    def __init__(self, id: _Optional[str] = ..., status: _Optional[_Union[JobStatus, str]] = ..., progress: _Optional[float] = ..., error: _Optional[_Union[JobError, _Mapping]] = ..., base_model: _Optional[str] = ..., created_on: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., started_on: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finished_on: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., model: _Optional[str] = ..., training_data: _Optional[str] = ..., validation_data: _Optional[str] = ..., trained_tokens: _Optional[int] = ..., training_result: _Optional[_Union[TrainingResult, _Mapping]] = ..., options: _Optional[_Union[FineTuningOptions, _Mapping]] = ..., training_rows: _Optional[int] = ..., validation_rows: _Optional[int] = ..., truncated_rows: _Optional[int] = ..., epoch: _Optional[int] = ..., step: _Optional[int] = ..., total_steps: _Optional[int] = ...) -> None: ...
+
+class CreateFineTuningJobRequest(_message.Message):
+    __slots__ = ("model", "base_model", "training_query", "validation_query", "options", "request_id")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    BASE_MODEL_FIELD_NUMBER: _ClassVar[int]
+    TRAINING_QUERY_FIELD_NUMBER: _ClassVar[int]
+    VALIDATION_QUERY_FIELD_NUMBER: _ClassVar[int]
+    OPTIONS_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    base_model: str
+    training_query: str
+    validation_query: str
+    options: FineTuningOptions
+    request_id: str
+    def __init__(self, model: _Optional[str] = ..., base_model: _Optional[str] = ..., training_query: _Optional[str] = ..., validation_query: _Optional[str] = ..., options: _Optional[_Union[FineTuningOptions, _Mapping]] = ..., request_id: _Optional[str] = ...) -> None: ...
+
+class ListFineTuningJobsRequest(_message.Message):
+    __slots__ = ("page_size", "page_token")
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    page_size: int
+    page_token: str
+    def __init__(self, page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+
+class ListFineTuningJobsResponse(_message.Message):
+    __slots__ = ("jobs", "next_page_token")
+    JOBS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    jobs: _containers.RepeatedCompositeFieldContainer[FineTuningJob]
+    next_page_token: str
+    def __init__(self, jobs: _Optional[_Iterable[_Union[FineTuningJob, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+
+class GetFineTuningJobRequest(_message.Message):
+    __slots__ = ("id",)
+    ID_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    def __init__(self, id: _Optional[str] = ...) -> None: ...
+
+class CancelFineTuningJobRequest(_message.Message):
+    __slots__ = ("id",)
+    ID_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    def __init__(self, id: _Optional[str] = ...) -> None: ...
+
+class WatchFineTuningJobRequest(_message.Message):
+    __slots__ = ("id",)
+    ID_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    def __init__(self, id: _Optional[str] = ...) -> None: ...

@@ -1,0 +1,110 @@
+"""The base-model catalog (a TOML file) and provisioning of model folders from their source."""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import shutil
+import tempfile
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CATALOG = Path(__file__).resolve().parents[2] / "deploy" / "base_models.toml"
+DEFAULT_BASE_MODEL = "smollm2-135m-instruct"
+
+
+@dataclass(frozen=True)
+class BaseModelSpec:
+    name: str
+    source: str
+    path: Path
+    context_window: int
+    prompt_tokens: int
+    completion_tokens: int
+    rows_per_epoch: int
+    max_lora_rank: int
+    target_modules: tuple[str, ...]
+    defaults: dict = field(default_factory=dict)
+
+    def max_rows(self, epochs: int) -> int:
+        """The Cortex row limit: rows per epoch divided by the number of epochs."""
+        return self.rows_per_epoch // max(1, epochs)
+
+
+def default_model_cache() -> Path:
+    return Path(os.environ.get("FINETUNE_MODEL_CACHE", "~/.cache/finetune/models")).expanduser()
+
+
+def load_catalog(path: str | os.PathLike | None = None,
+                 model_cache: str | os.PathLike | None = None) -> dict[str, BaseModelSpec]:
+    path = Path(path or DEFAULT_CATALOG)
+    cache = Path(model_cache).expanduser() if model_cache else default_model_cache()
+    with open(path, "rb") as f:
+        raw = tomllib.load(f)
+    catalog = {}
+    for name, entry in raw.get("models", {}).items():
+        folder = Path(entry["path"]).expanduser() if entry.get("path") else cache / name
+        catalog[name] = BaseModelSpec(
+            name=name,
+            source=entry.get("source", "path"),
+            path=folder,
+            context_window=int(entry["context_window"]),
+            prompt_tokens=int(entry["prompt_tokens"]),
+            completion_tokens=int(entry["completion_tokens"]),
+            rows_per_epoch=int(entry["rows_per_epoch"]),
+            max_lora_rank=int(entry.get("max_lora_rank", 64)),
+            target_modules=tuple(entry.get("target_modules", ())),
+            defaults=dict(entry.get("defaults", {})),
+        )
+    return catalog
+
+
+def is_provisioned(folder: Path) -> bool:
+    return (folder / "config.json").exists() and any(folder.glob("*.safetensors"))
+
+
+def ensure_model(spec: BaseModelSpec) -> Path:
+    """Make sure the model folder exists; provision it from its source once if not."""
+    if is_provisioned(spec.path):
+        return spec.path
+    if spec.source.startswith("gguf-package:"):
+        _provision_from_gguf_package(spec.source.removeprefix("gguf-package:"), spec.path)
+        return spec.path
+    raise FileNotFoundError(f"base model {spec.name}: no model folder at {spec.path}")
+
+
+def _provision_from_gguf_package(ref: str, dest: Path) -> None:
+    package, _, filename = ref.partition("/")
+    found = importlib.util.find_spec(package)
+    if found is None or not found.submodule_search_locations:
+        raise FileNotFoundError(f"python package {package} (holding {filename}) is not installed")
+    gguf_dir = Path(list(found.submodule_search_locations)[0])
+    if not (gguf_dir / filename).exists():
+        raise FileNotFoundError(f"{filename} not found in {gguf_dir}")
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    log.info("provisioning %s from %s (dequantizing GGUF once)", dest, gguf_dir / filename)
+    tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=filename)
+    model = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=filename,
+                                                 torch_dtype=torch.bfloat16)
+    # The weights are dequantized now: a leftover GGUF quantization config would make vLLM and
+    # peft treat the folder as quantized.
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    # Write to a temporary sibling and rename, so a crash never leaves a half-written model.
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}-", dir=dest.parent))
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        if dest.exists():
+            shutil.rmtree(dest)
+        tmp.rename(dest)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
