@@ -92,9 +92,10 @@ def _provision_from_gguf_package(ref: str, dest: Path) -> None:
     log.info("provisioning %s from %s (dequantizing GGUF once)", dest, gguf_dir / filename)
     tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=filename)
     model = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=filename,
-                                                 torch_dtype=torch.bfloat16)
+                                                 dtype=torch.bfloat16)
     # The weights are dequantized now: a leftover GGUF quantization config would make vLLM and
     # peft treat the folder as quantized.
+    model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -105,6 +106,7 @@ def _provision_from_gguf_package(ref: str, dest: Path) -> None:
         tokenizer.save_pretrained(tmp)
         if dest.exists():
             shutil.rmtree(dest)
+        tmp.chmod(0o755)
         tmp.rename(dest)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
