@@ -1,0 +1,296 @@
+"""The `finetune` command: run the local stack, manage data, jobs and models, call COMPLETE."""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+from pathlib import Path
+from typing import Optional
+
+import grpc
+import typer
+
+from finetune.control.v1 import jobs_pb2
+from services.cli import views
+from services.cli.client import FinetuneClient
+from services.cli.settings import Endpoints, default_home, resolve_endpoints
+from services.common.base_models import DEFAULT_BASE_MODEL
+
+app = typer.Typer(help="finetune: fine-tune LLMs on your tables and serve them.",
+                  no_args_is_help=True, pretty_exceptions_enable=False)
+console = views.console
+
+_conn: dict = {}
+
+
+@app.callback()
+def _connection(
+    control: Optional[str] = typer.Option(None, help="control address (or FINETUNE_CONTROL)"),
+    inference: Optional[str] = typer.Option(None, help="inference address (or FINETUNE_INFERENCE)"),
+    api_key: Optional[str] = typer.Option(None, help="API key (or FINETUNE_API_KEY)"),
+    home: Optional[Path] = typer.Option(None, help="local home (or FINETUNE_HOME, ~/.finetune)"),
+):
+    _conn.update(control=control, inference=inference, api_key=api_key,
+                 home=home or default_home())
+
+
+def _client() -> FinetuneClient:
+    ep = resolve_endpoints(_conn.get("control"), _conn.get("inference"), _conn.get("api_key"),
+                           _conn.get("home"))
+    if not ep.api_key:
+        console.print("[red]no API key: pass --api-key, set FINETUNE_API_KEY or run `finetune up`")
+        raise typer.Exit(2)
+    return FinetuneClient(ep.control, ep.inference, ep.api_key)
+
+
+def _rpc(fn):
+    """Shows gRPC errors as one readable line and a non-zero exit code."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except grpc.RpcError as err:
+            console.print(f"[red]error: {err.code().name}: {err.details()}")
+            raise typer.Exit(1)
+    return wrapper
+
+
+# -- local stack --------------------------------------------------------------------------------
+
+@app.command()
+def up(base_model: str = typer.Option(DEFAULT_BASE_MODEL, help="base model to serve"),
+       control_port: int = typer.Option(50051), inference_port: int = typer.Option(50052),
+       no_inference: bool = typer.Option(False, help="start Ray and control only")):
+    """Start a local Ray head, control and inference; stop them all on Ctrl-C or SIGTERM."""
+    import asyncio
+
+    from services.common.server import wait_for_signal
+
+    stack = _start_stack(base_model, control_port, inference_port, not no_inference)
+    try:
+        console.print("[bold]finetune is up[/]   (Ctrl-C stops everything)")
+        console.print(f"  Ray dashboard  {stack.ray_dashboard_url}")
+        console.print(f"  control        {stack.control_address}")
+        if stack.inference_address:
+            console.print(f"  inference      {stack.inference_address}")
+        console.print(f"  admin API key  {stack.admin_key()}")
+        console.print(f"  logs           {stack.home / 'logs'}")
+        asyncio.run(wait_for_signal())
+    finally:
+        console.print("stopping...")
+        stack.stop()
+
+
+def _start_stack(base_model: str, control_port: int, inference_port: int, inference: bool):
+    from services.cli.stack import LocalStack, StackConfig
+    from services.common.base_models import ensure_model, load_catalog
+
+    home = _conn["home"]
+    catalog = load_catalog()
+    if base_model not in catalog:
+        console.print(f"[red]unknown base model {base_model}; known: {', '.join(catalog)}")
+        raise typer.Exit(2)
+    with console.status(f"provisioning base model {base_model} (once)"):
+        ensure_model(catalog[base_model])
+    stack = LocalStack(StackConfig(home=home, base_model=base_model, control_port=control_port,
+                                   inference_port=inference_port))
+    with console.status("starting Ray, control" + (" and inference (vLLM takes ~1 min)"
+                                                    if inference else "")):
+        stack.start(inference=inference)
+    Endpoints(stack.control_address, stack.inference_address, stack.admin_key()).save(home)
+    return stack
+
+
+@app.command()
+def demo(keep_running: bool = typer.Option(False, help="leave the services up afterwards")):
+    """The main job: start everything, fine-tune the default model on sample data, COMPLETE."""
+    from services.cli.demo import run_demo
+
+    stack = _start_stack(DEFAULT_BASE_MODEL, 0, 0, True)
+    try:
+        with FinetuneClient(stack.control_address, stack.inference_address,
+                            stack.admin_key()) as client:
+            ok = run_demo(client)
+        if keep_running:
+            import asyncio
+
+            from services.common.server import wait_for_signal
+            console.print(f"services stay up (control {stack.control_address}, inference "
+                          f"{stack.inference_address}); Ctrl-C stops them")
+            asyncio.run(wait_for_signal())
+    finally:
+        stack.stop()
+    raise typer.Exit(0 if ok else 1)
+
+
+# -- data ---------------------------------------------------------------------------------------
+
+@app.command("load-table")
+@_rpc
+def load_table(table: str = typer.Argument(..., help="database.schema.table"),
+               path: Path = typer.Argument(..., exists=True, dir_okay=False),
+               replace: bool = typer.Option(False, help="replace an existing table")):
+    """Load a CSV, JSONL or Parquet file into a table (streamed)."""
+    with _client() as client:
+        t = client.load_table(table, path, replace=replace)
+    console.print(f"loaded {t.row_count} rows into {t.name} "
+                  f"({', '.join(f'{c.name} {c.type}' for c in t.columns)})")
+
+
+@app.command()
+@_rpc
+def tables(database: str = typer.Argument("", help="only this database")):
+    """List tables."""
+    from rich.table import Table
+    with _client() as client:
+        out = Table("table", "rows", "columns")
+        for t in client.list_tables(database):
+            out.add_row(t.name, str(t.row_count), ", ".join(c.name for c in t.columns))
+    console.print(out)
+
+
+@app.command()
+@_rpc
+def preview(query: str, limit: int = typer.Option(10)):
+    """Run a query in the sandbox and show the first rows."""
+    from rich.table import Table
+    with _client() as client:
+        res = client.preview(query, limit)
+    out = Table(*[c.name for c in res.columns])
+    for row in res.rows:
+        out.add_row(*[row.values.get(c.name, "") for c in res.columns])
+    console.print(out)
+
+
+# -- fine-tuning --------------------------------------------------------------------------------
+
+@app.command()
+@_rpc
+def create(model: str = typer.Argument(..., help="output model: name or db.schema.name"),
+           base_model: str = typer.Argument(...),
+           training_query: str = typer.Argument(..., help="SELECT with prompt, completion"),
+           validation_query: str = typer.Option(""),
+           epochs: int = typer.Option(0, help="max_epochs 1-10 (0: base model default)"),
+           learning_rate: float = typer.Option(0.0), batch_size: int = typer.Option(0),
+           lora_rank: int = typer.Option(0), lora_alpha: int = typer.Option(0),
+           seed: int = typer.Option(0), num_workers: int = typer.Option(0),
+           request_id: str = typer.Option("", help="idempotency key"),
+           wait: bool = typer.Option(False, help="follow progress until the job ends")):
+    """FINETUNE('CREATE'): start a fine-tuning job."""
+    with _client() as client:
+        job = client.create_job(model, base_model, training_query, validation_query,
+                                request_id=request_id or None, max_epochs=epochs,
+                                learning_rate=learning_rate, batch_size=batch_size,
+                                lora_rank=lora_rank, lora_alpha=lora_alpha, seed=seed,
+                                num_workers=num_workers)
+        console.print(f"created {job.id} ({views.status_name(job)})")
+        if wait:
+            _follow(client, job)
+
+
+def _follow(client: FinetuneClient, job) -> "jobs_pb2.FineTuningJob":
+    job = views.follow_job(client.watch_job(job.id), job)
+    job = client.get_job(job.id)
+    console.print(views.job_details(job))
+    return job
+
+
+@app.command()
+@_rpc
+def show(page_size: int = typer.Option(50), page_token: str = typer.Option("")):
+    """FINETUNE('SHOW'): this account's jobs, newest first."""
+    with _client() as client:
+        res = client.list_jobs(page_size, page_token)
+    console.print(views.jobs_table(res.jobs))
+    if res.next_page_token:
+        console.print(f"more: --page-token {res.next_page_token}")
+
+
+@app.command()
+@_rpc
+def describe(job_id: str, watch: bool = typer.Option(True, help="live progress until it ends")):
+    """FINETUNE('DESCRIBE'): a job's details, with a live progress bar while it runs."""
+    with _client() as client:
+        job = client.get_job(job_id)
+        if watch and job.status not in views.TERMINAL:
+            _follow(client, job)
+        else:
+            console.print(views.job_details(job))
+
+
+@app.command()
+@_rpc
+def cancel(job_id: str):
+    """FINETUNE('CANCEL'): stop a job."""
+    with _client() as client:
+        job = client.cancel_job(job_id)
+    console.print(f"{job.id}: {views.status_name(job)}")
+
+
+# -- models and inference -----------------------------------------------------------------------
+
+@app.command("base-models")
+@_rpc
+def base_models():
+    """Base models with their context window, token allocations and row limits."""
+    from rich.table import Table
+    with _client() as client:
+        out = Table("name", "context", "prompt tokens", "completion tokens", "rows per epoch")
+        for m in client.base_models():
+            out.add_row(m.name, str(m.context_window), str(m.prompt_tokens),
+                        str(m.completion_tokens), str(m.rows_per_epoch))
+    console.print(out)
+
+
+@app.command()
+@_rpc
+def models():
+    """Fine-tuned models of this account."""
+    from rich.table import Table
+    with _client() as client:
+        out = Table("name", "base model", "job", "version", "trained tokens", "training loss")
+        for m in client.list_models():
+            out.add_row(m.name, m.base_model, m.job_id, str(m.version), str(m.trained_tokens),
+                        f"{m.training_loss:.4f}")
+    console.print(out)
+
+
+@app.command()
+@_rpc
+def artifact(model: str, name: str = typer.Argument("training_results.csv"),
+             output: Optional[Path] = typer.Option(None, "-o", help="file to write (default: stdout)")):
+    """Download a model artifact (training_results.csv, loss_curve.png, adapter files)."""
+    with _client() as client:
+        data = client.download_artifact(model, name)
+    if output:
+        output.write_bytes(data)
+        console.print(f"wrote {len(data)} bytes to {output}")
+    else:
+        sys.stdout.buffer.write(data)
+
+
+@app.command()
+@_rpc
+def complete(model: str, prompt: str, max_tokens: int = typer.Option(128),
+             temperature: float = typer.Option(0.0), stream: bool = typer.Option(False)):
+    """COMPLETE: generate with a base or fine-tuned model."""
+    with _client() as client:
+        if stream:
+            last = None
+            for msg in client.complete_stream(model, prompt, max_tokens=max_tokens,
+                                              temperature=temperature):
+                sys.stdout.write(msg.delta)
+                sys.stdout.flush()
+                last = msg
+            sys.stdout.write("\n")
+            if last is not None:
+                console.print(f"[dim]{last.finish_reason}  {views.usage_line(last.usage)}")
+            return
+        res = client.complete(model, prompt, max_tokens=max_tokens, temperature=temperature)
+    console.print(res.text)
+    console.print(f"[dim]{res.finish_reason}  {views.usage_line(res.usage)}")
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,207 @@
+"""The embedded default deployment: a local Ray head, control and inference on loopback ports.
+
+`finetune up`, `finetune demo` and the end-to-end tests all start the same processes through
+LocalStack, so what the tests exercise is what people run.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from services.common.base_models import DEFAULT_BASE_MODEL
+
+log = logging.getLogger(__name__)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class StackConfig:
+    home: Path
+    base_model: str = DEFAULT_BASE_MODEL
+    host: str = "127.0.0.1"
+    control_port: int = 0            # 0 = pick a free port
+    inference_port: int = 0
+    ray_cpus: int = 0                # 0 = Ray's own count
+    start_timeout_s: float = 300.0
+    extra_env: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class Proc:
+    name: str
+    popen: subprocess.Popen
+    log_path: Path
+
+
+class LocalStack:
+    """Starts Ray, control and inference as child processes and stops them in reverse order."""
+
+    def __init__(self, config: StackConfig):
+        self.config = config
+        self.home = config.home.expanduser().resolve()
+        self.service_token = secrets.token_urlsafe(32)
+        self.procs: list[Proc] = []
+        self.ray_dashboard_url = ""
+        self.control_address = ""
+        self.inference_address = ""
+        # Unix socket paths must stay under 107 bytes: Ray's temp dir lives under /tmp.
+        self._ray_tmp = Path(tempfile.mkdtemp(prefix="ft-ray-", dir="/tmp"))
+
+    @property
+    def admin_key_file(self) -> Path:
+        return self.home / "admin.key"
+
+    def admin_key(self) -> str:
+        return self.admin_key_file.read_text().strip()
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    def start(self, inference: bool = True) -> "LocalStack":
+        self.home.mkdir(parents=True, exist_ok=True)
+        (self.home / "logs").mkdir(exist_ok=True)
+        try:
+            self._start_ray()
+            self._start_control()
+            if inference:
+                self._start_inference()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def stop(self) -> None:
+        for proc in reversed(self.procs):
+            if proc.popen.poll() is None:
+                proc.popen.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 30
+        for proc in reversed(self.procs):
+            try:
+                proc.popen.wait(timeout=max(1.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                log.warning("%s did not stop in time; killing it", proc.name)
+                os.killpg(proc.popen.pid, signal.SIGKILL)
+                proc.popen.wait()
+        self.procs.clear()
+        shutil.rmtree(self._ray_tmp, ignore_errors=True)
+
+    def __enter__(self) -> "LocalStack":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    # -- processes ------------------------------------------------------------------------------
+
+    def _env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(self.config.extra_env)
+        env["FINETUNE_SERVICE_TOKEN"] = self.service_token
+        env.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+        env["PYTHONUNBUFFERED"] = "1"
+        return env
+
+    def _spawn(self, name: str, argv: list[str]) -> Proc:
+        log_path = self.home / "logs" / f"{name}.log"
+        out = open(log_path, "ab")
+        # A new session: Ctrl-C in the terminal reaches the launcher only, which stops the
+        # children in order (inference, control, then Ray).
+        popen = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=self._env(),
+                                 start_new_session=True, cwd=self.home)
+        out.close()
+        proc = Proc(name, popen, log_path)
+        self.procs.append(proc)
+        return proc
+
+    def _start_ray(self) -> None:
+        ports = {flag: free_port() for flag in (
+            "--port", "--dashboard-port", "--ray-client-server-port", "--node-manager-port",
+            "--object-manager-port", "--dashboard-agent-listen-port", "--dashboard-agent-grpc-port",
+            "--runtime-env-agent-port", "--metrics-export-port")}
+        argv = [str(Path(sys.executable).with_name("ray")), "start", "--head", "--block",
+                "--include-dashboard=true", "--dashboard-host", self.config.host,
+                "--node-ip-address", self.config.host, "--temp-dir", str(self._ray_tmp),
+                "--disable-usage-stats"]
+        for flag, port in ports.items():
+            argv += [flag, str(port)]
+        if self.config.ray_cpus:
+            argv += ["--num-cpus", str(self.config.ray_cpus)]
+        proc = self._spawn("ray", argv)
+        self.ray_dashboard_url = f"http://{self.config.host}:{ports['--dashboard-port']}"
+        self._wait_http(proc, self.ray_dashboard_url + "/api/version")
+
+    def _start_control(self) -> None:
+        port = self.config.control_port or free_port()
+        proc = self._spawn("control", [
+            sys.executable, "-m", "services.control", "--host", self.config.host,
+            "--port", str(port), "--home", str(self.home),
+            "--ray-address", self.ray_dashboard_url,
+            "--bootstrap-key-file", str(self.admin_key_file)])
+        self.control_address = f"{self.config.host}:{port}"
+        self._wait_serving(proc, self.control_address)
+
+    def _start_inference(self) -> None:
+        port = self.config.inference_port or free_port()
+        proc = self._spawn("inference", [
+            sys.executable, "-m", "services.inference", "--host", self.config.host,
+            "--port", str(port), "--control", self.control_address,
+            "--base-model", self.config.base_model])
+        self.inference_address = f"{self.config.host}:{port}"
+        self._wait_serving(proc, self.inference_address)
+
+    # -- readiness ------------------------------------------------------------------------------
+
+    def _check_alive(self, proc: Proc) -> None:
+        if proc.popen.poll() is not None:
+            tail = proc.log_path.read_text(errors="replace")[-4000:]
+            raise RuntimeError(f"{proc.name} exited with code {proc.popen.returncode}; "
+                               f"log {proc.log_path}:\n{tail}")
+
+    def _wait_http(self, proc: Proc, url: str) -> None:
+        import urllib.request
+
+        deadline = time.monotonic() + self.config.start_timeout_s
+        while time.monotonic() < deadline:
+            self._check_alive(proc)
+            try:
+                with urllib.request.urlopen(url, timeout=2) as resp:
+                    if resp.status == 200:
+                        return
+            except OSError:
+                pass
+            time.sleep(0.5)
+        raise TimeoutError(f"{proc.name} did not answer at {url}")
+
+    def _wait_serving(self, proc: Proc, address: str) -> None:
+        deadline = time.monotonic() + self.config.start_timeout_s
+        with grpc.insecure_channel(address) as channel:
+            stub = health_pb2_grpc.HealthStub(channel)
+            while time.monotonic() < deadline:
+                self._check_alive(proc)
+                try:
+                    status = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=2).status
+                    if status == health_pb2.HealthCheckResponse.SERVING:
+                        return
+                except grpc.RpcError:
+                    pass
+                time.sleep(0.5)
+        raise TimeoutError(f"{proc.name} was not SERVING at {address} "
+                           f"within {self.config.start_timeout_s:.0f} s")
