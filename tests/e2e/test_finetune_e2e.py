@@ -1,0 +1,132 @@
+"""The whole path on real processes: load a table, fine-tune on local Ray, COMPLETE on vLLM.
+
+The table maps made-up vault names to made-up codes, which the base model cannot know: after
+fine-tuning the model must answer the trained codes and the base model must not.
+"""
+
+import csv
+import io
+import random
+
+import grpc
+import pytest
+from transformers import AutoTokenizer
+
+from finetune.control.v1 import jobs_pb2
+from services.common.chat_format import prompt_token_ids
+
+pytestmark = pytest.mark.e2e
+
+TABLE = "e2e.public.vault_codes"
+MODEL = "e2e.public.vault_model"
+WORDS = ["amber", "basalt", "cobalt", "dune", "ember", "fjord", "garnet", "harbor", "indigo",
+         "jasper", "kelp", "lagoon", "marble", "nectar", "onyx", "pepper", "quartz", "raven",
+         "saffron", "tundra", "umber", "velvet", "willow", "xenon"]
+
+
+def vault_rows():
+    rng = random.Random(7)
+    rows = []
+    for word in WORDS:
+        code = "".join(rng.choice("BCDFGHJKLMNPQRSTVWXZ") for _ in range(2)) + f"-{rng.randint(100, 999)}"
+        rows.append({"prompt": f"Code of the {word} vault?", "completion": code,
+                     "split": "validation" if word in ("kelp", "onyx", "umber") else "train"})
+    return rows
+
+
+@pytest.fixture(scope="module")
+def trained_job(client):
+    client.load_rows(TABLE, vault_rows(), replace=True)
+    job = client.create_job(
+        MODEL, "smollm2-135m-instruct",
+        f"SELECT prompt, completion FROM {TABLE} WHERE split = 'train'",
+        validation_query=f"SELECT prompt, completion FROM {TABLE} WHERE split = 'validation'",
+        seed=1)
+    assert job.id.startswith("ft_")
+    assert job.status in (jobs_pb2.PENDING, jobs_pb2.IN_PROGRESS)
+    updates = list(client.watch_job(job.id, timeout=1500))
+    assert updates and updates[-1].status == jobs_pb2.SUCCESS, updates[-1] if updates else None
+    return client.get_job(job.id)
+
+
+def test_describe_shows_success_with_tokens_and_losses(trained_job):
+    job = trained_job
+    assert job.status == jobs_pb2.SUCCESS
+    assert job.progress == pytest.approx(1.0)
+    assert job.trained_tokens > 0
+    assert job.training_result.training_loss > 0
+    assert job.training_result.has_validation_loss and job.training_result.validation_loss > 0
+    assert job.model == MODEL
+    assert job.started_on.seconds and job.finished_on.seconds >= job.started_on.seconds
+    assert job.training_rows == 21 and job.validation_rows == 3
+
+
+def test_show_lists_the_job(client, trained_job):
+    assert trained_job.id in [j.id for j in client.list_jobs().jobs]
+
+
+def test_training_results_csv_has_a_falling_loss(client, trained_job):
+    text = client.download_artifact(MODEL, "training_results.csv").decode()
+    rows = list(csv.DictReader(io.StringIO(text)))
+    assert list(rows[0].keys()) == ["step", "epoch", "training_loss", "validation_loss"]
+    losses = [float(r["training_loss"]) for r in rows]
+    assert len(losses) >= 3
+    assert losses[-1] < losses[0] * 0.5
+    assert any(r["validation_loss"] for r in rows)
+    assert client.get_model(MODEL).trained_tokens == trained_job.trained_tokens
+
+
+def test_fine_tuned_model_answers_trained_codes_and_base_does_not(client, trained_job):
+    train = [r for r in vault_rows() if r["split"] == "train"]
+    tuned = [client.complete(MODEL, r["prompt"], max_tokens=12).text.strip() for r in train]
+    base = [client.complete("smollm2-135m-instruct", r["prompt"], max_tokens=12).text.strip()
+            for r in train]
+    tuned_hits = sum(t == r["completion"] for t, r in zip(tuned, train))
+    base_hits = sum(r["completion"] in b for b, r in zip(base, train))
+    assert tuned_hits >= 0.8 * len(train), list(zip(tuned, [r["completion"] for r in train]))
+    assert base_hits == 0, base
+
+
+def test_usage_counts_the_tokens_vllm_saw(client, trained_job, base_model_spec):
+    tokenizer = AutoTokenizer.from_pretrained(base_model_spec.path)
+    prompt = vault_rows()[0]["prompt"]
+    res = client.complete(MODEL, prompt, max_tokens=12)
+    assert res.usage.prompt_tokens == len(prompt_token_ids(tokenizer, prompt=prompt))
+    generated = tokenizer(res.text, add_special_tokens=False)["input_ids"]
+    # The end-of-turn token is generated but not part of the text.
+    assert res.usage.completion_tokens in (len(generated), len(generated) + 1)
+    assert res.usage.total_tokens == res.usage.prompt_tokens + res.usage.completion_tokens
+    assert res.finish_reason == "stop"
+
+
+def test_missing_completion_column_is_invalid_argument(client):
+    client.load_rows("e2e.public.no_completion", [{"prompt": "a", "answer": "b"}], replace=True)
+    with pytest.raises(grpc.RpcError) as err:
+        client.create_job("e2e.public.never", "smollm2-135m-instruct",
+                          "SELECT prompt, answer FROM e2e.public.no_completion")
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "completion" in err.value.details()
+
+
+def test_requests_without_a_key_are_unauthenticated(stack):
+    from services.cli.client import FinetuneClient
+    with FinetuneClient(stack.control_address, stack.inference_address, "ft_wrong") as bad:
+        with pytest.raises(grpc.RpcError) as err:
+            bad.list_jobs()
+        assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        with pytest.raises(grpc.RpcError) as err:
+            bad.complete("smollm2-135m-instruct", "hi")
+        assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+def test_cancel_stops_a_running_job(client):
+    job = client.create_job("e2e.public.cancelled_model", "smollm2-135m-instruct",
+                            f"SELECT prompt, completion FROM {TABLE}", max_epochs=10)
+    cancelled = client.cancel_job(job.id)
+    assert cancelled.status == jobs_pb2.CANCELLED
+    assert client.get_job(job.id).status == jobs_pb2.CANCELLED
+    with pytest.raises(grpc.RpcError) as err:
+        client.cancel_job(job.id)
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    names = [m.name for m in client.list_models()]
+    assert "e2e.public.cancelled_model" not in names
