@@ -1,0 +1,61 @@
+"""FineTuningService: FINETUNE('CREATE' | 'SHOW' | 'DESCRIBE' | 'CANCEL') and Watch."""
+
+from __future__ import annotations
+
+import asyncio
+
+from finetune.control.v1 import jobs_pb2, jobs_pb2_grpc
+from services.control.api import messages
+from services.control.api.principals import user
+from services.control.core.events import JobEvents
+from services.control.core.jobs import CreateJob, FineTuning
+
+
+class FineTuningServicer(jobs_pb2_grpc.FineTuningServiceServicer):
+    def __init__(self, jobs: FineTuning, events: JobEvents, watch_poll_s: float = 5.0):
+        self._jobs = jobs
+        self._events = events
+        # Watchers also re-read on this period, for changes made by another control replica.
+        self._watch_poll_s = watch_poll_s
+
+    async def CreateFineTuningJob(self, request, context):
+        create = CreateJob(model=request.model, base_model=request.base_model,
+                           training_query=request.training_query,
+                           validation_query=request.validation_query,
+                           options=messages.requested_options(request.options),
+                           request_id=request.request_id)
+        job = await asyncio.to_thread(self._jobs.create, user(), create)
+        return messages.job_message(job)
+
+    async def ListFineTuningJobs(self, request, context):
+        page = await asyncio.to_thread(self._jobs.list, user(), request.page_size,
+                                       request.page_token)
+        return jobs_pb2.ListFineTuningJobsResponse(
+            jobs=[messages.job_message(j) for j in page.jobs],
+            next_page_token=page.next_page_token)
+
+    async def GetFineTuningJob(self, request, context):
+        job = await asyncio.to_thread(self._jobs.get, user(), request.id)
+        return messages.job_message(job)
+
+    async def CancelFineTuningJob(self, request, context):
+        job = await asyncio.to_thread(self._jobs.cancel, user(), request.id)
+        return messages.job_message(job)
+
+    async def WatchFineTuningJob(self, request, context):
+        principal = user()
+        with self._events.subscribe(request.id) as changed:
+            job = await asyncio.to_thread(self._jobs.get, principal, request.id)
+            last = None
+            while True:
+                if job != last:
+                    yield messages.job_message(job)
+                    last = job
+                if job.terminal:
+                    return
+                try:
+                    await asyncio.wait_for(changed.wait(), self._watch_poll_s)
+                except TimeoutError:
+                    pass
+                changed.clear()
+                job = await asyncio.to_thread(self._jobs.get, principal, request.id)

@@ -1,0 +1,172 @@
+"""Wiring: config -> store, catalog, dispatcher, use cases, servicers, gRPC server, reconciler."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Mapping
+
+from finetune.control.v1 import (access_pb2_grpc, data_pb2_grpc, internal_pb2_grpc,
+                                 jobs_pb2_grpc, models_pb2_grpc)
+from services.common.artifacts import ArtifactStore
+from services.common.base_models import BaseModelSpec, ensure_model, load_catalog
+from services.common.interceptors import AuthInterceptor
+from services.common.server import GrpcServer, Registration, wait_for_signal
+from services.control.api.access import AccessServicer
+from services.control.api.data import DataServicer
+from services.control.api.internal import JobReportingServicer, ModelResolutionServicer
+from services.control.api.jobs import FineTuningServicer
+from services.control.api.models import ModelServicer
+from services.control.config import ControlConfig
+from services.control.core.access import Authenticator, bootstrap_admin
+from services.control.core.events import JobEvents
+from services.control.core.jobs import FineTuning
+from services.control.core.models import ModelRegistry
+from services.control.core.resolution import ModelResolution
+from services.control.data.catalog import DataCatalog
+from services.control.data.sandbox import SandboxLimits
+from services.control.dispatch.protocol import JobDispatcher
+from services.control.dispatch.ray_jobs import RayJobDispatcher
+from services.control.dispatch.reconciler import Reconciler, ReconcilerSettings
+from services.control.domain.options import WorkerLimits
+from services.control.store.database import Store
+
+log = logging.getLogger(__name__)
+
+PACKAGE = "finetune.control.v1"
+
+
+@dataclass
+class Components:
+    """The service's parts, wired but not serving (unit tests use them without a server)."""
+
+    config: ControlConfig
+    store: Store
+    artifacts: ArtifactStore
+    catalog: DataCatalog
+    events: JobEvents
+    dispatcher: JobDispatcher
+    fine_tuning: FineTuning
+    registry: ModelRegistry
+    resolution: ModelResolution
+    reconciler: Reconciler
+    authenticator: Authenticator
+    # Filled in once the server has bound its port (the configured port may be 0).
+    bound_port: int | None = None
+
+    def control_address(self) -> str:
+        """How the trainer reaches control: the advertised address, else the bound one."""
+        if self.config.advertise_address:
+            return self.config.advertise_address
+        host = self.config.host
+        if host in ("0.0.0.0", "::", "[::]", ""):  # a wildcard is not dialable
+            host = "127.0.0.1"
+        return f"{host}:{self.bound_port or self.config.port}"
+
+    def registrations(self) -> list[Registration]:
+        return [
+            Registration(access_pb2_grpc.add_AccessServiceServicer_to_server, AccessServicer(),
+                         f"{PACKAGE}.AccessService"),
+            Registration(data_pb2_grpc.add_DataServiceServicer_to_server,
+                         DataServicer(self.catalog, self.config.max_upload_bytes),
+                         f"{PACKAGE}.DataService"),
+            Registration(jobs_pb2_grpc.add_FineTuningServiceServicer_to_server,
+                         FineTuningServicer(self.fine_tuning, self.events),
+                         f"{PACKAGE}.FineTuningService"),
+            Registration(models_pb2_grpc.add_ModelServiceServicer_to_server,
+                         ModelServicer(self.registry), f"{PACKAGE}.ModelService"),
+            Registration(internal_pb2_grpc.add_JobReportingServiceServicer_to_server,
+                         JobReportingServicer(self.fine_tuning),
+                         f"{PACKAGE}.JobReportingService"),
+            Registration(internal_pb2_grpc.add_ModelResolutionServiceServicer_to_server,
+                         ModelResolutionServicer(self.resolution,
+                                                 self.config.resolve_cache_ttl_s),
+                         f"{PACKAGE}.ModelResolutionService"),
+        ]
+
+
+def build_components(config: ControlConfig, dispatcher: JobDispatcher | None = None,
+                     base_models: Mapping[str, BaseModelSpec] | None = None,
+                     provision: Callable[[BaseModelSpec], Path] = ensure_model) -> Components:
+    """Open the store (migrating it), bootstrap the admin key on an empty database, and wire
+    everything. `dispatcher`, `base_models` and `provision` are injectable for tests (the Ray
+    dispatcher, the catalog file and ensure_model otherwise)."""
+    store = Store.open(config.database_url)
+    bootstrap_admin(store, config.bootstrap_key_file)
+    if base_models is None:
+        base_models = load_catalog(config.catalog_path, config.model_cache)
+    if dispatcher is None:
+        dispatcher = RayJobDispatcher(config.ray_address, config.trainer_python)
+    artifacts = ArtifactStore(config.artifact_root)
+    catalog = DataCatalog(config.data_dir, SandboxLimits(
+        memory_limit=config.query_memory_limit, threads=config.query_threads,
+        timeout_s=config.query_timeout_s))
+    events = JobEvents()
+    submit_env = {"FINETUNE_SERVICE_TOKEN": config.service_token}
+    box: list[Components] = []
+    fine_tuning = FineTuning(
+        store, catalog, artifacts, dispatcher, events, base_models, provision,
+        lambda: box[0].control_address(), submit_env,
+        WorkerLimits(config.default_num_workers, config.max_num_workers))
+    reconciler = Reconciler(store, dispatcher, artifacts, events, submit_env,
+                            ReconcilerSettings(interval_s=config.reconcile_interval_s,
+                                               max_submit_attempts=config.max_submit_attempts))
+    components = Components(
+        config=config, store=store, artifacts=artifacts, catalog=catalog, events=events,
+        dispatcher=dispatcher, fine_tuning=fine_tuning,
+        registry=ModelRegistry(store, artifacts, base_models),
+        resolution=ModelResolution(store, base_models), reconciler=reconciler,
+        authenticator=Authenticator(store, config.service_token))
+    box.append(components)
+    return components
+
+
+class ControlApp:
+    """The serving control plane: the gRPC server plus the reconciler task."""
+
+    def __init__(self, components: Components):
+        self.components = components
+        self.server = GrpcServer(components.config.address, components.registrations(),
+                                 interceptors=[AuthInterceptor(components.authenticator)])
+        components.bound_port = self.server.port
+        self._reconcile_task: asyncio.Task | None = None
+
+    @property
+    def address(self) -> str:
+        return self.server.address
+
+    async def start(self, reconcile: bool = True) -> None:
+        await self.server.start()
+        if reconcile:
+            self._reconcile_task = asyncio.create_task(self.components.reconciler.run(),
+                                                       name="reconciler")
+
+    async def stop(self, grace: float = 5.0) -> None:
+        if self._reconcile_task is not None:
+            self._reconcile_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reconcile_task
+        await self.server.stop(grace)
+        self.components.store.close()
+
+
+async def serve(config: ControlConfig) -> None:
+    """Run until SIGINT/SIGTERM, then stop gracefully."""
+    # Handlers run their blocking work in the default executor: size it so that a few slow
+    # snapshot queries cannot starve authentication and progress reports.
+    asyncio.get_running_loop().set_default_executor(
+        ThreadPoolExecutor(max_workers=config.worker_threads, thread_name_prefix="control"))
+    app = ControlApp(build_components(config))
+    await app.start()
+    print(f"control listening on {app.address}", flush=True)
+    log.info("artifacts in %s, data in %s, Ray at %s", config.artifact_root, config.data_dir,
+             config.ray_address)
+    try:
+        await wait_for_signal()
+        log.info("stopping")
+    finally:
+        await app.stop()

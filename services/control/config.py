@@ -1,0 +1,138 @@
+"""ControlConfig: every setting of the control service, built once from flags and environment.
+
+Precedence: command-line flag, then FINETUNE_* environment variable, then the default (derived
+from --home where it is a path).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import secrets
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping, Sequence
+
+SERVICE_TOKEN_FILE = "service_token"
+
+
+@dataclass(frozen=True)
+class ControlConfig:
+    host: str
+    port: int
+    home: Path
+    database_url: str
+    data_dir: Path
+    artifact_root: str
+    bootstrap_key_file: Path
+    ray_address: str
+    service_token: str
+    catalog_path: Path | None = None
+    model_cache: Path | None = None
+    advertise_address: str = ""        # how the trainer reaches control (spec.json)
+    trainer_python: str = sys.executable
+    default_num_workers: int = 2
+    max_num_workers: int = 8
+    reconcile_interval_s: float = 2.0
+    max_submit_attempts: int = 5
+    query_timeout_s: float = 120.0
+    query_memory_limit: str = "1GB"
+    query_threads: int = 2
+    max_upload_bytes: int = 4 << 30
+    resolve_cache_ttl_s: int = 30
+    worker_threads: int = 32           # blocking work (DB, DuckDB, Ray client) runs here
+    log_level: str = "INFO"
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+# flag -> (environment variable, type)
+_SETTINGS = {
+    "host": ("FINETUNE_CONTROL_HOST", str),
+    "port": ("FINETUNE_CONTROL_PORT", int),
+    "home": ("FINETUNE_HOME", str),
+    "database_url": ("FINETUNE_DATABASE_URL", str),
+    "data_dir": ("FINETUNE_DATA_DIR", str),
+    "artifact_root": ("FINETUNE_ARTIFACT_ROOT", str),
+    "bootstrap_key_file": ("FINETUNE_BOOTSTRAP_KEY_FILE", str),
+    "ray_address": ("FINETUNE_RAY_ADDRESS", str),
+    "service_token": ("FINETUNE_SERVICE_TOKEN", str),
+    "catalog_path": ("FINETUNE_BASE_MODELS", str),
+    "model_cache": ("FINETUNE_MODEL_CACHE", str),
+    "advertise_address": ("FINETUNE_CONTROL_ADVERTISE_ADDRESS", str),
+    "trainer_python": ("FINETUNE_TRAINER_PYTHON", str),
+    "default_num_workers": ("FINETUNE_DEFAULT_NUM_WORKERS", int),
+    "max_num_workers": ("FINETUNE_MAX_NUM_WORKERS", int),
+    "reconcile_interval_s": ("FINETUNE_RECONCILE_INTERVAL_S", float),
+    "max_submit_attempts": ("FINETUNE_MAX_SUBMIT_ATTEMPTS", int),
+    "query_timeout_s": ("FINETUNE_QUERY_TIMEOUT_S", float),
+    "query_memory_limit": ("FINETUNE_QUERY_MEMORY_LIMIT", str),
+    "query_threads": ("FINETUNE_QUERY_THREADS", int),
+    "max_upload_bytes": ("FINETUNE_MAX_UPLOAD_BYTES", int),
+    "resolve_cache_ttl_s": ("FINETUNE_RESOLVE_CACHE_TTL_S", int),
+    "worker_threads": ("FINETUNE_CONTROL_WORKER_THREADS", int),
+    "log_level": ("FINETUNE_LOG_LEVEL", str),
+}
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m services.control",
+                                description="The finetune control service (gRPC).")
+    for name, (env, kind) in _SETTINGS.items():
+        flag = "--" + name.replace("_", "-")
+        help_text = f"(env {env})"
+        if name == "service_token":
+            help_text = f"shared secret of the internal RPCs (env {env}; prefer the env var: " \
+                        "flags are visible in the process list)"
+        p.add_argument(flag, dest=name, type=kind, default=None, help=help_text)
+    return p
+
+
+def load_config(argv: Sequence[str] | None = None,
+                environ: Mapping[str, str] | None = None) -> ControlConfig:
+    environ = os.environ if environ is None else environ
+    args = vars(parser().parse_args(argv))
+    values = {}
+    for name, (env, kind) in _SETTINGS.items():
+        if args[name] is not None:
+            values[name] = args[name]
+        elif environ.get(env):
+            try:
+                values[name] = kind(environ[env])
+            except ValueError:
+                raise SystemExit(f"{env}={environ[env]!r} is not a valid {kind.__name__}")
+    home = Path(values.pop("home", None) or "~/.finetune").expanduser().resolve()
+    defaults = {
+        "host": "127.0.0.1",
+        "port": 50051,
+        "database_url": f"sqlite:///{home / 'control.db'}",
+        "data_dir": home / "data",
+        "artifact_root": str(home / "artifacts"),
+        "bootstrap_key_file": home / "bootstrap_key",
+        "ray_address": "http://127.0.0.1:8265",
+    }
+    merged = {**defaults, **values}
+    for name in ("data_dir", "bootstrap_key_file", "catalog_path", "model_cache"):
+        if merged.get(name) is not None:
+            merged[name] = Path(merged[name]).expanduser()
+    if not merged.get("service_token"):
+        merged["service_token"] = _local_service_token(home)
+    return ControlConfig(home=home, **merged)
+
+
+def _local_service_token(home: Path) -> str:
+    """Without a configured token, one generated once and kept in <home>/service_token (0600),
+    where a local launcher can hand it to the trainer and inference."""
+    from services.control.core.access import write_secret
+
+    path = home / SERVICE_TOKEN_FILE
+    if path.exists():
+        token = path.read_text().strip()
+        if token:
+            return token
+    token = secrets.token_urlsafe(32)
+    write_secret(path, token)
+    return token

@@ -1,0 +1,77 @@
+"""The model registry as callers see it: base models from the catalog, fine-tuned models of
+their account, and the files of a model's output folder."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator, Mapping
+
+from services.common.artifacts import ArtifactStore
+from services.common.base_models import BaseModelSpec
+from services.common.errors import InvalidArgument, NotFound
+from services.control.core.clock import Clock, utc_now
+from services.control.core import paging
+from services.control.domain.models import RegisteredModel
+from services.control.domain.names import qualified_name
+from services.control.domain.principals import Principal
+from services.control.store.database import Store
+
+ARTIFACT_CHUNK_BYTES = 1 << 20
+
+
+@dataclass(frozen=True)
+class ModelPage:
+    models: list[RegisteredModel]
+    next_page_token: str
+
+
+class ModelRegistry:
+    def __init__(self, store: Store, artifacts: ArtifactStore,
+                 base_models: Mapping[str, BaseModelSpec], clock: Clock = utc_now):
+        self._store = store
+        self._artifacts = artifacts
+        self._base_models = base_models
+        self._clock = clock
+
+    def base_models(self) -> list[BaseModelSpec]:
+        return [self._base_models[name] for name in sorted(self._base_models)]
+
+    def list(self, principal: Principal, page_size: int = 0, page_token: str = "") -> ModelPage:
+        size = paging.page_size(page_size)
+        after = str(paging.decode_token(page_token)[0]) if page_token else None
+        models = self._store.run(lambda tx: tx.models.page(principal.account_id, size + 1, after))
+        token = ""
+        if len(models) > size:
+            models = models[:size]
+            token = paging.encode_token([models[-1].name])
+        return ModelPage(models, token)
+
+    def get(self, principal: Principal, name: str) -> RegisteredModel:
+        canonical = str(qualified_name(name, "model name"))
+        model = self._store.run(lambda tx: tx.models.get(principal.account_id, canonical))
+        if model is None:
+            raise NotFound(f"model {canonical} does not exist")
+        return model
+
+    def artifacts(self, model: RegisteredModel) -> list[str]:
+        return self._artifacts.list(model.adapter_uri)
+
+    def delete(self, principal: Principal, name: str) -> None:
+        """Unregister the model. Its files stay with the job that produced them (a running job
+        may continue from them); its id is never handed out again."""
+        canonical = str(qualified_name(name, "model name"))
+        deleted = self._store.run(
+            lambda tx: tx.models.delete(principal.account_id, canonical, self._clock()))
+        if deleted is None:
+            raise NotFound(f"model {canonical} does not exist")
+
+    def artifact_chunks(self, principal: Principal, name: str, artifact: str) -> Iterator[bytes]:
+        if not artifact or "/" in artifact or "\\" in artifact or artifact in (".", ".."):
+            raise InvalidArgument("artifact must be a plain file name such as "
+                                  "training_results.csv")
+        model = self.get(principal, name)
+        if artifact not in self.artifacts(model):
+            raise NotFound(f"model {model.name} has no artifact {artifact}")
+        return self._artifacts.iter_chunks(f"{model.adapter_uri.rstrip('/')}/{artifact}",
+                                           ARTIFACT_CHUNK_BYTES)
+

@@ -1,0 +1,95 @@
+"""Model resolution and usage records for the inference service.
+
+Inference presents the end user's key with every COMPLETE; control authenticates it, decides
+whether that user may use the model, and says where the weights are.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Mapping
+
+from sqlalchemy.exc import IntegrityError
+
+from services.common.base_models import BaseModelSpec
+from services.common.errors import FailedPrecondition, InvalidArgument, NotFound, Unauthenticated
+from services.control.core.clock import Clock, utc_now
+from services.control.domain.models import RegisteredModel
+from services.control.domain.names import qualified_name
+from services.control.store.database import Store
+
+
+@dataclass(frozen=True)
+class Resolved:
+    account_id: str
+    user_id: str
+    model: str
+    base: BaseModelSpec
+    adapter: RegisteredModel | None   # None for a base model
+
+
+@dataclass(frozen=True)
+class Usage:
+    request_id: str
+    account_id: str
+    user_id: str
+    model: str
+    base_model: str
+    prompt_tokens: int
+    completion_tokens: int
+
+
+class ModelResolution:
+    def __init__(self, store: Store, base_models: Mapping[str, BaseModelSpec],
+                 clock: Clock = utc_now):
+        self._store = store
+        self._base_models = base_models
+        self._clock = clock
+
+    def resolve(self, api_key: str, model: str) -> Resolved:
+        principal = self._store.run(lambda tx: tx.accounts.authenticate(api_key)) \
+            if api_key else None
+        if principal is None:
+            raise Unauthenticated("invalid API key")
+        model = (model or "").strip()
+        if not model:
+            raise InvalidArgument("model is required")
+        base = self._base_models.get(model)
+        if base is not None:
+            return Resolved(principal.account_id, principal.user_id, base.name, base, None)
+        try:
+            canonical = str(qualified_name(model, "model"))
+        except InvalidArgument:  # not a name any model could have
+            raise NotFound(f"model {model} does not exist") from None
+        adapter = self._store.run(lambda tx: tx.models.get(principal.account_id, canonical))
+        if adapter is None:
+            raise NotFound(f"model {canonical} does not exist")
+        base = self._base_models.get(adapter.base_model)
+        if base is None:
+            raise FailedPrecondition(
+                f"model {canonical} needs base model {adapter.base_model}, which this "
+                "deployment no longer serves")
+        return Resolved(principal.account_id, principal.user_id, canonical, base, adapter)
+
+    def report_usage(self, usage: Usage) -> bool:
+        """Record one request's tokens; False if that request id was already recorded."""
+        if not usage.request_id.strip():
+            raise InvalidArgument("request_id is required")
+        if usage.prompt_tokens < 0 or usage.completion_tokens < 0:
+            raise InvalidArgument("token counts must not be negative")
+
+        def work(tx) -> bool:
+            if not tx.accounts.exists(usage.account_id):
+                raise NotFound(f"account {usage.account_id} does not exist")
+            if tx.usage.exists(usage.account_id, usage.request_id):
+                return False
+            tx.usage.add(request_id=usage.request_id, account_id=usage.account_id,
+                         user_id=usage.user_id, model=usage.model, base_model=usage.base_model,
+                         prompt_tokens=usage.prompt_tokens,
+                         completion_tokens=usage.completion_tokens, created_on=self._clock())
+            return True
+
+        try:
+            return self._store.run(work)
+        except IntegrityError:  # the same request reported concurrently: counted once
+            return False

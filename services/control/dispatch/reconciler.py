@@ -1,0 +1,169 @@
+"""The reconciler: brings every active job in line with what the cluster and the artifact store say.
+
+It reads only the cluster and the artifact store, never in-process state, so after a control
+restart it simply picks the jobs up again. Every change is one transaction guarded by the job's
+optimistic lock, so running it twice (or concurrently with a progress report) changes nothing
+twice: a job becomes SUCCESS and gets its model row exactly once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from dataclasses import dataclass
+from typing import Callable, Mapping
+
+from sqlalchemy.exc import IntegrityError
+
+from services.common.artifacts import ArtifactStore
+from services.control.core.clock import Clock, utc_now
+from services.control.core.events import JobEvents
+from services.control.dispatch.protocol import (ClusterJob, ClusterJobStatus, ClusterUnavailable,
+                                                DispatchError, JobDispatcher)
+from services.control.domain.jobs import ErrorCode, Job, JobStatus, TrainingResult
+from services.control.domain.spec import JobLayout
+from services.control.store.database import Store, Tx
+
+log = logging.getLogger(__name__)
+
+MAX_ERROR_MESSAGE = 4000
+
+
+@dataclass(frozen=True)
+class ReconcilerSettings:
+    interval_s: float = 2.0
+    max_submit_attempts: int = 5
+    log_tail_lines: int = 40
+
+
+class Reconciler:
+    def __init__(self, store: Store, dispatcher: JobDispatcher, artifacts: ArtifactStore,
+                 events: JobEvents, submit_env: Mapping[str, str],
+                 settings: ReconcilerSettings = ReconcilerSettings(), clock: Clock = utc_now):
+        self._store = store
+        self._dispatcher = dispatcher
+        self._artifacts = artifacts
+        self._events = events
+        self._env = dict(submit_env)
+        self._settings = settings
+        self._clock = clock
+
+    async def run(self) -> None:
+        """Reconcile forever, every `interval_s` (the cluster client blocks: worker thread)."""
+        while True:
+            try:
+                await asyncio.to_thread(self.reconcile_once)
+            except Exception:  # noqa: BLE001 - one bad round must not stop reconciling
+                log.exception("reconciliation round failed")
+            await asyncio.sleep(self._settings.interval_s)
+
+    def reconcile_once(self) -> int:
+        """One pass over every active job; returns how many jobs changed."""
+        changed = 0
+        for job in self._store.run(lambda tx: tx.jobs.active()):
+            try:
+                cluster_job = self._dispatcher.status(job.id)
+            except ClusterUnavailable as exc:
+                log.warning("cannot reach the cluster, will retry: %s", exc)
+                break
+            except DispatchError as exc:
+                log.warning("cannot get the state of job %s: %s", job.id, exc)
+                continue
+            if self.reconcile_job(job, cluster_job):
+                changed += 1
+        return changed
+
+    def reconcile_job(self, job: Job, cluster_job: ClusterJob | None) -> bool:
+        if cluster_job is None:
+            if job.status is JobStatus.PENDING:
+                return self._resubmit(job)
+            return self._fail(job.id, ErrorCode.LOST,
+                              "the cluster no longer knows this job (was it restarted?)")
+        status = cluster_job.status
+        if status is ClusterJobStatus.RUNNING:
+            return self._update(job.id, lambda j, tx: j.start(self._clock())) \
+                if job.status is JobStatus.PENDING else False
+        if status is ClusterJobStatus.SUCCEEDED:
+            return self._finish(job)
+        if status is ClusterJobStatus.FAILED:
+            return self._fail(job.id, ErrorCode.TRAINING_FAILED, self._failure_message(
+                job.id, cluster_job.message))
+        if status is ClusterJobStatus.STOPPED:
+            return self._update(job.id, lambda j, tx: j.cancel(self._clock()))
+        return False  # PENDING on the cluster: nothing to do yet
+
+    def _update(self, job_id: str, mutate: Callable[[Job, Tx], None]) -> bool:
+        """Apply `mutate` to an active job in one transaction; False if it is terminal now."""
+        def work(tx: Tx) -> bool:
+            job = tx.jobs.get(job_id)
+            if job is None or job.terminal:
+                return False
+            mutate(job, tx)
+            tx.jobs.save(job)
+            return True
+
+        changed = self._store.run(work)
+        if changed:
+            self._events.publish(job_id)
+        return changed
+
+    def _fail(self, job_id: str, code: str, message: str) -> bool:
+        message = message[-MAX_ERROR_MESSAGE:]
+        changed = self._update(job_id, lambda j, tx: j.fail(code, message, self._clock()))
+        if changed:
+            log.info("job %s failed (%s): %s", job_id, code, message.splitlines()[0:1])
+        return changed
+
+    def _failure_message(self, job_id: str, message: str) -> str:
+        tail = self._dispatcher.logs_tail(job_id, self._settings.log_tail_lines)
+        return "\n".join(part for part in (message.strip(), tail.strip()) if part) or \
+            "the training job failed"
+
+    def _resubmit(self, job: Job) -> bool:
+        """A PENDING job the cluster does not know: control stopped between recording it and
+        submitting it, or the submission failed. Submit again (idempotent on the job id)."""
+        error = None
+        try:
+            self._dispatcher.submit(job.id, job.spec_uri, self._env)
+        except DispatchError as exc:
+            error = str(exc)
+            log.warning("resubmitting job %s failed: %s", job.id, exc)
+
+        def count(j: Job, tx: Tx) -> None:
+            j.submit_attempts += 1
+            if error is not None and j.submit_attempts >= self._settings.max_submit_attempts:
+                j.fail(ErrorCode.SUBMIT_FAILED,
+                       f"the cluster did not accept the job after {j.submit_attempts} "
+                       f"attempts: {error}", self._clock())
+
+        return self._update(job.id, count)
+
+    def _finish(self, job: Job) -> bool:
+        output_uri = job.output_uri or JobLayout(self._artifacts.root, job.id).output_uri
+        manifest_uri = output_uri.rstrip("/") + "/manifest.json"
+        try:
+            if not self._artifacts.exists(manifest_uri):
+                return self._fail(job.id, ErrorCode.NO_MANIFEST,
+                                  "the trainer finished without writing manifest.json")
+            result = TrainingResult.from_manifest(
+                json.loads(self._artifacts.read_bytes(manifest_uri)))
+        except (ValueError, TypeError, OSError) as exc:
+            return self._fail(job.id, ErrorCode.NO_MANIFEST, f"unreadable manifest.json: {exc}")
+
+        def succeed(j: Job, tx: Tx) -> None:
+            now = self._clock()
+            j.succeed(result, now)
+            tx.models.add(account_id=j.account_id, name=j.model_name, base_model=j.base_model,
+                          job_id=j.id, adapter_uri=output_uri, created_on=now,
+                          trained_tokens=result.trained_tokens,
+                          training_loss=result.training_loss,
+                          validation_loss=result.validation_loss)
+
+        try:
+            return self._update(job.id, succeed)
+        except IntegrityError as exc:
+            # The name was taken after all (a model registered outside a job reservation).
+            log.error("cannot register the model of job %s: %s", job.id, exc)
+            return self._fail(job.id, ErrorCode.REGISTRATION_FAILED,
+                              f"model {job.model_name} could not be registered: the name is taken")

@@ -1,0 +1,68 @@
+"""Training rows: which columns a task needs and how one query row becomes one JSONL record.
+
+The trainer reads `{"prompt", "completion"}` (INSTRUCTION), `{"messages"}` (CHAT) or
+`{"text"}` (CONTINUED_PRETRAINING) per line; other columns of the query are ignored.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Sequence
+
+from services.common.errors import InvalidArgument
+from services.control.domain.options import REQUIRED_COLUMNS, TaskType
+
+CHAT_ROLES = frozenset({"system", "user", "assistant"})
+
+
+def column_positions(task_type: TaskType, columns: Sequence[str], what: str) -> dict[str, int]:
+    """Where each required column is in the result (names match case-insensitively)."""
+    by_name: dict[str, int] = {}
+    for i, name in enumerate(columns):
+        by_name.setdefault(name.lower(), i)
+    required = REQUIRED_COLUMNS[task_type]
+    missing = [c for c in required if c not in by_name]
+    if missing:
+        raise InvalidArgument(
+            f"{what} must return column{'s' if len(missing) > 1 else ''} "
+            f"{', '.join(missing)} for a {task_type.value} job "
+            f"(it returns: {', '.join(columns) or 'no columns'})")
+    return {c: by_name[c] for c in required}
+
+
+def training_record(task_type: TaskType, positions: dict[str, int], row: Sequence,
+                    row_number: int, what: str) -> dict:
+    """The JSONL record of one query row; InvalidArgument names the row and column at fault."""
+    def text(column: str) -> str:
+        value = row[positions[column]]
+        if value is None:
+            raise InvalidArgument(f"{what}: row {row_number} has a NULL {column}")
+        return value if isinstance(value, str) else str(value)
+
+    if task_type is TaskType.CHAT:
+        return {"messages": _messages(row[positions["messages"]], row_number, what)}
+    if task_type is TaskType.CONTINUED_PRETRAINING:
+        return {"text": text("text")}
+    return {"prompt": text("prompt"), "completion": text("completion")}
+
+
+def _messages(value, row_number: int, what: str) -> list[dict]:
+    where = f"{what}: row {row_number}"
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as exc:
+            raise InvalidArgument(f"{where}: messages is not valid JSON ({exc.msg})") from None
+    if not isinstance(value, list) or not value:
+        raise InvalidArgument(f"{where}: messages must be a non-empty list of "
+                              "{role, content} objects")
+    messages = []
+    for m in value:
+        if not isinstance(m, dict) or not isinstance(m.get("content"), str) \
+                or m.get("role") not in CHAT_ROLES:
+            raise InvalidArgument(f"{where}: each message needs a role "
+                                  f"({', '.join(sorted(CHAT_ROLES))}) and a string content")
+        messages.append({"role": m["role"], "content": m["content"]})
+    if messages[-1]["role"] != "assistant":
+        raise InvalidArgument(f"{where}: the last message must be the assistant's answer")
+    return messages

@@ -1,0 +1,202 @@
+"""A fine-tuning job and its state machine: PENDING -> IN_PROGRESS -> SUCCESS | ERROR | CANCELLED.
+
+Pure: no I/O. Every status change goes through `Job._move`, so an illegal transition (anything
+out of a terminal state, or backwards) raises instead of silently rewriting history.
+"""
+
+from __future__ import annotations
+
+import enum
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from services.common.errors import FailedPrecondition
+
+JOB_ID_PREFIX = "ft_"
+
+
+class JobStatus(enum.Enum):
+    PENDING = "PENDING"
+    IN_PROGRESS = "IN_PROGRESS"
+    SUCCESS = "SUCCESS"
+    ERROR = "ERROR"
+    CANCELLED = "CANCELLED"
+
+    @property
+    def terminal(self) -> bool:
+        return self in TERMINAL
+
+
+TERMINAL = frozenset({JobStatus.SUCCESS, JobStatus.ERROR, JobStatus.CANCELLED})
+ACTIVE = frozenset(JobStatus) - TERMINAL
+
+# A job that succeeds without control ever seeing it run (a short job between two reconciler
+# polls) still passes through IN_PROGRESS: `Job.succeed` starts it first.
+TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
+    JobStatus.PENDING: frozenset({JobStatus.IN_PROGRESS, JobStatus.ERROR, JobStatus.CANCELLED}),
+    JobStatus.IN_PROGRESS: frozenset({JobStatus.SUCCESS, JobStatus.ERROR, JobStatus.CANCELLED}),
+    JobStatus.SUCCESS: frozenset(),
+    JobStatus.ERROR: frozenset(),
+    JobStatus.CANCELLED: frozenset(),
+}
+
+
+class IllegalTransition(FailedPrecondition):
+    """A status change the state machine forbids (e.g. cancelling a finished job)."""
+
+
+def can_move(current: JobStatus, target: JobStatus) -> bool:
+    return target in TRANSITIONS[current]
+
+
+def new_job_id() -> str:
+    return f"{JOB_ID_PREFIX}{uuid.uuid4()}"
+
+
+class ErrorCode:
+    """Machine-readable causes shown in FineTuningJob.error.code."""
+
+    SUBMIT_FAILED = "SUBMIT_FAILED"        # the cluster never accepted the job
+    TRAINING_FAILED = "TRAINING_FAILED"    # the Ray job failed
+    NO_MANIFEST = "NO_MANIFEST"            # the Ray job succeeded but left no results
+    LOST = "LOST"                          # the cluster no longer knows a running job
+    REGISTRATION_FAILED = "REGISTRATION_FAILED"  # the output model could not be registered
+
+
+@dataclass(frozen=True)
+class TrainingResult:
+    """What the trainer's manifest.json reports once a job has finished."""
+
+    trained_tokens: int
+    training_loss: float | None
+    validation_loss: float | None
+    epochs: int
+    steps: int
+    training_rows: int
+    validation_rows: int
+    truncated_rows: int
+
+    @classmethod
+    def from_manifest(cls, manifest: dict) -> "TrainingResult":
+        def number(key, kind, default=None):
+            value = manifest.get(key, default)
+            return None if value is None else kind(value)
+
+        return cls(
+            trained_tokens=number("trained_tokens", int, 0),
+            training_loss=number("training_loss", float),
+            validation_loss=number("validation_loss", float),
+            epochs=number("epochs", int, 0),
+            steps=number("steps", int, 0),
+            training_rows=number("training_rows", int, 0),
+            validation_rows=number("validation_rows", int, 0),
+            truncated_rows=number("truncated_rows", int, 0),
+        )
+
+
+@dataclass(frozen=True)
+class Progress:
+    """One progress report from the trainer."""
+
+    progress: float
+    epoch: int
+    step: int
+    total_steps: int
+    trained_tokens: int
+    training_loss: float | None = None
+    validation_loss: float | None = None
+
+
+@dataclass
+class Job:
+    id: str
+    account_id: str
+    user_id: str
+    model_name: str                 # fully qualified output model name
+    base_model: str
+    task_type: str
+    training_query: str
+    validation_query: str | None
+    options: dict                   # the effective options, defaults filled in
+    created_on: datetime
+    request_id: str | None = None
+    status: JobStatus = JobStatus.PENDING
+    progress: float = 0.0
+    error_code: str | None = None
+    error_message: str | None = None
+    started_on: datetime | None = None
+    finished_on: datetime | None = None
+    spec_uri: str | None = None
+    output_uri: str | None = None
+    trained_tokens: int = 0
+    training_loss: float | None = None
+    validation_loss: float | None = None
+    epoch: int = 0
+    step: int = 0
+    total_steps: int = 0
+    training_rows: int = 0
+    validation_rows: int = 0
+    truncated_rows: int = 0
+    submit_attempts: int = 0
+    updated_on: datetime | None = None
+    # The store's optimistic-lock counter; domain code never touches it.
+    version: int = field(default=0, compare=False)
+
+    @property
+    def terminal(self) -> bool:
+        return self.status.terminal
+
+    def _move(self, target: JobStatus, now: datetime) -> None:
+        if not can_move(self.status, target):
+            raise IllegalTransition(
+                f"job {self.id} is {self.status.value} and cannot become {target.value}")
+        self.status = target
+        self.updated_on = now
+        if target is JobStatus.IN_PROGRESS and self.started_on is None:
+            self.started_on = now
+        if target.terminal:
+            self.finished_on = now
+
+    def start(self, now: datetime) -> None:
+        """The cluster runs the job (or the trainer reported for the first time)."""
+        if self.status is JobStatus.PENDING:
+            self._move(JobStatus.IN_PROGRESS, now)
+
+    def report(self, p: Progress, now: datetime) -> None:
+        if self.terminal:
+            raise IllegalTransition(f"job {self.id} is {self.status.value}")
+        self.start(now)
+        self.progress = min(1.0, max(0.0, p.progress))
+        self.epoch, self.step, self.total_steps = p.epoch, p.step, p.total_steps
+        self.trained_tokens = max(0, p.trained_tokens)
+        if p.training_loss is not None:
+            self.training_loss = p.training_loss
+        if p.validation_loss is not None:
+            self.validation_loss = p.validation_loss
+        self.updated_on = now
+
+    def succeed(self, result: TrainingResult, now: datetime) -> None:
+        self.start(now)
+        self._move(JobStatus.SUCCESS, now)
+        self.progress = 1.0
+        self.trained_tokens = result.trained_tokens
+        self.training_loss = result.training_loss
+        self.validation_loss = result.validation_loss
+        self.epoch = result.epochs or self.epoch
+        self.step = result.steps or self.step
+        self.total_steps = result.steps or self.total_steps
+        self.training_rows = result.training_rows or self.training_rows
+        self.validation_rows = result.validation_rows or self.validation_rows
+        self.truncated_rows = result.truncated_rows
+
+    def fail(self, code: str, message: str, now: datetime) -> None:
+        self._move(JobStatus.ERROR, now)
+        self.error_code = code
+        self.error_message = message
+
+    def cancel(self, now: datetime) -> None:
+        if self.terminal:
+            raise IllegalTransition(
+                f"job {self.id} is already {self.status.value} and cannot be cancelled")
+        self._move(JobStatus.CANCELLED, now)

@@ -1,0 +1,173 @@
+"""Fine-tuning options: the caller's choices merged over the base model's defaults, then checked.
+
+Zero values in a request mean "use the default" (proto3 cannot tell unset from zero), so the
+base-model catalog entry's `[defaults]` fill them, then the fallbacks below.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from dataclasses import asdict, dataclass, field
+
+from services.common.base_models import BaseModelSpec
+from services.common.errors import InvalidArgument
+
+MAX_EPOCHS = 10
+MAX_BATCH_SIZE = 1024
+MAX_LORA_ALPHA = 4096
+
+FALLBACK_DEFAULTS = {
+    "max_epochs": 3,
+    "learning_rate": 5e-4,
+    "batch_size": 8,
+    "lora_rank": 16,
+    "lora_alpha": 32,
+    "lora_dropout": 0.05,
+    "seed": 42,
+}
+
+
+class TaskType(enum.Enum):
+    INSTRUCTION = "INSTRUCTION"
+    CHAT = "CHAT"
+    CONTINUED_PRETRAINING = "CONTINUED_PRETRAINING"
+
+
+# The columns a task's queries must return (other columns are ignored).
+REQUIRED_COLUMNS: dict[TaskType, tuple[str, ...]] = {
+    TaskType.INSTRUCTION: ("prompt", "completion"),
+    TaskType.CHAT: ("messages",),
+    TaskType.CONTINUED_PRETRAINING: ("text",),
+}
+
+
+@dataclass(frozen=True)
+class RequestedOptions:
+    """What the caller asked for; zero/empty means default."""
+
+    max_epochs: int = 0
+    learning_rate: float = 0.0
+    batch_size: int = 0
+    lora_rank: int = 0
+    lora_alpha: int = 0
+    lora_dropout: float = 0.0
+    target_modules: tuple[str, ...] = ()
+    seed: int = 0
+    task_type: TaskType | None = None
+    from_model: str = ""
+    num_workers: int = 0
+
+
+@dataclass(frozen=True)
+class WorkerLimits:
+    default_num_workers: int = 2
+    max_num_workers: int = 8
+
+
+@dataclass(frozen=True)
+class TrainingOptions:
+    """The effective options of a job: every field set and checked."""
+
+    max_epochs: int
+    learning_rate: float
+    batch_size: int
+    lora_rank: int
+    lora_alpha: int
+    lora_dropout: float
+    target_modules: tuple[str, ...]
+    seed: int
+    num_workers: int
+    task_type: TaskType = TaskType.INSTRUCTION
+    from_model: str | None = None   # canonical name of the model training continues from
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["target_modules"] = list(self.target_modules)
+        d["task_type"] = self.task_type.value
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainingOptions":
+        return cls(**{**d, "target_modules": tuple(d["target_modules"]),
+                      "task_type": TaskType(d["task_type"])})
+
+    def trainer_options(self) -> dict:
+        """The `options` object of the trainer's spec.json."""
+        d = self.to_dict()
+        del d["task_type"], d["from_model"]
+        return d
+
+
+@dataclass
+class _Problems:
+    items: list[str] = field(default_factory=list)
+
+    def check(self, ok: bool, message: str) -> None:
+        if not ok:
+            self.items.append(message)
+
+
+def resolve_options(requested: RequestedOptions, base: BaseModelSpec,
+                    limits: WorkerLimits = WorkerLimits()) -> TrainingOptions:
+    """Fill defaults from the base model and check ranges; InvalidArgument lists every problem."""
+    defaults = {**FALLBACK_DEFAULTS, **base.defaults}
+    problems = _Problems()
+    for name in ("max_epochs", "learning_rate", "batch_size", "lora_rank", "lora_alpha",
+                 "lora_dropout", "seed", "num_workers"):
+        value = getattr(requested, name)
+        problems.check(not (isinstance(value, float) and not math.isfinite(value)),
+                       f"{name} must be a finite number")
+        problems.check(value >= 0 if math.isfinite(value) else True,
+                       f"{name} must not be negative (got {value}; 0 means the default)")
+    if problems.items:
+        raise InvalidArgument("invalid options: " + "; ".join(problems.items))
+
+    def pick(name):
+        value = getattr(requested, name)
+        return value if value else defaults[name]
+
+    target_modules = tuple(requested.target_modules) or tuple(
+        defaults.get("target_modules", ()) or base.target_modules)
+    options = TrainingOptions(
+        max_epochs=int(pick("max_epochs")),
+        learning_rate=float(pick("learning_rate")),
+        batch_size=int(pick("batch_size")),
+        lora_rank=int(pick("lora_rank")),
+        lora_alpha=int(pick("lora_alpha")),
+        lora_dropout=float(pick("lora_dropout")),
+        target_modules=target_modules,
+        seed=int(pick("seed")),
+        num_workers=int(requested.num_workers or limits.default_num_workers),
+        task_type=requested.task_type or TaskType.INSTRUCTION,
+        from_model=requested.from_model or None,
+    )
+
+    problems.check(1 <= options.max_epochs <= MAX_EPOCHS,
+                   f"max_epochs must be between 1 and {MAX_EPOCHS} (got {options.max_epochs})")
+    problems.check(0 < options.learning_rate <= 1,
+                   f"learning_rate must be in (0, 1] (got {options.learning_rate})")
+    problems.check(1 <= options.batch_size <= MAX_BATCH_SIZE,
+                   f"batch_size must be between 1 and {MAX_BATCH_SIZE} (got {options.batch_size})")
+    problems.check(1 <= options.lora_rank <= base.max_lora_rank,
+                   f"lora_rank must be between 1 and {base.max_lora_rank} for {base.name} "
+                   f"(got {options.lora_rank})")
+    problems.check(1 <= options.lora_alpha <= MAX_LORA_ALPHA,
+                   f"lora_alpha must be between 1 and {MAX_LORA_ALPHA} (got {options.lora_alpha})")
+    problems.check(0 <= options.lora_dropout < 1,
+                   f"lora_dropout must be in [0, 1) (got {options.lora_dropout})")
+    problems.check(1 <= options.num_workers <= limits.max_num_workers,
+                   f"num_workers must be between 1 and {limits.max_num_workers} "
+                   f"(got {options.num_workers})")
+    problems.check(options.seed < 2**63, "seed must fit in 63 bits")
+    problems.check(bool(options.target_modules), "target_modules must not be empty")
+    problems.check(len(set(options.target_modules)) == len(options.target_modules),
+                   "target_modules lists a module twice")
+    if base.target_modules:
+        unknown = [m for m in options.target_modules if m not in base.target_modules]
+        problems.check(not unknown,
+                       f"target_modules {unknown} are not LoRA targets of {base.name} "
+                       f"(allowed: {', '.join(base.target_modules)})")
+    if problems.items:
+        raise InvalidArgument("invalid options: " + "; ".join(problems.items))
+    return options

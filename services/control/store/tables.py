@@ -1,0 +1,151 @@
+"""The metadata schema (SQLAlchemy 2.0). Alembic migrations in `migrations/` create it; these
+classes must match the latest migration (a unit test compares them)."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+from sqlalchemy import (JSON, BigInteger, DateTime, Float, ForeignKey, Index, Integer, String,
+                        Text, TypeDecorator, UniqueConstraint, text)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+class UtcDateTime(TypeDecorator):
+    """Stored as naive UTC (SQLite has no time zones), returned as aware UTC."""
+
+    impl = DateTime
+    cache_ok = True
+
+    def process_bind_param(self, value, dialect):
+        if value is not None and value.tzinfo is not None:
+            value = value.astimezone(timezone.utc).replace(tzinfo=None)
+        return value
+
+    def process_result_value(self, value, dialect):
+        return None if value is None else value.replace(tzinfo=timezone.utc)
+
+
+ACTIVE_JOB = "status IN ('PENDING', 'IN_PROGRESS')"
+LIVE_MODEL = "deleted_on IS NULL"
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class AccountRow(Base):
+    __tablename__ = "accounts"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    created_on: Mapped[datetime] = mapped_column(UtcDateTime)
+
+
+class UserRow(Base):
+    __tablename__ = "users"
+    __table_args__ = (UniqueConstraint("account_id", "name", name="uq_users_account_name"),)
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"))
+    name: Mapped[str] = mapped_column(String(255))
+    created_on: Mapped[datetime] = mapped_column(UtcDateTime)
+
+
+class ApiKeyRow(Base):
+    __tablename__ = "api_keys"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id"), index=True)
+    key_hash: Mapped[str] = mapped_column(String(128), unique=True)
+    created_on: Mapped[datetime] = mapped_column(UtcDateTime)
+    revoked_on: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
+
+
+class JobRow(Base):
+    __tablename__ = "jobs"
+    __table_args__ = (
+        UniqueConstraint("account_id", "request_id", name="uq_jobs_account_request"),
+        Index("ix_jobs_account_created", "account_id", "created_on"),
+        Index("ix_jobs_status", "status"),
+        # An active job reserves its output model name: two jobs cannot race for one name.
+        Index("uq_jobs_active_model_name", "account_id", "model_name", unique=True,
+              sqlite_where=text(ACTIVE_JOB), postgresql_where=text(ACTIVE_JOB)),
+    )
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"))
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id"))
+    request_id: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    status: Mapped[str] = mapped_column(String(16))
+    progress: Mapped[float] = mapped_column(Float, default=0.0)
+    error_code: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    error_message: Mapped[str | None] = mapped_column(Text, nullable=True)
+    base_model: Mapped[str] = mapped_column(String(255))
+    model_name: Mapped[str] = mapped_column(String(800))
+    task_type: Mapped[str] = mapped_column(String(32))
+    training_query: Mapped[str] = mapped_column(Text)
+    validation_query: Mapped[str | None] = mapped_column(Text, nullable=True)
+    options: Mapped[dict] = mapped_column(JSON)
+    spec_uri: Mapped[str | None] = mapped_column(Text, nullable=True)
+    output_uri: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_on: Mapped[datetime] = mapped_column(UtcDateTime)
+    started_on: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
+    finished_on: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
+    updated_on: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
+    trained_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    training_loss: Mapped[float | None] = mapped_column(Float, nullable=True)
+    validation_loss: Mapped[float | None] = mapped_column(Float, nullable=True)
+    epoch: Mapped[int] = mapped_column(Integer, default=0)
+    step: Mapped[int] = mapped_column(BigInteger, default=0)
+    total_steps: Mapped[int] = mapped_column(BigInteger, default=0)
+    training_rows: Mapped[int] = mapped_column(BigInteger, default=0)
+    validation_rows: Mapped[int] = mapped_column(BigInteger, default=0)
+    truncated_rows: Mapped[int] = mapped_column(BigInteger, default=0)
+    submit_attempts: Mapped[int] = mapped_column(Integer, default=0)
+    # Optimistic locking: the reconciler, progress reports and cancels race on a job; an update
+    # based on a stale read fails (StaleDataError) and is retried on fresh data.
+    version: Mapped[int] = mapped_column(Integer, nullable=False)
+
+    __mapper_args__ = {"version_id_col": version}
+
+
+class ModelRow(Base):
+    __tablename__ = "models"
+    __table_args__ = (
+        Index("uq_models_live_name", "account_id", "name", unique=True,
+              sqlite_where=text(LIVE_MODEL), postgresql_where=text(LIVE_MODEL)),
+        # AUTOINCREMENT: SQLite must never hand out the id of a deleted row again (it is the
+        # adapter id inference caches adapters under).
+        {"sqlite_autoincrement": True},
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"))
+    name: Mapped[str] = mapped_column(String(800))
+    version: Mapped[int] = mapped_column(Integer)
+    base_model: Mapped[str] = mapped_column(String(255))
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id"), unique=True)
+    adapter_uri: Mapped[str] = mapped_column(Text)
+    created_on: Mapped[datetime] = mapped_column(UtcDateTime)
+    trained_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    training_loss: Mapped[float | None] = mapped_column(Float, nullable=True)
+    validation_loss: Mapped[float | None] = mapped_column(Float, nullable=True)
+    deleted_on: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
+
+
+class UsageRow(Base):
+    __tablename__ = "usage_records"
+    __table_args__ = (
+        UniqueConstraint("account_id", "request_id", name="uq_usage_account_request"),
+        Index("ix_usage_account_created", "account_id", "created_on"),
+        {"sqlite_autoincrement": True},
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    request_id: Mapped[str] = mapped_column(String(255))
+    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"))
+    user_id: Mapped[str] = mapped_column(String(64))
+    model: Mapped[str] = mapped_column(String(800))
+    base_model: Mapped[str] = mapped_column(String(255))
+    prompt_tokens: Mapped[int] = mapped_column(BigInteger)
+    completion_tokens: Mapped[int] = mapped_column(BigInteger)
+    created_on: Mapped[datetime] = mapped_column(UtcDateTime)

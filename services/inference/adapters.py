@@ -1,0 +1,374 @@
+"""The adapter registry: resolve a model name through control, fetch and validate its adapter once,
+and give each adapter version its own LoRA name and id.
+
+Control owns the truth (who may use which model, where its adapter lies, its version id); this
+module caches resolutions briefly and validates adapter files before the engine ever sees them,
+so a bad file fails one request with FAILED_PRECONDITION instead of taking the engine down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import shutil
+import tempfile
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Callable, Mapping, Protocol
+
+import grpc
+
+from finetune.control.v1 import internal_pb2, internal_pb2_grpc
+from services.common import errors
+from services.common.artifacts import ArtifactStore
+from services.common.errors import FailedPrecondition
+from services.common.keys import hash_key
+from services.inference.config import BaseModel
+from services.inference.engine import LoraAdapter
+
+log = logging.getLogger(__name__)
+
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+ADAPTER_CONFIG = "adapter_config.json"
+# Pickle-based checkpoints can run code when loaded: refused outright.
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    """A model name resolved for one caller by control (see internal.proto ResolvedModel)."""
+
+    model: str
+    base_model: str
+    account_id: str = ""
+    user_id: str = ""
+    base_model_path: str = ""
+    adapter_uri: str = ""           # empty for a base model
+    adapter_id: int = 0             # unique per adapter version, never reused; 0 for a base model
+    context_window: int = 0
+    cache_ttl_seconds: int = 0
+
+    @property
+    def is_base(self) -> bool:
+        return not self.adapter_uri
+
+
+class ModelResolver(Protocol):
+    async def resolve(self, api_key: str, model: str) -> ResolvedModel: ...
+
+
+# Status codes control answers with, passed on to our caller unchanged.
+_PASSED_ON = {
+    grpc.StatusCode.UNAUTHENTICATED: errors.Unauthenticated,
+    grpc.StatusCode.PERMISSION_DENIED: errors.PermissionDenied,
+    grpc.StatusCode.NOT_FOUND: errors.NotFound,
+    grpc.StatusCode.FAILED_PRECONDITION: errors.FailedPrecondition,
+    grpc.StatusCode.INVALID_ARGUMENT: errors.InvalidArgument,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: errors.ResourceExhausted,
+}
+
+
+class GrpcModelResolver:
+    """ModelResolver over control's ModelResolutionService, authenticated with the service token."""
+
+    def __init__(self, channel: grpc.aio.Channel, service_token: str, timeout_s: float = 10.0):
+        self._stub = internal_pb2_grpc.ModelResolutionServiceStub(channel)
+        self._metadata = (("authorization", f"Bearer {service_token}"),)
+        self._timeout_s = timeout_s
+
+    async def resolve(self, api_key: str, model: str) -> ResolvedModel:
+        try:
+            r = await self._stub.ResolveModel(
+                internal_pb2.ResolveModelRequest(api_key=api_key, model=model),
+                metadata=self._metadata, timeout=self._timeout_s)
+        except grpc.aio.AioRpcError as exc:
+            error = _PASSED_ON.get(exc.code())
+            if error is not None:
+                raise error(exc.details() or exc.code().name.lower()) from None
+            log.warning("model resolution failed: %s %s", exc.code().name, exc.details())
+            raise errors.Unavailable("model resolution is unavailable, retry later") from None
+        return ResolvedModel(
+            model=r.model or model, base_model=r.base_model, account_id=r.account_id,
+            user_id=r.user_id, base_model_path=r.base_model_path, adapter_uri=r.adapter_uri,
+            adapter_id=r.adapter_id, context_window=r.context_window,
+            cache_ttl_seconds=r.cache_ttl_seconds)
+
+
+class CachedResolver:
+    """A ModelResolver that remembers successful resolutions for a short TTL.
+
+    Keyed by (hash of the key, model) so raw keys are not kept in memory longer than a request.
+    Errors are not cached: a model created or a grant given a second ago must work now.
+    """
+
+    def __init__(self, inner: ModelResolver, ttl_s: float,
+                 clock: Callable[[], float] = time.monotonic, max_entries: int = 10_000):
+        self._inner = inner
+        self._ttl_s = ttl_s
+        self._clock = clock
+        self._max_entries = max_entries
+        self._entries: OrderedDict[tuple[str, str], tuple[float, ResolvedModel]] = OrderedDict()
+
+    async def resolve(self, api_key: str, model: str) -> ResolvedModel:
+        cache_key = (hash_key(api_key), model)
+        hit = self._entries.get(cache_key)
+        now = self._clock()
+        if hit is not None and hit[0] > now:
+            return hit[1]
+        resolved = await self._inner.resolve(api_key, model)
+        ttl = self._ttl_s
+        if resolved.cache_ttl_seconds > 0:  # control may ask for a shorter lifetime
+            ttl = min(ttl, resolved.cache_ttl_seconds)
+        if ttl > 0:
+            self._entries[cache_key] = (self._clock() + ttl, resolved)
+            self._entries.move_to_end(cache_key)
+            while len(self._entries) > self._max_entries:
+                self._entries.popitem(last=False)
+        return resolved
+
+
+# --- validation -------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class AdapterInfo:
+    rank: int
+    alpha: float
+    target_modules: tuple[str, ...]
+
+
+def base_linear_shapes(model_dir: Path) -> dict[str, tuple[int, ...]]:
+    """Shapes of the base model's weights by tensor name, read from the safetensors headers."""
+    from safetensors import safe_open
+
+    shapes: dict[str, tuple[int, ...]] = {}
+    for file in sorted(Path(model_dir).glob("*.safetensors")):
+        with safe_open(str(file), framework="pt") as f:
+            for name in f.keys():
+                shapes[name] = tuple(f.get_slice(name).get_shape())
+    return shapes
+
+
+def validate_adapter(folder: Path, base: BaseModel, max_rank: int,
+                     base_shapes: Mapping[str, tuple[int, ...]]) -> AdapterInfo:
+    """Check an adapter folder before the engine loads it; FailedPrecondition says what is wrong."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FailedPrecondition("the model's adapter files are missing")
+    pickled = sorted(p.name for p in folder.iterdir() if p.name.endswith(PICKLE_SUFFIXES))
+    if pickled:
+        raise FailedPrecondition(
+            f"adapter has pickle-based weights ({', '.join(pickled)}); only safetensors is "
+            "accepted")
+    if not (folder / ADAPTER_WEIGHTS).is_file():
+        raise FailedPrecondition(f"adapter has no {ADAPTER_WEIGHTS}")
+    try:
+        config = json.loads((folder / ADAPTER_CONFIG).read_text())
+    except FileNotFoundError:
+        raise FailedPrecondition(f"adapter has no {ADAPTER_CONFIG}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise FailedPrecondition(f"adapter's {ADAPTER_CONFIG} is not valid JSON") from None
+    if not isinstance(config, dict):
+        raise FailedPrecondition(f"adapter's {ADAPTER_CONFIG} is not a JSON object")
+
+    peft_type = str(config.get("peft_type") or "LORA").upper()
+    if peft_type != "LORA":
+        raise FailedPrecondition(f"adapter type {peft_type} is not supported (LoRA only)")
+    unsupported = [name for name, present in (
+        ("DoRA", config.get("use_dora")),
+        ("LoRA bias", config.get("lora_bias") or config.get("bias") not in (None, "none")),
+        ("modules_to_save", config.get("modules_to_save")),
+        ("layer_replication", config.get("layer_replication")),
+        ("activated LoRA", config.get("alora_invocation_tokens")),
+    ) if present]
+    if unsupported:
+        raise FailedPrecondition(f"adapter uses unsupported features: {', '.join(unsupported)}")
+
+    rank = config.get("r")
+    ranks = [rank, *(config.get("rank_pattern") or {}).values()]
+    if not all(isinstance(r, int) and r > 0 for r in ranks):
+        raise FailedPrecondition("adapter's LoRA rank is missing or not a positive integer")
+    if max(ranks) > max_rank:
+        raise FailedPrecondition(
+            f"adapter rank {max(ranks)} exceeds the maximum rank {max_rank} served for "
+            f"{base.name}")
+
+    targets = config.get("target_modules")
+    if isinstance(targets, str) or not targets:
+        raise FailedPrecondition("adapter's target_modules must be a list of module names")
+    supported = set(base.target_modules)
+    unknown = sorted(set(targets) - supported)
+    if unknown:
+        raise FailedPrecondition(
+            f"adapter targets modules {unknown} that are not supported for {base.name} "
+            f"(supported: {sorted(supported)})")
+
+    declared_base = config.get("base_model_name_or_path")
+    if declared_base and not _names_base_model(str(declared_base), base):
+        raise FailedPrecondition(
+            f"adapter was trained on {declared_base}, not on {base.name}")
+
+    _check_tensors(folder / ADAPTER_WEIGHTS, supported, max_rank, base, base_shapes)
+    return AdapterInfo(rank=rank, alpha=float(config.get("lora_alpha") or rank),
+                       target_modules=tuple(sorted(targets)))
+
+
+def _names_base_model(declared: str, base: BaseModel) -> bool:
+    # The trainer records the base folder it loaded, which differs between machines; its last
+    # path component is the catalog name in every deployment we provision.
+    last = PurePosixPath(declared.rstrip("/")).name
+    return declared in (base.name, str(base.path)) or last in (base.name, base.path.name)
+
+
+def _check_tensors(weights: Path, supported: set[str], max_rank: int, base: BaseModel,
+                   base_shapes: Mapping[str, tuple[int, ...]]) -> None:
+    """Every LoRA tensor must sit on a supported module of the base model, with fitting shapes."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(weights), framework="pt") as f:
+            shapes = {name: tuple(f.get_slice(name).get_shape()) for name in f.keys()}
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise FailedPrecondition(f"adapter weights are not a readable safetensors file: {exc}") \
+            from None
+    if not shapes:
+        raise FailedPrecondition("adapter weights file holds no tensors")
+    for name, shape in shapes.items():
+        module, kind = _split_lora_tensor_name(name)
+        if module is None:
+            raise FailedPrecondition(f"adapter tensor {name} is not a LoRA A/B weight")
+        if module.rsplit(".", 1)[-1] not in supported:
+            raise FailedPrecondition(f"adapter tensor {name} targets an unsupported module")
+        base_shape = base_shapes.get(module + ".weight")
+        if base_shape is None or len(base_shape) != 2 or len(shape) != 2:
+            raise FailedPrecondition(
+                f"adapter tensor {name} does not match any weight of {base.name}")
+        out_features, in_features = base_shape
+        rank = shape[0] if kind == "A" else shape[1]
+        expected = (rank, in_features) if kind == "A" else (out_features, rank)
+        if shape != expected or rank > max_rank:
+            raise FailedPrecondition(
+                f"adapter tensor {name} has shape {list(shape)}, which does not fit "
+                f"{base.name} ({module} is {out_features}x{in_features}, max rank {max_rank})")
+
+
+def _split_lora_tensor_name(name: str) -> tuple[str | None, str]:
+    """'base_model.model.model.layers.0.mlp.up_proj.lora_A.weight' -> ('model.layers.0.mlp.up_proj', 'A')."""
+    for kind in ("A", "B"):
+        suffix = f".lora_{kind}.weight"
+        if name.endswith(suffix):
+            module = name[: -len(suffix)]
+            return module.removeprefix("base_model.model."), kind
+    return None, ""
+
+
+# --- the registry -----------------------------------------------------------------------------
+
+class AdapterRegistry:
+    """Turns a resolved model into the LoraAdapter the engine loads, validating it once.
+
+    Each adapter version is keyed by control's adapter_id, which is never reused: a retrained
+    model gets a new id, a new LoRA name and a new engine slot, so no stale weights are served.
+    """
+
+    def __init__(self, base: BaseModel, max_rank: int, cache_dir: Path,
+                 base_shapes: Callable[[], Mapping[str, tuple[int, ...]]] | None = None):
+        self._base = base
+        self._max_rank = max_rank
+        self._cache_dir = Path(cache_dir)
+        self._base_shapes_fn = base_shapes or (lambda: base_linear_shapes(base.path))
+        self._base_shapes: Mapping[str, tuple[int, ...]] | None = None
+        self._ready: dict[int, LoraAdapter] = {}
+        self._uris: dict[int, str] = {}
+        self._invalid: dict[int, FailedPrecondition] = {}
+        self._locks: dict[int, asyncio.Lock] = {}
+        self.validations = 0  # how many times an adapter was fetched and validated
+
+    @property
+    def base(self) -> BaseModel:
+        return self._base
+
+    async def adapter_for(self, resolved: ResolvedModel) -> LoraAdapter | None:
+        if resolved.base_model != self._base.name:
+            raise FailedPrecondition(
+                f"model {resolved.model} runs on base model {resolved.base_model}; this "
+                f"inference service serves {self._base.name}")
+        if resolved.is_base:
+            return None
+        adapter_id = resolved.adapter_id
+        if adapter_id <= 0:
+            raise FailedPrecondition(f"model {resolved.model} has no valid adapter version")
+        known_uri = self._uris.setdefault(adapter_id, resolved.adapter_uri)
+        if known_uri != resolved.adapter_uri:
+            # Ids are promised never to be reused; serving the cached weights would be wrong.
+            log.error("adapter id %d seen for %s and %s", adapter_id, known_uri,
+                      resolved.adapter_uri)
+            raise FailedPrecondition(f"model {resolved.model}: adapter version conflict")
+        if (ready := self._ready.get(adapter_id)) is not None:
+            return ready
+        lock = self._locks.setdefault(adapter_id, asyncio.Lock())
+        async with lock:  # concurrent first requests fetch and validate once
+            if (ready := self._ready.get(adapter_id)) is not None:
+                return ready
+            if (invalid := self._invalid.get(adapter_id)) is not None:
+                raise invalid
+            try:
+                folder = await asyncio.to_thread(self._prepare, resolved)
+            except FailedPrecondition as exc:
+                # Versions never change, so the verdict holds; fetch errors are not cached.
+                self._invalid[adapter_id] = exc
+                log.warning("adapter %d of %s refused: %s", adapter_id, resolved.model,
+                            exc.message)
+                raise
+            adapter = LoraAdapter(name=f"{resolved.model}@{adapter_id}", int_id=adapter_id,
+                                  path=str(folder))
+            self._ready[adapter_id] = adapter
+            return adapter
+
+    def _prepare(self, resolved: ResolvedModel) -> Path:
+        """Runs in a worker thread: fetch the adapter to a local folder and validate it."""
+        self.validations += 1
+        folder = self._local_folder(resolved.adapter_uri, resolved.adapter_id)
+        if self._base_shapes is None:
+            self._base_shapes = self._base_shapes_fn()
+        validate_adapter(folder, self._base, self._max_rank, self._base_shapes)
+        return folder
+
+    def _local_folder(self, uri: str, adapter_id: int) -> Path:
+        # The adapter's parent is the store root, so the adapter itself is addressable in it.
+        parent = uri.rstrip("/").rsplit("/", 1)[0]
+        try:
+            store = ArtifactStore(parent)
+        except (ValueError, OSError) as exc:
+            raise FailedPrecondition(f"adapter location {uri} is not readable: {exc}") from None
+        local = store.local_path(uri)
+        if local is not None:
+            return local
+        dest = self._cache_dir / str(adapter_id)
+        if dest.is_dir():  # downloaded before; versions are immutable
+            return dest
+        names = store.list(uri)
+        if not names:
+            raise FailedPrecondition(f"no adapter files at {uri}")
+        self._cache_dir.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{adapter_id}-", dir=self._cache_dir))
+        try:
+            # Pickle files are only listed, never fetched: validation refuses their names.
+            for name in names:
+                target = tmp / name
+                if name in (ADAPTER_WEIGHTS, ADAPTER_CONFIG):
+                    with store.open(f"{uri.rstrip('/')}/{name}", "rb") as src, \
+                            open(target, "wb") as out:
+                        shutil.copyfileobj(src, out, 1 << 20)
+                elif name.endswith(PICKLE_SUFFIXES):
+                    target.touch()
+            try:
+                tmp.rename(dest)
+            except OSError:
+                if not dest.is_dir():  # another replica sharing the cache may have won the race
+                    raise
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        return dest

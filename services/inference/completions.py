@@ -1,0 +1,232 @@
+"""COMPLETE, transport-neutral: validate, admit, resolve, render, generate, count.
+
+The gRPC servicer only converts protos to these types and back; everything the service decides
+happens here, against the CompletionEngine / ModelResolver / AdapterRegistry seams.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import uuid
+from contextlib import aclosing
+from dataclasses import dataclass, field
+from typing import AsyncIterator
+
+from services.common.chat_format import prompt_token_ids
+from services.common.errors import InvalidArgument, ResourceExhausted, Unavailable
+from services.inference.accounting import BackgroundUsageSender, Usage, UsageCounter, UsageRecord
+from services.inference.adapters import AdapterRegistry, ModelResolver
+from services.inference.engine import CompletionEngine, Sampling
+
+log = logging.getLogger(__name__)
+
+ROLES = ("system", "user", "assistant")
+MAX_TEMPERATURE = 2.0
+MAX_STOP_SEQUENCES = 8
+MAX_STOP_CHARS = 256
+MAX_REQUEST_ID_CHARS = 128
+MAX_MODEL_NAME_CHARS = 512
+# vLLM's own finish reasons that are a normal end of generation, as the API names them.
+FINISH_REASONS = {"stop": "stop", "length": "length", "repetition": "stop"}
+
+
+@dataclass(frozen=True)
+class CompletionInput:
+    model: str
+    prompt: str = ""
+    messages: tuple[tuple[str, str], ...] = ()   # (role, content)
+    temperature: float | None = None
+    top_p: float | None = None
+    max_tokens: int | None = None
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+    request_id: str = ""
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """One piece of a completion; the last one carries finish_reason and usage."""
+
+    delta: str
+    finish_reason: str | None = None
+    usage: Usage | None = None
+
+
+@dataclass(frozen=True)
+class Completion:
+    request_id: str
+    model: str
+    text: str
+    finish_reason: str
+    usage: Usage
+
+
+@dataclass(frozen=True)
+class Limits:
+    default_max_tokens: int
+    max_in_flight: int
+
+
+@dataclass
+class _Plan:
+    """A validated request: what to generate, for whom, with which sampling."""
+
+    inp: CompletionInput
+    request_id: str
+    engine_request_id: str = field(default_factory=lambda: f"cmpl-{uuid.uuid4().hex}")
+
+
+def check_input(inp: CompletionInput) -> None:
+    """Input checks that need neither the model nor the tokenizer."""
+    if not inp.model.strip():
+        raise InvalidArgument("model is required")
+    if len(inp.model) > MAX_MODEL_NAME_CHARS:
+        raise InvalidArgument("model name is too long")
+    if inp.prompt and inp.messages:
+        raise InvalidArgument("give either prompt or messages, not both")
+    if inp.messages:
+        for role, content in inp.messages:
+            if role not in ROLES:
+                raise InvalidArgument(f"message role must be one of {', '.join(ROLES)}, "
+                                      f"not {role!r}")
+        if not any(content.strip() for _, content in inp.messages):
+            raise InvalidArgument("messages are empty")
+    elif not inp.prompt.strip():
+        raise InvalidArgument("prompt is empty")
+    if inp.temperature is not None and not (
+            math.isfinite(inp.temperature) and 0 <= inp.temperature <= MAX_TEMPERATURE):
+        raise InvalidArgument(f"temperature must be between 0 and {MAX_TEMPERATURE:g}")
+    if inp.top_p is not None and not (math.isfinite(inp.top_p) and 0 < inp.top_p <= 1):
+        raise InvalidArgument("top_p must be in (0, 1]")
+    if inp.max_tokens is not None and inp.max_tokens < 1:
+        raise InvalidArgument("max_tokens must be at least 1")
+    if len(inp.stop) > MAX_STOP_SEQUENCES:
+        raise InvalidArgument(f"at most {MAX_STOP_SEQUENCES} stop sequences")
+    if any(not s or len(s) > MAX_STOP_CHARS for s in inp.stop):
+        raise InvalidArgument(f"stop sequences must have 1 to {MAX_STOP_CHARS} characters")
+    if len(inp.request_id) > MAX_REQUEST_ID_CHARS or not inp.request_id.isprintable():
+        raise InvalidArgument(f"request_id must be printable, at most {MAX_REQUEST_ID_CHARS} "
+                              "characters")
+
+
+def plan_sampling(inp: CompletionInput, prompt_tokens: int, context_window: int,
+                  default_max_tokens: int) -> Sampling:
+    """Sampling settings once the prompt's length is known; the prompt must leave room."""
+    room = context_window - prompt_tokens
+    if room < 1:
+        raise InvalidArgument(
+            f"the prompt is {prompt_tokens} tokens; the context window of {inp.model} is "
+            f"{context_window} tokens, including the completion")
+    if inp.max_tokens is not None:
+        if inp.max_tokens > room:
+            raise InvalidArgument(
+                f"max_tokens {inp.max_tokens} plus the prompt's {prompt_tokens} tokens exceed "
+                f"the context window of {context_window} tokens")
+        max_tokens = inp.max_tokens
+    else:
+        max_tokens = min(default_max_tokens, room)
+    return Sampling(
+        max_tokens=max_tokens,
+        temperature=0.0 if inp.temperature is None else inp.temperature,  # greedy by default
+        top_p=1.0 if inp.top_p is None else inp.top_p,
+        stop=inp.stop,
+        seed=inp.seed,
+    )
+
+
+class Completions:
+    def __init__(self, engine: CompletionEngine, resolver: ModelResolver,
+                 registry: AdapterRegistry, usage: BackgroundUsageSender, limits: Limits):
+        self._engine = engine
+        self._resolver = resolver
+        self._registry = registry
+        self._usage = usage
+        self._limits = limits
+        self._in_flight = 0
+
+    @property
+    def in_flight(self) -> int:
+        return self._in_flight
+
+    async def complete(self, api_key: str, inp: CompletionInput) -> Completion:
+        parts: list[str] = []
+        last = Chunk("")
+        request_id = inp.request_id or _new_request_id()
+        async with aclosing(self.stream(api_key, inp, request_id=request_id)) as chunks:
+            async for chunk in chunks:
+                parts.append(chunk.delta)
+                last = chunk
+        assert last.finish_reason is not None and last.usage is not None
+        return Completion(request_id=request_id, model=inp.model, text="".join(parts),
+                          finish_reason=last.finish_reason, usage=last.usage)
+
+    async def stream(self, api_key: str, inp: CompletionInput,
+                     request_id: str | None = None) -> AsyncIterator[Chunk]:
+        check_input(inp)
+        if self._in_flight >= self._limits.max_in_flight:
+            raise ResourceExhausted(
+                f"too many requests in flight ({self._limits.max_in_flight}); retry later")
+        self._in_flight += 1
+        try:
+            plan = _Plan(inp=inp, request_id=request_id or inp.request_id or _new_request_id())
+            # aclosing: a caller that stops early must reach _generate's abort now, not at GC.
+            async with aclosing(self._generate(api_key, plan)) as chunks:
+                async for chunk in chunks:
+                    yield chunk
+        finally:
+            self._in_flight -= 1
+
+    async def _generate(self, api_key: str, plan: _Plan) -> AsyncIterator[Chunk]:
+        inp = plan.inp
+        resolved = await self._resolver.resolve(api_key, inp.model)
+        lora = await self._registry.adapter_for(resolved)
+        ids = await asyncio.to_thread(_render, self._engine.tokenizer, inp)
+        context = self._engine.max_model_len
+        if resolved.context_window > 0:
+            context = min(context, resolved.context_window)
+        sampling = plan_sampling(inp, len(ids), context, self._limits.default_max_tokens)
+
+        counter = UsageCounter(len(ids))
+        finish_reason = None
+        deltas = self._engine.generate(plan.engine_request_id, ids, sampling, lora)
+        try:
+            async for delta in deltas:
+                counter.add(delta.prompt_token_count, delta.token_ids)
+                if delta.finish_reason is None:
+                    if delta.text:
+                        yield Chunk(delta.text)
+                    continue
+                finish_reason = delta.finish_reason
+                if finish_reason not in FINISH_REASONS:
+                    log.warning("request %s ended with %s", plan.engine_request_id,
+                                finish_reason)
+                    raise Unavailable("generation was interrupted, retry")
+                usage = counter.usage
+                # Count before the caller sees the end, so a client that hangs up on the
+                # last message is still billed for what it received.
+                self._usage.submit(UsageRecord(
+                    request_id=plan.engine_request_id, account_id=resolved.account_id,
+                    user_id=resolved.user_id, model=resolved.model,
+                    base_model=resolved.base_model, usage=usage))
+                yield Chunk(delta.text, FINISH_REASONS[finish_reason], usage)
+                return
+        finally:
+            await deltas.aclose()
+            if finish_reason is None:
+                # The caller went away, the deadline passed, or the engine failed: free the
+                # engine's slot now rather than when the generator is collected.
+                await self._engine.abort(plan.engine_request_id)
+        raise Unavailable("generation ended without a result, retry")
+
+
+def _render(tokenizer, inp: CompletionInput) -> list[int]:
+    if inp.messages:
+        return prompt_token_ids(tokenizer, messages=[{"role": r, "content": c}
+                                                     for r, c in inp.messages])
+    return prompt_token_ids(tokenizer, prompt=inp.prompt)
+
+
+def _new_request_id() -> str:
+    return f"req-{uuid.uuid4().hex}"

@@ -1,0 +1,182 @@
+"""The generation engine behind a small Protocol, and its vLLM (AsyncLLM) implementation.
+
+The rest of the service depends only on `CompletionEngine`, so unit tests use a fake. vLLM is
+imported lazily inside `VllmEngine.start`: importing this module never loads vLLM.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any, AsyncIterator, Protocol
+
+from services.common.errors import InvalidArgument, ResourceExhausted, Unavailable
+
+log = logging.getLogger(__name__)
+
+GiB = 1 << 30
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """Validated sampling settings of one request (see completions.parse_sampling)."""
+
+    max_tokens: int
+    temperature: float = 0.0
+    top_p: float = 1.0
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+
+
+@dataclass(frozen=True)
+class LoraAdapter:
+    """One adapter version as the engine loads it: a name and an id that are never reused."""
+
+    name: str
+    int_id: int
+    path: str
+
+
+@dataclass(frozen=True)
+class GenerationDelta:
+    """What one engine step added to a request's output."""
+
+    text: str                      # new text since the previous delta
+    token_ids: tuple[int, ...]     # new output token ids
+    prompt_token_count: int        # the prompt tokens the engine actually saw
+    finish_reason: str | None = None   # set on the last delta: stop | length | abort | ...
+
+
+class CompletionEngine(Protocol):
+    """Generation from token ids, with an optional LoRA adapter, abortable by request id."""
+
+    @property
+    def tokenizer(self) -> Any: ...
+
+    @property
+    def max_model_len(self) -> int: ...
+
+    def generate(self, request_id: str, prompt_token_ids: list[int], sampling: Sampling,
+                 lora: LoraAdapter | None) -> AsyncIterator[GenerationDelta]: ...
+
+    async def abort(self, request_id: str) -> None: ...
+
+
+class VllmEngine:
+    """CompletionEngine on vLLM's AsyncLLM with LoRA enabled (adapters swapped per request)."""
+
+    def __init__(self, llm: Any, max_model_len: int):
+        self._llm = llm
+        self._max_model_len = max_model_len
+        self._tokenizer = llm.get_tokenizer()  # thread-safe pool of the base model's tokenizer
+        self._lora_requests: dict[int, Any] = {}
+
+    @classmethod
+    def start(cls, config) -> "VllmEngine":
+        """Build the engine (blocks ~45 s on this CPU; the engine core is a spawned process)."""
+        from vllm import AsyncEngineArgs
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        args = AsyncEngineArgs(
+            model=str(config.base_model.path),
+            served_model_name=[config.base_model.name],
+            enable_lora=True,
+            max_loras=config.max_loras,
+            max_cpu_loras=config.max_cpu_loras,
+            max_lora_rank=config.max_lora_rank,
+            max_model_len=config.max_model_len,
+            max_num_seqs=config.max_num_seqs,
+            dtype=config.dtype,
+            gpu_memory_utilization=config.gpu_memory_utilization,
+            # The explicit size is what VLLM_CPU_KVCACHE_SPACE sets on CPU; without it vLLM sizes
+            # the cache from free memory and refuses to start when other processes use it.
+            kv_cache_memory_bytes=int(config.kv_cache_gib * GiB),
+            enforce_eager=True,
+            disable_log_stats=True,
+            # Imported by every worker process before the model loads: installs the grouped
+            # LoRA ops there (a patch applied only in this process would not reach the worker).
+            worker_extension_cls=("services.inference.vllm_worker.GroupedLoraOpsExtension"
+                                  if config.grouped_lora_ops else ""),
+        )
+        llm = AsyncLLM.from_engine_args(args)
+        return cls(llm, max_model_len=llm.model_config.max_model_len)
+
+    @property
+    def tokenizer(self) -> Any:
+        return self._tokenizer
+
+    @property
+    def max_model_len(self) -> int:
+        return self._max_model_len
+
+    def num_unfinished_requests(self) -> int:
+        return self._llm.get_num_unfinished_requests()
+
+    def _lora_request(self, lora: LoraAdapter | None):
+        if lora is None:
+            return None
+        request = self._lora_requests.get(lora.int_id)
+        if request is None:
+            from vllm.lora.request import LoRARequest
+
+            request = LoRARequest(lora_name=lora.name, lora_int_id=lora.int_id,
+                                  lora_path=lora.path)
+            self._lora_requests[lora.int_id] = request
+        return request
+
+    async def generate(self, request_id: str, prompt_token_ids: list[int], sampling: Sampling,
+                       lora: LoraAdapter | None) -> AsyncIterator[GenerationDelta]:
+        from vllm import SamplingParams
+        from vllm.exceptions import GracefulHTTPError, VLLMClientError
+        from vllm.inputs import tokens_input
+        from vllm.sampling_params import RequestOutputKind
+        from vllm.v1.engine.exceptions import EngineDeadError
+
+        params = SamplingParams(
+            temperature=sampling.temperature,
+            top_p=sampling.top_p,
+            max_tokens=sampling.max_tokens,
+            stop=list(sampling.stop) or None,
+            seed=sampling.seed,
+            output_kind=RequestOutputKind.DELTA,
+        )
+        # A rendered token input: vLLM uses these ids as they are, never re-tokenizes.
+        stream = self._llm.generate(tokens_input(list(prompt_token_ids)), params, request_id,
+                                    lora_request=self._lora_request(lora))
+        try:
+            async for out in stream:
+                completion = out.outputs[0]
+                yield GenerationDelta(
+                    text=completion.text,
+                    token_ids=tuple(completion.token_ids),
+                    prompt_token_count=len(out.prompt_token_ids or prompt_token_ids),
+                    finish_reason=(str(completion.finish_reason)
+                                   if completion.finish_reason is not None else None),
+                )
+        except EngineDeadError:
+            raise Unavailable("the inference engine is not running") from None
+        except GracefulHTTPError as exc:
+            raise ResourceExhausted(f"the inference engine is overloaded: {exc}") from None
+        except VLLMClientError as exc:
+            raise InvalidArgument(str(exc)) from None
+        finally:
+            # Closing vLLM's generator early (our caller went away) aborts the request there.
+            await stream.aclose()
+
+    async def abort(self, request_id: str) -> None:
+        await self._llm.abort(request_id)
+
+    async def grouped_lora_ops_active(self) -> bool:
+        """Whether every worker process runs services.inference.lora_ops (see vllm_worker.py)."""
+        try:
+            return all(await self._llm.collective_rpc("grouped_lora_ops_active"))
+        except Exception:  # noqa: BLE001 - the extension is not installed: vLLM's own ops
+            return False
+
+    def shutdown(self) -> None:
+        llm, self._llm = self._llm, None
+        if llm is not None:
+            llm.shutdown()
+            # Dropping the last reference now runs vLLM's __del__ while the interpreter is
+            # intact, instead of at exit where it fails noisily.
+            del llm

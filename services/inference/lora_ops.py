@@ -1,0 +1,115 @@
+"""Grouped LoRA ops for vLLM's CPU punica wrapper: one matrix product per adapter in the batch.
+
+vLLM CPU's own ops (vllm/lora/ops/torch_ops/lora_ops.py) gather one adapter matrix per token
+(`weights[indices]`), which copies the weights once per token, and they index the "no adapter"
+marker -1 as the last adapter slot, so base-model rows batched with adapter rows get an adapter
+applied. These keep the same signatures and semantics but group rows by adapter and skip -1 rows
+(as vLLM's GPU kernels do). Pure torch: no vLLM import, so unit tests can compare them directly.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import torch
+
+NO_LORA = -1
+
+
+def _matrices(weights: torch.Tensor) -> torch.Tensor:
+    # Stacked weights come as [num_loras, 1, out, in] or [num_loras, out, in].
+    return weights.squeeze(1) if weights.dim() == 4 else weights
+
+
+def _groups(indices: torch.Tensor) -> Iterator[tuple[int, slice | torch.Tensor]]:
+    """(adapter slot, rows) for each adapter present; a whole-batch slice when there is one."""
+    n = indices.shape[0]
+    if n == 0:
+        return
+    first = int(indices[0])
+    if bool((indices == first).all()):
+        if first != NO_LORA:
+            yield first, slice(0, n)
+        return
+    for slot in torch.unique(indices).tolist():
+        if slot != NO_LORA:
+            yield slot, (indices == slot).nonzero(as_tuple=True)[0]
+
+
+def _product(inputs: torch.Tensor, rows, weight: torch.Tensor, dtype: torch.dtype):
+    x = inputs[rows].to(dtype)
+    return x @ weight.to(dtype).t()
+
+
+def bgmv_shrink(inputs: torch.Tensor, lora_a_weights: torch.Tensor,
+                output_tensor: torch.Tensor, lora_indices_tensor: torch.Tensor,
+                scaling: float = 1.0) -> None:
+    """output[t, :r] = scaling * inputs[t] @ A[idx[t]].T; zero for rows without an adapter."""
+    weights = _matrices(lora_a_weights)
+    rank = weights.shape[1]
+    out = output_tensor[:, :rank]
+    for slot, rows in _groups(lora_indices_tensor):
+        out[rows] = scaling * _product(inputs, rows, weights[slot], output_tensor.dtype)
+    without = lora_indices_tensor == NO_LORA
+    if bool(without.any()):
+        out[without] = 0
+
+
+def bgmv_expand(inputs: torch.Tensor, lora_b_weights: torch.Tensor,
+                output_tensor: torch.Tensor, lora_indices_tensor: torch.Tensor,
+                add_inputs: bool = True) -> None:
+    """output[t, :n] (+)= inputs[t] @ B[idx[t]].T for rows with an adapter; others untouched."""
+    weights = _matrices(lora_b_weights)
+    common = min(weights.shape[1], output_tensor.shape[1])
+    _expand_into(inputs, weights, output_tensor, lora_indices_tensor, 0, common, add_inputs)
+
+
+def bgmv_expand_slice(inputs: torch.Tensor, lora_b_weights: torch.Tensor,
+                      output_tensor: torch.Tensor, lora_indices_tensor: torch.Tensor,
+                      slice_offset: int, slice_size: int, add_inputs: bool = True) -> None:
+    weights = _matrices(lora_b_weights)
+    _expand_into(inputs, weights, output_tensor, lora_indices_tensor, slice_offset, slice_size,
+                 add_inputs)
+
+
+def _expand_into(inputs, weights, output_tensor, indices, offset, size, add_inputs) -> None:
+    n_out = output_tensor.shape[0]
+    if indices.shape[0] == 1 and n_out != 1:
+        # One input row for many output rows: vLLM's op broadcasts it; keep that behaviour.
+        slot = int(indices[0])
+        if slot != NO_LORA:
+            y = _product(inputs, slice(0, 1), weights[slot], output_tensor.dtype)[:, :size]
+            target = output_tensor[:, offset:offset + size]
+            target.add_(y) if add_inputs else target.copy_(y.expand_as(target))
+        return
+    for slot, rows in _groups(indices[:n_out]):
+        y = _product(inputs, rows, weights[slot], output_tensor.dtype)[:, :size]
+        if add_inputs:
+            output_tensor[rows, offset:offset + size] += y
+        else:
+            output_tensor[rows, offset:offset + size] = y
+
+
+def sgmv_shrink(inputs, lora_a_weights, output_tensor, b_seq_start_loc, seq_len_tensor,
+                lora_indices_tensor, batches, max_seq_length, token_nums, scaling) -> None:
+    indices = torch.repeat_interleave(lora_indices_tensor, seq_len_tensor)
+    bgmv_shrink(inputs, lora_a_weights, output_tensor, indices, scaling)
+
+
+def sgmv_expand(inputs, lora_b_weights, output_tensor, b_seq_start_loc, seq_len_tensor,
+                lora_indices_tensor, batches, max_seq_length, token_nums,
+                add_inputs: bool = False) -> None:
+    indices = torch.repeat_interleave(lora_indices_tensor, seq_len_tensor)
+    bgmv_expand(inputs, lora_b_weights, output_tensor, indices, add_inputs)
+
+
+def sgmv_expand_slice(inputs, lora_b_weights, output_tensor, b_seq_start_loc, seq_len_tensor,
+                      lora_indices_tensor, batches, max_seq_length, token_nums, slice_offset,
+                      slice_size, add_inputs: bool = False) -> None:
+    indices = torch.repeat_interleave(lora_indices_tensor, seq_len_tensor)
+    bgmv_expand_slice(inputs, lora_b_weights, output_tensor, indices, slice_offset, slice_size,
+                      add_inputs)
+
+
+OPS = {f.__name__: f for f in (bgmv_shrink, bgmv_expand, bgmv_expand_slice, sgmv_shrink,
+                               sgmv_expand, sgmv_expand_slice)}

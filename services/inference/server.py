@@ -1,0 +1,45 @@
+"""Wiring of the inference service: the gRPC server, its auth, and the COMPLETE core."""
+
+from __future__ import annotations
+
+from finetune.inference.v1 import inference_pb2_grpc
+from services.common.errors import Unauthenticated
+from services.common.interceptors import AuthInterceptor
+from services.common.server import GrpcServer, Registration
+from services.inference.accounting import BackgroundUsageSender
+from services.inference.adapters import AdapterRegistry, CachedResolver, ModelResolver
+from services.inference.completions import Completions, Limits
+from services.inference.config import InferenceConfig
+from services.inference.engine import CompletionEngine
+from services.inference.servicer import SERVICE_NAME, InferenceServicer
+
+
+async def require_api_key(method: str, token: str | None) -> str:
+    """The caller's key is the principal; control checks it when the model is resolved."""
+    if not token:
+        raise Unauthenticated("an API key is required (metadata authorization: Bearer <key>)")
+    return token
+
+
+def build_server(config: InferenceConfig, servicer: InferenceServicer) -> GrpcServer:
+    return GrpcServer(
+        config.listen_address,
+        [Registration(inference_pb2_grpc.add_InferenceServiceServicer_to_server, servicer,
+                      SERVICE_NAME)],
+        interceptors=[AuthInterceptor(require_api_key)],
+    )
+
+
+def build_completions(config: InferenceConfig, engine: CompletionEngine,
+                      resolver: ModelResolver, usage: BackgroundUsageSender,
+                      registry: AdapterRegistry | None = None) -> Completions:
+    registry = registry or AdapterRegistry(config.base_model, config.adapter_rank_limit,
+                                           config.adapter_cache_dir)
+    return Completions(
+        engine=engine,
+        resolver=CachedResolver(resolver, config.resolution_cache_ttl_s),
+        registry=registry,
+        usage=usage,
+        limits=Limits(default_max_tokens=config.default_max_tokens,
+                      max_in_flight=config.max_queued_requests),
+    )

@@ -1,0 +1,64 @@
+"""The InferenceService servicer: protos in, `Completions` call, protos out. Nothing else."""
+
+from __future__ import annotations
+
+from contextlib import aclosing
+
+from finetune.inference.v1 import inference_pb2, inference_pb2_grpc
+from services.common.errors import Unavailable
+from services.common.interceptors import current_principal
+from services.inference.accounting import Usage
+from services.inference.completions import CompletionInput, Completions
+
+SERVICE_NAME = inference_pb2.DESCRIPTOR.services_by_name["InferenceService"].full_name
+
+
+class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
+    def __init__(self, completions: Completions | None = None):
+        self._completions = completions
+
+    def attach(self, completions: Completions) -> None:
+        """Start answering: called once the engine is ready."""
+        self._completions = completions
+
+    def _ready(self) -> Completions:
+        if self._completions is None:
+            raise Unavailable("the inference engine is starting")
+        return self._completions
+
+    async def Complete(self, request, context):
+        completions = self._ready()
+        result = await completions.complete(current_principal(), to_input(request))
+        return inference_pb2.CompleteResponse(
+            text=result.text, finish_reason=result.finish_reason, usage=to_proto(result.usage),
+            model=result.model, request_id=result.request_id)
+
+    async def CompleteStream(self, request, context):
+        completions = self._ready()
+        stream = completions.stream(current_principal(), to_input(request))
+        async with aclosing(stream) as chunks:
+            async for chunk in chunks:
+                yield inference_pb2.CompleteStreamResponse(
+                    delta=chunk.delta, finish_reason=chunk.finish_reason or "",
+                    usage=to_proto(chunk.usage) if chunk.usage else None)
+
+
+def to_input(request: inference_pb2.CompleteRequest) -> CompletionInput:
+    opts = request.options
+    return CompletionInput(
+        model=request.model,
+        prompt=request.prompt,
+        messages=tuple((m.role, m.content) for m in request.messages),
+        temperature=opts.temperature if opts.HasField("temperature") else None,
+        top_p=opts.top_p if opts.HasField("top_p") else None,
+        max_tokens=opts.max_tokens if opts.HasField("max_tokens") else None,
+        stop=tuple(opts.stop),
+        seed=opts.seed if opts.HasField("seed") else None,
+        request_id=request.request_id,
+    )
+
+
+def to_proto(usage: Usage) -> inference_pb2.Usage:
+    return inference_pb2.Usage(prompt_tokens=usage.prompt_tokens,
+                               completion_tokens=usage.completion_tokens,
+                               total_tokens=usage.total_tokens)

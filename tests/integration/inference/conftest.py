@@ -1,0 +1,181 @@
+"""One real vLLM engine per session on the default base model, real LoRA adapters made with peft,
+a small real ModelResolutionService (control's internal API) on loopback, and the real
+inference gRPC server in front of the engine."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+from dataclasses import dataclass, field
+
+import grpc
+import pytest
+
+from finetune.control.v1 import internal_pb2, internal_pb2_grpc
+from services.common.errors import NotFound, PermissionDenied, Unauthenticated
+from services.common.interceptors import AuthInterceptor
+from services.common.keys import tokens_equal
+from services.common.server import GrpcServer, Registration
+from services.inference.accounting import BackgroundUsageSender, GrpcUsageReporter
+from services.inference.adapters import GrpcModelResolver
+from services.inference.config import BaseModel, InferenceConfig
+from services.inference.engine import VllmEngine
+from services.inference.server import build_completions, build_server
+from services.inference.servicer import InferenceServicer
+
+SERVICE_TOKEN = "svc-token-for-tests"
+KEYS = {"key-alice": "alice", "key-bob": "bob"}
+MODEL_A = "db.public.model_a"
+MODEL_B = "db.public.model_b"
+BROKEN = "db.public.broken"
+
+
+def make_peft_adapter(base_path, out, seed: int, rank: int = 8):
+    """A real peft LoRA adapter with random (non-zero) weights, saved as safetensors."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32)
+    config = LoraConfig(r=rank, lora_alpha=2 * rank, init_lora_weights=False,
+                        target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj",
+                                        "up_proj", "down_proj"], task_type="CAUSAL_LM")
+    get_peft_model(model, config).save_pretrained(out, safe_serialization=True)
+    return out
+
+
+@pytest.fixture(scope="session")
+def adapter_dirs(tmp_path_factory, base_model_spec):
+    root = tmp_path_factory.mktemp("artifacts")
+    a = make_peft_adapter(base_model_spec.path, root / "jobs/ft_a/output", seed=1)
+    b = make_peft_adapter(base_model_spec.path, root / "jobs/ft_b/output", seed=2)
+    broken = root / "jobs/ft_broken/output"
+    shutil.copytree(a, broken)
+    (broken / "adapter_model.bin").write_bytes(b"\x80\x04 a pickle")
+    return {"a": a, "b": b, "broken": broken}
+
+
+@dataclass
+class FakeControl(internal_pb2_grpc.ModelResolutionServiceServicer):
+    """Control's internal model resolution: keys, USAGE grants and adapter versions."""
+
+    base: str
+    base_path: str
+    models: dict = field(default_factory=dict)   # name -> (adapter_uri, adapter_id, users)
+    usage: list = field(default_factory=list)
+    resolve_calls: int = 0
+
+    async def ResolveModel(self, request, context):
+        self.resolve_calls += 1
+        user = KEYS.get(request.api_key)
+        if user is None:
+            raise Unauthenticated("invalid API key")
+        if request.model == self.base:
+            uri, adapter_id = "", 0
+        elif request.model in self.models:
+            uri, adapter_id, users = self.models[request.model]
+            if user not in users:
+                raise PermissionDenied(f"USAGE on model {request.model} is required")
+        else:
+            raise NotFound(f"model {request.model} does not exist or is not authorized")
+        return internal_pb2.ResolvedModel(
+            account_id="acct-1", user_id=user, model=request.model, base_model=self.base,
+            base_model_path=self.base_path, adapter_uri=uri, adapter_id=adapter_id,
+            context_window=2048)
+
+    async def ReportUsage(self, request, context):
+        self.usage.append(request)
+        return internal_pb2.ReportUsageResponse()
+
+
+async def _service_token_only(method, token):
+    if not tokens_equal(token, SERVICE_TOKEN):
+        raise Unauthenticated("service credential required")
+    return "inference"
+
+
+@pytest.fixture(scope="session")
+async def control(base_model_spec, adapter_dirs):
+    fake = FakeControl(base=base_model_spec.name, base_path=str(base_model_spec.path))
+    fake.models = {
+        MODEL_A: (adapter_dirs["a"].as_uri(), 101, {"alice"}),
+        MODEL_B: (adapter_dirs["b"].as_uri(), 102, {"alice", "bob"}),
+        BROKEN: (adapter_dirs["broken"].as_uri(), 103, {"alice"}),
+    }
+    server = GrpcServer("127.0.0.1:0", [Registration(
+        internal_pb2_grpc.add_ModelResolutionServiceServicer_to_server, fake,
+        "finetune.control.v1.ModelResolutionService")],
+        interceptors=[AuthInterceptor(_service_token_only)])
+    await server.start()
+    fake.address = server.address
+    yield fake
+    await server.stop(0)
+
+
+def make_config(base_model_spec, tmp_path_factory, **overrides) -> InferenceConfig:
+    settings = dict(
+        base_model=BaseModel.from_spec(base_model_spec), service_token=SERVICE_TOKEN,
+        listen_address="127.0.0.1:0", max_loras=2, max_cpu_loras=4, max_lora_rank=16,
+        max_model_len=2048, gpu_memory_utilization=0.1, kv_cache_gib=1, max_num_seqs=16,
+        max_queued_requests=16, default_max_tokens=32, resolution_cache_ttl_s=30,
+        adapter_cache_dir=tmp_path_factory.mktemp("adapter-cache"))
+    settings.update(overrides)
+    return InferenceConfig(**settings)
+
+
+class RecordingEngine(VllmEngine):
+    """The real engine, noting each abort and how many requests vLLM still held after it."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.aborts: list[tuple[str, int]] = []
+        self.aborted = asyncio.Event()
+
+    async def abort(self, request_id):
+        await super().abort(request_id)
+        self.aborts.append((request_id, self.num_unfinished_requests()))
+        self.aborted.set()
+
+
+@pytest.fixture(scope="session")
+def engine(base_model_spec, tmp_path_factory):
+    # float32: this CPU's bf16 matrix products are not batch-invariant (a base-only batch can
+    # already change a greedy answer late in the text), which would blur the mixed-batch test.
+    engine = RecordingEngine.start(make_config(base_model_spec, tmp_path_factory,
+                                               dtype="float32"))
+    yield engine
+    engine.shutdown()
+
+
+@dataclass
+class Inference:
+    address: str
+    server: GrpcServer
+    usage: BackgroundUsageSender
+    engine: RecordingEngine
+    control: FakeControl
+
+    def channel(self, key: str | None = "key-alice"):
+        return grpc.aio.insecure_channel(self.address)
+
+    @staticmethod
+    def metadata(key: str | None = "key-alice"):
+        return (("authorization", f"Bearer {key}"),) if key else ()
+
+
+@pytest.fixture(scope="session")
+async def inference(engine, control, base_model_spec, tmp_path_factory):
+    config = make_config(base_model_spec, tmp_path_factory)
+    channel = grpc.aio.insecure_channel(control.address)
+    usage = BackgroundUsageSender(GrpcUsageReporter(channel, SERVICE_TOKEN))
+    servicer = InferenceServicer()
+    server = build_server(config, servicer)
+    await server.start(serving=False)
+    servicer.attach(build_completions(config, engine, GrpcModelResolver(channel, SERVICE_TOKEN),
+                                      usage))
+    await server.set_serving()
+    yield Inference(server.address, server, usage, engine, control)
+    await server.stop(0)
+    await usage.drain()
+    await channel.close()

@@ -1,0 +1,212 @@
+"""COMPLETE end to end on loopback: the real gRPC server, the real vLLM engine on the default base
+model, real peft adapters, and control's model resolution as a real gRPC service."""
+
+from __future__ import annotations
+
+import asyncio
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from transformers import AutoTokenizer
+
+from conftest import BROKEN, MODEL_A, MODEL_B
+from finetune.inference.v1 import inference_pb2, inference_pb2_grpc
+from services.common.chat_format import prompt_token_ids
+
+pytestmark = pytest.mark.integration
+
+PROMPT = "What is the capital of France?"
+
+
+@pytest.fixture(scope="module")
+def tokenizer(base_model_spec):
+    return AutoTokenizer.from_pretrained(base_model_spec.path)
+
+
+def request(model, prompt=PROMPT, **options):
+    return inference_pb2.CompleteRequest(
+        model=model, prompt=prompt, options=inference_pb2.CompletionOptions(**options))
+
+
+async def complete(inference, req, key="key-alice", timeout=300):
+    async with inference.channel() as ch:
+        return await inference_pb2_grpc.InferenceServiceStub(ch).Complete(
+            req, metadata=inference.metadata(key), timeout=timeout)
+
+
+async def stream(inference, req, key="key-alice"):
+    async with inference.channel() as ch:
+        call = inference_pb2_grpc.InferenceServiceStub(ch).CompleteStream(
+            req, metadata=inference.metadata(key), timeout=300)
+        return [r async for r in call]
+
+
+async def code_of(coro):
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await coro
+    return info.value.code(), info.value.details()
+
+
+async def test_health_is_serving(inference):
+    async with inference.channel() as ch:
+        got = await health_pb2_grpc.HealthStub(ch).Check(
+            health_pb2.HealthCheckRequest(service="finetune.inference.v1.InferenceService"))
+    assert got.status == health_pb2.HealthCheckResponse.SERVING
+
+
+async def test_base_model_completes_with_exact_usage(inference, tokenizer, base_model_spec):
+    r = await complete(inference, request(base_model_spec.name, max_tokens=64))
+    assert r.text.strip()
+    assert r.finish_reason == "stop"  # greedy; the base model answers briefly and ends its turn
+    assert r.model == base_model_spec.name and r.request_id
+    expected_prompt = len(prompt_token_ids(tokenizer, prompt=PROMPT))
+    assert r.usage.prompt_tokens == expected_prompt
+    # The completion is its text's tokens plus the end-of-turn token that ended it.
+    assert r.usage.completion_tokens == len(tokenizer(r.text, add_special_tokens=False)
+                                            ["input_ids"]) + 1
+    assert r.usage.total_tokens == r.usage.prompt_tokens + r.usage.completion_tokens
+
+
+async def test_length_limit_counts_exactly_max_tokens(inference, tokenizer, base_model_spec):
+    r = await complete(inference, request(base_model_spec.name, max_tokens=3))
+    assert r.finish_reason == "length"
+    assert r.usage.completion_tokens == 3
+    assert r.usage.prompt_tokens == len(prompt_token_ids(tokenizer, prompt=PROMPT))
+
+
+async def test_chat_messages_are_rendered_with_the_template(inference, tokenizer,
+                                                            base_model_spec):
+    messages = [{"role": "system", "content": "Answer in one word."},
+                {"role": "user", "content": "Name a colour."}]
+    req = inference_pb2.CompleteRequest(
+        model=base_model_spec.name,
+        messages=[inference_pb2.ChatMessage(**m) for m in messages],
+        options=inference_pb2.CompletionOptions(max_tokens=4))
+    r = await complete(inference, req)
+    assert r.usage.prompt_tokens == len(prompt_token_ids(tokenizer, messages=messages))
+
+
+async def test_adapters_change_the_output(inference, base_model_spec):
+    base, a, b = await asyncio.gather(
+        *[complete(inference, request(m, max_tokens=16)) for m in
+          (base_model_spec.name, MODEL_A, MODEL_B)])
+    assert a.text != base.text
+    assert b.text != base.text and b.text != a.text
+    assert a.model == MODEL_A
+
+
+async def test_the_grouped_lora_ops_run_in_the_engine_worker(inference):
+    assert await inference.engine.grouped_lora_ops_active()
+
+
+async def test_mixed_batches_answer_as_each_request_alone(inference, base_model_spec):
+    """Base, adapter A and adapter B in one batch give exactly their greedy answers alone.
+
+    With vLLM CPU's own LoRA ops the base requests in such a batch get an adapter applied.
+    """
+    models = [base_model_spec.name, MODEL_A, MODEL_B]
+    prompts = ["What is the capital of France?", "Name three fruits.", "Count to five."]
+    alone = {}
+    for m in models:
+        for p in prompts:
+            alone[m, p] = (await complete(inference, request(m, p, max_tokens=12))).text
+    pairs = [(m, p) for p in prompts for m in models]
+    together = await asyncio.gather(*[complete(inference, request(m, p, max_tokens=12))
+                                      for m, p in pairs])
+    mismatches = [(m, p, alone[m, p], r.text) for (m, p), r in zip(pairs, together)
+                  if r.text != alone[m, p]]
+    assert mismatches == []
+
+
+async def test_usage_reaches_control(inference, base_model_spec):
+    await inference.usage.drain()  # reports of earlier tests still on their way
+    before = len(inference.control.usage)
+    r = await complete(inference, request(MODEL_B, max_tokens=5), key="key-bob")
+    await inference.usage.drain()
+    new = inference.control.usage[before:]
+    assert len(new) == 1
+    u = new[0]
+    assert (u.account_id, u.user_id, u.model, u.base_model) == (
+        "acct-1", "bob", MODEL_B, base_model_spec.name)
+    assert (u.prompt_tokens, u.completion_tokens) == (r.usage.prompt_tokens,
+                                                      r.usage.completion_tokens)
+    assert u.request_id
+
+
+async def test_streaming_matches_the_unary_answer(inference):
+    unary = await complete(inference, request(MODEL_A, max_tokens=20))
+    parts = await stream(inference, request(MODEL_A, max_tokens=20))
+    assert len(parts) > 1
+    assert "".join(p.delta for p in parts) == unary.text
+    assert all(not p.HasField("usage") and not p.finish_reason for p in parts[:-1])
+    assert parts[-1].finish_reason == unary.finish_reason
+    assert parts[-1].usage == unary.usage
+
+
+@pytest.mark.parametrize("key, model, options, code", [
+    (None, "base", {}, grpc.StatusCode.UNAUTHENTICATED),
+    ("ft_not_a_key", "base", {}, grpc.StatusCode.UNAUTHENTICATED),
+    ("key-bob", MODEL_A, {}, grpc.StatusCode.PERMISSION_DENIED),
+    ("key-alice", "db.public.nope", {}, grpc.StatusCode.NOT_FOUND),
+    ("key-alice", BROKEN, {}, grpc.StatusCode.FAILED_PRECONDITION),
+    ("key-alice", "base", {"temperature": 3.0}, grpc.StatusCode.INVALID_ARGUMENT),
+    ("key-alice", "base", {"max_tokens": 0}, grpc.StatusCode.INVALID_ARGUMENT),
+    ("key-alice", "base", {"max_tokens": 4096}, grpc.StatusCode.INVALID_ARGUMENT),
+])
+async def test_errors_have_the_documented_codes(inference, base_model_spec, key, model,
+                                                options, code):
+    model = base_model_spec.name if model == "base" else model
+    got, details = await code_of(complete(inference, request(model, **options), key=key))
+    assert got == code, details
+
+
+async def test_broken_adapter_message_says_why(inference):
+    got, details = await code_of(complete(inference, request(BROKEN)))
+    assert got == grpc.StatusCode.FAILED_PRECONDITION
+    assert "pickle" in details and "safetensors" in details
+
+
+async def test_empty_and_too_long_prompts_are_invalid(inference, base_model_spec):
+    got, _ = await code_of(complete(inference, request(base_model_spec.name, prompt="")))
+    assert got == grpc.StatusCode.INVALID_ARGUMENT
+    too_long = "word " * 3000
+    got, details = await code_of(complete(inference, request(base_model_spec.name,
+                                                             prompt=too_long)))
+    assert got == grpc.StatusCode.INVALID_ARGUMENT and "context window" in details
+
+
+async def test_streaming_errors_have_codes(inference):
+    got, _ = await code_of(stream(inference, request("db.public.nope")))
+    assert got == grpc.StatusCode.NOT_FOUND
+
+
+async def _wait_for_abort(engine):
+    # Bounded so a missing abort fails the test instead of hanging it.
+    await asyncio.wait_for(engine.aborted.wait(), timeout=120)
+    request_id, still_running = engine.aborts[-1]
+    engine.aborted.clear()
+    return request_id, still_running
+
+
+async def test_client_cancellation_aborts_the_engine_request(inference):
+    inference.engine.aborted.clear()
+    async with inference.channel() as ch:
+        call = inference_pb2_grpc.InferenceServiceStub(ch).CompleteStream(
+            request(MODEL_A, "Write a very long story about a dragon.", max_tokens=1500),
+            metadata=inference.metadata())
+        first = await call.read()
+        assert first.delta
+        call.cancel()
+        request_id, still_running = await _wait_for_abort(inference.engine)
+    assert request_id.startswith("cmpl-")
+    assert still_running == 0  # vLLM no longer holds it
+
+
+async def test_deadline_aborts_the_engine_request(inference):
+    inference.engine.aborted.clear()
+    got, _ = await code_of(complete(inference, request(
+        MODEL_B, "Write a very long story about a castle.", max_tokens=1500), timeout=1.0))
+    assert got == grpc.StatusCode.DEADLINE_EXCEEDED
+    _, still_running = await _wait_for_abort(inference.engine)
+    assert still_running == 0

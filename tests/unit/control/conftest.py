@@ -1,0 +1,49 @@
+"""Control unit-test fixtures: a real SQLite file and real DuckDB files in tmp_path, a fake
+cluster behind the JobDispatcher Protocol, a tiny base-model catalog (no model is loaded)."""
+
+from __future__ import annotations
+
+import pytest
+from control_testbed import SERVICE_TOKEN, FakeDispatcher
+
+from services.common.base_models import BaseModelSpec
+from services.control.app import Components, build_components
+from services.control.config import load_config
+
+
+@pytest.fixture
+def tiny_base(tmp_path) -> BaseModelSpec:
+    folder = tmp_path / "models" / "tiny-base"
+    folder.mkdir(parents=True)
+    return BaseModelSpec(
+        name="tiny-base", source="path", path=folder, context_window=512, prompt_tokens=384,
+        completion_tokens=128, rows_per_epoch=30, max_lora_rank=32,
+        target_modules=("q_proj", "k_proj", "v_proj", "o_proj"),
+        defaults={"max_epochs": 3, "learning_rate": 0.001, "batch_size": 4, "lora_rank": 8,
+                  "lora_alpha": 16, "lora_dropout": 0.05})
+
+
+@pytest.fixture
+def dispatcher() -> FakeDispatcher:
+    return FakeDispatcher()
+
+
+@pytest.fixture
+def control(tmp_path, tiny_base, dispatcher) -> Components:
+    config = load_config(["--home", str(tmp_path / "home"), "--port", "50999"],
+                         environ={"FINETUNE_SERVICE_TOKEN": SERVICE_TOKEN})
+    components = build_components(config, dispatcher=dispatcher,
+                                  base_models={tiny_base.name: tiny_base},
+                                  provision=lambda spec: spec.path)
+    yield components
+    components.store.close()
+
+
+@pytest.fixture
+def admin_key(control) -> str:
+    return control.config.bootstrap_key_file.read_text().strip()
+
+
+@pytest.fixture
+def admin(control, admin_key):
+    return control.store.run(lambda tx: tx.accounts.authenticate(admin_key))

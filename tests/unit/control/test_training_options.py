@@ -1,0 +1,71 @@
+"""Option defaults come from the base-model catalog; ranges are checked with clear messages."""
+
+import pytest
+
+from services.common.base_models import DEFAULT_BASE_MODEL, load_catalog
+from services.common.errors import InvalidArgument
+from services.control.domain.options import (RequestedOptions, TaskType, TrainingOptions,
+                                             WorkerLimits, resolve_options)
+
+
+@pytest.fixture(scope="module")
+def smollm():
+    return load_catalog()[DEFAULT_BASE_MODEL]  # reads the TOML only; no model is provisioned
+
+
+def test_defaults_come_from_the_catalog_entry(smollm):
+    o = resolve_options(RequestedOptions(), smollm, WorkerLimits(default_num_workers=2))
+    assert (o.max_epochs, o.learning_rate, o.batch_size) == (3, 0.0005, 8)
+    assert (o.lora_rank, o.lora_alpha, o.lora_dropout) == (16, 32, 0.05)
+    assert o.target_modules == smollm.target_modules
+    assert o.seed == 42 and o.num_workers == 2 and o.task_type is TaskType.INSTRUCTION
+    assert o.from_model is None
+
+
+def test_requested_values_override_defaults(tiny_base):
+    o = resolve_options(RequestedOptions(max_epochs=1, learning_rate=0.01, lora_rank=32,
+                                         target_modules=("q_proj",), seed=7, num_workers=1,
+                                         task_type=TaskType.CHAT), tiny_base)
+    assert (o.max_epochs, o.learning_rate, o.lora_rank, o.seed, o.num_workers) == \
+        (1, 0.01, 32, 7, 1)
+    assert o.target_modules == ("q_proj",) and o.task_type is TaskType.CHAT
+    assert o.batch_size == 4  # tiny_base's own default
+
+
+@pytest.mark.parametrize("requested,message", [
+    (RequestedOptions(max_epochs=11), "max_epochs must be between 1 and 10 (got 11)"),
+    (RequestedOptions(max_epochs=-1), "max_epochs must not be negative"),
+    (RequestedOptions(learning_rate=-0.1), "learning_rate must not be negative"),
+    (RequestedOptions(learning_rate=2.0), "learning_rate must be in (0, 1]"),
+    (RequestedOptions(learning_rate=float("nan")), "learning_rate must be a finite number"),
+    (RequestedOptions(lora_rank=33), "lora_rank must be between 1 and 32 for tiny-base"),
+    (RequestedOptions(lora_dropout=1.0), "lora_dropout must be in [0, 1)"),
+    (RequestedOptions(batch_size=5000), "batch_size must be between 1 and 1024"),
+    (RequestedOptions(num_workers=9), "num_workers must be between 1 and 8"),
+    (RequestedOptions(target_modules=("lm_head",)), "target_modules ['lm_head'] are not"),
+    (RequestedOptions(target_modules=("q_proj", "q_proj")), "lists a module twice"),
+])
+def test_out_of_range_options_are_invalid(tiny_base, requested, message):
+    with pytest.raises(InvalidArgument) as err:
+        resolve_options(requested, tiny_base)
+    assert message in err.value.message
+
+
+def test_every_problem_is_reported_at_once(tiny_base):
+    with pytest.raises(InvalidArgument) as err:
+        resolve_options(RequestedOptions(max_epochs=12, lora_rank=64), tiny_base)
+    assert "max_epochs" in err.value.message and "lora_rank" in err.value.message
+
+
+def test_options_round_trip_through_storage(tiny_base):
+    o = resolve_options(RequestedOptions(task_type=TaskType.CONTINUED_PRETRAINING,
+                                         from_model="PUBLIC.PUBLIC.M"), tiny_base)
+    assert TrainingOptions.from_dict(o.to_dict()) == o
+
+
+def test_trainer_options_match_the_spec_contract(tiny_base):
+    o = resolve_options(RequestedOptions(), tiny_base)
+    assert set(o.trainer_options()) == {
+        "max_epochs", "learning_rate", "batch_size", "lora_rank", "lora_alpha", "lora_dropout",
+        "target_modules", "seed", "num_workers"}
+    assert isinstance(o.trainer_options()["target_modules"], list)

@@ -1,0 +1,253 @@
+"""COMPLETE's core with a fake engine and resolver: validation, accounting, admission, abort."""
+
+import asyncio
+import math
+
+import grpc
+import pytest
+
+from finetune.inference.v1 import inference_pb2
+from services.common import errors
+from services.common.interceptors import _principal
+from services.inference.completions import CompletionInput
+from services.inference.servicer import InferenceServicer, to_input
+
+
+def inp(**kw):
+    kw.setdefault("model", "tiny")
+    if "messages" not in kw:
+        kw.setdefault("prompt", "hello there world")
+    return CompletionInput(**kw)
+
+
+@pytest.mark.parametrize("bad, message", [
+    (dict(model=""), "model is required"),
+    (dict(prompt=""), "prompt is empty"),
+    (dict(prompt="   "), "prompt is empty"),
+    (dict(messages=(("user", ""),)), "messages are empty"),
+    (dict(messages=(("robot", "hi"),)), "role"),
+    (dict(prompt="x", messages=(("user", "hi"),)), "either prompt or messages"),
+    (dict(max_tokens=0), "max_tokens"),
+    (dict(max_tokens=-5), "max_tokens"),
+    (dict(temperature=-0.1), "temperature"),
+    (dict(temperature=2.5), "temperature"),
+    (dict(temperature=math.nan), "temperature"),
+    (dict(top_p=0.0), "top_p"),
+    (dict(top_p=1.5), "top_p"),
+    (dict(stop=("",)), "stop"),
+    (dict(stop=tuple("abcdefghi")), "stop"),
+    (dict(request_id="x" * 200), "request_id"),
+])
+async def test_malformed_requests_are_invalid_argument(make_completions, engine, resolver, bad,
+                                                       message):
+    core = make_completions()
+    with pytest.raises(errors.InvalidArgument, match=message) as info:
+        await core.complete("key", inp(**bad))
+    assert info.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert engine.calls == [] and resolver.calls == []  # rejected before any work
+
+
+async def test_prompt_longer_than_the_context_is_invalid_argument(make_completions, engine):
+    core = make_completions()
+    long_prompt = " ".join(f"w{i}" for i in range(engine.max_model_len))
+    with pytest.raises(errors.InvalidArgument, match="context window"):
+        await core.complete("key", inp(prompt=long_prompt))
+    assert engine.calls == []
+
+
+async def test_max_tokens_beyond_the_room_left_is_invalid_argument(make_completions, engine):
+    core = make_completions()
+    prompt = " ".join(f"w{i}" for i in range(60))  # 61 ids with BOS, context 64
+    with pytest.raises(errors.InvalidArgument, match="max_tokens 5"):
+        await core.complete("key", inp(prompt=prompt, max_tokens=5))
+    # Without an explicit max_tokens the default is clamped to the room left.
+    result = await core.complete("key", inp(prompt=prompt))
+    assert engine.calls[-1]["sampling"].max_tokens == 3
+    assert result.finish_reason == "length"
+
+
+async def test_model_context_window_from_control_is_respected(make_completions, engine,
+                                                              resolver, fakes):
+    resolver.models["short"] = fakes.base_resolution("short", context_window=4)
+    core = make_completions()
+    with pytest.raises(errors.InvalidArgument, match="context window of short is 4"):
+        await core.complete("key", inp(model="short", prompt="one two three four"))
+
+
+async def test_complete_returns_text_finish_reason_and_exact_usage(make_completions, engine,
+                                                                   reporter, usage):
+    core = make_completions()
+    result = await core.complete("key", inp(prompt="hello there world", request_id="r-1"))
+    assert result.text == "the quick brown fox"
+    assert result.finish_reason == "stop"
+    assert result.request_id == "r-1" and result.model == "tiny"
+    # Usage counts the ids the engine saw (BOS + 3 words) and the ids it produced (4).
+    assert engine.calls[0]["ids"] == [1, 10, 11, 12]
+    assert (result.usage.prompt_tokens, result.usage.completion_tokens,
+            result.usage.total_tokens) == (4, 4, 8)
+    await usage.drain()
+    [record] = reporter.records
+    assert (record.account_id, record.user_id, record.model, record.base_model) == (
+        "acct", "u1", "tiny", "tiny")
+    assert record.usage == result.usage
+    assert record.request_id == engine.calls[0]["request_id"]
+
+
+async def test_sampling_defaults_to_greedy_and_passes_options(make_completions, engine):
+    core = make_completions(default_max_tokens=7)
+    await core.complete("key", inp())
+    s = engine.calls[0]["sampling"]
+    assert (s.temperature, s.top_p, s.max_tokens, s.stop, s.seed) == (0.0, 1.0, 7, (), None)
+    await core.complete("key", inp(temperature=0.7, top_p=0.9, max_tokens=2, stop=("x",),
+                                   seed=123))
+    s = engine.calls[1]["sampling"]
+    assert (s.temperature, s.top_p, s.max_tokens, s.stop, s.seed) == (0.7, 0.9, 2, ("x",), 123)
+
+
+async def test_length_finish_and_messages(make_completions, engine):
+    core = make_completions()
+    result = await core.complete("key", inp(messages=(("system", "be brief"), ("user", "hi")),
+                                            max_tokens=2))
+    assert result.text == "the quick" and result.finish_reason == "length"
+    assert result.usage.completion_tokens == 2
+    assert engine.calls[0]["ids"] == [1, 10, 11, 12]  # "be brief\nhi\n" without a template
+
+
+async def test_every_request_gets_its_own_engine_request_id(make_completions, engine):
+    core = make_completions()
+    await asyncio.gather(*[core.complete("key", inp(request_id="same")) for _ in range(3)])
+    ids = [c["request_id"] for c in engine.calls]
+    assert len(set(ids)) == 3
+
+
+async def test_stream_yields_deltas_and_usage_on_the_last_chunk(make_completions):
+    core = make_completions()
+    chunks = [c async for c in core.stream("key", inp())]
+    assert "".join(c.delta for c in chunks) == "the quick brown fox"
+    assert [c.finish_reason for c in chunks] == [None, None, None, "stop"]
+    assert [c.usage for c in chunks[:-1]] == [None] * 3
+    assert chunks[-1].usage.completion_tokens == 4
+
+
+async def test_resolution_errors_pass_through(make_completions, engine):
+    core = make_completions()
+    with pytest.raises(errors.NotFound):
+        await core.complete("key", inp(model="nope"))
+    assert engine.calls == []
+
+
+async def test_model_of_another_base_is_failed_precondition(make_completions, resolver, fakes):
+    from services.inference.adapters import ResolvedModel
+    resolver.models["big"] = ResolvedModel(model="big", base_model="llama-70b")
+    core = make_completions()
+    with pytest.raises(errors.FailedPrecondition, match="llama-70b"):
+        await core.complete("key", inp(model="big"))
+
+
+async def test_too_many_in_flight_is_resource_exhausted(make_completions, engine):
+    core = make_completions(max_in_flight=2)
+    engine.gate = asyncio.Event()
+    running = [asyncio.create_task(core.complete("key", inp())) for _ in range(2)]
+    while core.in_flight < 2 or len(engine.calls) < 2:
+        await asyncio.sleep(0)
+    with pytest.raises(errors.ResourceExhausted) as info:
+        await core.complete("key", inp())
+    assert info.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    engine.gate.set()
+    await asyncio.gather(*running)
+    assert core.in_flight == 0
+    await core.complete("key", inp())  # room again
+
+
+async def test_cancelled_request_is_aborted_in_the_engine_and_not_billed(make_completions,
+                                                                         engine, reporter,
+                                                                         usage):
+    core = make_completions()
+    engine.gate = asyncio.Event()
+    task = asyncio.create_task(core.complete("key", inp()))
+    await engine.started.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert engine.aborted == [engine.calls[0]["request_id"]]
+    assert core.in_flight == 0
+    await usage.drain()
+    assert reporter.records == []
+
+
+async def test_stream_closed_early_aborts(make_completions, engine):
+    core = make_completions()
+    stream = core.stream("key", inp())
+    first = await anext(stream)
+    assert first.delta == "the"
+    await stream.aclose()
+    assert engine.aborted == [engine.calls[0]["request_id"]]
+
+
+async def test_finished_request_is_not_aborted(make_completions, engine):
+    core = make_completions()
+    await core.complete("key", inp())
+    assert engine.aborted == []
+
+
+async def test_engine_side_abort_is_unavailable(make_completions, engine):
+    core = make_completions()
+    engine.finish_reason_override = "abort"
+    with pytest.raises(errors.Unavailable):
+        await core.complete("key", inp())
+
+
+async def test_usage_report_failure_does_not_fail_the_call(make_completions, fakes, engine,
+                                                           resolver, registry, caplog):
+    from services.inference.accounting import BackgroundUsageSender
+    from services.inference.adapters import CachedResolver
+    from services.inference.completions import Completions, Limits
+    usage = BackgroundUsageSender(fakes.RecordingReporter(fail=True))
+    core = Completions(engine, CachedResolver(resolver, 0), registry, usage, Limits(16, 8))
+    result = await core.complete("key", inp())
+    await usage.drain()
+    assert result.text == "the quick brown fox"
+    assert "usage report" in caplog.text and "failed" in caplog.text
+
+
+# --- the servicer: protos in and out ----------------------------------------------------------
+
+async def test_servicer_converts_protos(make_completions, engine):
+    servicer = InferenceServicer(make_completions())
+    _principal.set("key")
+    request = inference_pb2.CompleteRequest(
+        model="tiny", prompt="hello there", request_id="abc",
+        options=inference_pb2.CompletionOptions(max_tokens=3, temperature=0.5, stop=["."]))
+    response = await servicer.Complete(request, None)
+    assert response.text == "the quick brown" and response.finish_reason == "length"
+    assert (response.usage.prompt_tokens, response.usage.completion_tokens,
+            response.usage.total_tokens) == (3, 3, 6)
+    assert response.request_id == "abc" and response.model == "tiny"
+    s = engine.calls[0]["sampling"]
+    assert (s.max_tokens, s.temperature, s.stop, s.seed) == (3, 0.5, (".",), None)
+
+
+async def test_servicer_streams(make_completions):
+    servicer = InferenceServicer(make_completions())
+    _principal.set("key")
+    request = inference_pb2.CompleteRequest(model="tiny", prompt="hi")
+    responses = [r async for r in servicer.CompleteStream(request, None)]
+    assert "".join(r.delta for r in responses) == "the quick brown fox"
+    assert not responses[0].HasField("usage")
+    assert responses[-1].finish_reason == "stop"
+    assert responses[-1].usage.total_tokens == 2 + 4
+
+
+async def test_servicer_before_the_engine_is_ready_is_unavailable():
+    servicer = InferenceServicer()
+    with pytest.raises(errors.Unavailable):
+        await servicer.Complete(inference_pb2.CompleteRequest(model="m", prompt="p"), None)
+
+
+def test_unset_options_stay_unset():
+    got = to_input(inference_pb2.CompleteRequest(model="m", prompt="p"))
+    assert (got.temperature, got.top_p, got.max_tokens, got.seed, got.stop) == (
+        None, None, None, None, ())
+    got = to_input(inference_pb2.CompleteRequest(
+        model="m", prompt="p", options=inference_pb2.CompletionOptions(temperature=0, seed=0)))
+    assert (got.temperature, got.seed) == (0.0, 0)

@@ -1,0 +1,48 @@
+"""InferenceConfig from flags and environment."""
+
+import pytest
+
+from services.common.base_models import DEFAULT_BASE_MODEL, load_catalog
+from services.inference.config import parse_config
+
+
+def test_defaults_come_from_the_catalog_and_environment():
+    config = parse_config([], {"FINETUNE_SERVICE_TOKEN": "svc", "VLLM_CPU_KVCACHE_SPACE": "2"})
+    spec = load_catalog()[DEFAULT_BASE_MODEL]
+    assert config.base_model.name == DEFAULT_BASE_MODEL
+    assert config.base_model.path == spec.path
+    assert config.base_model.target_modules == spec.target_modules
+    assert config.max_model_len == spec.context_window
+    assert config.service_token == "svc"
+    assert config.kv_cache_gib == 2
+    assert config.listen_address == "127.0.0.1:50052"
+    assert config.grouped_lora_ops
+
+
+def test_flags_override():
+    config = parse_config(
+        ["--host", "0.0.0.0", "--port", "6000", "--control", "ctl:1", "--max-loras", "2",
+         "--max-cpu-loras", "3", "--max-lora-rank", "16", "--max-model-len", "512",
+         "--kv-cache-gib", "0.5", "--max-queued-requests", "9", "--default-max-tokens", "20",
+         "--resolution-cache-ttl", "3", "--base-model-path", "/m/x", "--no-grouped-lora-ops"],
+        {"FINETUNE_SERVICE_TOKEN": "svc"})
+    assert config.listen_address == "0.0.0.0:6000" and config.control_address == "ctl:1"
+    assert (config.max_loras, config.max_cpu_loras, config.max_lora_rank) == (2, 3, 16)
+    assert (config.max_model_len, config.kv_cache_gib) == (512, 0.5)
+    assert (config.max_queued_requests, config.default_max_tokens) == (9, 20)
+    assert config.resolution_cache_ttl_s == 3
+    assert str(config.base_model.path) == "/m/x"
+    assert not config.grouped_lora_ops
+    assert config.adapter_rank_limit == 16
+
+
+@pytest.mark.parametrize("argv, env", [
+    ([], {}),                                              # no service token
+    (["--max-lora-rank", "12"], {"FINETUNE_SERVICE_TOKEN": "s"}),   # not a vLLM rank
+    (["--max-loras", "8", "--max-cpu-loras", "4"], {"FINETUNE_SERVICE_TOKEN": "s"}),
+    (["--max-model-len", "999999"], {"FINETUNE_SERVICE_TOKEN": "s"}),
+    (["--base-model", "nope"], {"FINETUNE_SERVICE_TOKEN": "s"}),
+])
+def test_bad_settings_stop_the_start(argv, env, capsys):
+    with pytest.raises(SystemExit):
+        parse_config(argv, env)
