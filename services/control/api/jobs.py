@@ -48,9 +48,10 @@ class FineTuningServicer(jobs_pb2_grpc.FineTuningServiceServicer):
             job = await asyncio.to_thread(self._jobs.get, principal, request.id)
             last = None
             while True:
-                if job != last:
-                    yield messages.job_message(job)
-                    last = job
+                message = messages.job_message(job)
+                if message != last:  # bookkeeping the caller cannot see is not a change
+                    yield message
+                    last = message
                 if job.terminal:
                     return
                 try:

@@ -1,7 +1,9 @@
 """RayJobDispatcher against a real local Ray (head + dashboard on free ports, its own temp dir,
 stopped at the end). The "trainer" is a stand-in script, so only the dispatch path is tested."""
 
+import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -65,10 +67,13 @@ def ray_dashboard():
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         try:
-            proc.wait(timeout=60)
+            proc.wait(timeout=15)
         except subprocess.TimeoutExpired:
+            pass
+        with contextlib.suppress(ProcessLookupError):  # stragglers of the group
             os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        proc.wait()
+        shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
