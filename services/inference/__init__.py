@@ -1,0 +1,1 @@
+"""The inference service: COMPLETE on vLLM, hot-swapping LoRA adapters per request."""

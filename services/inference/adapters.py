@@ -337,13 +337,15 @@ class AdapterRegistry:
         return folder
 
     def _local_folder(self, uri: str, adapter_id: int) -> Path:
+        if "://" not in uri:  # a plain path names a local folder
+            uri = Path(uri).expanduser().resolve().as_uri()
+        uri = uri.rstrip("/")
         # The adapter's parent is the store root, so the adapter itself is addressable in it.
-        parent = uri.rstrip("/").rsplit("/", 1)[0]
         try:
-            store = ArtifactStore(parent)
-        except (ValueError, OSError) as exc:
+            store = ArtifactStore(uri.rsplit("/", 1)[0])
+            local = store.local_path(uri)
+        except (ValueError, OSError, ImportError) as exc:
             raise FailedPrecondition(f"adapter location {uri} is not readable: {exc}") from None
-        local = store.local_path(uri)
         if local is not None:
             return local
         dest = self._cache_dir / str(adapter_id)
@@ -359,7 +361,7 @@ class AdapterRegistry:
             for name in names:
                 target = tmp / name
                 if name in (ADAPTER_WEIGHTS, ADAPTER_CONFIG):
-                    with store.open(f"{uri.rstrip('/')}/{name}", "rb") as src, \
+                    with store.open(f"{uri}/{name}", "rb") as src, \
                             open(target, "wb") as out:
                         shutil.copyfileobj(src, out, 1 << 20)
                 elif name.endswith(PICKLE_SUFFIXES):

@@ -11,7 +11,7 @@ import logging
 import math
 import uuid
 from contextlib import aclosing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import AsyncIterator
 
 from services.common.chat_format import prompt_token_ids
@@ -67,15 +67,6 @@ class Completion:
 class Limits:
     default_max_tokens: int
     max_in_flight: int
-
-
-@dataclass
-class _Plan:
-    """A validated request: what to generate, for whom, with which sampling."""
-
-    inp: CompletionInput
-    request_id: str
-    engine_request_id: str = field(default_factory=lambda: f"cmpl-{uuid.uuid4().hex}")
 
 
 def check_input(inp: CompletionInput) -> None:
@@ -153,8 +144,8 @@ class Completions:
     async def complete(self, api_key: str, inp: CompletionInput) -> Completion:
         parts: list[str] = []
         last = Chunk("")
-        request_id = inp.request_id or _new_request_id()
-        async with aclosing(self.stream(api_key, inp, request_id=request_id)) as chunks:
+        request_id = inp.request_id or f"req-{uuid.uuid4().hex}"
+        async with aclosing(self.stream(api_key, inp)) as chunks:
             async for chunk in chunks:
                 parts.append(chunk.delta)
                 last = chunk
@@ -162,24 +153,24 @@ class Completions:
         return Completion(request_id=request_id, model=inp.model, text="".join(parts),
                           finish_reason=last.finish_reason, usage=last.usage)
 
-    async def stream(self, api_key: str, inp: CompletionInput,
-                     request_id: str | None = None) -> AsyncIterator[Chunk]:
+    async def stream(self, api_key: str, inp: CompletionInput) -> AsyncIterator[Chunk]:
         check_input(inp)
         if self._in_flight >= self._limits.max_in_flight:
             raise ResourceExhausted(
                 f"too many requests in flight ({self._limits.max_in_flight}); retry later")
         self._in_flight += 1
         try:
-            plan = _Plan(inp=inp, request_id=request_id or inp.request_id or _new_request_id())
             # aclosing: a caller that stops early must reach _generate's abort now, not at GC.
-            async with aclosing(self._generate(api_key, plan)) as chunks:
+            async with aclosing(self._generate(api_key, inp)) as chunks:
                 async for chunk in chunks:
                     yield chunk
         finally:
             self._in_flight -= 1
 
-    async def _generate(self, api_key: str, plan: _Plan) -> AsyncIterator[Chunk]:
-        inp = plan.inp
+    async def _generate(self, api_key: str, inp: CompletionInput) -> AsyncIterator[Chunk]:
+        # Our own id for the engine and the usage record: unique per generation even when a
+        # caller reuses its request_id, so a retry is neither merged nor aborted with another.
+        engine_request_id = f"cmpl-{uuid.uuid4().hex}"
         resolved = await self._resolver.resolve(api_key, inp.model)
         lora = await self._registry.adapter_for(resolved)
         ids = await asyncio.to_thread(_render, self._engine.tokenizer, inp)
@@ -190,7 +181,7 @@ class Completions:
 
         counter = UsageCounter(len(ids))
         finish_reason = None
-        deltas = self._engine.generate(plan.engine_request_id, ids, sampling, lora)
+        deltas = self._engine.generate(engine_request_id, ids, sampling, lora)
         try:
             async for delta in deltas:
                 counter.add(delta.prompt_token_count, delta.token_ids)
@@ -200,14 +191,14 @@ class Completions:
                     continue
                 finish_reason = delta.finish_reason
                 if finish_reason not in FINISH_REASONS:
-                    log.warning("request %s ended with %s", plan.engine_request_id,
+                    log.warning("request %s ended with %s", engine_request_id,
                                 finish_reason)
                     raise Unavailable("generation was interrupted, retry")
                 usage = counter.usage
                 # Count before the caller sees the end, so a client that hangs up on the
                 # last message is still billed for what it received.
                 self._usage.submit(UsageRecord(
-                    request_id=plan.engine_request_id, account_id=resolved.account_id,
+                    request_id=engine_request_id, account_id=resolved.account_id,
                     user_id=resolved.user_id, model=resolved.model,
                     base_model=resolved.base_model, usage=usage))
                 yield Chunk(delta.text, FINISH_REASONS[finish_reason], usage)
@@ -217,16 +208,18 @@ class Completions:
             if finish_reason is None:
                 # The caller went away, the deadline passed, or the engine failed: free the
                 # engine's slot now rather than when the generator is collected.
-                await self._engine.abort(plan.engine_request_id)
+                await self._engine.abort(engine_request_id)
         raise Unavailable("generation ended without a result, retry")
 
 
 def _render(tokenizer, inp: CompletionInput) -> list[int]:
-    if inp.messages:
-        return prompt_token_ids(tokenizer, messages=[{"role": r, "content": c}
-                                                     for r, c in inp.messages])
-    return prompt_token_ids(tokenizer, prompt=inp.prompt)
+    from jinja2 import TemplateError
 
-
-def _new_request_id() -> str:
-    return f"req-{uuid.uuid4().hex}"
+    try:
+        if inp.messages:
+            return prompt_token_ids(tokenizer, messages=[{"role": r, "content": c}
+                                                         for r, c in inp.messages])
+        return prompt_token_ids(tokenizer, prompt=inp.prompt)
+    except TemplateError as exc:  # the template refused the conversation (e.g. role order)
+        raise InvalidArgument(f"the messages do not fit the model's chat template: {exc}") \
+            from None

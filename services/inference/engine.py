@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any, AsyncIterator, Protocol
+from typing import TYPE_CHECKING, Any, AsyncIterator, Protocol
 
 from services.common.errors import InvalidArgument, ResourceExhausted, Unavailable
+
+if TYPE_CHECKING:
+    from services.inference.config import InferenceConfig
 
 log = logging.getLogger(__name__)
 
@@ -65,14 +68,14 @@ class CompletionEngine(Protocol):
 class VllmEngine:
     """CompletionEngine on vLLM's AsyncLLM with LoRA enabled (adapters swapped per request)."""
 
-    def __init__(self, llm: Any, max_model_len: int):
+    def __init__(self, llm: Any):
         self._llm = llm
-        self._max_model_len = max_model_len
+        self._max_model_len = llm.model_config.max_model_len
         self._tokenizer = llm.get_tokenizer()  # thread-safe pool of the base model's tokenizer
         self._lora_requests: dict[int, Any] = {}
 
     @classmethod
-    def start(cls, config) -> "VllmEngine":
+    def start(cls, config: "InferenceConfig") -> "VllmEngine":
         """Build the engine (blocks ~45 s on this CPU; the engine core is a spawned process)."""
         from vllm import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM
@@ -98,8 +101,10 @@ class VllmEngine:
             worker_extension_cls=("services.inference.vllm_worker.GroupedLoraOpsExtension"
                                   if config.grouped_lora_ops else ""),
         )
-        llm = AsyncLLM.from_engine_args(args)
-        return cls(llm, max_model_len=llm.model_config.max_model_len)
+        # No local name for the engine: something in vLLM's start-up keeps this frame alive, and
+        # a local would keep the engine past shutdown() to interpreter exit, where its __del__
+        # fails noisily.
+        return cls(AsyncLLM.from_engine_args(args))
 
     @property
     def tokenizer(self) -> Any:
@@ -180,3 +185,4 @@ class VllmEngine:
             # Dropping the last reference now runs vLLM's __del__ while the interpreter is
             # intact, instead of at exit where it fails noisily.
             del llm
+            self._tokenizer = None

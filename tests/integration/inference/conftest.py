@@ -56,6 +56,14 @@ def adapter_dirs(tmp_path_factory, base_model_spec):
     return {"a": a, "b": b, "broken": broken}
 
 
+@pytest.fixture(scope="session")
+def names():
+    """The model names the fake control knows, for the tests."""
+    import types
+    return types.SimpleNamespace(MODEL_A=MODEL_A, MODEL_B=MODEL_B, BROKEN=BROKEN,
+                                 SERVICE_TOKEN=SERVICE_TOKEN)
+
+
 @dataclass
 class FakeControl(internal_pb2_grpc.ModelResolutionServiceServicer):
     """Control's internal model resolution: keys, USAGE grants and adapter versions."""

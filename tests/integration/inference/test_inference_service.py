@@ -10,13 +10,16 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from transformers import AutoTokenizer
 
-from conftest import BROKEN, MODEL_A, MODEL_B
 from finetune.inference.v1 import inference_pb2, inference_pb2_grpc
 from services.common.chat_format import prompt_token_ids
 
 pytestmark = pytest.mark.integration
 
 PROMPT = "What is the capital of France?"
+# The models the fake control in conftest.py serves.
+MODEL_A = "db.public.model_a"
+MODEL_B = "db.public.model_b"
+BROKEN = "db.public.broken"
 
 
 @pytest.fixture(scope="module")
@@ -46,6 +49,10 @@ async def code_of(coro):
     with pytest.raises(grpc.aio.AioRpcError) as info:
         await coro
     return info.value.code(), info.value.details()
+
+
+def test_model_names_match_the_fake_control(names):
+    assert (names.MODEL_A, names.MODEL_B, names.BROKEN) == (MODEL_A, MODEL_B, BROKEN)
 
 
 async def test_health_is_serving(inference):
@@ -210,3 +217,19 @@ async def test_deadline_aborts_the_engine_request(inference):
     assert got == grpc.StatusCode.DEADLINE_EXCEEDED
     _, still_running = await _wait_for_abort(inference.engine)
     assert still_running == 0
+
+
+async def test_control_unreachable_is_unavailable(names):
+    import socket
+
+    from services.common.errors import Unavailable
+    from services.inference.adapters import GrpcModelResolver
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
+        resolver = GrpcModelResolver(ch, names.SERVICE_TOKEN, timeout_s=5)
+        with pytest.raises(Unavailable, match="retry later"):
+            await resolver.resolve("key-alice", MODEL_A)
+

@@ -295,3 +295,18 @@ def test_a_non_lora_tensor_is_refused(tmp_path, fakes):
     folder = fakes.write_adapter(tmp_path / "a", tensors=tensors, targets=("q_proj",))
     with pytest.raises(errors.FailedPrecondition, match="not a LoRA A/B weight"):
         validate_adapter(folder, fakes.BASE, 16, fakes.BASE_SHAPES)
+
+
+async def test_a_plain_path_names_a_local_adapter(registry, tmp_path, fakes):
+    folder = fakes.write_adapter(tmp_path / "plain/output")
+    resolved = ResolvedModel(model="m", base_model="tiny", adapter_uri=str(folder) + "/",
+                             adapter_id=21)
+    adapter = await registry.adapter_for(resolved)
+    assert adapter.path == str(folder)
+
+
+async def test_an_unknown_storage_scheme_is_failed_precondition(registry, fakes):
+    resolved = ResolvedModel(model="m", base_model="tiny", adapter_uri="nosuchfs://b/out",
+                             adapter_id=22)
+    with pytest.raises(errors.FailedPrecondition, match="not readable"):
+        await registry.adapter_for(resolved)

@@ -251,3 +251,18 @@ def test_unset_options_stay_unset():
     got = to_input(inference_pb2.CompleteRequest(
         model="m", prompt="p", options=inference_pb2.CompletionOptions(temperature=0, seed=0)))
     assert (got.temperature, got.seed) == (0.0, 0)
+
+
+async def test_a_conversation_the_template_refuses_is_invalid_argument(make_completions,
+                                                                      engine):
+    from jinja2 import TemplateError
+
+    def refuse(*args, **kwargs):
+        raise TemplateError("Conversation roles must alternate user/assistant")
+
+    engine.tokenizer.chat_template = "strict"
+    engine.tokenizer.apply_chat_template = refuse
+    core = make_completions()
+    with pytest.raises(errors.InvalidArgument, match="roles must alternate"):
+        await core.complete("key", inp(messages=(("user", "a"), ("user", "b"))))
+    assert engine.calls == []
