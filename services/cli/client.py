@@ -182,6 +182,140 @@ class FinetuneClient:
         return self.inference.CompleteStream(_complete_request(model, prompt, messages, options),
                                              timeout=timeout)
 
+    # -- access and usage (users, roles, keys, grants; usage history) ------------------------
+    # Privileges and object types are given by name: "USAGE", "CREATE MODEL", "schema", ...
+
+    @property
+    def usage(self):
+        from finetune.control.v1 import usage_pb2_grpc
+        return usage_pb2_grpc.UsageServiceStub(self._control)
+
+    def create_user(self, name: str, default_role: str = "") -> access_pb2.User:
+        return self.access.CreateUser(access_pb2.CreateUserRequest(
+            name=name, default_role=default_role))
+
+    def list_users(self) -> list[access_pb2.User]:
+        return list(self.access.ListUsers(access_pb2.ListUsersRequest()).users)
+
+    def set_default_role(self, role: str, user: str = "") -> access_pb2.User:
+        return self.access.SetDefaultRole(access_pb2.SetDefaultRoleRequest(user=user, role=role))
+
+    def create_role(self, name: str, comment: str = "") -> access_pb2.Role:
+        return self.access.CreateRole(access_pb2.CreateRoleRequest(name=name, comment=comment))
+
+    def drop_role(self, name: str) -> None:
+        self.access.DropRole(access_pb2.DropRoleRequest(name=name))
+
+    def list_roles(self) -> list[access_pb2.Role]:
+        return list(self.access.ListRoles(access_pb2.ListRolesRequest()).roles)
+
+    def grant_role(self, role: str, to_user: str = "", to_role: str = "") -> bool:
+        kind, grantee = _grantee(to_user, to_role)
+        return self.access.GrantRole(access_pb2.GrantRoleRequest(
+            role=role, grantee_type=kind, grantee=grantee)).granted
+
+    def revoke_role(self, role: str, from_user: str = "", from_role: str = "") -> bool:
+        kind, grantee = _grantee(from_user, from_role)
+        return self.access.RevokeRole(access_pb2.RevokeRoleRequest(
+            role=role, grantee_type=kind, grantee=grantee)).revoked
+
+    def grant(self, privilege: str, object_type: str, object_name: str, role: str) -> bool:
+        """GRANT privilege ON object_type object_name TO ROLE role."""
+        return self.access.GrantPrivilege(access_pb2.GrantPrivilegeRequest(
+            privilege=privilege_value(privilege), object_type=object_type_value(object_type),
+            object_name=object_name, role=role)).granted
+
+    def revoke(self, privilege: str, object_type: str, object_name: str, role: str) -> bool:
+        return self.access.RevokePrivilege(access_pb2.RevokePrivilegeRequest(
+            privilege=privilege_value(privilege), object_type=object_type_value(object_type),
+            object_name=object_name, role=role)).revoked
+
+    def show_grants(self, to_role: str = "", to_user: str = "", on_type: str = "",
+                    on_name: str = "", of_role: str = "") -> list[access_pb2.Grant]:
+        if on_type:
+            request = access_pb2.ShowGrantsRequest(on=access_pb2.ObjectRef(
+                type=object_type_value(on_type), name=on_name))
+        elif to_role:
+            request = access_pb2.ShowGrantsRequest(to_role=to_role)
+        elif to_user:
+            request = access_pb2.ShowGrantsRequest(to_user=to_user)
+        elif of_role:
+            request = access_pb2.ShowGrantsRequest(of_role=of_role)
+        else:
+            request = access_pb2.ShowGrantsRequest()
+        return list(self.access.ShowGrants(request).grants)
+
+    def create_api_key(self, user: str = "") -> access_pb2.CreatedApiKey:
+        return self.access.CreateApiKey(access_pb2.CreateApiKeyRequest(user=user))
+
+    def list_api_keys(self, user: str = "", all_users: bool = False) -> list[access_pb2.ApiKey]:
+        return list(self.access.ListApiKeys(access_pb2.ListApiKeysRequest(
+            user=user, all_users=all_users)).keys)
+
+    def revoke_api_key(self, key_id: str) -> access_pb2.ApiKey:
+        return self.access.RevokeApiKey(access_pb2.RevokeApiKeyRequest(key_id=key_id))
+
+    def fine_tuning_usage(self, start=None, end=None, model: str = "", user: str = "",
+                          page_size: int = 0, page_token: str = ""):
+        from finetune.control.v1 import usage_pb2
+        return self.usage.ListFineTuningUsage(usage_pb2.ListFineTuningUsageRequest(
+            filter=_usage_filter(start, end, model, user), page_size=page_size,
+            page_token=page_token))
+
+    def inference_usage(self, start=None, end=None, model: str = "", user: str = "",
+                        page_size: int = 0, page_token: str = ""):
+        from finetune.control.v1 import usage_pb2
+        return self.usage.ListInferenceUsage(usage_pb2.ListInferenceUsageRequest(
+            filter=_usage_filter(start, end, model, user), page_size=page_size,
+            page_token=page_token))
+
+    def aggregate_inference_usage(self, group_by: Iterable[str] = (), start=None, end=None,
+                                  model: str = "", user: str = ""):
+        """group_by: any of "model", "user", "day"."""
+        from finetune.control.v1 import usage_pb2
+        groupings = [usage_pb2.UsageGrouping.Value(f"GROUP_BY_{g.strip().upper()}")
+                     for g in group_by]
+        return list(self.usage.AggregateInferenceUsage(usage_pb2.AggregateInferenceUsageRequest(
+            filter=_usage_filter(start, end, model, user), group_by=groupings)).groups)
+
+
+def privilege_value(name: str) -> int:
+    """ "CREATE MODEL", "create_model" -> access_pb2.CREATE_MODEL."""
+    key = name.strip().upper().replace(" ", "_").replace("-", "_")
+    try:
+        return access_pb2.Privilege.Value(key)
+    except ValueError:
+        raise ValueError(f"unknown privilege {name!r}: USAGE, OWNERSHIP, CREATE MODEL, "
+                         "CREATE TABLE or CREATE DATABASE") from None
+
+
+def object_type_value(name: str) -> int:
+    try:
+        return access_pb2.ObjectType.Value(name.strip().upper())
+    except ValueError:
+        raise ValueError(f"unknown object type {name!r}: ACCOUNT, DATABASE, SCHEMA or MODEL") \
+            from None
+
+
+def _grantee(user: str, role: str) -> tuple[int, str]:
+    if bool(user) == bool(role):
+        raise ValueError("name exactly one grantee: a user or a role")
+    return (access_pb2.TO_USER, user) if user else (access_pb2.TO_ROLE, role)
+
+
+def _usage_filter(start, end, model: str, user: str):
+    """start/end: datetimes (naive ones are taken as UTC) or None."""
+    from datetime import timezone
+
+    from finetune.control.v1 import usage_pb2
+    f = usage_pb2.UsageFilter(model=model, user=user)
+    for field, value in (("start_time", start), ("end_time", end)):
+        if value is not None:
+            if value.tzinfo is None:
+                value = value.replace(tzinfo=timezone.utc)
+            getattr(f, field).FromDatetime(value)
+    return f
+
 
 def _complete_request(model: str, prompt: str, messages: list[dict] | None,
                       options: dict) -> inference_pb2.CompleteRequest:

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Callable, Mapping
 
 from finetune.control.v1 import (access_pb2_grpc, data_pb2_grpc, internal_pb2_grpc,
-                                 jobs_pb2_grpc, models_pb2_grpc)
+                                 jobs_pb2_grpc, models_pb2_grpc, usage_pb2_grpc)
 from services.common.artifacts import ArtifactStore
 from services.common.base_models import BaseModelSpec, ensure_model, load_catalog
 from services.common.interceptors import AuthInterceptor
@@ -21,12 +21,17 @@ from services.control.api.data import DataServicer
 from services.control.api.internal import JobReportingServicer, ModelResolutionServicer
 from services.control.api.jobs import FineTuningServicer
 from services.control.api.models import ModelServicer
+from services.control.api.usage import UsageServicer
 from services.control.config import ControlConfig
 from services.control.core.access import Authenticator, bootstrap_admin
+from services.control.core.authorization import Authorizer
+from services.control.core.databases import Databases
+from services.control.core.directory import AccountDirectory
 from services.control.core.events import JobEvents
 from services.control.core.jobs import FineTuning
 from services.control.core.models import ModelRegistry
 from services.control.core.resolution import ModelResolution
+from services.control.core.usage import UsageHistory, load_price_table
 from services.control.data.catalog import DataCatalog
 from services.control.data.sandbox import SandboxLimits
 from services.control.dispatch.protocol import JobDispatcher
@@ -55,6 +60,10 @@ class Components:
     resolution: ModelResolution
     reconciler: Reconciler
     authenticator: Authenticator
+    authorizer: Authorizer
+    directory: AccountDirectory
+    databases: Databases
+    usage: UsageHistory
     # Filled in once the server has bound its port (the configured port may be 0).
     bound_port: int | None = None
 
@@ -69,16 +78,20 @@ class Components:
 
     def registrations(self) -> list[Registration]:
         return [
-            Registration(access_pb2_grpc.add_AccessServiceServicer_to_server, AccessServicer(),
-                         f"{PACKAGE}.AccessService"),
+            Registration(access_pb2_grpc.add_AccessServiceServicer_to_server,
+                         AccessServicer(self.directory), f"{PACKAGE}.AccessService"),
             Registration(data_pb2_grpc.add_DataServiceServicer_to_server,
-                         DataServicer(self.catalog, self.config.max_upload_bytes),
+                         DataServicer(self.databases, self.authorizer, self.catalog.spool_dir,
+                                      self.config.max_upload_bytes),
                          f"{PACKAGE}.DataService"),
             Registration(jobs_pb2_grpc.add_FineTuningServiceServicer_to_server,
-                         FineTuningServicer(self.fine_tuning, self.events),
+                         FineTuningServicer(self.fine_tuning, self.events, self.authorizer),
                          f"{PACKAGE}.FineTuningService"),
             Registration(models_pb2_grpc.add_ModelServiceServicer_to_server,
-                         ModelServicer(self.registry), f"{PACKAGE}.ModelService"),
+                         ModelServicer(self.registry, self.authorizer),
+                         f"{PACKAGE}.ModelService"),
+            Registration(usage_pb2_grpc.add_UsageServiceServicer_to_server,
+                         UsageServicer(self.usage), f"{PACKAGE}.UsageService"),
             Registration(internal_pb2_grpc.add_JobReportingServiceServicer_to_server,
                          JobReportingServicer(self.fine_tuning),
                          f"{PACKAGE}.JobReportingService"),
@@ -99,6 +112,7 @@ def build_components(config: ControlConfig, dispatcher: JobDispatcher | None = N
     bootstrap_admin(store, config.bootstrap_key_file)
     if base_models is None:
         base_models = load_catalog(config.catalog_path, config.model_cache)
+    prices = load_price_table(config.prices_path)
     if dispatcher is None:
         dispatcher = RayJobDispatcher(config.ray_address, config.trainer_python)
     artifacts = ArtifactStore(config.artifact_root)
@@ -106,21 +120,27 @@ def build_components(config: ControlConfig, dispatcher: JobDispatcher | None = N
         memory_limit=config.query_memory_limit, threads=config.query_threads,
         timeout_s=config.query_timeout_s))
     events = JobEvents()
+    authorizer = Authorizer(store)
     submit_env = {"FINETUNE_SERVICE_TOKEN": config.service_token}
     box: list[Components] = []
     fine_tuning = FineTuning(
         store, catalog, artifacts, dispatcher, events, base_models, provision,
         lambda: box[0].control_address(), submit_env,
-        WorkerLimits(config.default_num_workers, config.max_num_workers))
+        WorkerLimits(config.default_num_workers, config.max_num_workers),
+        authorizer=authorizer, prices=prices)
     reconciler = Reconciler(store, dispatcher, artifacts, events, submit_env,
                             ReconcilerSettings(interval_s=config.reconcile_interval_s,
-                                               max_submit_attempts=config.max_submit_attempts))
+                                               max_submit_attempts=config.max_submit_attempts),
+                            prices=prices)
     components = Components(
         config=config, store=store, artifacts=artifacts, catalog=catalog, events=events,
         dispatcher=dispatcher, fine_tuning=fine_tuning,
         registry=ModelRegistry(store, artifacts, base_models),
-        resolution=ModelResolution(store, base_models), reconciler=reconciler,
-        authenticator=Authenticator(store, config.service_token))
+        resolution=ModelResolution(store, base_models, prices=prices), reconciler=reconciler,
+        authenticator=Authenticator(store, config.service_token), authorizer=authorizer,
+        directory=AccountDirectory(store, catalog.database_exists),
+        databases=Databases(catalog, store, authorizer),
+        usage=UsageHistory(store, authorizer))
     box.append(components)
     return components
 

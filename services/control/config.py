@@ -40,7 +40,10 @@ class ControlConfig:
     query_memory_limit: str = "1GB"
     query_threads: int = 2
     max_upload_bytes: int = 4 << 30
+    # How long inference may cache a ResolveModel answer: the bound on how long a revoked key
+    # or grant still works for COMPLETE (inference uses the smaller of this and its own TTL).
     resolve_cache_ttl_s: int = 30
+    prices_path: Path | None = None    # credits per million tokens (default deploy/prices.toml)
     worker_threads: int = 32           # blocking work (DB, DuckDB, Ray client) runs here
     log_level: str = "INFO"
 
@@ -73,6 +76,7 @@ _SETTINGS = {
     "query_threads": ("FINETUNE_QUERY_THREADS", int),
     "max_upload_bytes": ("FINETUNE_MAX_UPLOAD_BYTES", int),
     "resolve_cache_ttl_s": ("FINETUNE_RESOLVE_CACHE_TTL_S", int),
+    "prices_path": ("FINETUNE_PRICES", str),
     "worker_threads": ("FINETUNE_CONTROL_WORKER_THREADS", int),
     "log_level": ("FINETUNE_LOG_LEVEL", str),
 }
@@ -115,7 +119,7 @@ def load_config(argv: Sequence[str] | None = None,
         "ray_address": "http://127.0.0.1:8265",
     }
     merged = {**defaults, **values}
-    for name in ("data_dir", "bootstrap_key_file", "catalog_path", "model_cache"):
+    for name in ("data_dir", "bootstrap_key_file", "catalog_path", "model_cache", "prices_path"):
         if merged.get(name) is not None:
             merged[name] = Path(merged[name]).expanduser()
     if not merged.get("service_token"):

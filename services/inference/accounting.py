@@ -1,21 +1,18 @@
 """Token accounting: usage comes from the token ids the engine saw and produced, never from text.
 
-Reporting to control is best effort for now (logged on failure). A durable outbox, so that a
-restart of either side loses no record and counts none twice, is a later issue.
+A finished request's record goes to a `UsageLedger` before its answer is returned; the ledger
+(services.inference.outbox) keeps it durably and delivers it to control, which is idempotent on
+the record's request_id, so a restart of either side loses no record and counts none twice.
 """
 
 from __future__ import annotations
 
-import asyncio
-import logging
 from dataclasses import dataclass
 from typing import Protocol
 
 import grpc
 
 from finetune.control.v1 import internal_pb2, internal_pb2_grpc
-
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -54,8 +51,25 @@ class UsageCounter:
         return Usage(self.prompt_tokens, self.completion_tokens)
 
 
+class UsageLedger(Protocol):
+    async def record(self, record: UsageRecord) -> None:
+        """Keep the record; on return it survives a crash of this process."""
+
+
+class UsageRejected(Exception):
+    """Control refused a record for good (malformed, or its account is gone): retrying is futile."""
+
+
 class UsageReporter(Protocol):
-    async def report(self, record: UsageRecord) -> None: ...
+    async def report(self, record: UsageRecord) -> None:
+        """Deliver one record; raises UsageRejected for a permanent refusal, anything else for a
+        failure worth retrying."""
+
+
+# Answers that will be the same on every retry. UNAUTHENTICATED / PERMISSION_DENIED are not
+# among them: a wrong service token is fixed by an operator, and the records must wait for that.
+_PERMANENT = {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND,
+              grpc.StatusCode.FAILED_PRECONDITION}
 
 
 class GrpcUsageReporter:
@@ -67,38 +81,15 @@ class GrpcUsageReporter:
         self._timeout_s = timeout_s
 
     async def report(self, record: UsageRecord) -> None:
-        await self._stub.ReportUsage(
-            internal_pb2.ReportUsageRequest(
-                request_id=record.request_id, account_id=record.account_id,
-                user_id=record.user_id, model=record.model, base_model=record.base_model,
-                prompt_tokens=record.usage.prompt_tokens,
-                completion_tokens=record.usage.completion_tokens),
-            metadata=self._metadata, timeout=self._timeout_s)
-
-
-class BackgroundUsageSender:
-    """Reports usage off the request path; failures are logged, never surfaced to the caller."""
-
-    def __init__(self, reporter: UsageReporter):
-        self._reporter = reporter
-        self._pending: set[asyncio.Task] = set()
-
-    def submit(self, record: UsageRecord) -> None:
-        task = asyncio.get_running_loop().create_task(self._send(record))
-        self._pending.add(task)
-        task.add_done_callback(self._pending.discard)
-
-    async def _send(self, record: UsageRecord) -> None:
         try:
-            await self._reporter.report(record)
-        except asyncio.CancelledError:
-            log.warning("usage report for %s cancelled: %s", record.request_id, record)
+            await self._stub.ReportUsage(
+                internal_pb2.ReportUsageRequest(
+                    request_id=record.request_id, account_id=record.account_id,
+                    user_id=record.user_id, model=record.model, base_model=record.base_model,
+                    prompt_tokens=record.usage.prompt_tokens,
+                    completion_tokens=record.usage.completion_tokens),
+                metadata=self._metadata, timeout=self._timeout_s)
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() in _PERMANENT:
+                raise UsageRejected(f"{exc.code().name}: {exc.details()}") from None
             raise
-        except Exception as exc:  # noqa: BLE001 - best effort until the durable outbox exists
-            log.warning("usage report for %s failed: %r; lost record: %s", record.request_id,
-                        exc, record)
-
-    async def drain(self) -> None:
-        """Wait for the reports in flight (at shutdown, after the server stopped taking calls)."""
-        if self._pending:
-            await asyncio.gather(*list(self._pending), return_exceptions=True)

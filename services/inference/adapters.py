@@ -4,6 +4,18 @@ and give each adapter version its own LoRA name and id.
 Control owns the truth (who may use which model, where its adapter lies, its version id); this
 module caches resolutions briefly and validates adapter files before the engine ever sees them,
 so a bad file fails one request with FAILED_PRECONDITION instead of taking the engine down.
+
+Revocation bound: a successful resolution is cached per (caller's key, model) for
+min(--resolution-cache-ttl, control's cache_ttl_seconds) seconds, 30 s by default on both sides.
+A revoked USAGE grant (PERMISSION_DENIED), a deleted model (NOT_FOUND) or a revoked key
+(UNAUTHENTICATED) therefore takes effect for new requests at most that long after control
+records it; requests already admitted finish. Errors are never cached, so a new grant or model
+works at once.
+
+Adapters at scale: any number of models share the engine's `max_loras` batch slots and
+`max_cpu_loras` in-memory slots; vLLM evicts the least recently used adapter when a slot is
+needed and reloads it from its (immutable, validated) folder on its next request. Each adapter
+version is its own LoRA name and integer id (control's adapter_id, never reused).
 """
 
 from __future__ import annotations

@@ -7,6 +7,7 @@ happens here, against the CompletionEngine / ModelResolver / AdapterRegistry sea
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import math
 import uuid
@@ -16,7 +17,7 @@ from typing import AsyncIterator
 
 from services.common.chat_format import prompt_token_ids
 from services.common.errors import InvalidArgument, ResourceExhausted, Unavailable
-from services.inference.accounting import BackgroundUsageSender, Usage, UsageCounter, UsageRecord
+from services.inference.accounting import Usage, UsageCounter, UsageLedger, UsageRecord
 from services.inference.adapters import AdapterRegistry, ModelResolver
 from services.inference.engine import CompletionEngine, Sampling
 
@@ -28,6 +29,7 @@ MAX_STOP_SEQUENCES = 8
 MAX_STOP_CHARS = 256
 MAX_REQUEST_ID_CHARS = 128
 MAX_MODEL_NAME_CHARS = 512
+MAX_JSON_SCHEMA_CHARS = 64 * 1024
 # vLLM's own finish reasons that are a normal end of generation, as the API names them.
 FINISH_REASONS = {"stop": "stop", "length": "length", "repetition": "stop"}
 
@@ -43,6 +45,7 @@ class CompletionInput:
     stop: tuple[str, ...] = ()
     seed: int | None = None
     request_id: str = ""
+    json_schema: str | None = None  # response_format: the output must be JSON valid against it
 
 
 @dataclass(frozen=True)
@@ -100,6 +103,37 @@ def check_input(inp: CompletionInput) -> None:
     if len(inp.request_id) > MAX_REQUEST_ID_CHARS or not inp.request_id.isprintable():
         raise InvalidArgument(f"request_id must be printable, at most {MAX_REQUEST_ID_CHARS} "
                               "characters")
+    if inp.json_schema is not None:
+        check_json_schema(inp.json_schema)
+
+
+def check_json_schema(text: str) -> None:
+    """A response_format schema must be a JSON object that is a valid JSON Schema.
+
+    Checked here so a malformed schema is INVALID_ARGUMENT before any work; a valid schema the
+    grammar backends cannot compile is refused by vLLM when the request is added (also
+    INVALID_ARGUMENT, see engine.py).
+    """
+    from jsonschema import SchemaError, validators
+
+    if not text.strip():
+        raise InvalidArgument("response_format.json_schema is required in a response_format")
+    if len(text) > MAX_JSON_SCHEMA_CHARS:
+        raise InvalidArgument(f"response_format.json_schema is longer than "
+                              f"{MAX_JSON_SCHEMA_CHARS} characters")
+    try:
+        schema = json.loads(text)
+        if not isinstance(schema, dict):
+            raise InvalidArgument("response_format.json_schema must be a JSON object")
+        validators.validator_for(schema).check_schema(schema)
+    except json.JSONDecodeError as exc:
+        raise InvalidArgument(f"response_format.json_schema is not valid JSON: {exc}") \
+            from None
+    except SchemaError as exc:
+        raise InvalidArgument(
+            f"response_format.json_schema is not a valid JSON Schema: {exc.message}") from None
+    except RecursionError:
+        raise InvalidArgument("response_format.json_schema is nested too deeply") from None
 
 
 def plan_sampling(inp: CompletionInput, prompt_tokens: int, context_window: int,
@@ -124,12 +158,17 @@ def plan_sampling(inp: CompletionInput, prompt_tokens: int, context_window: int,
         top_p=1.0 if inp.top_p is None else inp.top_p,
         stop=inp.stop,
         seed=inp.seed,
+        json_schema=inp.json_schema,
     )
+
+
+def new_request_id() -> str:
+    return f"cmpl-{uuid.uuid4().hex}"
 
 
 class Completions:
     def __init__(self, engine: CompletionEngine, resolver: ModelResolver,
-                 registry: AdapterRegistry, usage: BackgroundUsageSender, limits: Limits):
+                 registry: AdapterRegistry, usage: UsageLedger, limits: Limits):
         self._engine = engine
         self._resolver = resolver
         self._registry = registry
@@ -144,8 +183,11 @@ class Completions:
     async def complete(self, api_key: str, inp: CompletionInput) -> Completion:
         parts: list[str] = []
         last = Chunk("")
-        request_id = inp.request_id or f"req-{uuid.uuid4().hex}"
-        async with aclosing(self.stream(api_key, inp)) as chunks:
+        usage_id = new_request_id()
+        # Without a caller's id the answer carries the usage record's id, which ties the
+        # response to exactly one usage row at control.
+        request_id = inp.request_id or usage_id
+        async with aclosing(self.stream(api_key, inp, usage_id)) as chunks:
             async for chunk in chunks:
                 parts.append(chunk.delta)
                 last = chunk
@@ -153,7 +195,8 @@ class Completions:
         return Completion(request_id=request_id, model=inp.model, text="".join(parts),
                           finish_reason=last.finish_reason, usage=last.usage)
 
-    async def stream(self, api_key: str, inp: CompletionInput) -> AsyncIterator[Chunk]:
+    async def stream(self, api_key: str, inp: CompletionInput,
+                     usage_id: str | None = None) -> AsyncIterator[Chunk]:
         check_input(inp)
         if self._in_flight >= self._limits.max_in_flight:
             raise ResourceExhausted(
@@ -161,16 +204,17 @@ class Completions:
         self._in_flight += 1
         try:
             # aclosing: a caller that stops early must reach _generate's abort now, not at GC.
-            async with aclosing(self._generate(api_key, inp)) as chunks:
+            async with aclosing(self._generate(api_key, inp, usage_id or new_request_id())) \
+                    as chunks:
                 async for chunk in chunks:
                     yield chunk
         finally:
             self._in_flight -= 1
 
-    async def _generate(self, api_key: str, inp: CompletionInput) -> AsyncIterator[Chunk]:
+    async def _generate(self, api_key: str, inp: CompletionInput,
+                        engine_request_id: str) -> AsyncIterator[Chunk]:
         # Our own id for the engine and the usage record: unique per generation even when a
         # caller reuses its request_id, so a retry is neither merged nor aborted with another.
-        engine_request_id = f"cmpl-{uuid.uuid4().hex}"
         resolved = await self._resolver.resolve(api_key, inp.model)
         lora = await self._registry.adapter_for(resolved)
         ids = await asyncio.to_thread(_render, self._engine.tokenizer, inp)
@@ -195,9 +239,10 @@ class Completions:
                                 finish_reason)
                     raise Unavailable("generation was interrupted, retry")
                 usage = counter.usage
-                # Count before the caller sees the end, so a client that hangs up on the
-                # last message is still billed for what it received.
-                self._usage.submit(UsageRecord(
+                # Durably recorded before the caller sees the end: no answer leaves without
+                # its usage row, and a client that hangs up on the last message is still
+                # billed for what it received.
+                await self._record(UsageRecord(
                     request_id=engine_request_id, account_id=resolved.account_id,
                     user_id=resolved.user_id, model=resolved.model,
                     base_model=resolved.base_model, usage=usage))
@@ -210,6 +255,16 @@ class Completions:
                 # engine's slot now rather than when the generator is collected.
                 await self._engine.abort(engine_request_id)
         raise Unavailable("generation ended without a result, retry")
+
+    async def _record(self, record: UsageRecord) -> None:
+        try:
+            await self._usage.record(record)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("could not record usage %s", record)
+            raise Unavailable("usage could not be recorded; the answer is withheld, retry") \
+                from None
 
 
 def _render(tokenizer, inp: CompletionInput) -> list[int]:

@@ -54,6 +54,11 @@ class InferenceConfig:
     adapter_cache_dir: Path = field(
         default_factory=lambda: Path("~/.cache/finetune/adapters").expanduser())
     drain_seconds: float = 30.0
+    # accounting: the usage outbox lives here (see outbox.py); keep it on a persistent disk
+    state_dir: Path = field(
+        default_factory=lambda: Path("~/.local/state/finetune/inference").expanduser())
+    usage_flush_seconds: float = 10.0   # at stop: time to deliver what is left
+    usage_retry_max_s: float = 30.0     # the longest wait between delivery attempts
     log_level: str = "INFO"
 
     def __post_init__(self):
@@ -71,11 +76,17 @@ class InferenceConfig:
             raise ValueError("default_max_tokens must be in [1, max_model_len)")
         if self.max_queued_requests < 1:
             raise ValueError("max_queued_requests must be >= 1")
+        if self.usage_flush_seconds < 0 or self.usage_retry_max_s <= 0:
+            raise ValueError("usage_flush_seconds must be >= 0 and usage_retry_max_s > 0")
 
     @property
     def adapter_rank_limit(self) -> int:
         """The largest adapter rank this service accepts: the engine's and the catalog's limit."""
         return min(self.max_lora_rank, self.base_model.max_lora_rank)
+
+    @property
+    def usage_outbox_path(self) -> Path:
+        return self.state_dir / "usage-outbox.sqlite3"
 
 
 def parse_config(argv: Sequence[str] | None = None,
@@ -110,6 +121,12 @@ def parse_config(argv: Sequence[str] | None = None,
     p.add_argument("--adapter-cache-dir",
                    default=env.get("FINETUNE_ADAPTER_CACHE", "~/.cache/finetune/adapters"))
     p.add_argument("--drain-seconds", type=float, default=30.0)
+    p.add_argument("--state-dir",
+                   default=env.get("FINETUNE_INFERENCE_STATE_DIR",
+                                   "~/.local/state/finetune/inference"),
+                   help="durable state (the usage outbox); must survive restarts")
+    p.add_argument("--usage-flush-seconds", type=float, default=10.0,
+                   help="at stop, how long to try delivering the usage records left")
     p.add_argument("--log-level", default="INFO")
     args = p.parse_args(argv)
 
@@ -141,6 +158,8 @@ def parse_config(argv: Sequence[str] | None = None,
             resolution_cache_ttl_s=args.resolution_cache_ttl,
             adapter_cache_dir=Path(args.adapter_cache_dir).expanduser(),
             drain_seconds=args.drain_seconds,
+            state_dir=Path(args.state_dir).expanduser(),
+            usage_flush_seconds=args.usage_flush_seconds,
             log_level=args.log_level,
         )
     except ValueError as exc:

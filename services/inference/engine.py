@@ -29,6 +29,7 @@ class Sampling:
     top_p: float = 1.0
     stop: tuple[str, ...] = ()
     seed: int | None = None
+    json_schema: str | None = None   # constrain the output to JSON valid against this schema
 
 
 @dataclass(frozen=True)
@@ -107,6 +108,11 @@ class VllmEngine:
         return cls(AsyncLLM.from_engine_args(args))
 
     @property
+    def async_llm(self) -> Any:
+        """vLLM's AsyncLLM itself, for benchmarks and diagnostics (the service never needs it)."""
+        return self._llm
+
+    @property
     def tokenizer(self) -> Any:
         return self._tokenizer
 
@@ -134,7 +140,7 @@ class VllmEngine:
         from vllm import SamplingParams
         from vllm.exceptions import GracefulHTTPError, VLLMClientError
         from vllm.inputs import tokens_input
-        from vllm.sampling_params import RequestOutputKind
+        from vllm.sampling_params import RequestOutputKind, StructuredOutputsParams
         from vllm.v1.engine.exceptions import EngineDeadError
 
         params = SamplingParams(
@@ -144,6 +150,14 @@ class VllmEngine:
             stop=list(sampling.stop) or None,
             seed=sampling.seed,
             output_kind=RequestOutputKind.DELTA,
+            # vLLM compiles the schema to a grammar (xgrammar, or guidance where xgrammar lacks
+            # a feature) and masks every step's logits with it; a schema it cannot compile is a
+            # VLLMValidationError when the request is added, before anything is scheduled.
+            # Compact JSON: with free whitespace a weak model can emit newlines until
+            # max_tokens and never close the document.
+            structured_outputs=(StructuredOutputsParams(json=sampling.json_schema,
+                                                        disable_any_whitespace=True)
+                                if sampling.json_schema else None),
         )
         # A rendered token input: vLLM uses these ids as they are, never re-tokenizes.
         stream = self._llm.generate(tokens_input(list(prompt_token_ids)), params, request_id,
@@ -170,6 +184,10 @@ class VllmEngine:
 
     async def abort(self, request_id: str) -> None:
         await self._llm.abort(request_id)
+
+    async def loaded_adapters(self) -> set[int]:
+        """The adapter ids vLLM holds in memory now (at most max_cpu_loras: LRU-evicted)."""
+        return set(await self._llm.list_loras())
 
     async def grouped_lora_ops_active(self) -> bool:
         """Whether every worker process runs services.inference.lora_ops (see vllm_worker.py)."""

@@ -6,7 +6,7 @@ from finetune.inference.v1 import inference_pb2_grpc
 from services.common.errors import Unauthenticated
 from services.common.interceptors import AuthInterceptor
 from services.common.server import GrpcServer, Registration
-from services.inference.accounting import BackgroundUsageSender
+from services.inference.accounting import UsageLedger
 from services.inference.adapters import AdapterRegistry, CachedResolver, ModelResolver
 from services.inference.completions import Completions, Limits
 from services.inference.config import InferenceConfig
@@ -31,7 +31,7 @@ def build_server(config: InferenceConfig, servicer: InferenceServicer) -> GrpcSe
 
 
 def build_completions(config: InferenceConfig, engine: CompletionEngine,
-                      resolver: ModelResolver, usage: BackgroundUsageSender,
+                      resolver: ModelResolver, usage: UsageLedger,
                       registry: AdapterRegistry | None = None) -> Completions:
     registry = registry or AdapterRegistry(config.base_model, config.adapter_rank_limit,
                                            config.adapter_cache_dir)

@@ -55,6 +55,8 @@ def to_input(request: inference_pb2.CompleteRequest) -> CompletionInput:
         stop=tuple(opts.stop),
         seed=opts.seed if opts.HasField("seed") else None,
         request_id=request.request_id,
+        json_schema=(opts.response_format.json_schema if opts.HasField("response_format")
+                     else None),
     )
 
 

@@ -7,20 +7,26 @@ import asyncio
 from finetune.control.v1 import data_pb2, data_pb2_grpc
 from services.common.errors import InvalidArgument
 from services.control.api import messages
-from services.control.api.principals import user
-from services.control.data.catalog import DataCatalog
+from services.control.api.principals import authorize, caller_access, user
+from services.control.core.authorization import Authorizer
+from services.control.core.databases import Databases
 from services.control.data.uploads import TableUpload
 from services.control.domain.names import qualified_name
+from services.control.domain.privileges import Privilege, SecurableObject
 
 
 class DataServicer(data_pb2_grpc.DataServiceServicer):
-    def __init__(self, catalog: DataCatalog, max_upload_bytes: int):
-        self._catalog = catalog
+    def __init__(self, databases: Databases, authorizer: Authorizer, spool_dir,
+                 max_upload_bytes: int):
+        self._databases = databases
+        self._authorizer = authorizer
+        self._spool_dir = spool_dir
         self._max_upload_bytes = max_upload_bytes
 
     async def CreateDatabase(self, request, context):
-        name = await asyncio.to_thread(self._catalog.create_database, user().account_id,
-                                       request.name)
+        principal, _ = await authorize(self._authorizer, Privilege.CREATE_DATABASE,
+                                       SecurableObject.account())
+        name = await asyncio.to_thread(self._databases.create_database, principal, request.name)
         return data_pb2.CreateDatabaseResponse(name=name)
 
     async def LoadTable(self, request_iterator, context):
@@ -30,7 +36,9 @@ class DataServicer(data_pb2_grpc.DataServiceServicer):
             raise InvalidArgument("the first LoadTable message must be the header")
         header = first.header
         table = qualified_name(header.table, "table name")
-        upload = await asyncio.to_thread(TableUpload, self._catalog.spool_dir,
+        # Before a byte is spooled: an unauthorized caller uploads nothing.
+        await asyncio.to_thread(self._databases.authorize_load, principal, table)
+        upload = await asyncio.to_thread(TableUpload, self._spool_dir,
                                          messages.file_format(header.format),
                                          self._max_upload_bytes)
         try:
@@ -44,20 +52,21 @@ class DataServicer(data_pb2_grpc.DataServiceServicer):
                 elif kind == "header":
                     raise InvalidArgument("a LoadTable stream has exactly one header")
             spooled = upload.finish()
-            info = await asyncio.to_thread(self._catalog.load_table, principal.account_id,
-                                           table, spooled, header.replace)
+            info = await asyncio.to_thread(self._databases.load_table, principal, table,
+                                           spooled, header.replace)
         finally:
             await asyncio.to_thread(upload.discard)
         return messages.table_message(info)
 
     async def ListTables(self, request, context):
-        tables = await asyncio.to_thread(self._catalog.list_tables, user().account_id,
-                                         request.database or None)
+        _, access = await caller_access(self._authorizer)
+        tables = await asyncio.to_thread(self._databases.list_tables, access, request.database)
         return data_pb2.ListTablesResponse(tables=[messages.table_message(t) for t in tables])
 
     async def PreviewQuery(self, request, context):
         if request.limit < 0:
             raise InvalidArgument("limit must not be negative")
-        preview = await asyncio.to_thread(self._catalog.preview, user().account_id,
-                                          request.query, request.limit)
+        _, access = await caller_access(self._authorizer)
+        preview = await asyncio.to_thread(self._databases.preview, access, request.query,
+                                          request.limit)
         return messages.preview_message(preview)

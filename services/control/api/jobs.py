@@ -6,25 +6,40 @@ import asyncio
 
 from finetune.control.v1 import jobs_pb2, jobs_pb2_grpc
 from services.control.api import messages
-from services.control.api.principals import user
+from services.control.api.principals import authorize, user
+from services.control.core.authorization import Authorizer
 from services.control.core.events import JobEvents
 from services.control.core.jobs import CreateJob, FineTuning
+from services.control.domain.names import qualified_name
+from services.control.domain.privileges import Privilege, SecurableObject
 
 
 class FineTuningServicer(jobs_pb2_grpc.FineTuningServiceServicer):
-    def __init__(self, jobs: FineTuning, events: JobEvents, watch_poll_s: float = 5.0):
+    def __init__(self, jobs: FineTuning, events: JobEvents, authorizer: Authorizer,
+                 watch_poll_s: float = 5.0):
         self._jobs = jobs
         self._events = events
+        self._authorizer = authorizer
         # Watchers also re-read on this period, for changes made by another control replica.
         self._watch_poll_s = watch_poll_s
 
     async def CreateFineTuningJob(self, request, context):
+        """FINETUNE_USER, CREATE MODEL on the target schema, OWNERSHIP of from_model; USAGE on
+        what the queries read is checked when they run."""
+        target = qualified_name(request.model, "model name")
+        principal, _ = await authorize(self._authorizer, Privilege.FINETUNE,
+                                       SecurableObject.account())
+        await authorize(self._authorizer, Privilege.CREATE_MODEL,
+                        SecurableObject.schema(f"{target.database}.{target.schema}"))
+        if request.options.from_model.strip():
+            await authorize(self._authorizer, Privilege.OWNERSHIP,
+                            SecurableObject.model(request.options.from_model))
         create = CreateJob(model=request.model, base_model=request.base_model,
                            training_query=request.training_query,
                            validation_query=request.validation_query,
                            options=messages.requested_options(request.options),
                            request_id=request.request_id)
-        job = await asyncio.to_thread(self._jobs.create, user(), create)
+        job = await asyncio.to_thread(self._jobs.create, principal, create)
         return messages.job_message(job)
 
     async def ListFineTuningJobs(self, request, context):

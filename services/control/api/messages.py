@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timezone
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from finetune.control.v1 import data_pb2, jobs_pb2, models_pb2
+from finetune.control.v1 import access_pb2, data_pb2, jobs_pb2, models_pb2, usage_pb2
 from services.common.base_models import BaseModelSpec
+from services.common.errors import InvalidArgument
 from services.control.data.catalog import Preview, TableInfo
 from services.control.data.uploads import FileFormat
 from services.control.domain.jobs import Job
 from services.control.domain.models import RegisteredModel
 from services.control.domain.options import RequestedOptions, TaskType, TrainingOptions
+from services.control.domain.principals import ApiKeyInfo, Role, User
+from services.control.domain.privileges import (GrantRecord, ObjectType, Privilege,
+                                                SecurableObject)
+from services.control.domain.usage import FineTuningUsage, Grouping, InferenceUsage, UsageGroup
 
 _TASK_TYPES = {
     jobs_pb2.INSTRUCTION: TaskType.INSTRUCTION,
@@ -131,3 +136,107 @@ def preview_message(preview: Preview) -> data_pb2.PreviewQueryResponse:
         # A SQL NULL is an absent key: proto maps cannot hold nulls.
         rows=[data_pb2.Row(values={n: v for n, v in zip(names, row) if v is not None})
               for row in preview.rows])
+
+
+# -- access ------------------------------------------------------------------------------------
+
+_OBJECT_TYPES = {
+    access_pb2.ACCOUNT: ObjectType.ACCOUNT,
+    access_pb2.DATABASE: ObjectType.DATABASE,
+    access_pb2.SCHEMA: ObjectType.SCHEMA,
+    access_pb2.MODEL: ObjectType.MODEL,
+}
+_OBJECT_TYPE_PROTOS = {**{v.value: k for k, v in _OBJECT_TYPES.items()},
+                       "ROLE": access_pb2.ROLE}
+_PRIVILEGES = {
+    access_pb2.USAGE: Privilege.USAGE,
+    access_pb2.OWNERSHIP: Privilege.OWNERSHIP,
+    access_pb2.CREATE_MODEL: Privilege.CREATE_MODEL,
+    access_pb2.CREATE_TABLE: Privilege.CREATE_TABLE,
+    access_pb2.CREATE_DATABASE: Privilege.CREATE_DATABASE,
+}
+_GRANTEE_TYPES = {access_pb2.TO_USER: "USER", access_pb2.TO_ROLE: "ROLE"}
+_GRANTEE_TYPE_PROTOS = {v: k for k, v in _GRANTEE_TYPES.items()}
+_GROUPINGS = {usage_pb2.GROUP_BY_MODEL: Grouping.MODEL, usage_pb2.GROUP_BY_USER: Grouping.USER,
+              usage_pb2.GROUP_BY_DAY: Grouping.DAY}
+
+
+def privilege(value: int) -> Privilege:
+    if value not in _PRIVILEGES:
+        raise InvalidArgument("privilege is required (USAGE, OWNERSHIP, CREATE_MODEL, "
+                              "CREATE_TABLE or CREATE_DATABASE)")
+    return _PRIVILEGES[value]
+
+
+def securable(object_type: int, name: str) -> SecurableObject:
+    if object_type not in _OBJECT_TYPES:
+        raise InvalidArgument("object_type must be ACCOUNT, DATABASE, SCHEMA or MODEL")
+    return SecurableObject.parse(_OBJECT_TYPES[object_type], name)
+
+
+def grantee_type(value: int) -> str:
+    if value not in _GRANTEE_TYPES:
+        raise InvalidArgument("grantee_type must be TO_USER or TO_ROLE")
+    return _GRANTEE_TYPES[value]
+
+
+def user_message(user: User) -> access_pb2.User:
+    return access_pb2.User(id=user.id, name=user.name, default_role=user.default_role or "",
+                           created_on=timestamp(user.created_on))
+
+
+def role_message(role: Role) -> access_pb2.Role:
+    return access_pb2.Role(id=role.id, name=role.name, comment=role.comment,
+                           created_on=timestamp(role.created_on))
+
+
+def grant_message(grant: GrantRecord) -> access_pb2.Grant:
+    return access_pb2.Grant(
+        created_on=timestamp(grant.created_on), privilege=grant.privilege,
+        granted_on=_OBJECT_TYPE_PROTOS[grant.granted_on], name=grant.name,
+        granted_to=_GRANTEE_TYPE_PROTOS[grant.granted_to], grantee_name=grant.grantee_name,
+        granted_by=grant.granted_by)
+
+
+def api_key_message(key: ApiKeyInfo) -> access_pb2.ApiKey:
+    return access_pb2.ApiKey(id=key.id, user=key.user_name, created_on=timestamp(key.created_on),
+                             revoked_on=timestamp(key.revoked_on))
+
+
+# -- usage -------------------------------------------------------------------------------------
+
+def time_or_none(ts) -> datetime | None:
+    if not ts.seconds and not ts.nanos:
+        return None
+    return ts.ToDatetime(tzinfo=timezone.utc)
+
+
+def groupings(values) -> list[Grouping]:
+    out = []
+    for value in values:
+        if value not in _GROUPINGS:
+            raise InvalidArgument("group_by takes GROUP_BY_MODEL, GROUP_BY_USER, GROUP_BY_DAY")
+        out.append(_GROUPINGS[value])
+    return out
+
+
+def fine_tuning_usage_message(u: FineTuningUsage) -> usage_pb2.FineTuningUsage:
+    return usage_pb2.FineTuningUsage(
+        job_id=u.job_id, model=u.model, base_model=u.base_model, user=u.user_name,
+        status=u.status, trained_tokens=u.trained_tokens, credits=u.credits,
+        start_time=timestamp(u.start_time), end_time=timestamp(u.end_time))
+
+
+def inference_usage_message(u: InferenceUsage) -> usage_pb2.InferenceUsage:
+    return usage_pb2.InferenceUsage(
+        request_id=u.request_id, model=u.model, base_model=u.base_model, user=u.user_name,
+        prompt_tokens=u.prompt_tokens, completion_tokens=u.completion_tokens,
+        total_tokens=u.prompt_tokens + u.completion_tokens, credits=u.credits,
+        time=timestamp(u.time))
+
+
+def usage_group_message(g: UsageGroup) -> usage_pb2.InferenceUsageGroup:
+    return usage_pb2.InferenceUsageGroup(
+        model=g.model, user=g.user_name, day=g.day, requests=g.requests,
+        prompt_tokens=g.prompt_tokens, completion_tokens=g.completion_tokens,
+        total_tokens=g.prompt_tokens + g.completion_tokens, credits=g.credits)

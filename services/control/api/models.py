@@ -1,4 +1,5 @@
-"""ModelService: base models, fine-tuned models and their artifact files."""
+"""ModelService: base models, fine-tuned models and their artifact files. Describing a model
+needs USAGE on it; its files and deleting it need OWNERSHIP."""
 
 from __future__ import annotations
 
@@ -6,13 +7,16 @@ import asyncio
 
 from finetune.control.v1 import models_pb2, models_pb2_grpc
 from services.control.api import messages
-from services.control.api.principals import user
+from services.control.api.principals import authorize, caller_access, user
+from services.control.core.authorization import Authorizer
 from services.control.core.models import ModelRegistry
+from services.control.domain.privileges import Privilege, SecurableObject
 
 
 class ModelServicer(models_pb2_grpc.ModelServiceServicer):
-    def __init__(self, registry: ModelRegistry):
+    def __init__(self, registry: ModelRegistry, authorizer: Authorizer):
         self._registry = registry
+        self._authorizer = authorizer
 
     async def ListBaseModels(self, request, context):
         user()
@@ -20,14 +24,20 @@ class ModelServicer(models_pb2_grpc.ModelServiceServicer):
             base_models=[messages.base_model_message(b) for b in self._registry.base_models()])
 
     async def ListModels(self, request, context):
-        page = await asyncio.to_thread(self._registry.list, user(), request.page_size,
-                                       request.page_token)
+        principal, access = await caller_access(self._authorizer)
+
+        def visible(model) -> bool:
+            return access.allows(Privilege.USAGE, SecurableObject.model(model.name))
+
+        page = await asyncio.to_thread(self._registry.list, principal, request.page_size,
+                                       request.page_token, visible)
         return models_pb2.ListModelsResponse(
             models=[messages.model_message(m) for m in page.models],
             next_page_token=page.next_page_token)
 
     async def GetModel(self, request, context):
-        principal = user()
+        principal, _ = await authorize(self._authorizer, Privilege.USAGE,
+                                       SecurableObject.model(request.name))
 
         def describe():
             model = self._registry.get(principal, request.name)
@@ -37,12 +47,16 @@ class ModelServicer(models_pb2_grpc.ModelServiceServicer):
         return messages.model_message(model, artifacts)
 
     async def DeleteModel(self, request, context):
-        await asyncio.to_thread(self._registry.delete, user(), request.name)
+        principal, _ = await authorize(self._authorizer, Privilege.OWNERSHIP,
+                                       SecurableObject.model(request.name))
+        await asyncio.to_thread(self._registry.delete, principal, request.name)
         return models_pb2.DeleteModelResponse()
 
     async def GetModelArtifact(self, request, context):
-        chunks = await asyncio.to_thread(self._registry.artifact_chunks, user(), request.name,
-                                         request.artifact)
+        principal, _ = await authorize(self._authorizer, Privilege.OWNERSHIP,
+                                       SecurableObject.model(request.name))
+        chunks = await asyncio.to_thread(self._registry.artifact_chunks, principal,
+                                         request.name, request.artifact)
         try:
             while (chunk := await asyncio.to_thread(next, chunks, None)) is not None:
                 yield models_pb2.ArtifactChunk(data=chunk)

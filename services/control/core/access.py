@@ -12,6 +12,7 @@ from sqlalchemy.exc import IntegrityError
 from services.common.errors import Unauthenticated
 from services.common.keys import tokens_equal
 from services.control.core.clock import Clock, utc_now
+from services.control.core.directory import create_account
 from services.control.domain.principals import Principal, ServicePrincipal
 from services.control.store.database import Store
 
@@ -49,16 +50,13 @@ class Authenticator:
 
 
 def bootstrap_admin(store: Store, key_file: Path, clock: Clock = utc_now) -> str | None:
-    """On an empty database: account `default`, user `admin` and an API key, written to
-    `key_file` (mode 0600). Returns the key, or None when the database was not empty."""
+    """On an empty database: account `default`, user `admin` holding ACCOUNTADMIN and an API
+    key, written to `key_file` (mode 0600). Returns the key, or None when the database was not
+    empty."""
     def work(tx) -> str | None:
         if tx.accounts.any_account():
             return None
-        now = clock()
-        tx.accounts.create_account(DEFAULT_ACCOUNT, now)
-        user_id = tx.accounts.create_user(DEFAULT_ACCOUNT, ADMIN_USER, now)
-        _, key = tx.accounts.create_key(user_id, now)
-        return key
+        return create_account(tx, DEFAULT_ACCOUNT, ADMIN_USER, clock()).key
 
     try:
         key = store.run(work)

@@ -18,10 +18,12 @@ from sqlalchemy.exc import IntegrityError
 from services.common.artifacts import ArtifactStore
 from services.common.base_models import BaseModelSpec
 from services.common.errors import (AlreadyExists, FailedPrecondition, InvalidArgument,
-                                    NotFound)
+                                    NotFound, PermissionDenied)
 from services.control.core import paging
+from services.control.core.authorization import Authorizer, load_access
 from services.control.core.clock import Clock, utc_now
 from services.control.core.events import JobEvents
+from services.control.core.usage import record_fine_tuning_usage
 from services.control.data.catalog import DataCatalog
 from services.control.data.snapshots import snapshot_query
 from services.control.dispatch.protocol import DispatchError, JobDispatcher
@@ -30,6 +32,7 @@ from services.control.domain.names import qualified_name
 from services.control.domain.models import RegisteredModel
 from services.control.domain.options import (RequestedOptions, TrainingOptions, WorkerLimits,
                                              resolve_options)
+from services.control.domain.prices import PriceTable
 from services.control.domain.principals import Principal
 from services.control.domain.spec import JobLayout, trainer_spec
 from services.control.store.database import Store
@@ -68,8 +71,11 @@ class FineTuning:
                  base_models: Mapping[str, BaseModelSpec],
                  provision: Callable[[BaseModelSpec], Path],
                  control_address: Callable[[], str], submit_env: Mapping[str, str],
-                 limits: WorkerLimits = WorkerLimits(), clock: Clock = utc_now):
+                 limits: WorkerLimits = WorkerLimits(), clock: Clock = utc_now, *,
+                 authorizer: Authorizer, prices: PriceTable = PriceTable()):
         self._store = store
+        self._authorizer = authorizer
+        self._prices = prices
         self._catalog = catalog
         self._artifacts = artifacts
         self._dispatcher = dispatcher
@@ -84,20 +90,25 @@ class FineTuning:
     # -- CREATE ---------------------------------------------------------------------------
 
     def create(self, principal: Principal, request: CreateJob) -> Job:
-        """Validate, snapshot the data, write the spec, record the job, submit it."""
+        """Validate, snapshot the data, write the spec, record the job, submit it.
+
+        The caller's FINETUNE and CREATE MODEL privileges are the servicer's to check; the
+        queries run with the caller's privileges as they are now (USAGE on what they read),
+        and the caller's default role will own the job and its model."""
         account = principal.account_id
         request_id = request.request_id.strip() or None
         if request_id:
             existing = self._store.run(lambda tx: tx.jobs.by_request_id(account, request_id))
-            if existing is not None:
-                return existing
+            if existing is not None:  # a retry; another role's request id tells it nothing
+                return self.get(principal, existing.id)
+        owner_role_id = self._authorizer.owner_role(principal)
         plan = self._plan(account, request)
         layout = JobLayout(self._artifacts.root, new_job_id())
         try:
-            job = self._record(principal, request, request_id, plan, layout)
+            job = self._record(principal, request, request_id, plan, layout, owner_role_id)
         except IntegrityError:
             self._artifacts.delete(layout.uri())
-            return self._lost_race(account, request_id, plan.model_name)
+            return self._lost_race(principal, request_id, plan.model_name)
         except BaseException:
             self._artifacts.delete(layout.uri())
             raise
@@ -133,15 +144,17 @@ class FineTuning:
         return _Plan(model_name, base, base_path, options, parent)
 
     def _record(self, principal: Principal, request: CreateJob, request_id: str | None,
-                plan: _Plan, layout: JobLayout) -> Job:
+                plan: _Plan, layout: JobLayout, owner_role_id: str) -> Job:
         """Snapshot the queries, write spec.json, insert the job PENDING."""
         account = principal.account_id
         options = plan.options
+        # Read now, when the queries run: a grant revoked since the request began counts.
+        scope = self._authorizer.access(principal)
 
         def snapshot(sql: str, uri: str, what: str):
             return snapshot_query(self._catalog, self._artifacts, account, sql,
                                   options.task_type, uri, plan.base.rows_per_epoch,
-                                  options.max_epochs, what)
+                                  options.max_epochs, what, scope)
 
         training = snapshot(request.training_query, layout.training_data_uri, "training query")
         validation = None
@@ -159,7 +172,8 @@ class FineTuning:
             validation_query=request.validation_query.strip() or None,
             options=options.to_dict(), created_on=self._clock(), request_id=request_id,
             spec_uri=layout.spec_uri, output_uri=layout.output_uri,
-            training_rows=training.rows, validation_rows=validation.rows if validation else 0)
+            training_rows=training.rows, validation_rows=validation.rows if validation else 0,
+            owner_role_id=owner_role_id)
         return self._store.run(lambda tx: tx.jobs.add(job))
 
     def _parent_model(self, account: str, from_model: str) -> RegisteredModel | None:
@@ -180,12 +194,14 @@ class FineTuning:
                 raise AlreadyExists(f"job {active.id} is already training model {model_name}")
         self._store.run(check)
 
-    def _lost_race(self, account: str, request_id: str | None, model_name: str) -> Job:
+    def _lost_race(self, principal: Principal, request_id: str | None,
+                   model_name: str) -> Job:
         """A concurrent create won a unique constraint: same request id, or same model name."""
+        account = principal.account_id
         if request_id:
             existing = self._store.run(lambda tx: tx.jobs.by_request_id(account, request_id))
             if existing is not None:
-                return existing
+                return self.get(principal, existing.id)
         self._check_name_free(account, model_name)
         raise AlreadyExists(f"model {model_name} is already being created")
 
@@ -210,15 +226,19 @@ class FineTuning:
     # -- SHOW / DESCRIBE ------------------------------------------------------------------
 
     def get(self, principal: Principal, job_id: str) -> Job:
-        job = self._store.run(lambda tx: tx.jobs.get(job_id, principal.account_id))
-        if job is None:
-            raise NotFound(f"job {job_id} does not exist")
-        return job
+        """DESCRIBE: for the job's owner role (the creator's) and ACCOUNTADMIN."""
+        return self._store.run(lambda tx: _visible_job(tx, principal, job_id))
 
     def list(self, principal: Principal, page_size: int = 0, page_token: str = "") -> JobPage:
+        """SHOW: the account's jobs the caller may DESCRIBE (all of them for ACCOUNTADMIN)."""
         size = paging.page_size(page_size)
         after = _decode_job_token(page_token) if page_token else None
-        jobs = self._store.run(lambda tx: tx.jobs.page(principal.account_id, size + 1, after))
+
+        def work(tx):
+            access = load_access(tx, principal.account_id, principal.user_id)
+            return tx.jobs.page(principal.account_id, size + 1, after,
+                                None if access.admin else access.role_ids)
+        jobs = self._store.run(work)
         token = ""
         if len(jobs) > size:
             jobs = jobs[:size]
@@ -229,11 +249,11 @@ class FineTuning:
 
     def cancel(self, principal: Principal, job_id: str) -> Job:
         def work(tx):
-            job = tx.jobs.get(job_id, principal.account_id)
-            if job is None:
-                raise NotFound(f"job {job_id} does not exist")
+            job = _visible_job(tx, principal, job_id)
             job.cancel(self._clock())
-            return tx.jobs.save(job)
+            saved = tx.jobs.save(job)
+            record_fine_tuning_usage(tx, saved, self._prices)
+            return saved
 
         job = self._store.run(work)
         self._events.publish(job.id)
@@ -263,6 +283,18 @@ class FineTuning:
         if changed:
             self._events.publish(job_id)
         return cancelled
+
+
+def _visible_job(tx, principal: Principal, job_id: str) -> Job:
+    """The job if the caller may see it. Whether it may is decided first, so a caller that may
+    not learns PERMISSION_DENIED whether or not the job exists (in any account)."""
+    job = tx.jobs.get(job_id, principal.account_id)
+    access = load_access(tx, principal.account_id, principal.user_id)
+    if not access.owns(job.owner_role_id if job is not None else None):
+        raise PermissionDenied(f"job {job_id}: only its owner role or ACCOUNTADMIN may see it")
+    if job is None:
+        raise NotFound(f"job {job_id} does not exist")
+    return job
 
 
 def _decode_job_token(token: str) -> tuple[datetime, str]:

@@ -4,7 +4,7 @@ their account, and the files of a model's output folder."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterator, Mapping
+from typing import Callable, Iterator, Mapping
 
 from services.common.artifacts import ArtifactStore
 from services.common.base_models import BaseModelSpec
@@ -14,6 +14,7 @@ from services.control.core import paging
 from services.control.domain.models import RegisteredModel
 from services.control.domain.names import qualified_name
 from services.control.domain.principals import Principal
+from services.control.domain.privileges import SecurableObject
 from services.control.store.database import Store
 
 ARTIFACT_CHUNK_BYTES = 1 << 20
@@ -36,10 +37,19 @@ class ModelRegistry:
     def base_models(self) -> list[BaseModelSpec]:
         return [self._base_models[name] for name in sorted(self._base_models)]
 
-    def list(self, principal: Principal, page_size: int = 0, page_token: str = "") -> ModelPage:
+    def list(self, principal: Principal, page_size: int = 0, page_token: str = "",
+             visible: Callable[[RegisteredModel], bool] = lambda model: True) -> ModelPage:
+        """The account's models the caller may see (`visible`), by name."""
         size = paging.page_size(page_size)
         after = str(paging.decode_token(page_token)[0]) if page_token else None
-        models = self._store.run(lambda tx: tx.models.page(principal.account_id, size + 1, after))
+        models: list[RegisteredModel] = []
+        while len(models) <= size:
+            batch = self._store.run(lambda tx: tx.models.page(principal.account_id, size + 1,
+                                                              after))
+            models += [m for m in batch if visible(m)]
+            if len(batch) <= size:
+                break
+            after = batch[-1].name
         token = ""
         if len(models) > size:
             models = models[:size]
@@ -60,9 +70,14 @@ class ModelRegistry:
         """Unregister the model. Its files stay with the job that produced them (a running job
         may continue from them); its id is never handed out again."""
         canonical = str(qualified_name(name, "model name"))
-        deleted = self._store.run(
-            lambda tx: tx.models.delete(principal.account_id, canonical, self._clock()))
-        if deleted is None:
+
+        def work(tx):
+            deleted = tx.models.delete(principal.account_id, canonical, self._clock())
+            if deleted is not None:  # its grants go with it: a new model of the name starts clean
+                tx.access.delete_grants_on(principal.account_id,
+                                           SecurableObject.model(canonical))
+            return deleted
+        if self._store.run(work) is None:
             raise NotFound(f"model {canonical} does not exist")
 
     def artifact_chunks(self, principal: Principal, name: str, artifact: str) -> Iterator[bytes]:

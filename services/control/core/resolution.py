@@ -1,7 +1,9 @@
 """Model resolution and usage records for the inference service.
 
 Inference presents the end user's key with every COMPLETE; control authenticates it, decides
-whether that user may use the model, and says where the weights are.
+whether that user may use the model (FINETUNE_USER, and USAGE on a fine-tuned model), and says
+where the weights are. Inference caches an answer for at most `cache_ttl_seconds`, which bounds
+how long a revoked key or grant still works there.
 """
 
 from __future__ import annotations
@@ -13,9 +15,12 @@ from sqlalchemy.exc import IntegrityError
 
 from services.common.base_models import BaseModelSpec
 from services.common.errors import FailedPrecondition, InvalidArgument, NotFound, Unauthenticated
+from services.control.core.authorization import load_access
 from services.control.core.clock import Clock, utc_now
 from services.control.domain.models import RegisteredModel
 from services.control.domain.names import qualified_name
+from services.control.domain.prices import PriceTable
+from services.control.domain.privileges import Privilege, SecurableObject
 from services.control.store.database import Store
 
 
@@ -41,10 +46,11 @@ class Usage:
 
 class ModelResolution:
     def __init__(self, store: Store, base_models: Mapping[str, BaseModelSpec],
-                 clock: Clock = utc_now):
+                 clock: Clock = utc_now, prices: PriceTable = PriceTable()):
         self._store = store
         self._base_models = base_models
         self._clock = clock
+        self._prices = prices
 
     def resolve(self, api_key: str, model: str) -> Resolved:
         principal = self._store.run(lambda tx: tx.accounts.authenticate(api_key)) \
@@ -54,16 +60,28 @@ class ModelResolution:
         model = (model or "").strip()
         if not model:
             raise InvalidArgument("model is required")
-        base = self._base_models.get(model)
-        if base is not None:
-            return Resolved(principal.account_id, principal.user_id, base.name, base, None)
-        try:
-            canonical = str(qualified_name(model, "model"))
-        except InvalidArgument:  # not a name any model could have
-            raise NotFound(f"model {model} does not exist") from None
-        adapter = self._store.run(lambda tx: tx.models.get(principal.account_id, canonical))
+
+        def find(tx) -> RegisteredModel | None:
+            # Privileges as of now, on every COMPLETE (inference caches only briefly).
+            access = load_access(tx, principal.account_id, principal.user_id)
+            access.require(Privilege.FINETUNE, SecurableObject.account())
+            if model in self._base_models:
+                return None
+            try:
+                canonical = str(qualified_name(model, "model"))
+            except InvalidArgument:  # not a name any model could have: nothing to hide
+                raise NotFound(f"model {model} does not exist") from None
+            access.require(Privilege.USAGE, SecurableObject.model(canonical))  # before existence
+            found = tx.models.get(principal.account_id, canonical)
+            if found is None:
+                raise NotFound(f"model {canonical} does not exist")
+            return found
+
+        adapter = self._store.run(find)
         if adapter is None:
-            raise NotFound(f"model {canonical} does not exist")
+            base = self._base_models[model]
+            return Resolved(principal.account_id, principal.user_id, base.name, base, None)
+        canonical = adapter.name
         base = self._base_models.get(adapter.base_model)
         if base is None:
             raise FailedPrecondition(
@@ -86,7 +104,9 @@ class ModelResolution:
             tx.usage.add(request_id=usage.request_id, account_id=usage.account_id,
                          user_id=usage.user_id, model=usage.model, base_model=usage.base_model,
                          prompt_tokens=usage.prompt_tokens,
-                         completion_tokens=usage.completion_tokens, created_on=self._clock())
+                         completion_tokens=usage.completion_tokens, created_on=self._clock(),
+                         credits=self._prices.inference_credits(
+                             usage.base_model, usage.prompt_tokens + usage.completion_tokens))
             return True
 
         try:

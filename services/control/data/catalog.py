@@ -11,8 +11,9 @@ import duckdb
 
 from services.common.errors import AlreadyExists, InvalidArgument, NotFound
 from services.control.data.locks import AccountLocks
-from services.control.data.sandbox import (QueryResult, SandboxLimits, display_value, quote,
-                                           quote_literal, sandboxed_query)
+from services.control.data.sandbox import (QueryResult, ReadScope, SandboxLimits,
+                                           display_value, quote, quote_literal,
+                                           sandboxed_query)
 from services.control.data.uploads import FileFormat, SpooledUpload
 from services.control.domain.names import DEFAULT_DATABASE, QualifiedName, identifier
 
@@ -60,6 +61,9 @@ class DataCatalog:
         if not folder.is_dir():
             return {}
         return {p.name[:-len(DB_SUFFIX)]: p for p in sorted(folder.glob(f"*{DB_SUFFIX}"))}
+
+    def database_exists(self, account_id: str, name: str) -> bool:
+        return self._database_path(account_id, identifier(name, "database name")).exists()
 
     def create_database(self, account_id: str, name: str) -> str:
         name = identifier(name, "database name")
@@ -133,15 +137,19 @@ class DataCatalog:
         return tables
 
     @contextmanager
-    def query(self, account_id: str, sql: str) -> Iterator[QueryResult]:
-        """Run one SELECT in the sandbox over the account's databases."""
+    def query(self, account_id: str, sql: str,
+              scope: ReadScope | None = None) -> Iterator[QueryResult]:
+        """Run one SELECT in the sandbox over the account's databases (those `scope` may read)."""
         with self._locks[account_id].read():
-            with sandboxed_query(self.databases(account_id), sql, self.limits) as result:
+            databases = {name: path for name, path in self.databases(account_id).items()
+                         if scope is None or scope.can_read_database(name)}
+            with sandboxed_query(databases, sql, self.limits, scope) as result:
                 yield result
 
-    def preview(self, account_id: str, sql: str, limit: int) -> Preview:
+    def preview(self, account_id: str, sql: str, limit: int,
+                scope: ReadScope | None = None) -> Preview:
         limit = max(1, min(limit or 100, MAX_PREVIEW_ROWS))
-        with self.query(account_id, sql) as result:
+        with self.query(account_id, sql, scope) as result:
             rows = next(result.batches(limit), [])
             return Preview(result.columns,
                            [[display_value(v) for v in row] for row in rows])

@@ -3,22 +3,45 @@
 A query connection is a fresh in-memory DuckDB that ATTACHes the account's database files
 READ_ONLY under their names, then disables external access (no files, no network, no
 extensions) and locks the configuration so the query cannot turn either back on.
+
+With a ReadScope (the caller's privileges) only the databases it has USAGE on are attached, and
+the query's plan is checked before it runs: every table it scans must lie in a schema the
+caller has USAGE on. A caller restricted that way learns PERMISSION_DENIED for anything it
+cannot see, whether or not it exists.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Protocol
 
 import duckdb
 
-from services.common.errors import DeadlineExceeded, InvalidArgument, ResourceExhausted
+from services.common.errors import (DeadlineExceeded, InvalidArgument, PermissionDenied,
+                                    ResourceExhausted)
 from services.control.domain.names import DEFAULT_DATABASE, DEFAULT_SCHEMA
+
+
+NOT_USABLE = ("the query reads a database, schema or table that does not exist or that you "
+              "may not use (USAGE on its database and schema is required)")
+
+
+class ReadScope(Protocol):
+    """What a caller may read (services.control.domain.privileges.Access is one)."""
+
+    @property
+    def restricted(self) -> bool:
+        """True unless the caller may read everything in the account."""
+
+    def can_read_database(self, database: str) -> bool: ...
+
+    def can_read_schema(self, database: str, schema: str) -> bool: ...
 
 
 @dataclass(frozen=True)
@@ -77,10 +100,12 @@ class QueryResult:
 
 
 @contextmanager
-def sandboxed_query(databases: dict[str, Path], sql: str,
-                    limits: SandboxLimits) -> Iterator[QueryResult]:
-    """Run one SELECT on a locked-down connection; the caller holds the account's read lock."""
+def sandboxed_query(databases: dict[str, Path], sql: str, limits: SandboxLimits,
+                    scope: ReadScope | None = None) -> Iterator[QueryResult]:
+    """Run one SELECT on a locked-down connection; the caller holds the account's read lock.
+    `databases` are those the caller may read (already filtered by the scope)."""
     query = single_select(sql)
+    restricted = scope is not None and scope.restricted
     connection = duckdb.connect(":memory:", config={"threads": limits.threads,
                                                     "memory_limit": limits.memory_limit})
     timer = threading.Timer(limits.timeout_s, connection.interrupt)
@@ -94,9 +119,11 @@ def sandboxed_query(databases: dict[str, Path], sql: str,
         # writing files.
         connection.execute("SET temp_directory=''")
         connection.execute("SET enable_external_access=false")
-        connection.execute("SET lock_configuration=true")
         timer.start()
-        _run(lambda: connection.execute(query))
+        if restricted:
+            _check_scans(connection, query, scope)
+        connection.execute("SET lock_configuration=true")
+        _run(lambda: connection.execute(query), restricted)
         yield QueryResult(connection)
     finally:
         timer.cancel()
@@ -111,10 +138,72 @@ def _use_default(connection) -> None:
         connection.execute(f"USE {quote(DEFAULT_DATABASE)}.{quote(DEFAULT_SCHEMA)}")
 
 
-def _run(call):
-    """Run a DuckDB call, translating its errors into the project's vocabulary."""
+# Table functions a restricted caller may use: they read no table. The others (metadata such as
+# duckdb_tables(), pragma_storage_info(), duckdb_table_sample(), ...) could show what lies in
+# schemas it may not read.
+SAFE_TABLE_FUNCTIONS = frozenset({"RANGE", "GENERATE_SERIES", "UNNEST", "REPEAT", "REPEAT_ROW"})
+
+
+def _check_scans(connection, query: str, scope: ReadScope) -> None:
+    """Refuse a query whose plan scans a table in a schema the caller may not read. The plan is
+    taken with the optimizer off, so no scan is folded away by statistics; views and dynamic
+    SQL (query(), query_table()) are expanded, so neither reads past the caller's privileges."""
+    connection.execute("PRAGMA disable_optimizer")
+    try:
+        plan = _run(lambda: connection.execute(f"EXPLAIN (FORMAT json) {query}").fetchall(),
+                    restricted=True)
+    finally:
+        connection.execute("PRAGMA enable_optimizer")
+    for _, text in plan:
+        for node in _plan_nodes(json.loads(text)):
+            info = node.get("extra_info") or {}
+            if isinstance(info.get("Table"), str):
+                parts = _identifiers(info["Table"])
+                # Fail closed: a name this parser does not understand is not readable.
+                if len(parts) != 3 or not scope.can_read_schema(parts[0], parts[1]):
+                    raise PermissionDenied(NOT_USABLE)
+            elif "Function" in info and node.get("name") not in SAFE_TABLE_FUNCTIONS:
+                raise PermissionDenied(
+                    f"the table function {str(node.get('name')).lower()}() is available to "
+                    "ACCOUNTADMIN only")
+
+
+_PART = re.compile(r'"((?:[^"]|"")*)"|([^."]+)')
+
+
+def _identifiers(name: str) -> list[str]:
+    """`db.schema.table` as DuckDB prints it (keywords quoted: `"implicit".public.t`)."""
+    parts, position = [], 0
+    while True:
+        match = _PART.match(name, position)
+        if match is None:
+            return []
+        quoted, bare = match.groups()
+        parts.append(quoted.replace('""', '"') if quoted is not None else bare)
+        position = match.end()
+        if position == len(name):
+            return parts
+        if name[position] != ".":
+            return []
+        position += 1
+
+
+def _plan_nodes(nodes) -> Iterator[dict]:
+    for node in nodes if isinstance(nodes, list) else [nodes]:
+        yield node
+        yield from _plan_nodes(node.get("children") or [])
+
+
+def _run(call, restricted: bool = False):
+    """Run a DuckDB call, translating its errors into the project's vocabulary. For a
+    restricted caller "does not exist" is PERMISSION_DENIED: it must not learn what exists
+    outside what it may read."""
     try:
         return call()
+    except duckdb.CatalogException as exc:
+        if restricted and "Function with name" not in str(exc):
+            raise PermissionDenied(NOT_USABLE) from None
+        raise InvalidArgument(f"query failed: {exc}") from None
     except duckdb.InterruptException:
         raise DeadlineExceeded("the query ran too long and was interrupted") from None
     except duckdb.OutOfMemoryException as exc:

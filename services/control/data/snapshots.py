@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from services.common.artifacts import ArtifactStore
 from services.common.errors import InvalidArgument
 from services.control.data.catalog import DataCatalog
+from services.control.data.sandbox import ReadScope
 from services.control.domain.datasets import column_positions, training_record
 from services.control.domain.options import TaskType
 
@@ -21,7 +22,7 @@ class Snapshot:
 
 def snapshot_query(catalog: DataCatalog, artifacts: ArtifactStore, account_id: str, sql: str,
                    task_type: TaskType, uri: str, rows_per_epoch: int, epochs: int,
-                   what: str) -> Snapshot:
+                   what: str, scope: ReadScope | None = None) -> Snapshot:
     """Run `sql`, check its columns and row count, and write its rows to `uri`.
 
     The whole result is counted even past the limit, so the error can say how many rows the
@@ -30,7 +31,7 @@ def snapshot_query(catalog: DataCatalog, artifacts: ArtifactStore, account_id: s
     max_rows = rows_per_epoch // max(1, epochs)
     rows = 0
     try:
-        with catalog.query(account_id, sql) as result, artifacts.open(uri, "wb") as out:
+        with catalog.query(account_id, sql, scope) as result, artifacts.open(uri, "wb") as out:
             positions = column_positions(task_type, result.column_names, what)
             for batch in result.batches():
                 for row in batch:

@@ -3,7 +3,8 @@
 It reads only the cluster and the artifact store, never in-process state, so after a control
 restart it simply picks the jobs up again. Every change is one transaction guarded by the job's
 optimistic lock, so running it twice (or concurrently with a progress report) changes nothing
-twice: a job becomes SUCCESS and gets its model row exactly once.
+twice: a job becomes SUCCESS and gets its model row, its owner's OWNERSHIP grant and its
+fine-tuning usage row exactly once (a job that ends otherwise gets its usage row once too).
 """
 
 from __future__ import annotations
@@ -19,9 +20,12 @@ from sqlalchemy.exc import IntegrityError
 from services.common.artifacts import ArtifactStore
 from services.control.core.clock import Clock, utc_now
 from services.control.core.events import JobEvents
+from services.control.core.usage import record_fine_tuning_usage
 from services.control.dispatch.protocol import (ClusterJob, ClusterJobStatus, ClusterUnavailable,
                                                 DispatchError, JobDispatcher)
 from services.control.domain.jobs import ErrorCode, Job, JobStatus, TrainingResult
+from services.control.domain.prices import PriceTable
+from services.control.domain.privileges import Privilege, SecurableObject
 from services.control.domain.spec import JobLayout
 from services.control.store.database import Store, Tx
 
@@ -40,8 +44,10 @@ class ReconcilerSettings:
 class Reconciler:
     def __init__(self, store: Store, dispatcher: JobDispatcher, artifacts: ArtifactStore,
                  events: JobEvents, submit_env: Mapping[str, str],
-                 settings: ReconcilerSettings = ReconcilerSettings(), clock: Clock = utc_now):
+                 settings: ReconcilerSettings = ReconcilerSettings(), clock: Clock = utc_now,
+                 prices: PriceTable = PriceTable()):
         self._store = store
+        self._prices = prices
         self._dispatcher = dispatcher
         self._artifacts = artifacts
         self._events = events
@@ -100,7 +106,9 @@ class Reconciler:
             if job is None or job.terminal:
                 return False
             mutate(job, tx)
-            tx.jobs.save(job)
+            saved = tx.jobs.save(job)
+            if saved.terminal:  # in the transaction that ends the job: exactly once
+                record_fine_tuning_usage(tx, saved, self._prices)
             return True
 
         changed = self._store.run(work)
@@ -159,6 +167,11 @@ class Reconciler:
                           trained_tokens=result.trained_tokens,
                           training_loss=result.training_loss,
                           validation_loss=result.validation_loss)
+            # The creator's role owns the model (a dropped role leaves it to ACCOUNTADMIN).
+            owner = tx.access.role_by_id(j.owner_role_id) if j.owner_role_id else None
+            if owner is not None and owner.account_id == j.account_id:
+                tx.access.grant_privilege(j.account_id, owner.id, Privilege.OWNERSHIP,
+                                          SecurableObject.model(j.model_name), "SYSTEM", now)
 
         try:
             return self._update(job.id, succeed)

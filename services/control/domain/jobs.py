@@ -140,6 +140,7 @@ class Job:
     truncated_rows: int = 0
     submit_attempts: int = 0
     updated_on: datetime | None = None
+    owner_role_id: str | None = None   # the creator's role: DESCRIBE/CANCEL, owns the model
     # The store's optimistic-lock counter; domain code never touches it.
     version: int = field(default=0, compare=False)
 

@@ -14,6 +14,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.orm.exc import StaleDataError
 
+from services.control.store.access import AccessRepository
 from services.control.store.accounts import AccountRepository
 from services.control.store.jobs import JobRepository
 from services.control.store.models import ModelRepository
@@ -66,6 +67,7 @@ class Tx:
         self.jobs = JobRepository(session)
         self.models = ModelRepository(session)
         self.usage = UsageRepository(session)
+        self.access = AccessRepository(session)
 
 
 class Store:

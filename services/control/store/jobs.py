@@ -68,9 +68,13 @@ class JobRepository:
         return None if row is None else _to_job(row)
 
     def page(self, account_id: str, limit: int,
-             after: tuple[datetime, str] | None = None) -> list[Job]:
-        """Newest first; `after` is the (created_on, id) of the last job of the previous page."""
+             after: tuple[datetime, str] | None = None,
+             owner_role_ids: frozenset[str] | None = None) -> list[Job]:
+        """Newest first; `after` is the (created_on, id) of the last job of the previous page;
+        with `owner_role_ids`, only jobs owned by one of those roles."""
         query = select(JobRow).where(JobRow.account_id == account_id)
+        if owner_role_ids is not None:
+            query = query.where(JobRow.owner_role_id.in_(list(owner_role_ids)))
         if after is not None:
             created_on, job_id = after
             query = query.where(or_(JobRow.created_on < created_on,

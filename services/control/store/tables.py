@@ -48,6 +48,8 @@ class UserRow(Base):
     account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"))
     name: Mapped[str] = mapped_column(String(255))
     created_on: Mapped[datetime] = mapped_column(UtcDateTime)
+    # The role that owns what the user creates (a role id; no FK: dropping a role clears it).
+    default_role_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
 
 
 class ApiKeyRow(Base):
@@ -101,6 +103,8 @@ class JobRow(Base):
     validation_rows: Mapped[int] = mapped_column(BigInteger, default=0)
     truncated_rows: Mapped[int] = mapped_column(BigInteger, default=0)
     submit_attempts: Mapped[int] = mapped_column(Integer, default=0)
+    # The creator's role: it may DESCRIBE and CANCEL the job and will own the model.
+    owner_role_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
     # Optimistic locking: the reconciler, progress reports and cancels race on a job; an update
     # based on a stale read fails (StaleDataError) and is retried on fresh data.
     version: Mapped[int] = mapped_column(Integer, nullable=False)
@@ -149,3 +153,76 @@ class UsageRow(Base):
     prompt_tokens: Mapped[int] = mapped_column(BigInteger)
     completion_tokens: Mapped[int] = mapped_column(BigInteger)
     created_on: Mapped[datetime] = mapped_column(UtcDateTime)
+    credits: Mapped[float] = mapped_column(Float, default=0.0, server_default=text("0"))
+
+
+class RoleRow(Base):
+    __tablename__ = "roles"
+    __table_args__ = (UniqueConstraint("account_id", "name", name="uq_roles_account_name"),)
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"))
+    name: Mapped[str] = mapped_column(String(255))
+    comment: Mapped[str] = mapped_column(Text, default="")
+    created_on: Mapped[datetime] = mapped_column(UtcDateTime)
+
+
+class RoleGrantRow(Base):
+    """Role `role_id` granted to a user or to another role (which then inherits it)."""
+
+    __tablename__ = "role_grants"
+    __table_args__ = (
+        UniqueConstraint("role_id", "grantee_type", "grantee_id", name="uq_role_grants"),
+        Index("ix_role_grants_grantee", "grantee_type", "grantee_id"),
+        Index("ix_role_grants_account", "account_id"),
+        {"sqlite_autoincrement": True},
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"))
+    role_id: Mapped[str] = mapped_column(ForeignKey("roles.id"))
+    grantee_type: Mapped[str] = mapped_column(String(8))      # USER | ROLE
+    grantee_id: Mapped[str] = mapped_column(String(64))
+    granted_by: Mapped[str] = mapped_column(String(255))
+    created_on: Mapped[datetime] = mapped_column(UtcDateTime)
+
+
+class PrivilegeGrantRow(Base):
+    __tablename__ = "privilege_grants"
+    __table_args__ = (
+        UniqueConstraint("role_id", "privilege", "object_type", "object_name",
+                         name="uq_privilege_grants"),
+        Index("ix_privilege_grants_object", "account_id", "object_type", "object_name"),
+        {"sqlite_autoincrement": True},
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"))
+    role_id: Mapped[str] = mapped_column(ForeignKey("roles.id"), index=True)
+    privilege: Mapped[str] = mapped_column(String(32))
+    object_type: Mapped[str] = mapped_column(String(16))
+    object_name: Mapped[str] = mapped_column(String(800))
+    granted_by: Mapped[str] = mapped_column(String(255))
+    created_on: Mapped[datetime] = mapped_column(UtcDateTime)
+
+
+class FineTuningUsageRow(Base):
+    """One row per finished job that trained (CORTEX_FINE_TUNING_USAGE_HISTORY)."""
+
+    __tablename__ = "fine_tuning_usage"
+    __table_args__ = (
+        Index("ix_fine_tuning_usage_account_end", "account_id", "end_time"),
+        {"sqlite_autoincrement": True},
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"))
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id"), unique=True)  # exactly once
+    user_id: Mapped[str] = mapped_column(String(64))
+    model: Mapped[str] = mapped_column(String(800))
+    base_model: Mapped[str] = mapped_column(String(255))
+    status: Mapped[str] = mapped_column(String(16))
+    trained_tokens: Mapped[int] = mapped_column(BigInteger)
+    credits: Mapped[float] = mapped_column(Float)
+    start_time: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
+    end_time: Mapped[datetime] = mapped_column(UtcDateTime)

@@ -5,6 +5,7 @@ inference gRPC server in front of the engine."""
 from __future__ import annotations
 
 import asyncio
+import json
 import shutil
 from dataclasses import dataclass, field
 
@@ -16,15 +17,16 @@ from services.common.errors import NotFound, PermissionDenied, Unauthenticated
 from services.common.interceptors import AuthInterceptor
 from services.common.keys import tokens_equal
 from services.common.server import GrpcServer, Registration
-from services.inference.accounting import BackgroundUsageSender, GrpcUsageReporter
+from services.inference.accounting import GrpcUsageReporter
 from services.inference.adapters import GrpcModelResolver
 from services.inference.config import BaseModel, InferenceConfig
 from services.inference.engine import VllmEngine
+from services.inference.outbox import OutboxStore, UsageOutbox
 from services.inference.server import build_completions, build_server
 from services.inference.servicer import InferenceServicer
 
 SERVICE_TOKEN = "svc-token-for-tests"
-KEYS = {"key-alice": "alice", "key-bob": "bob"}
+KEYS = {"key-alice": "alice", "key-bob": "bob", "key-carol": "carol"}
 MODEL_A = "db.public.model_a"
 MODEL_B = "db.public.model_b"
 BROKEN = "db.public.broken"
@@ -45,6 +47,37 @@ def make_peft_adapter(base_path, out, seed: int, rank: int = 8):
     return out
 
 
+def make_random_adapter(base_path, out, seed: int, rank: int = 8,
+                        targets=("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
+                                 "down_proj")):
+    """A LoRA adapter in peft's layout without loading the model: random weights drawn as peft's
+    init_lora_weights=False draws them (nn.Linear's default init), from the base's shapes."""
+    import torch
+    from safetensors.torch import save_file
+
+    from services.inference.adapters import base_linear_shapes
+
+    generator = torch.Generator().manual_seed(seed)
+    tensors = {}
+    for name, shape in sorted(base_linear_shapes(base_path).items()):
+        module = name.removesuffix(".weight")
+        if module.rsplit(".", 1)[-1] not in targets:
+            continue
+        out_f, in_f = shape
+        a = (torch.rand(rank, in_f, generator=generator) * 2 - 1) / in_f ** 0.5
+        b = (torch.rand(out_f, rank, generator=generator) * 2 - 1) / rank ** 0.5
+        tensors[f"base_model.model.{module}.lora_A.weight"] = a.contiguous()
+        tensors[f"base_model.model.{module}.lora_B.weight"] = b.contiguous()
+    out.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(out / "adapter_model.safetensors"))
+    (out / "adapter_config.json").write_text(json.dumps({
+        "peft_type": "LORA", "task_type": "CAUSAL_LM", "r": rank, "lora_alpha": 2 * rank,
+        "lora_dropout": 0.0, "target_modules": list(targets), "bias": "none",
+        "base_model_name_or_path": str(base_path), "use_dora": False, "use_rslora": False,
+        "modules_to_save": None, "fan_in_fan_out": False}))
+    return out
+
+
 @pytest.fixture(scope="session")
 def adapter_dirs(tmp_path_factory, base_model_spec):
     root = tmp_path_factory.mktemp("artifacts")
@@ -54,6 +87,17 @@ def adapter_dirs(tmp_path_factory, base_model_spec):
     shutil.copytree(a, broken)
     (broken / "adapter_model.bin").write_bytes(b"\x80\x04 a pickle")
     return {"a": a, "b": b, "broken": broken}
+
+
+@pytest.fixture(scope="session")
+def random_adapter(tmp_path_factory, base_model_spec):
+    """Makes a random adapter of the default base model: random_adapter(seed) -> folder."""
+    root = tmp_path_factory.mktemp("random-adapters")
+
+    def make(seed: int, rank: int = 8):
+        return make_random_adapter(base_model_spec.path, root / f"ft_{seed}" / "output", seed,
+                                   rank)
+    return make
 
 
 @pytest.fixture(scope="session")
@@ -71,7 +115,12 @@ class FakeControl(internal_pb2_grpc.ModelResolutionServiceServicer):
     base: str
     base_path: str
     models: dict = field(default_factory=dict)   # name -> (adapter_uri, adapter_id, users)
-    usage: list = field(default_factory=list)
+    # ReportUsage as control does it: one row per request_id (the first one wins)
+    usage: dict = field(default_factory=dict)
+    usage_calls: list = field(default_factory=list)   # every call, duplicates included
+    usage_down: bool = False        # answer UNAVAILABLE without storing (control is down)
+    usage_lose_acks: int = 0        # store, then fail this many calls (the answer is lost)
+    closed_accounts: set = field(default_factory=set)   # usage for these: NOT_FOUND
     resolve_calls: int = 0
 
     async def ResolveModel(self, request, context):
@@ -93,8 +142,19 @@ class FakeControl(internal_pb2_grpc.ModelResolutionServiceServicer):
             context_window=2048)
 
     async def ReportUsage(self, request, context):
-        self.usage.append(request)
+        self.usage_calls.append(request)
+        if self.usage_down:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "control is restarting")
+        if request.account_id in self.closed_accounts:
+            raise NotFound(f"account {request.account_id} does not exist")
+        self.usage.setdefault(request.request_id, request)
+        if self.usage_lose_acks > 0:
+            self.usage_lose_acks -= 1
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "connection reset")
         return internal_pb2.ReportUsageResponse()
+
+    def rows_of(self, user: str) -> dict:
+        return {rid: u for rid, u in self.usage.items() if u.user_id == user}
 
 
 async def _service_token_only(method, token):
@@ -108,9 +168,23 @@ async def control(base_model_spec, adapter_dirs):
     fake = FakeControl(base=base_model_spec.name, base_path=str(base_model_spec.path))
     fake.models = {
         MODEL_A: (adapter_dirs["a"].as_uri(), 101, {"alice"}),
-        MODEL_B: (adapter_dirs["b"].as_uri(), 102, {"alice", "bob"}),
+        MODEL_B: (adapter_dirs["b"].as_uri(), 102, {"alice", "bob", "carol"}),
         BROKEN: (adapter_dirs["broken"].as_uri(), 103, {"alice"}),
     }
+    server = GrpcServer("127.0.0.1:0", [Registration(
+        internal_pb2_grpc.add_ModelResolutionServiceServicer_to_server, fake,
+        "finetune.control.v1.ModelResolutionService")],
+        interceptors=[AuthInterceptor(_service_token_only)])
+    await server.start()
+    fake.address = server.address
+    yield fake
+    await server.stop(0)
+
+
+@pytest.fixture
+async def usage_control():
+    """A FakeControl of its own, for tests of usage delivery alone (no model, no engine)."""
+    fake = FakeControl(base="none", base_path="")
     server = GrpcServer("127.0.0.1:0", [Registration(
         internal_pb2_grpc.add_ModelResolutionServiceServicer_to_server, fake,
         "finetune.control.v1.ModelResolutionService")],
@@ -124,7 +198,7 @@ async def control(base_model_spec, adapter_dirs):
 def make_config(base_model_spec, tmp_path_factory, **overrides) -> InferenceConfig:
     settings = dict(
         base_model=BaseModel.from_spec(base_model_spec), service_token=SERVICE_TOKEN,
-        listen_address="127.0.0.1:0", max_loras=2, max_cpu_loras=4, max_lora_rank=16,
+        listen_address="127.0.0.1:0", max_loras=2, max_cpu_loras=3, max_lora_rank=16,
         max_model_len=2048, gpu_memory_utilization=0.1, kv_cache_gib=1, max_num_seqs=16,
         max_queued_requests=16, default_max_tokens=32, resolution_cache_ttl_s=30,
         adapter_cache_dir=tmp_path_factory.mktemp("adapter-cache"))
@@ -160,7 +234,7 @@ def engine(base_model_spec, tmp_path_factory):
 class Inference:
     address: str
     server: GrpcServer
-    usage: BackgroundUsageSender
+    usage: UsageOutbox
     engine: RecordingEngine
     control: FakeControl
 
@@ -176,7 +250,9 @@ class Inference:
 async def inference(engine, control, base_model_spec, tmp_path_factory):
     config = make_config(base_model_spec, tmp_path_factory)
     channel = grpc.aio.insecure_channel(control.address)
-    usage = BackgroundUsageSender(GrpcUsageReporter(channel, SERVICE_TOKEN))
+    usage = UsageOutbox(OutboxStore(tmp_path_factory.mktemp("state") / "usage-outbox.sqlite3"),
+                        GrpcUsageReporter(channel, SERVICE_TOKEN))
+    usage.start()
     servicer = InferenceServicer()
     server = build_server(config, servicer)
     await server.start(serving=False)
@@ -185,5 +261,5 @@ async def inference(engine, control, base_model_spec, tmp_path_factory):
     await server.set_serving()
     yield Inference(server.address, server, usage, engine, control)
     await server.stop(0)
-    await usage.drain()
+    await usage.stop()
     await channel.close()

@@ -1,5 +1,6 @@
 """`python -m services.inference` as a real process: NOT_SERVING while the engine starts, SERVING
-when ready, and on SIGTERM it lets the calls in flight finish before it exits cleanly."""
+when ready, and on SIGTERM it lets the calls in flight finish before it exits cleanly; SIGKILLed
+while control is down, it delivers every answered request's usage once after its restart."""
 
 from __future__ import annotations
 
@@ -9,12 +10,14 @@ import signal
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from finetune.inference.v1 import inference_pb2, inference_pb2_grpc
+from services.inference.outbox import OutboxStore
 
 pytestmark = pytest.mark.integration
 
@@ -59,7 +62,8 @@ async def test_start_serve_and_graceful_stop(control, names, base_model_spec, tm
          "--control", control.address, "--base-model", base_model_spec.name,
          "--max-loras", "2", "--max-cpu-loras", "2", "--max-lora-rank", "16",
          "--kv-cache-gib", "1", "--max-num-seqs", "4", "--drain-seconds", "120",
-         "--adapter-cache-dir", str(tmp_path / "adapters")],
+         "--adapter-cache-dir", str(tmp_path / "adapters"),
+         "--state-dir", str(tmp_path / "state")],
         stdout=log, stderr=subprocess.STDOUT, env=env, cwd=tmp_path, start_new_session=True)
     log.close()
     try:
@@ -94,3 +98,100 @@ async def test_start_serve_and_graceful_stop(control, names, base_model_spec, tm
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+
+
+def spawn_inference(control_address: str, token: str, base_model: str, tmp_path: Path,
+                    port: int, log_name: str) -> subprocess.Popen:
+    env = dict(os.environ, FINETUNE_SERVICE_TOKEN=token)
+    log = open(tmp_path / log_name, "wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "services.inference", "--host", "127.0.0.1", "--port", str(port),
+         "--control", control_address, "--base-model", base_model, "--max-loras", "2",
+         "--max-cpu-loras", "2", "--max-lora-rank", "16", "--kv-cache-gib", "1",
+         "--max-num-seqs", "4", "--adapter-cache-dir", str(tmp_path / "adapters"),
+         "--state-dir", str(tmp_path / "state")],
+        stdout=log, stderr=subprocess.STDOUT, env=env, cwd=tmp_path, start_new_session=True)
+    log.close()
+    return proc
+
+
+def kill(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGKILL)  # the whole group: the engine core process too
+        proc.wait()
+
+
+async def test_usage_survives_a_sigkill_and_is_counted_once(control, names, base_model_spec,
+                                                             tmp_path):
+    """Control refuses usage while inference answers; inference is SIGKILLed with answers
+    recorded and requests in flight; after a restart (and lost acknowledgements, which make
+    it send some records twice) control holds exactly one row per answered request."""
+    carol = (("authorization", "Bearer key-carol"),)  # a user only this test uses
+    port = free_port()
+    address = f"127.0.0.1:{port}"
+    control.usage_down = True
+    proc = spawn_inference(control.address, names.SERVICE_TOKEN, base_model_spec.name,
+                           tmp_path, port, "first.log")
+    answered = {}
+    try:
+        await health_statuses_until_serving(address, proc, limit_s=400)
+        async with grpc.aio.insecure_channel(address) as ch:
+            stub = inference_pb2_grpc.InferenceServiceStub(ch)
+            for i, model in enumerate([base_model_spec.name, names.MODEL_B] * 2):
+                r = await stub.Complete(inference_pb2.CompleteRequest(
+                    model=model, prompt=f"Give me a number bigger than {i}.",
+                    options=inference_pb2.CompletionOptions(max_tokens=3 + i)),
+                    metadata=carol, timeout=120)
+                answered[r.request_id] = r.usage
+            # Two long requests in flight when the process dies: never answered, never billed.
+            streams = [stub.CompleteStream(inference_pb2.CompleteRequest(
+                model=m, prompt="Write a very long story about a lighthouse.",
+                options=inference_pb2.CompletionOptions(max_tokens=1500)), metadata=carol,
+                timeout=300) for m in (base_model_spec.name, names.MODEL_B)]
+            for call in streams:
+                assert (await call.read()).delta
+            kill(proc)
+            for call in streams:
+                with pytest.raises(grpc.aio.AioRpcError):
+                    while await call.read() is not grpc.aio.EOF:
+                        pass
+    finally:
+        kill(proc)
+
+    assert len(answered) == 4 and not control.rows_of("carol")
+    store = OutboxStore(tmp_path / "state" / "usage-outbox.sqlite3")
+    assert store.counts() == (4, 0)  # every answer's record survived the kill
+    store.close()
+
+    control.usage_down = False
+    control.usage_lose_acks = 2      # control commits, then the answer is lost: sent again
+    calls_before = len(control.usage_calls)
+    proc = spawn_inference(control.address, names.SERVICE_TOKEN, base_model_spec.name,
+                           tmp_path, free_port(), "second.log")
+    try:
+        # The outbox starts before the engine: no need to wait for SERVING. Bounded wait.
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 300
+        while len(control.rows_of("carol")) < 4 or _live_rows(tmp_path):
+            assert proc.poll() is None, (tmp_path / "second.log").read_text()[-3000:]
+            assert loop.time() < deadline, "usage was not delivered after the restart"
+            await asyncio.sleep(0.5)
+    finally:
+        kill(proc)
+
+    rows = control.rows_of("carol")
+    assert set(rows) == set(answered)   # none lost, none extra (the in-flight ones)
+    for rid, usage in answered.items():
+        assert (rows[rid].prompt_tokens, rows[rid].completion_tokens) == (
+            usage.prompt_tokens, usage.completion_tokens)
+    resent = [c for c in control.usage_calls[calls_before:] if c.user_id == "carol"]
+    assert len(resent) == 4 + 2       # the two lost acknowledgements were retried ...
+    assert all(c == rows[c.request_id] for c in resent)   # ... with the very same record
+
+
+def _live_rows(tmp_path: Path) -> int:
+    store = OutboxStore(tmp_path / "state" / "usage-outbox.sqlite3")
+    try:
+        return store.counts()[0]
+    finally:
+        store.close()

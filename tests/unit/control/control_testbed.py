@@ -13,6 +13,7 @@ from pathlib import Path
 from services.common import interceptors
 
 from services.control.app import Components
+from services.control.core.directory import create_account
 from services.control.data.uploads import FileFormat, TableUpload
 from services.control.dispatch.protocol import ClusterJob, ClusterJobStatus
 from services.control.domain.names import qualified_name
@@ -95,11 +96,24 @@ def acting_as(principal):
 
 
 def new_account(control: Components, account_id: str):
-    """A second account with one user and key: (principal, key)."""
+    """A second account and its administrator (ACCOUNTADMIN there): (principal, key)."""
+    key = control.store.run(lambda tx: create_account(
+        tx, account_id, "someone", datetime.now(timezone.utc)).key)
+    return control.store.run(lambda tx: tx.accounts.authenticate(key)), key
+
+
+def new_user(control: Components, account_id: str, name: str, roles: tuple[str, ...] = (),
+             default_role: str | None = None):
+    """A user of an account holding `roles` (which must exist): (principal, key)."""
     def work(tx):
         now = datetime.now(timezone.utc)
-        tx.accounts.create_account(account_id, now)
-        user_id = tx.accounts.create_user(account_id, "someone", now)
+        user_id = tx.accounts.create_user(account_id, name, now)
+        for role in roles:
+            found = tx.access.role(account_id, role)
+            tx.access.grant_role(account_id, found.id, "USER", user_id, "test", now)
+        if default_role or roles:
+            tx.accounts.set_default_role(
+                user_id, tx.access.role(account_id, default_role or roles[0]).id)
         return tx.accounts.create_key(user_id, now)[1]
 
     key = control.store.run(work)

@@ -39,10 +39,12 @@ async def test_internal_methods_take_only_the_service_token(control, admin_key, 
             await control.authenticator(method, token)
 
 
-async def test_whoami(admin):
+async def test_whoami(admin, control):
     with acting_as(admin):
-        me = await AccessServicer().WhoAmI(access_pb2.WhoAmIRequest(), None)
+        me = await AccessServicer(control.directory).WhoAmI(access_pb2.WhoAmIRequest(), None)
     assert (me.account_id, me.user_id, me.user_name) == ("default", admin.user_id, "admin")
+    assert list(me.roles) == ["ACCOUNTADMIN", "FINETUNE_USER", "PUBLIC"]
+    assert me.default_role == "ACCOUNTADMIN" and me.key_id == admin.key_id
 
 
 def test_the_service_principal_is_not_a_user():

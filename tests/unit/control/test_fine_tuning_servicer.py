@@ -18,7 +18,8 @@ from services.control.dispatch.protocol import ClusterUnavailable
 
 @pytest.fixture
 def servicer(control):
-    return FineTuningServicer(control.fine_tuning, control.events, watch_poll_s=0.2)
+    return FineTuningServicer(control.fine_tuning, control.events, control.authorizer,
+                              watch_poll_s=0.2)
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ def resolver(control):
 
 @pytest.fixture
 def models(control):
-    return ModelServicer(control.registry)
+    return ModelServicer(control.registry, control.authorizer)
 
 
 @pytest.fixture

@@ -11,11 +11,11 @@ import torch
 from safetensors.torch import save_file
 
 from services.common.errors import NotFound
-from services.inference.accounting import BackgroundUsageSender
 from services.inference.adapters import AdapterRegistry, CachedResolver, ResolvedModel
 from services.inference.completions import Completions, Limits
 from services.inference.config import BaseModel
 from services.inference.engine import GenerationDelta
+from services.inference.outbox import OutboxStore, UsageOutbox
 
 BASE = BaseModel(name="tiny", path=Path("/nonexistent/tiny"), context_window=64,
                  max_lora_rank=16, target_modules=("q_proj", "down_proj"))
@@ -87,13 +87,23 @@ class FakeResolver:
 
 
 class RecordingReporter:
+    """Control's ReportUsage as the outbox sees it: `fail` makes it unreachable, `reject`
+    refuses records for good; every call is noted in `calls`."""
+
     def __init__(self, fail=False):
         self.records = []
+        self.calls = []
         self.fail = fail
+        self.reject = False
 
     async def report(self, record):
+        from services.inference.accounting import UsageRejected
+
+        self.calls.append(record)
         if self.fail:
             raise ConnectionError("control is down")
+        if self.reject:
+            raise UsageRejected("NOT_FOUND: account acct does not exist")
         self.records.append(record)
 
 
@@ -149,8 +159,11 @@ def reporter():
 
 
 @pytest.fixture
-def usage(reporter):
-    return BackgroundUsageSender(reporter)
+def usage(reporter, tmp_path):
+    """The real outbox on a temporary SQLite file; tests call flush() to deliver."""
+    outbox = UsageOutbox(OutboxStore(tmp_path / "outbox.sqlite3"), reporter)
+    yield outbox
+    outbox.store.close()
 
 
 @pytest.fixture

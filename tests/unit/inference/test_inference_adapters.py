@@ -310,3 +310,38 @@ async def test_an_unknown_storage_scheme_is_failed_precondition(registry, fakes)
                              adapter_id=22)
     with pytest.raises(errors.FailedPrecondition, match="not readable"):
         await registry.adapter_for(resolved)
+
+
+# --- revocation bound (documented in services/inference/adapters.py) --------------------------
+
+@pytest.mark.parametrize("revoke, error", [
+    ("delete", errors.NotFound),
+    ("revoke_usage", errors.PermissionDenied),
+])
+async def test_a_revocation_takes_effect_within_the_cache_ttl(fakes, engine, registry, usage,
+                                                              revoke, error):
+    from services.inference.completions import CompletionInput, Completions, Limits
+
+    class Revocable(fakes.FakeResolver):
+        revoked = False
+
+        async def resolve(self, api_key, model):
+            if self.revoked and revoke == "revoke_usage":
+                self.calls.append((api_key, model))
+                raise errors.PermissionDenied(f"USAGE on model {model} is required")
+            return await super().resolve(api_key, model)
+
+    inner = Revocable({"m": fakes.base_resolution("m", cache_ttl_seconds=10)})
+    clock = Clock()
+    core = Completions(engine, CachedResolver(inner, ttl_s=30, clock=clock), registry, usage,
+                       Limits(default_max_tokens=4, max_in_flight=4))
+    request = CompletionInput(model="m", prompt="hello")
+    await core.complete("key", request)
+    if revoke == "delete":
+        del inner.models["m"]
+    inner.revoked = True
+    clock.now += 9.9   # within control's TTL (shorter than ours): still the cached answer
+    await core.complete("key", request)
+    clock.now += 0.2   # past it: the revocation is seen
+    with pytest.raises(error):
+        await core.complete("key", request)

@@ -85,12 +85,54 @@ async def test_complete_returns_text_finish_reason_and_exact_usage(make_completi
     assert engine.calls[0]["ids"] == [1, 10, 11, 12]
     assert (result.usage.prompt_tokens, result.usage.completion_tokens,
             result.usage.total_tokens) == (4, 4, 8)
-    await usage.drain()
+    await usage.flush()
     [record] = reporter.records
     assert (record.account_id, record.user_id, record.model, record.base_model) == (
         "acct", "u1", "tiny", "tiny")
     assert record.usage == result.usage
     assert record.request_id == engine.calls[0]["request_id"]
+
+
+SCHEMA = '{"type": "object", "properties": {"name": {"type": "string"}}, "required": ["name"]}'
+
+
+@pytest.mark.parametrize("schema, message", [
+    ("", "json_schema is required"),
+    ("   ", "json_schema is required"),
+    ("{not json", "not valid JSON"),
+    ("[1, 2]", "must be a JSON object"),
+    ('"string"', "must be a JSON object"),
+    ('{"type": "banana"}', "not a valid JSON Schema"),
+    ('{"properties": 5}', "not a valid JSON Schema"),
+    ('{"type": "object", "required": "name"}', "not a valid JSON Schema"),
+    ('{"description": "' + "x" * 70_000 + '"}', "longer than"),
+    ("[" * 5000 + "]" * 5000, "nested too deeply|must be a JSON object|not valid JSON"),
+])
+async def test_a_bad_json_schema_is_invalid_argument(make_completions, engine, resolver,
+                                                     schema, message):
+    core = make_completions()
+    with pytest.raises(errors.InvalidArgument, match=message):
+        await core.complete("key", inp(json_schema=schema))
+    assert engine.calls == [] and resolver.calls == []
+
+
+async def test_a_json_schema_reaches_the_engine(make_completions, engine):
+    core = make_completions()
+    await core.complete("key", inp(json_schema=SCHEMA))
+    await core.complete("key", inp())
+    assert engine.calls[0]["sampling"].json_schema == SCHEMA
+    assert engine.calls[1]["sampling"].json_schema is None
+
+
+def test_response_format_is_read_from_the_proto():
+    request = inference_pb2.CompleteRequest(
+        model="m", prompt="p", options=inference_pb2.CompletionOptions(
+            response_format=inference_pb2.ResponseFormat(json_schema=SCHEMA)))
+    assert to_input(request).json_schema == SCHEMA
+    # Set but empty is a malformed request, not free text.
+    request.options.response_format.json_schema = ""
+    assert to_input(request).json_schema == ""
+    assert to_input(inference_pb2.CompleteRequest(model="m", prompt="p")).json_schema is None
 
 
 async def test_sampling_defaults_to_greedy_and_passes_options(make_completions, engine):
@@ -171,7 +213,7 @@ async def test_cancelled_request_is_aborted_in_the_engine_and_not_billed(make_co
         await task
     assert engine.aborted == [engine.calls[0]["request_id"]]
     assert core.in_flight == 0
-    await usage.drain()
+    await usage.flush()
     assert reporter.records == []
 
 
@@ -197,17 +239,37 @@ async def test_engine_side_abort_is_unavailable(make_completions, engine):
         await core.complete("key", inp())
 
 
-async def test_usage_report_failure_does_not_fail_the_call(make_completions, fakes, engine,
-                                                           resolver, registry, caplog):
-    from services.inference.accounting import BackgroundUsageSender
-    from services.inference.adapters import CachedResolver
-    from services.inference.completions import Completions, Limits
-    usage = BackgroundUsageSender(fakes.RecordingReporter(fail=True))
-    core = Completions(engine, CachedResolver(resolver, 0), registry, usage, Limits(16, 8))
+async def test_usage_is_recorded_before_the_answer_and_survives_control_being_down(
+        make_completions, reporter, usage):
+    reporter.fail = True
+    core = make_completions()
     result = await core.complete("key", inp())
-    await usage.drain()
     assert result.text == "the quick brown fox"
-    assert "usage report" in caplog.text and "failed" in caplog.text
+    assert usage.store.counts() == (1, 0)   # in the outbox before complete() returned
+    assert await usage.flush() == 1         # control down: kept, not lost
+    reporter.fail = False
+    assert await usage.flush() == 0
+    [record] = reporter.records
+    assert record.request_id == result.request_id  # no caller id: the answer names the row
+
+
+async def test_a_caller_request_id_does_not_become_the_usage_id(make_completions, reporter,
+                                                                usage):
+    core = make_completions()
+    first = await core.complete("key", inp(request_id="mine"))
+    second = await core.complete("key", inp(request_id="mine"))  # a retry is billed again
+    await usage.flush()
+    assert first.request_id == second.request_id == "mine"
+    assert len({r.request_id for r in reporter.records}) == 2
+
+
+async def test_an_answer_whose_usage_cannot_be_recorded_is_withheld(make_completions, usage,
+                                                                    caplog):
+    usage.store.close()  # the disk is gone
+    core = make_completions()
+    with pytest.raises(errors.Unavailable, match="usage could not be recorded"):
+        await core.complete("key", inp())
+    assert "could not record usage" in caplog.text
 
 
 # --- the servicer: protos in and out ----------------------------------------------------------

@@ -36,12 +36,23 @@ def test_flags_override():
     assert config.adapter_rank_limit == 16
 
 
+def test_the_usage_outbox_lives_in_the_state_dir():
+    config = parse_config([], {"FINETUNE_SERVICE_TOKEN": "s",
+                               "FINETUNE_INFERENCE_STATE_DIR": "/var/lib/ft"})
+    assert str(config.usage_outbox_path) == "/var/lib/ft/usage-outbox.sqlite3"
+    config = parse_config(["--state-dir", "/srv/x", "--usage-flush-seconds", "3"],
+                          {"FINETUNE_SERVICE_TOKEN": "s"})
+    assert str(config.usage_outbox_path) == "/srv/x/usage-outbox.sqlite3"
+    assert config.usage_flush_seconds == 3
+
+
 @pytest.mark.parametrize("argv, env", [
     ([], {}),                                              # no service token
     (["--max-lora-rank", "12"], {"FINETUNE_SERVICE_TOKEN": "s"}),   # not a vLLM rank
     (["--max-loras", "8", "--max-cpu-loras", "4"], {"FINETUNE_SERVICE_TOKEN": "s"}),
     (["--max-model-len", "999999"], {"FINETUNE_SERVICE_TOKEN": "s"}),
     (["--base-model", "nope"], {"FINETUNE_SERVICE_TOKEN": "s"}),
+    (["--usage-flush-seconds", "-1"], {"FINETUNE_SERVICE_TOKEN": "s"}),
 ])
 def test_bad_settings_stop_the_start(argv, env, capsys):
     with pytest.raises(SystemExit):

@@ -26,7 +26,22 @@ if _version_not_supported:
 
 
 class AccessServiceStub:
-    """Missing associated documentation comment in .proto file."""
+    """Users, roles, API keys and privileges of the caller's account, after Snowflake's model:
+    privileges are granted to roles, roles to users and to other roles; a user acts with all
+    its roles (transitively) plus PUBLIC. ACCOUNTADMIN holds everything in the account;
+    FINETUNE_USER is needed for CreateFineTuningJob and COMPLETE. Nothing crosses accounts.
+    OWNERSHIP of a database or schema covers everything in it. What each RPC needs:
+    CreateDatabase            CREATE DATABASE on ACCOUNT (the caller's default role owns it)
+    LoadTable                 CREATE TABLE on the schema (+ CREATE DATABASE for a new database)
+    ListTables, PreviewQuery  USAGE on the database and schema (others are invisible)
+    CreateFineTuningJob       FINETUNE_USER, CREATE MODEL on the target schema, USAGE on what
+    the queries read (checked as they run), OWNERSHIP of from_model
+    Get/Cancel/WatchJob       the job's owner role (the creator's default role) or ACCOUNTADMIN;
+    ListFineTuningJobs shows those jobs
+    GetModel, ListModels      USAGE on the model; GetModelArtifact, DeleteModel: OWNERSHIP
+    COMPLETE                  FINETUNE_USER, and USAGE on a fine-tuned model
+    A caller without the privilege gets PERMISSION_DENIED whether or not the object exists.
+    """
 
     def __init__(self, channel):
         """Constructor.
@@ -39,12 +54,187 @@ class AccessServiceStub:
                 request_serializer=finetune_dot_control_dot_v1_dot_access__pb2.WhoAmIRequest.SerializeToString,
                 response_deserializer=finetune_dot_control_dot_v1_dot_access__pb2.Principal.FromString,
                 _registered_method=True)
+        self.CreateUser = channel.unary_unary(
+                '/finetune.control.v1.AccessService/CreateUser',
+                request_serializer=finetune_dot_control_dot_v1_dot_access__pb2.CreateUserRequest.SerializeToString,
+                response_deserializer=finetune_dot_control_dot_v1_dot_access__pb2.User.FromString,
+                _registered_method=True)
+        self.ListUsers = channel.unary_unary(
+                '/finetune.control.v1.AccessService/ListUsers',
+                request_serializer=finetune_dot_control_dot_v1_dot_access__pb2.ListUsersRequest.SerializeToString,
+                response_deserializer=finetune_dot_control_dot_v1_dot_access__pb2.ListUsersResponse.FromString,
+                _registered_method=True)
+        self.SetDefaultRole = channel.unary_unary(
+                '/finetune.control.v1.AccessService/SetDefaultRole',
+                request_serializer=finetune_dot_control_dot_v1_dot_access__pb2.SetDefaultRoleRequest.SerializeToString,
+                response_deserializer=finetune_dot_control_dot_v1_dot_access__pb2.User.FromString,
+                _registered_method=True)
+        self.CreateRole = channel.unary_unary(
+                '/finetune.control.v1.AccessService/CreateRole',
+                request_serializer=finetune_dot_control_dot_v1_dot_access__pb2.CreateRoleRequest.SerializeToString,
+                response_deserializer=finetune_dot_control_dot_v1_dot_access__pb2.Role.FromString,
+                _registered_method=True)
+        self.DropRole = channel.unary_unary(
+                '/finetune.control.v1.AccessService/DropRole',
+                request_serializer=finetune_dot_control_dot_v1_dot_access__pb2.DropRoleRequest.SerializeToString,
+                response_deserializer=finetune_dot_control_dot_v1_dot_access__pb2.DropRoleResponse.FromString,
+                _registered_method=True)
+        self.ListRoles = channel.unary_unary(
+                '/finetune.control.v1.AccessService/ListRoles',
+                request_serializer=finetune_dot_control_dot_v1_dot_access__pb2.ListRolesRequest.SerializeToString,
+                response_deserializer=finetune_dot_control_dot_v1_dot_access__pb2.ListRolesResponse.FromString,
+                _registered_method=True)
+        self.GrantRole = channel.unary_unary(
+                '/finetune.control.v1.AccessService/GrantRole',
+                request_serializer=finetune_dot_control_dot_v1_dot_access__pb2.GrantRoleRequest.SerializeToString,
+                response_deserializer=finetune_dot_control_dot_v1_dot_access__pb2.GrantRoleResponse.FromString,
+                _registered_method=True)
+        self.RevokeRole = channel.unary_unary(
+                '/finetune.control.v1.AccessService/RevokeRole',
+                request_serializer=finetune_dot_control_dot_v1_dot_access__pb2.RevokeRoleRequest.SerializeToString,
+                response_deserializer=finetune_dot_control_dot_v1_dot_access__pb2.RevokeRoleResponse.FromString,
+                _registered_method=True)
+        self.GrantPrivilege = channel.unary_unary(
+                '/finetune.control.v1.AccessService/GrantPrivilege',
+                request_serializer=finetune_dot_control_dot_v1_dot_access__pb2.GrantPrivilegeRequest.SerializeToString,
+                response_deserializer=finetune_dot_control_dot_v1_dot_access__pb2.GrantPrivilegeResponse.FromString,
+                _registered_method=True)
+        self.RevokePrivilege = channel.unary_unary(
+                '/finetune.control.v1.AccessService/RevokePrivilege',
+                request_serializer=finetune_dot_control_dot_v1_dot_access__pb2.RevokePrivilegeRequest.SerializeToString,
+                response_deserializer=finetune_dot_control_dot_v1_dot_access__pb2.RevokePrivilegeResponse.FromString,
+                _registered_method=True)
+        self.ShowGrants = channel.unary_unary(
+                '/finetune.control.v1.AccessService/ShowGrants',
+                request_serializer=finetune_dot_control_dot_v1_dot_access__pb2.ShowGrantsRequest.SerializeToString,
+                response_deserializer=finetune_dot_control_dot_v1_dot_access__pb2.ShowGrantsResponse.FromString,
+                _registered_method=True)
+        self.CreateApiKey = channel.unary_unary(
+                '/finetune.control.v1.AccessService/CreateApiKey',
+                request_serializer=finetune_dot_control_dot_v1_dot_access__pb2.CreateApiKeyRequest.SerializeToString,
+                response_deserializer=finetune_dot_control_dot_v1_dot_access__pb2.CreatedApiKey.FromString,
+                _registered_method=True)
+        self.ListApiKeys = channel.unary_unary(
+                '/finetune.control.v1.AccessService/ListApiKeys',
+                request_serializer=finetune_dot_control_dot_v1_dot_access__pb2.ListApiKeysRequest.SerializeToString,
+                response_deserializer=finetune_dot_control_dot_v1_dot_access__pb2.ListApiKeysResponse.FromString,
+                _registered_method=True)
+        self.RevokeApiKey = channel.unary_unary(
+                '/finetune.control.v1.AccessService/RevokeApiKey',
+                request_serializer=finetune_dot_control_dot_v1_dot_access__pb2.RevokeApiKeyRequest.SerializeToString,
+                response_deserializer=finetune_dot_control_dot_v1_dot_access__pb2.ApiKey.FromString,
+                _registered_method=True)
 
 
 class AccessServiceServicer:
-    """Missing associated documentation comment in .proto file."""
+    """Users, roles, API keys and privileges of the caller's account, after Snowflake's model:
+    privileges are granted to roles, roles to users and to other roles; a user acts with all
+    its roles (transitively) plus PUBLIC. ACCOUNTADMIN holds everything in the account;
+    FINETUNE_USER is needed for CreateFineTuningJob and COMPLETE. Nothing crosses accounts.
+    OWNERSHIP of a database or schema covers everything in it. What each RPC needs:
+    CreateDatabase            CREATE DATABASE on ACCOUNT (the caller's default role owns it)
+    LoadTable                 CREATE TABLE on the schema (+ CREATE DATABASE for a new database)
+    ListTables, PreviewQuery  USAGE on the database and schema (others are invisible)
+    CreateFineTuningJob       FINETUNE_USER, CREATE MODEL on the target schema, USAGE on what
+    the queries read (checked as they run), OWNERSHIP of from_model
+    Get/Cancel/WatchJob       the job's owner role (the creator's default role) or ACCOUNTADMIN;
+    ListFineTuningJobs shows those jobs
+    GetModel, ListModels      USAGE on the model; GetModelArtifact, DeleteModel: OWNERSHIP
+    COMPLETE                  FINETUNE_USER, and USAGE on a fine-tuned model
+    A caller without the privilege gets PERMISSION_DENIED whether or not the object exists.
+    """
 
     def WhoAmI(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateUser(self, request, context):
+        """ACCOUNTADMIN only.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListUsers(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetDefaultRole(self, request, context):
+        """A user sets its own default role (the role that owns what it creates); ACCOUNTADMIN anyone's.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateRole(self, request, context):
+        """ACCOUNTADMIN only (ListRoles: others see the roles they hold).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DropRole(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListRoles(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GrantRole(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RevokeRole(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GrantPrivilege(self, request, context):
+        """The object's owner (OWNERSHIP on it or its container) or ACCOUNTADMIN.
+        Granting OWNERSHIP transfers it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RevokePrivilege(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ShowGrants(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateApiKey(self, request, context):
+        """A user manages its own keys; ACCOUNTADMIN everyone's. The key is shown once.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListApiKeys(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RevokeApiKey(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -58,6 +248,76 @@ def add_AccessServiceServicer_to_server(servicer, server):
                     request_deserializer=finetune_dot_control_dot_v1_dot_access__pb2.WhoAmIRequest.FromString,
                     response_serializer=finetune_dot_control_dot_v1_dot_access__pb2.Principal.SerializeToString,
             ),
+            'CreateUser': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateUser,
+                    request_deserializer=finetune_dot_control_dot_v1_dot_access__pb2.CreateUserRequest.FromString,
+                    response_serializer=finetune_dot_control_dot_v1_dot_access__pb2.User.SerializeToString,
+            ),
+            'ListUsers': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListUsers,
+                    request_deserializer=finetune_dot_control_dot_v1_dot_access__pb2.ListUsersRequest.FromString,
+                    response_serializer=finetune_dot_control_dot_v1_dot_access__pb2.ListUsersResponse.SerializeToString,
+            ),
+            'SetDefaultRole': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetDefaultRole,
+                    request_deserializer=finetune_dot_control_dot_v1_dot_access__pb2.SetDefaultRoleRequest.FromString,
+                    response_serializer=finetune_dot_control_dot_v1_dot_access__pb2.User.SerializeToString,
+            ),
+            'CreateRole': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateRole,
+                    request_deserializer=finetune_dot_control_dot_v1_dot_access__pb2.CreateRoleRequest.FromString,
+                    response_serializer=finetune_dot_control_dot_v1_dot_access__pb2.Role.SerializeToString,
+            ),
+            'DropRole': grpc.unary_unary_rpc_method_handler(
+                    servicer.DropRole,
+                    request_deserializer=finetune_dot_control_dot_v1_dot_access__pb2.DropRoleRequest.FromString,
+                    response_serializer=finetune_dot_control_dot_v1_dot_access__pb2.DropRoleResponse.SerializeToString,
+            ),
+            'ListRoles': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListRoles,
+                    request_deserializer=finetune_dot_control_dot_v1_dot_access__pb2.ListRolesRequest.FromString,
+                    response_serializer=finetune_dot_control_dot_v1_dot_access__pb2.ListRolesResponse.SerializeToString,
+            ),
+            'GrantRole': grpc.unary_unary_rpc_method_handler(
+                    servicer.GrantRole,
+                    request_deserializer=finetune_dot_control_dot_v1_dot_access__pb2.GrantRoleRequest.FromString,
+                    response_serializer=finetune_dot_control_dot_v1_dot_access__pb2.GrantRoleResponse.SerializeToString,
+            ),
+            'RevokeRole': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokeRole,
+                    request_deserializer=finetune_dot_control_dot_v1_dot_access__pb2.RevokeRoleRequest.FromString,
+                    response_serializer=finetune_dot_control_dot_v1_dot_access__pb2.RevokeRoleResponse.SerializeToString,
+            ),
+            'GrantPrivilege': grpc.unary_unary_rpc_method_handler(
+                    servicer.GrantPrivilege,
+                    request_deserializer=finetune_dot_control_dot_v1_dot_access__pb2.GrantPrivilegeRequest.FromString,
+                    response_serializer=finetune_dot_control_dot_v1_dot_access__pb2.GrantPrivilegeResponse.SerializeToString,
+            ),
+            'RevokePrivilege': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokePrivilege,
+                    request_deserializer=finetune_dot_control_dot_v1_dot_access__pb2.RevokePrivilegeRequest.FromString,
+                    response_serializer=finetune_dot_control_dot_v1_dot_access__pb2.RevokePrivilegeResponse.SerializeToString,
+            ),
+            'ShowGrants': grpc.unary_unary_rpc_method_handler(
+                    servicer.ShowGrants,
+                    request_deserializer=finetune_dot_control_dot_v1_dot_access__pb2.ShowGrantsRequest.FromString,
+                    response_serializer=finetune_dot_control_dot_v1_dot_access__pb2.ShowGrantsResponse.SerializeToString,
+            ),
+            'CreateApiKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateApiKey,
+                    request_deserializer=finetune_dot_control_dot_v1_dot_access__pb2.CreateApiKeyRequest.FromString,
+                    response_serializer=finetune_dot_control_dot_v1_dot_access__pb2.CreatedApiKey.SerializeToString,
+            ),
+            'ListApiKeys': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListApiKeys,
+                    request_deserializer=finetune_dot_control_dot_v1_dot_access__pb2.ListApiKeysRequest.FromString,
+                    response_serializer=finetune_dot_control_dot_v1_dot_access__pb2.ListApiKeysResponse.SerializeToString,
+            ),
+            'RevokeApiKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokeApiKey,
+                    request_deserializer=finetune_dot_control_dot_v1_dot_access__pb2.RevokeApiKeyRequest.FromString,
+                    response_serializer=finetune_dot_control_dot_v1_dot_access__pb2.ApiKey.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'finetune.control.v1.AccessService', rpc_method_handlers)
@@ -67,7 +327,22 @@ def add_AccessServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class AccessService:
-    """Missing associated documentation comment in .proto file."""
+    """Users, roles, API keys and privileges of the caller's account, after Snowflake's model:
+    privileges are granted to roles, roles to users and to other roles; a user acts with all
+    its roles (transitively) plus PUBLIC. ACCOUNTADMIN holds everything in the account;
+    FINETUNE_USER is needed for CreateFineTuningJob and COMPLETE. Nothing crosses accounts.
+    OWNERSHIP of a database or schema covers everything in it. What each RPC needs:
+    CreateDatabase            CREATE DATABASE on ACCOUNT (the caller's default role owns it)
+    LoadTable                 CREATE TABLE on the schema (+ CREATE DATABASE for a new database)
+    ListTables, PreviewQuery  USAGE on the database and schema (others are invisible)
+    CreateFineTuningJob       FINETUNE_USER, CREATE MODEL on the target schema, USAGE on what
+    the queries read (checked as they run), OWNERSHIP of from_model
+    Get/Cancel/WatchJob       the job's owner role (the creator's default role) or ACCOUNTADMIN;
+    ListFineTuningJobs shows those jobs
+    GetModel, ListModels      USAGE on the model; GetModelArtifact, DeleteModel: OWNERSHIP
+    COMPLETE                  FINETUNE_USER, and USAGE on a fine-tuned model
+    A caller without the privilege gets PERMISSION_DENIED whether or not the object exists.
+    """
 
     @staticmethod
     def WhoAmI(request,
@@ -86,6 +361,384 @@ class AccessService:
             '/finetune.control.v1.AccessService/WhoAmI',
             finetune_dot_control_dot_v1_dot_access__pb2.WhoAmIRequest.SerializeToString,
             finetune_dot_control_dot_v1_dot_access__pb2.Principal.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateUser(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/finetune.control.v1.AccessService/CreateUser',
+            finetune_dot_control_dot_v1_dot_access__pb2.CreateUserRequest.SerializeToString,
+            finetune_dot_control_dot_v1_dot_access__pb2.User.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListUsers(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/finetune.control.v1.AccessService/ListUsers',
+            finetune_dot_control_dot_v1_dot_access__pb2.ListUsersRequest.SerializeToString,
+            finetune_dot_control_dot_v1_dot_access__pb2.ListUsersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetDefaultRole(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/finetune.control.v1.AccessService/SetDefaultRole',
+            finetune_dot_control_dot_v1_dot_access__pb2.SetDefaultRoleRequest.SerializeToString,
+            finetune_dot_control_dot_v1_dot_access__pb2.User.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateRole(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/finetune.control.v1.AccessService/CreateRole',
+            finetune_dot_control_dot_v1_dot_access__pb2.CreateRoleRequest.SerializeToString,
+            finetune_dot_control_dot_v1_dot_access__pb2.Role.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DropRole(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/finetune.control.v1.AccessService/DropRole',
+            finetune_dot_control_dot_v1_dot_access__pb2.DropRoleRequest.SerializeToString,
+            finetune_dot_control_dot_v1_dot_access__pb2.DropRoleResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListRoles(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/finetune.control.v1.AccessService/ListRoles',
+            finetune_dot_control_dot_v1_dot_access__pb2.ListRolesRequest.SerializeToString,
+            finetune_dot_control_dot_v1_dot_access__pb2.ListRolesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GrantRole(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/finetune.control.v1.AccessService/GrantRole',
+            finetune_dot_control_dot_v1_dot_access__pb2.GrantRoleRequest.SerializeToString,
+            finetune_dot_control_dot_v1_dot_access__pb2.GrantRoleResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevokeRole(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/finetune.control.v1.AccessService/RevokeRole',
+            finetune_dot_control_dot_v1_dot_access__pb2.RevokeRoleRequest.SerializeToString,
+            finetune_dot_control_dot_v1_dot_access__pb2.RevokeRoleResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GrantPrivilege(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/finetune.control.v1.AccessService/GrantPrivilege',
+            finetune_dot_control_dot_v1_dot_access__pb2.GrantPrivilegeRequest.SerializeToString,
+            finetune_dot_control_dot_v1_dot_access__pb2.GrantPrivilegeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevokePrivilege(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/finetune.control.v1.AccessService/RevokePrivilege',
+            finetune_dot_control_dot_v1_dot_access__pb2.RevokePrivilegeRequest.SerializeToString,
+            finetune_dot_control_dot_v1_dot_access__pb2.RevokePrivilegeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ShowGrants(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/finetune.control.v1.AccessService/ShowGrants',
+            finetune_dot_control_dot_v1_dot_access__pb2.ShowGrantsRequest.SerializeToString,
+            finetune_dot_control_dot_v1_dot_access__pb2.ShowGrantsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateApiKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/finetune.control.v1.AccessService/CreateApiKey',
+            finetune_dot_control_dot_v1_dot_access__pb2.CreateApiKeyRequest.SerializeToString,
+            finetune_dot_control_dot_v1_dot_access__pb2.CreatedApiKey.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListApiKeys(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/finetune.control.v1.AccessService/ListApiKeys',
+            finetune_dot_control_dot_v1_dot_access__pb2.ListApiKeysRequest.SerializeToString,
+            finetune_dot_control_dot_v1_dot_access__pb2.ListApiKeysResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevokeApiKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/finetune.control.v1.AccessService/RevokeApiKey',
+            finetune_dot_control_dot_v1_dot_access__pb2.RevokeApiKeyRequest.SerializeToString,
+            finetune_dot_control_dot_v1_dot_access__pb2.ApiKey.FromString,
             options,
             channel_credentials,
             insecure,

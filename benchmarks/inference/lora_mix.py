@@ -1,0 +1,242 @@
+"""Benchmark (a): throughput with 8 different LoRA adapters mixed in one batch vs the base model
+alone, with the grouped CPU LoRA ops (services/inference/lora_ops.py) and vLLM's stock ops side
+by side in one run, plus the base model in an engine without LoRA support as the ceiling.
+
+    .venv/bin/python -m benchmarks.inference.lora_mix [--requests 16] [--prompt-tokens 64]
+
+Each engine serves three workloads, each as one concurrent wave of `--requests` requests:
+  base      every request on the base model
+  1 adapter every request on the same adapter
+  8 mixed   requests spread round-robin over 8 adapters (all 8 in one batch)
+and each workload twice: a prefill pass (random prompts of --prompt-tokens, 1 output token) and
+a decode pass (short prompts, --decode-tokens output tokens, EOS ignored). Prompts are random
+token ids, different for every pass, so the prefix cache never helps.
+
+Then the LoRA ops alone, on one layer of the default model at prefill and decode batch sizes,
+show where the stock ops lose their time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import logging
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from benchmarks.inference.common import (base_model, engine_config, machine, random_adapter,
+                                         write_result)
+from services.inference.engine import GiB, VllmEngine
+
+
+def start_plain_engine(config):
+    """The base model in an AsyncLLM without LoRA support: what LoRA support costs is measured
+    against this."""
+    from vllm import AsyncEngineArgs
+    from vllm.v1.engine.async_llm import AsyncLLM
+
+    args = AsyncEngineArgs(
+        model=str(config.base_model.path), served_model_name=[config.base_model.name],
+        enable_lora=False, max_model_len=config.max_model_len, max_num_seqs=config.max_num_seqs,
+        dtype=config.dtype, gpu_memory_utilization=config.gpu_memory_utilization,
+        kv_cache_memory_bytes=int(config.kv_cache_gib * GiB), enforce_eager=True,
+        disable_log_stats=True)
+    return AsyncLLM.from_engine_args(args)
+
+
+async def wave(llm, prompts: list[list[int]], loras: list, max_tokens: int) -> dict:
+    """All prompts at once; returns tokens in and out and the wall time of the whole wave."""
+    from vllm import SamplingParams
+    from vllm.inputs import tokens_input
+    from vllm.sampling_params import RequestOutputKind
+
+    params = SamplingParams(temperature=0, max_tokens=max_tokens, ignore_eos=True,
+                            output_kind=RequestOutputKind.FINAL_ONLY)
+
+    async def one(i):
+        out = None
+        async for out in llm.generate(tokens_input(prompts[i]), params, f"b-{time.time_ns()}-{i}",
+                                      lora_request=loras[i]):
+            pass
+        return len(out.prompt_token_ids), len(out.outputs[0].token_ids)
+
+    start = time.perf_counter()
+    counts = await asyncio.gather(*[one(i) for i in range(len(prompts))])
+    seconds = time.perf_counter() - start
+    return {"seconds": round(seconds, 3), "prompt_tokens": sum(c[0] for c in counts),
+            "output_tokens": sum(c[1] for c in counts)}
+
+
+def random_prompts(rng: torch.Generator, n: int, length: int, vocab: int) -> list[list[int]]:
+    # Ids above 1000 avoid the special and byte tokens at the start of the vocabulary.
+    return torch.randint(1000, vocab, (n, length), generator=rng).tolist()
+
+
+def workloads(lora_requests: list | None, n: int) -> dict[str, list]:
+    """Each request's LoRARequest (None: the base model) per workload."""
+    if lora_requests is None:  # the engine without LoRA support serves the base model only
+        return {"base": [None] * n}
+    return {"base": [None] * n,
+            "1 adapter": [lora_requests[0]] * n,
+            "8 mixed": [lora_requests[i % len(lora_requests)] for i in range(n)]}
+
+
+async def measure(llm, plan: dict[str, list], args, rng, vocab: int) -> dict:
+    results = {}
+    for workload, loras in plan.items():
+        prefill = await wave(llm, random_prompts(rng, len(loras), args.prompt_tokens, vocab),
+                             loras, 1)
+        decode = await wave(llm, random_prompts(rng, len(loras), 8, vocab), loras,
+                            args.decode_tokens)
+        prefill["prompt_tokens_per_s"] = round(prefill["prompt_tokens"] / prefill["seconds"], 1)
+        decode["output_tokens_per_s"] = round(decode["output_tokens"] / decode["seconds"], 1)
+        results[workload] = {"prefill": prefill, "decode": decode}
+        print(f"  {workload:10s} prefill {prefill['prompt_tokens_per_s']:8.1f} prompt tok/s   "
+              f"decode {decode['output_tokens_per_s']:7.1f} output tok/s", flush=True)
+    return results
+
+
+async def warm_up(llm, lora_requests, vocab, rng):
+    """One short request per adapter (and the base): loads every adapter into its slot and
+    runs the first-call paths before anything is timed."""
+    for lora in [None, *(lora_requests or [])]:
+        await wave(llm, random_prompts(rng, 1, 16, vocab), [lora], 2)
+
+
+async def run_engine(kind: str, config, adapters: list[Path], args, vocab: int) -> dict:
+    from vllm.lora.request import LoRARequest
+
+    print(f"engine: {kind}", flush=True)
+    t0 = time.perf_counter()
+    if kind == "no LoRA":
+        llm, engine = start_plain_engine(config), None
+        lora_requests = None
+    else:
+        engine = VllmEngine.start(config)
+        llm = engine.async_llm
+        lora_requests = [LoRARequest(lora_name=f"bench-{i}", lora_int_id=i + 1,
+                                     lora_path=str(path)) for i, path in enumerate(adapters)]
+    started = time.perf_counter() - t0
+    try:
+        await warm_up(llm, lora_requests, vocab, torch.Generator().manual_seed(99))
+        if engine is not None:  # the flag really chose the ops running in the worker
+            active = await engine.grouped_lora_ops_active()
+            assert active == (kind == "grouped ops"), f"{kind}: grouped ops active={active}"
+        rng = torch.Generator().manual_seed(1234)   # the same prompts for every engine
+        result = await measure(llm, workloads(lora_requests, args.requests), args, rng, vocab)
+        return {"engine_start_s": round(started, 1), **result}
+    finally:
+        if engine is not None:
+            engine.shutdown()
+        else:
+            llm.shutdown()
+        del llm, engine
+        gc.collect()
+
+
+# --- the ops alone ----------------------------------------------------------------------------
+
+# One decoder layer of SmolLM2-135M as vLLM's LoRA layers call the punica ops: merged qkv
+# (3 slices), o, merged gate_up (2 slices), down. (in_features, [out_features per slice])
+LAYER = [(576, [576, 192, 192]), (576, [576]), (576, [1536, 1536]), (1536, [576])]
+LAYERS = 30
+
+
+def ops_profile(tokens: int, adapters_in_batch: int, rank: int = 8, slots: int = 8,
+                repeat: int = 5) -> dict:
+    """Time one layer's LoRA shrink+expand with each implementation; count the bytes the stock
+    ops materialise by gathering one adapter matrix per token."""
+    import vllm.lora.ops.torch_ops.lora_ops as stock
+
+    from services.inference import lora_ops as grouped
+
+    dtype = torch.bfloat16
+    torch.manual_seed(0)
+    indices = torch.arange(tokens) % adapters_in_batch
+    x = torch.randn(tokens, 1536, dtype=dtype)
+    modules = []
+    for in_f, outs in LAYER:
+        a = [torch.randn(slots, 1, rank, in_f, dtype=dtype) for _ in outs]
+        b = [torch.randn(slots, 1, out, rank, dtype=dtype) for out in outs]
+        modules.append((in_f, outs, a, b))
+
+    def layer(ops):
+        for in_f, outs, a, b in modules:
+            y = torch.zeros(tokens, sum(outs), dtype=dtype)
+            buffers = [torch.zeros(tokens, rank, dtype=torch.float32) for _ in outs]
+            for i in range(len(outs)):
+                ops.bgmv_shrink(x[:, :in_f], a[i], buffers[i], indices, 1.0)
+            offset = 0
+            for i, out in enumerate(outs):
+                ops.bgmv_expand_slice(buffers[i], b[i], y, indices, offset, out, True)
+                offset += out
+
+    result = {"tokens": tokens, "adapters_in_batch": adapters_in_batch, "rank": rank}
+    for name, ops in (("stock", stock), ("grouped", grouped)):
+        layer(ops)
+        start = time.perf_counter()
+        for _ in range(repeat):
+            layer(ops)
+        per_layer = (time.perf_counter() - start) / repeat
+        result[f"{name}_ms_per_forward"] = round(per_layer * LAYERS * 1000, 2)
+    # Stock: weights[indices] copies [tokens, rank, in] (bf16), then .to(float32) copies it
+    # again; the same for B. Per forward pass, all layers:
+    gathered = sum(tokens * rank * (in_f + out) * (2 + 4)
+                   for in_f, outs in LAYER for out in outs)
+    result["stock_gathered_gb_per_forward"] = round(gathered * LAYERS / 1e9, 2)
+    # The useful work is tiny: 2 * tokens * rank * (in + out) FLOPs per slice.
+    flops = sum(2 * tokens * rank * (in_f + out) for in_f, outs in LAYER for out in outs)
+    result["lora_gflop_per_forward"] = round(flops * LAYERS / 1e9, 3)
+    return result
+
+
+def copy_bandwidth_gbs() -> float:
+    x = torch.rand(64 * 1024 * 1024)
+    y = torch.empty_like(x)
+    y.copy_(x)
+    start = time.perf_counter()
+    for _ in range(5):
+        y.copy_(x)
+    return round(5 * 2 * x.numel() * 4 / (time.perf_counter() - start) / 1e9, 1)
+
+
+async def main_async(args) -> None:
+    logging.basicConfig(level=logging.WARNING)
+    base = base_model()
+    from transformers import AutoConfig
+
+    vocab = AutoConfig.from_pretrained(base.path).vocab_size
+    result = {"benchmark": "lora_mix", "machine_before": machine(),
+              "settings": vars(args) | {"dtype": "bfloat16 (the model folder's)",
+                                        "max_loras": 8, "lora_rank": 8}}
+    with tempfile.TemporaryDirectory(prefix="bench-lora-") as tmp:
+        tmp = Path(tmp)
+        adapters = [random_adapter(base, tmp / f"adapter-{i}", seed=i) for i in range(8)]
+        engines = {}
+        for kind in ("no LoRA", "grouped ops", "stock ops"):
+            config = engine_config(base, tmp, grouped_lora_ops=(kind != "stock ops"))
+            engines[kind] = await run_engine(kind, config, adapters, args, vocab)
+        result["engines"] = engines
+    print("LoRA ops alone (one forward pass, 30 layers):", flush=True)
+    result["ops"] = [ops_profile(t, n) for t, n in ((1024, 8), (1024, 1), (16, 8), (16, 1))]
+    for row in result["ops"]:
+        print("  ", row, flush=True)
+    result["copy_bandwidth_gb_s"] = copy_bandwidth_gbs()
+    result["machine_after"] = machine()
+    write_result("lora_mix", result)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--requests", type=int, default=16)
+    p.add_argument("--prompt-tokens", type=int, default=64)
+    p.add_argument("--decode-tokens", type=int, default=32)
+    asyncio.run(main_async(p.parse_args()))
+
+
+if __name__ == "__main__":  # vLLM's engine core is a spawned process: it re-imports this module
+    main()

@@ -1,0 +1,60 @@
+"""Usage history records and filters (pure): fine-tuning usage per job, inference usage per
+request and aggregated by model, user and day."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from datetime import datetime
+
+
+@dataclass(frozen=True)
+class FineTuningUsage:
+    """CORTEX_FINE_TUNING_USAGE_HISTORY: one row per finished job that trained."""
+
+    job_id: str
+    user_name: str
+    model: str
+    base_model: str
+    status: str
+    trained_tokens: int
+    credits: float
+    start_time: datetime | None
+    end_time: datetime
+
+
+@dataclass(frozen=True)
+class InferenceUsage:
+    request_id: str
+    user_name: str
+    model: str
+    base_model: str
+    prompt_tokens: int
+    completion_tokens: int
+    credits: float
+    time: datetime
+
+
+class Grouping(enum.Enum):
+    MODEL = "model"
+    USER = "user"
+    DAY = "day"
+
+
+@dataclass(frozen=True)
+class UsageGroup:
+    model: str            # empty unless grouped by model
+    user_name: str        # empty unless grouped by user
+    day: str              # YYYY-MM-DD (UTC), empty unless grouped by day
+    requests: int
+    prompt_tokens: int
+    completion_tokens: int
+    credits: float
+
+
+@dataclass(frozen=True)
+class UsageFilter:
+    start_time: datetime | None = None   # inclusive
+    end_time: datetime | None = None     # exclusive
+    model: str = ""                      # canonical model name (or base model name)
+    user_id: str | None = None           # only this user's usage

@@ -1,0 +1,1 @@
+"""The trainer: a Ray job that trains a LoRA adapter (see job.py)."""

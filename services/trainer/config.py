@@ -1,0 +1,43 @@
+"""The trainer job's settings: built once from the command line and the environment."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from typing import Mapping, Sequence
+
+PRECISIONS = ("auto", "bf16", "fp32")
+
+
+@dataclass(frozen=True)
+class TrainerConfig:
+    spec_uri: str
+    service_token: str = ""          # for JobReportingService; empty: reports go unauthenticated
+    precision: str = "auto"          # auto: bf16 where the hardware has it natively, else fp32
+    micro_batch_tokens: int = 4096   # padded tokens per forward pass (memory vs. speed)
+    max_failures: int = 2            # worker-group restarts (from the last checkpoint) per run
+    log_level: str = "INFO"
+
+
+def parse_config(argv: Sequence[str] | None, environ: Mapping[str, str]) -> TrainerConfig:
+    parser = argparse.ArgumentParser(
+        prog="python -m services.trainer.job",
+        description="Train a LoRA adapter on a Ray cluster from a fine-tuning job spec.")
+    parser.add_argument("--spec", required=True, help="URI or path of the job's spec.json")
+    parser.add_argument("--precision", choices=PRECISIONS,
+                        default=environ.get("FINETUNE_TRAINER_PRECISION", "auto"))
+    parser.add_argument("--micro-batch-tokens", type=int,
+                        default=int(environ.get("FINETUNE_TRAINER_MICRO_BATCH_TOKENS", 4096)))
+    parser.add_argument("--max-failures", type=int, default=2)
+    parser.add_argument("--log-level", default=environ.get("FINETUNE_LOG_LEVEL", "INFO"))
+    args = parser.parse_args(argv)
+    if args.micro_batch_tokens < 1:
+        parser.error("--micro-batch-tokens must be positive")
+    return TrainerConfig(
+        spec_uri=args.spec,
+        service_token=environ.get("FINETUNE_SERVICE_TOKEN", ""),
+        precision=args.precision,
+        micro_batch_tokens=args.micro_batch_tokens,
+        max_failures=args.max_failures,
+        log_level=args.log_level,
+    )

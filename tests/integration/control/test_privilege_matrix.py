@@ -1,0 +1,380 @@
+"""The privilege matrix, over real gRPC on loopback: for each role set-up and each operation,
+the status code the caller gets. Covers role hierarchies, cross-account attempts, revoked keys,
+revoked grants, and PERMISSION_DENIED whether or not the object exists (AIP-211).
+
+Set-ups (account `default` unless said otherwise):
+  admin     the bootstrap ACCOUNTADMIN
+  owner     role ANALYST: FINETUNE_USER, USAGE on database sales and schema sales.public,
+            CREATE MODEL and CREATE TABLE on sales.public; created job J and so owns model bot
+  inherits  role MANAGER, which inherits ANALYST (a role granted to a role)
+  user      role CONSUMER: FINETUNE_USER and USAGE on model bot (granted by its owner)
+  nobody    no roles (PUBLIC only)
+  revoked   role FORMER: had FINETUNE_USER, USAGE on sales, sales.public and bot; all revoked
+  x_admin   ACCOUNTADMIN of another account, acme (which has its own database sales)
+  x_user    a user of acme holding FINETUNE_USER
+  bad_key   a key that was revoked;  no_key: no credentials at all
+"""
+
+import asyncio
+import itertools
+import json
+from datetime import datetime, timezone
+
+import grpc
+import pytest
+
+from finetune.control.v1 import (access_pb2, access_pb2_grpc, data_pb2, data_pb2_grpc,
+                                 internal_pb2, internal_pb2_grpc, jobs_pb2, jobs_pb2_grpc,
+                                 models_pb2, models_pb2_grpc, usage_pb2, usage_pb2_grpc)
+from services.common.base_models import BaseModelSpec
+from services.control.app import ControlApp, build_components
+from services.control.config import load_config
+from services.control.core.directory import create_account
+from services.control.dispatch.protocol import ClusterJob, ClusterJobStatus
+
+pytestmark = pytest.mark.integration
+
+SERVICE_TOKEN = "matrix-service-token"
+OK = grpc.StatusCode.OK
+PD = grpc.StatusCode.PERMISSION_DENIED
+NF = grpc.StatusCode.NOT_FOUND
+IA = grpc.StatusCode.INVALID_ARGUMENT
+FP = grpc.StatusCode.FAILED_PRECONDITION
+UN = grpc.StatusCode.UNAUTHENTICATED
+
+BOT = "sales.public.bot"
+GHOST = "sales.public.ghost"   # a model that does not exist
+_unique = itertools.count()
+
+
+def auth(key):
+    return [("authorization", f"Bearer {key}")] if key else []
+
+
+class Cluster:
+    """Accepts every submission; the test decides when a job succeeds."""
+
+    def __init__(self):
+        self.jobs = {}
+
+    def submit(self, job_id, spec_uri, env):
+        self.jobs.setdefault(job_id, ClusterJob(ClusterJobStatus.PENDING))
+
+    def status(self, job_id):
+        return self.jobs.get(job_id)
+
+    def stop(self, job_id):
+        self.jobs[job_id] = ClusterJob(ClusterJobStatus.STOPPED)
+
+    def logs_tail(self, job_id, max_lines=40):
+        return ""
+
+
+class World:
+    def __init__(self, app, channel, cluster):
+        self.app, self.channel, self.cluster = app, channel, cluster
+        self.access = access_pb2_grpc.AccessServiceStub(channel)
+        self.data = data_pb2_grpc.DataServiceStub(channel)
+        self.jobs = jobs_pb2_grpc.FineTuningServiceStub(channel)
+        self.models = models_pb2_grpc.ModelServiceStub(channel)
+        self.usage = usage_pb2_grpc.UsageServiceStub(channel)
+        self.resolver = internal_pb2_grpc.ModelResolutionServiceStub(channel)
+        self.keys: dict[str, str] = {}
+        self.job_id = ""
+
+    async def load(self, key, table, rows):
+        def stream():
+            yield data_pb2.LoadTableRequest(header=data_pb2.LoadTableHeader(
+                table=table, replace=True))
+            yield data_pb2.LoadTableRequest(rows=data_pb2.Rows(
+                rows=[data_pb2.Row(values=r) for r in rows]))
+        return await self.data.LoadTable(stream(), metadata=auth(key))
+
+    async def grant(self, key, privilege, object_type, name, role):
+        await self.access.GrantPrivilege(access_pb2.GrantPrivilegeRequest(
+            privilege=privilege, object_type=object_type, object_name=name, role=role),
+            metadata=auth(key))
+
+    async def revoke(self, key, privilege, object_type, name, role):
+        await self.access.RevokePrivilege(access_pb2.RevokePrivilegeRequest(
+            privilege=privilege, object_type=object_type, object_name=name, role=role),
+            metadata=auth(key))
+
+    async def grant_role(self, key, role, grantee, kind=access_pb2.TO_ROLE):
+        await self.access.GrantRole(access_pb2.GrantRoleRequest(
+            role=role, grantee_type=kind, grantee=grantee), metadata=auth(key))
+
+    async def user_with_key(self, admin_key, name, role=""):
+        await self.access.CreateUser(access_pb2.CreateUserRequest(name=name, default_role=role),
+                                     metadata=auth(admin_key))
+        created = await self.access.CreateApiKey(access_pb2.CreateApiKeyRequest(user=name),
+                                                 metadata=auth(admin_key))
+        return created.key
+
+    async def resolve(self, key, model):
+        return await self.resolver.ResolveModel(
+            internal_pb2.ResolveModelRequest(api_key=key, model=model),
+            metadata=auth(SERVICE_TOKEN))
+
+
+@pytest.fixture(scope="module")
+async def world(tmp_path_factory):
+    home = tmp_path_factory.mktemp("matrix")
+    (home / "tiny-base").mkdir()
+    base = BaseModelSpec(name="tiny-base", source="path", path=home / "tiny-base",
+                         context_window=512, prompt_tokens=384, completion_tokens=128,
+                         rows_per_epoch=1000, max_lora_rank=16, target_modules=("q_proj",),
+                         defaults={})
+    config = load_config(["--home", str(home / "home"), "--port", "0"],
+                         environ={"FINETUNE_SERVICE_TOKEN": SERVICE_TOKEN})
+    cluster = Cluster()
+    app = ControlApp(build_components(config, dispatcher=cluster, base_models={base.name: base},
+                                      provision=lambda spec: spec.path))
+    await app.start(reconcile=False)   # the test reconciles when it wants a job to finish
+    try:
+        async with grpc.aio.insecure_channel(app.address) as channel:
+            w = World(app, channel, cluster)
+            await _set_up(w, config.bootstrap_key_file.read_text().strip())
+            yield w
+    finally:
+        await app.stop(0)
+
+
+async def _set_up(w: World, admin):
+    keys = w.keys
+    keys["admin"] = admin
+    rows = [{"prompt": f"q{i}", "completion": f"a{i}"} for i in range(4)]
+    await w.load(admin, "sales.public.train", rows)
+    await w.load(admin, "secret.public.data", rows)
+    await w.load(admin, "vault.public.data", rows)   # nothing else ever touches a vault
+    for role in ("analyst", "manager", "consumer", "former", "spare"):
+        await w.access.CreateRole(access_pb2.CreateRoleRequest(name=role), metadata=auth(admin))
+    for role in ("analyst", "consumer", "former"):
+        await w.grant_role(admin, "finetune_user", role)
+    await w.grant_role(admin, "analyst", "manager")            # MANAGER inherits ANALYST
+    for role in ("analyst", "former"):
+        await w.grant(admin, access_pb2.USAGE, access_pb2.DATABASE, "sales", role)
+        await w.grant(admin, access_pb2.USAGE, access_pb2.SCHEMA, "sales.public", role)
+    for privilege in (access_pb2.CREATE_MODEL, access_pb2.CREATE_TABLE):
+        await w.grant(admin, privilege, access_pb2.SCHEMA, "sales.public", "analyst")
+    for name, role in (("olive", "analyst"), ("mia", "manager"), ("ursula", "consumer"),
+                       ("ned", ""), ("fred", "former"), ("kim", "analyst"),
+                       ("bystander", "")):
+        keys[name] = await w.user_with_key(admin, name, role)
+    keys["owner"], keys["inherits"], keys["user"] = keys["olive"], keys["mia"], keys["ursula"]
+    keys["nobody"], keys["revoked"], keys["bad_key"] = keys["ned"], keys["fred"], keys["kim"]
+
+    # the owner fine-tunes bot; the cluster succeeds; the reconciler registers it
+    job = await w.jobs.CreateFineTuningJob(jobs_pb2.CreateFineTuningJobRequest(
+        model=BOT, base_model="tiny-base",
+        training_query="SELECT prompt, completion FROM sales.public.train"),
+        metadata=auth(keys["owner"]))
+    w.job_id = job.id
+    artifacts = w.app.components.artifacts
+    output = f"{artifacts.root}/jobs/{job.id}/output"
+    artifacts.write_bytes(f"{output}/training_results.csv", b"step,epoch,training_loss,"
+                                                            b"validation_loss\n1,1,1.0,\n")
+    artifacts.write_bytes(f"{output}/manifest.json", json.dumps({
+        "job_id": job.id, "trained_tokens": 100, "training_loss": 1.0,
+        "validation_loss": None, "epochs": 1, "steps": 1, "training_rows": 4,
+        "validation_rows": 0, "truncated_rows": 0, "files": ["training_results.csv"]}).encode())
+    w.cluster.jobs[job.id] = ClusterJob(ClusterJobStatus.SUCCEEDED)
+    await asyncio.to_thread(w.app.components.reconciler.reconcile_once)
+    # its owner shares it
+    for role in ("consumer", "former"):
+        await w.grant(keys["owner"], access_pb2.USAGE, access_pb2.MODEL, BOT, role)
+
+    # revoked grants and a revoked key: they worked, and then they do not
+    assert (await w.resolve(keys["revoked"], BOT)).adapter_id > 0
+    await w.revoke(admin, access_pb2.USAGE, access_pb2.MODEL, BOT, "former")
+    await w.revoke(admin, access_pb2.USAGE, access_pb2.DATABASE, "sales", "former")
+    await w.access.RevokeRole(access_pb2.RevokeRoleRequest(
+        role="finetune_user", grantee_type=access_pb2.TO_ROLE, grantee="former"),
+        metadata=auth(admin))
+    me = await w.access.WhoAmI(access_pb2.WhoAmIRequest(), metadata=auth(keys["bad_key"]))
+    await w.access.RevokeApiKey(access_pb2.RevokeApiKeyRequest(key_id=me.key_id),
+                                metadata=auth(admin))
+
+    # another account, with its own database named sales
+    new = await asyncio.to_thread(w.app.components.store.run, lambda tx: create_account(
+        tx, "acme", "root", datetime.now(timezone.utc)))
+    keys["x_admin"] = new.key
+    await w.load(new.key, "sales.public.mine", rows)
+    keys["x_user"] = await w.user_with_key(new.key, "xavier")
+    await w.grant_role(new.key, "finetune_user", "xavier", access_pb2.TO_USER)
+    keys["no_key"] = ""
+
+
+# -- operations ----------------------------------------------------------------------------------
+
+def _name(prefix):
+    return f"{prefix}_{next(_unique)}"
+
+
+async def _drain(stream):
+    return [item async for item in stream]
+
+
+def _create_job(query, schema="sales.public"):
+    return lambda w, k: w.jobs.CreateFineTuningJob(jobs_pb2.CreateFineTuningJobRequest(
+        model=f"{schema}.{_name('m')}", base_model="tiny-base", training_query=query),
+        metadata=auth(k))
+
+
+def _preview(query):
+    return lambda w, k: w.data.PreviewQuery(data_pb2.PreviewQueryRequest(query=query),
+                                            metadata=auth(k))
+
+
+OPERATIONS = {
+    "WhoAmI": lambda w, k: w.access.WhoAmI(access_pb2.WhoAmIRequest(), metadata=auth(k)),
+    "CreateUser": lambda w, k: w.access.CreateUser(access_pb2.CreateUserRequest(
+        name=_name("u")), metadata=auth(k)),
+    "CreateRole": lambda w, k: w.access.CreateRole(access_pb2.CreateRoleRequest(
+        name=_name("r")), metadata=auth(k)),
+    "GrantRole": lambda w, k: w.access.GrantRole(access_pb2.GrantRoleRequest(
+        role="spare", grantee_type=access_pb2.TO_USER, grantee="bystander"), metadata=auth(k)),
+    "GrantUsage(bot)": lambda w, k: w.grant(k, access_pb2.USAGE, access_pb2.MODEL, BOT, "spare"),
+    "GrantUsage(ghost)": lambda w, k: w.grant(k, access_pb2.USAGE, access_pb2.MODEL, GHOST,
+                                              "spare"),
+    "ShowGrants(on bot)": lambda w, k: w.access.ShowGrants(access_pb2.ShowGrantsRequest(
+        on=access_pb2.ObjectRef(type=access_pb2.MODEL, name=BOT)), metadata=auth(k)),
+    "ShowGrants(mine)": lambda w, k: w.access.ShowGrants(access_pb2.ShowGrantsRequest(),
+                                                         metadata=auth(k)),
+    "CreateApiKey(self)": lambda w, k: w.access.CreateApiKey(access_pb2.CreateApiKeyRequest(),
+                                                             metadata=auth(k)),
+    "CreateApiKey(admin)": lambda w, k: w.access.CreateApiKey(access_pb2.CreateApiKeyRequest(
+        user="admin"), metadata=auth(k)),
+    "RevokeApiKey(ghost)": lambda w, k: w.access.RevokeApiKey(access_pb2.RevokeApiKeyRequest(
+        key_id="key_ghost"), metadata=auth(k)),
+    "CreateDatabase": lambda w, k: w.data.CreateDatabase(data_pb2.CreateDatabaseRequest(
+        name=_name("db")), metadata=auth(k)),
+    "LoadTable(sales)": lambda w, k: w.load(k, "sales.public.loaded", [{"a": "1"}]),
+    "LoadTable(secret)": lambda w, k: w.load(k, "secret.public.loaded", [{"a": "1"}]),
+    "ListTables(vault)": lambda w, k: w.data.ListTables(data_pb2.ListTablesRequest(
+        database="vault"), metadata=auth(k)),
+    "ListTables(ghost)": lambda w, k: w.data.ListTables(data_pb2.ListTablesRequest(
+        database="ghostdb"), metadata=auth(k)),
+    "Preview(sales)": _preview("SELECT * FROM sales.public.train"),
+    "Preview(secret)": _preview("SELECT * FROM secret.public.data"),
+    "Preview(ghost db)": _preview("SELECT * FROM ghostdb.public.data"),
+    "CreateJob(sales)": _create_job("SELECT prompt, completion FROM sales.public.train"),
+    "CreateJob(secret)": _create_job("SELECT prompt, completion FROM secret.public.data"),
+    "CreateJob(into other schema)": _create_job(
+        "SELECT prompt, completion FROM sales.public.train", "sales.other"),
+    "ListJobs": lambda w, k: w.jobs.ListFineTuningJobs(jobs_pb2.ListFineTuningJobsRequest(),
+                                                       metadata=auth(k)),
+    "GetJob(J)": lambda w, k: w.jobs.GetFineTuningJob(jobs_pb2.GetFineTuningJobRequest(
+        id=w.job_id), metadata=auth(k)),
+    "GetJob(ghost)": lambda w, k: w.jobs.GetFineTuningJob(jobs_pb2.GetFineTuningJobRequest(
+        id="ft_ghost"), metadata=auth(k)),
+    "CancelJob(J)": lambda w, k: w.jobs.CancelFineTuningJob(jobs_pb2.CancelFineTuningJobRequest(
+        id=w.job_id), metadata=auth(k)),
+    "WatchJob(J)": lambda w, k: _drain(w.jobs.WatchFineTuningJob(
+        jobs_pb2.WatchFineTuningJobRequest(id=w.job_id), metadata=auth(k))),
+    "ListModels": lambda w, k: w.models.ListModels(models_pb2.ListModelsRequest(),
+                                                   metadata=auth(k)),
+    "GetModel(bot)": lambda w, k: w.models.GetModel(models_pb2.GetModelRequest(name=BOT),
+                                                    metadata=auth(k)),
+    "GetModel(ghost)": lambda w, k: w.models.GetModel(models_pb2.GetModelRequest(name=GHOST),
+                                                      metadata=auth(k)),
+    "GetArtifact(bot)": lambda w, k: _drain(w.models.GetModelArtifact(
+        models_pb2.GetModelArtifactRequest(name=BOT, artifact="training_results.csv"),
+        metadata=auth(k))),
+    "DeleteModel(ghost)": lambda w, k: w.models.DeleteModel(models_pb2.DeleteModelRequest(
+        name=GHOST), metadata=auth(k)),
+    "Complete(bot)": lambda w, k: w.resolve(k, BOT),
+    "Complete(base)": lambda w, k: w.resolve(k, "tiny-base"),
+    "Complete(ghost)": lambda w, k: w.resolve(k, GHOST),
+    "InferenceUsage": lambda w, k: w.usage.ListInferenceUsage(
+        usage_pb2.ListInferenceUsageRequest(), metadata=auth(k)),
+    "FineTuningUsage(of admin)": lambda w, k: w.usage.ListFineTuningUsage(
+        usage_pb2.ListFineTuningUsageRequest(filter=usage_pb2.UsageFilter(user="admin")),
+        metadata=auth(k)),
+}
+
+PRINCIPALS = ("admin", "owner", "inherits", "user", "nobody", "revoked", "x_admin", "x_user")
+# Every operation for every authenticated set-up. bad_key and no_key: UNAUTHENTICATED always.
+EXPECTED = {
+    #                              admin owner inher user nobody revkd x_adm x_usr
+    "WhoAmI":                      (OK,  OK,   OK,   OK,  OK,    OK,   OK,   OK),
+    "CreateUser":                  (OK,  PD,   PD,   PD,  PD,    PD,   OK,   PD),
+    "CreateRole":                  (OK,  PD,   PD,   PD,  PD,    PD,   OK,   PD),
+    "GrantRole":                   (OK,  PD,   PD,   PD,  PD,    PD,   NF,   PD),
+    "GrantUsage(bot)":             (OK,  OK,   OK,   PD,  PD,    PD,   NF,   PD),
+    "GrantUsage(ghost)":           (NF,  PD,   PD,   PD,  PD,    PD,   NF,   PD),
+    "ShowGrants(on bot)":          (OK,  OK,   OK,   PD,  PD,    PD,   OK,   PD),
+    "ShowGrants(mine)":            (OK,  OK,   OK,   OK,  OK,    OK,   OK,   OK),
+    "CreateApiKey(self)":          (OK,  OK,   OK,   OK,  OK,    OK,   OK,   OK),
+    "CreateApiKey(admin)":         (OK,  PD,   PD,   PD,  PD,    PD,   NF,   PD),
+    "RevokeApiKey(ghost)":         (NF,  PD,   PD,   PD,  PD,    PD,   NF,   PD),
+    "CreateDatabase":              (OK,  PD,   PD,   PD,  PD,    PD,   OK,   PD),
+    "LoadTable(sales)":            (OK,  OK,   OK,   PD,  PD,    PD,   OK,   PD),
+    "LoadTable(secret)":           (OK,  PD,   PD,   PD,  PD,    PD,   OK,   PD),
+    "ListTables(vault)":           (OK,  PD,   PD,   PD,  PD,    PD,   NF,   PD),
+    "ListTables(ghost)":           (NF,  PD,   PD,   PD,  PD,    PD,   NF,   PD),
+    "Preview(sales)":              (OK,  OK,   OK,   PD,  PD,    PD,   IA,   PD),
+    "Preview(secret)":             (OK,  PD,   PD,   PD,  PD,    PD,   IA,   PD),
+    "Preview(ghost db)":           (IA,  PD,   PD,   PD,  PD,    PD,   IA,   PD),
+    "CreateJob(sales)":            (OK,  OK,   OK,   PD,  PD,    PD,   IA,   PD),
+    "CreateJob(secret)":           (OK,  PD,   PD,   PD,  PD,    PD,   IA,   PD),
+    "CreateJob(into other schema)": (OK, PD,   PD,   PD,  PD,    PD,   IA,   PD),
+    "ListJobs":                    (OK,  OK,   OK,   OK,  OK,    OK,   OK,   OK),
+    "GetJob(J)":                   (OK,  OK,   OK,   PD,  PD,    PD,   NF,   PD),
+    "GetJob(ghost)":               (NF,  PD,   PD,   PD,  PD,    PD,   NF,   PD),
+    "CancelJob(J)":                (FP,  FP,   FP,   PD,  PD,    PD,   NF,   PD),
+    "WatchJob(J)":                 (OK,  OK,   OK,   PD,  PD,    PD,   NF,   PD),
+    "ListModels":                  (OK,  OK,   OK,   OK,  OK,    OK,   OK,   OK),
+    "GetModel(bot)":               (OK,  OK,   OK,   OK,  PD,    PD,   NF,   PD),
+    "GetModel(ghost)":             (NF,  PD,   PD,   PD,  PD,    PD,   NF,   PD),
+    "GetArtifact(bot)":            (OK,  OK,   OK,   PD,  PD,    PD,   NF,   PD),
+    "DeleteModel(ghost)":          (NF,  PD,   PD,   PD,  PD,    PD,   NF,   PD),
+    "Complete(bot)":               (OK,  OK,   OK,   OK,  PD,    PD,   NF,   PD),
+    "Complete(base)":              (OK,  OK,   OK,   OK,  PD,    PD,   OK,   OK),
+    "Complete(ghost)":             (NF,  PD,   PD,   PD,  PD,    PD,   NF,   PD),
+    "InferenceUsage":              (OK,  OK,   OK,   OK,  OK,    OK,   OK,   OK),
+    "FineTuningUsage(of admin)":   (OK,  PD,   PD,   PD,  PD,    PD,   NF,   PD),
+}
+
+CASES = [(op, who, EXPECTED[op][i]) for op in OPERATIONS for i, who in enumerate(PRINCIPALS)]
+CASES += [(op, who, UN) for op in OPERATIONS for who in ("bad_key", "no_key")]
+
+
+def test_the_matrix_covers_every_operation():
+    assert set(EXPECTED) == set(OPERATIONS)
+
+
+@pytest.mark.parametrize("operation,who,expected", CASES,
+                         ids=[f"{op}-{who}" for op, who, _ in CASES])
+async def test_matrix(world, operation, who, expected):
+    try:
+        await OPERATIONS[operation](world, world.keys[who])
+        code, details = OK, ""
+    except grpc.aio.AioRpcError as err:
+        code, details = err.code(), err.details()
+    assert code == expected, details
+
+
+async def test_the_views_are_filtered_by_privilege(world):
+    """Where everyone gets OK, what they see differs."""
+    async def models(who):
+        reply = await world.models.ListModels(models_pb2.ListModelsRequest(),
+                                              metadata=auth(world.keys[who]))
+        return [m.name for m in reply.models]
+
+    async def jobs(who):
+        reply = await world.jobs.ListFineTuningJobs(jobs_pb2.ListFineTuningJobsRequest(),
+                                                    metadata=auth(world.keys[who]))
+        return {j.id for j in reply.jobs}
+
+    for who in ("admin", "owner", "inherits", "user"):
+        assert BOT in await models(who)
+    for who in ("nobody", "revoked", "x_admin", "x_user"):
+        assert BOT not in await models(who)
+    for who in ("admin", "owner", "inherits"):
+        assert world.job_id in await jobs(who)
+    for who in ("user", "nobody", "revoked", "x_admin", "x_user"):
+        assert world.job_id not in await jobs(who)
+    me = await world.access.WhoAmI(access_pb2.WhoAmIRequest(),
+                                   metadata=auth(world.keys["inherits"]))
+    assert set(me.roles) == {"MANAGER", "ANALYST", "FINETUNE_USER", "PUBLIC"}

@@ -1,0 +1,64 @@
+"""The entrypoint up to the cluster: spec, data preparation, failures as one clear line."""
+
+import json
+
+import pytest
+
+from services.common.artifacts import ArtifactStore
+from services.common.errors import FailedPrecondition, InvalidArgument
+from services.trainer import job
+from services.trainer.spec import parse_spec
+
+
+def write_job(tmp_path, base_model_path, rows, validation=None, task_type="INSTRUCTION"):
+    store = ArtifactStore(str(tmp_path / "artifacts"))
+    folder = store.uri("jobs", "ft_job")
+    store.write_bytes(f"{folder}/data/training.jsonl",
+                      "".join(json.dumps(r) + "\n" for r in rows).encode())
+    if validation is not None:
+        store.write_bytes(f"{folder}/data/validation.jsonl",
+                          "".join(json.dumps(r) + "\n" for r in validation).encode())
+    raw = {
+        "job_id": "ft_job", "task_type": task_type,
+        "base_model": {"name": "smollm2-135m-instruct", "path": str(base_model_path),
+                       "context_window": 2048, "prompt_tokens": 40, "completion_tokens": 512},
+        "training_data_uri": f"{folder}/data/training.jsonl",
+        "validation_data_uri": f"{folder}/data/validation.jsonl" if validation else None,
+        "output_uri": f"{folder}/output", "checkpoint_uri": f"{folder}/checkpoints",
+        "artifact_root": store.root, "options": {}, "control_address": ""}
+    store.write_bytes(f"{folder}/spec.json", json.dumps(raw).encode())
+    return store, f"{folder}/spec.json", parse_spec(raw)
+
+
+def test_prepare_data_tokenizes_both_sets_and_counts(tmp_path, base_model_spec):
+    rows = [{"prompt": "2+2?", "completion": "4"},
+            {"prompt": "a long prompt " * 20, "completion": "truncated"}]
+    store, _, spec = write_job(tmp_path, base_model_spec.path, rows,
+                               validation=[{"prompt": "3+3?", "completion": "6"}])
+    prepared = job.prepare_data(spec, store)
+    assert prepared.train.rows == 2 and prepared.train.truncated_rows == 1
+    assert prepared.validation.rows == 1 and len(prepared.validation.examples) == 1
+    assert prepared.pad_id == 2   # SmolLM2 pads with <|im_end|>
+
+
+def test_prepare_data_errors_name_the_data_set(tmp_path, base_model_spec):
+    store, _, spec = write_job(tmp_path, base_model_spec.path, [{"prompt": "x"}])
+    with pytest.raises(InvalidArgument, match="training data: row 1: missing column"):
+        job.prepare_data(spec, store)
+    store, _, spec = write_job(tmp_path, base_model_spec.path, [])
+    with pytest.raises(InvalidArgument, match="no rows"):
+        job.prepare_data(spec, store)
+    store.delete(spec.training_data_uri)
+    with pytest.raises(FailedPrecondition, match="does not exist"):
+        job.prepare_data(spec, store)
+
+
+def test_main_fails_with_one_clear_line(tmp_path, base_model_spec, capsys):
+    _, spec_uri, _ = write_job(tmp_path, base_model_spec.path,
+                               [{"prompt": "p", "completion": "c"}, {"completion": "c"}])
+    assert job.main(["--spec", spec_uri]) == 1
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last == "fine-tuning failed: training data: row 2: missing column 'prompt'"
+
+    assert job.main(["--spec", str(tmp_path / "nowhere" / "spec.json")]) == 1
+    assert "does not exist" in capsys.readouterr().err.strip().splitlines()[-1]

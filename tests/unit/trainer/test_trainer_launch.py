@@ -1,0 +1,47 @@
+from services.common.errors import InvalidArgument
+from services.trainer.config import parse_config
+from services.trainer.launch import WorkerPlan, describe_failure, plan_workers
+
+
+def test_gpu_clusters_get_one_gpu_per_worker_capped_by_the_gpus():
+    assert plan_workers(4, {"CPU": 32, "GPU": 2}, [32]) == WorkerPlan(2, True, 1)
+    assert plan_workers(1, {"CPU": 32, "GPU": 8}, [32]) == WorkerPlan(1, True, 1)
+
+
+def test_cpu_workers_share_the_cpus_and_fit_on_one_node():
+    assert plan_workers(2, {"CPU": 2}, [2]) == WorkerPlan(2, False, 1)
+    assert plan_workers(1, {"CPU": 2}, [2]) == WorkerPlan(1, False, 2)
+    assert plan_workers(4, {"CPU": 2}, [2]) == WorkerPlan(2, False, 1)
+    assert plan_workers(2, {"CPU": 64}, [8] * 8) == WorkerPlan(2, False, 8)
+    assert plan_workers(2, {}, []) == WorkerPlan(1, False, 1)
+
+
+class WorkerGroupError(Exception):
+    def __init__(self, failures):
+        super().__init__("Training failed due to worker errors:\n...")
+        self.worker_failures = failures
+
+
+def test_describe_failure_names_the_worker_and_the_root_cause():
+    try:
+        try:
+            raise RuntimeError("CUDA out of memory.\nTried to allocate 2 GiB")
+        except RuntimeError as inner:
+            raise ValueError("wrapped") from inner
+    except ValueError as exc:
+        wrapped = exc
+    assert describe_failure(WorkerGroupError({1: wrapped, 0: InvalidArgument("bad row 3")})) \
+        == "worker 0: bad row 3"
+    assert describe_failure(WorkerGroupError({1: wrapped})) == \
+        "worker 1: RuntimeError: Tried to allocate 2 GiB"
+    assert describe_failure(KeyError("x")) == "KeyError: 'x'"
+
+
+def test_config_from_flags_and_environment():
+    config = parse_config(["--spec", "file:///a/spec.json"],
+                          {"FINETUNE_SERVICE_TOKEN": "s3cret",
+                           "FINETUNE_TRAINER_PRECISION": "fp32"})
+    assert config.spec_uri == "file:///a/spec.json"
+    assert config.service_token == "s3cret"
+    assert config.precision == "fp32"
+    assert parse_config(["--spec", "x", "--precision", "bf16"], {}).precision == "bf16"

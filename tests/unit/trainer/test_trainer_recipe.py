@@ -1,0 +1,178 @@
+"""The training loop on a tiny random Llama, one process, no Ray (FakeContext)."""
+
+import copy
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+from trainer_testbed import CancellingReporter, FakeContext, make_spec, synthetic_examples
+
+from services.trainer import recipe
+from services.trainer.data import collate
+from services.trainer.recipe import RecipeConfig, TargetLoss, build_model, lr_factor, train
+
+
+def config(spec, **kw) -> RecipeConfig:
+    return RecipeConfig(spec=spec, pad_id=0, precision="fp32", threads=1, **kw)
+
+
+def test_lr_schedule_warms_up_then_decays_and_wastes_no_step():
+    total = 40
+    factors = [lr_factor(s, total) for s in range(total)]
+    assert all(f > 0 for f in factors)
+    peak = factors.index(max(factors))
+    assert max(factors) == 1.0 and 0 < peak <= 3
+    assert all(a >= b for a, b in zip(factors[peak:], factors[peak + 1:]))
+    assert factors[0] < 1.0 and factors[-1] < 0.1
+    assert lr_factor(0, 1) > 0
+
+
+def test_target_loss_is_the_token_sum_of_hf_loss(tiny_model_dir):
+    """Shift and mask: a one-token completion and padded rows count exactly once per target."""
+    spec = make_spec(tiny_model_dir)
+    model = build_model(spec, torch.float32, None).eval()
+    examples = synthetic_examples(3)
+    # The third example keeps only its last target (a one-token completion).
+    short = examples[2]
+    short.labels[:-1] = -100
+    batch = collate(examples, pad_id=0)
+    ours = TargetLoss(model)(**batch)
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    shifted = batch["labels"][:, 1:]
+    expected = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]).float(),
+                               shifted.reshape(-1), ignore_index=-100, reduction="sum")
+    assert torch.allclose(ours, expected, rtol=1e-5, atol=1e-5)
+    assert int((shifted != -100).sum()) == sum(e.n_targets for e in examples)
+
+
+def _grads(model):
+    return {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def test_split_across_micro_batches_and_workers_gives_the_global_mean_gradient(tiny_model_dir):
+    spec = make_spec(tiny_model_dir)
+    examples = synthetic_examples(6, seed=3)
+    lengths = [len(e) for e in examples]
+    batch = list(range(6))
+    n_targets = sum(e.n_targets for e in examples)
+    nocast = recipe.nullcontext
+
+    def run(world_size, rank, micro_tokens, model):
+        ctx = FakeContext("/unused", rank=rank, world_size=world_size)
+        share = recipe.shard(batch, lengths, world_size)[rank]
+        module = TargetLoss(model)
+        loss = recipe._accumulate(module, examples, share, batch[0], lengths, n_targets,
+                                  config(spec, micro_batch_tokens=micro_tokens), ctx, nocast)
+        return loss, _grads(model)
+
+    torch.manual_seed(0)
+    base = build_model(spec, torch.float32, None)
+    for name, p in base.named_parameters():
+        if "lora_B" in name:  # zero at init, which would make every lora_A gradient zero
+            p.data.normal_(0, 0.1)
+    whole_loss, whole = run(1, 0, 10_000, copy.deepcopy(base))
+    _, tiny_micro = run(1, 0, 12, copy.deepcopy(base))          # one example per micro-batch
+    loss0, g0 = run(2, 0, 20, copy.deepcopy(base))
+    loss1, g1 = run(2, 1, 20, copy.deepcopy(base))
+    for name, g in whole.items():
+        assert torch.allclose(tiny_micro[name], g, atol=1e-6)
+        assert torch.allclose((g0[name] + g1[name]) / 2, g, atol=1e-6)  # what DDP averages
+    assert whole_loss == pytest.approx(loss0 + loss1, rel=1e-5)
+
+
+def test_a_worker_without_examples_contributes_zero_gradient(tiny_model_dir):
+    spec = make_spec(tiny_model_dir)
+    examples = synthetic_examples(1)
+    model = build_model(spec, torch.float32, None)
+    loss = recipe._accumulate(TargetLoss(model), examples, [], 0, [len(examples[0])],
+                              examples[0].n_targets, config(spec),
+                              FakeContext("/unused", rank=1, world_size=2), recipe.nullcontext)
+    assert loss == 0.0
+    assert all(torch.count_nonzero(g) == 0 for g in _grads(model).values())
+
+
+def test_training_lowers_the_loss_and_records_every_step(tiny_model_dir, tmp_path):
+    spec = make_spec(tiny_model_dir, max_epochs=4, batch_size=4)
+    train_set, validation = synthetic_examples(16), synthetic_examples(4, seed=9)
+    ctx = FakeContext(tmp_path)
+    metrics = train(config(spec), train_set, validation, ctx)
+
+    assert metrics["status"] == "completed"
+    assert [m["epoch"] for m, _ in ctx.reports] == [1, 2, 3, 4]
+    assert all(folder is not None for _, folder in ctx.reports)
+    state = recipe.read_checkpoint_state(ctx.reports[-1][1])
+    assert [r.step for r in state.history] == list(range(1, 17))
+    assert [r.epoch for r in state.history] == [e for e in (1, 2, 3, 4) for _ in range(4)]
+    with_validation = [r.step for r in state.history if r.validation_loss is not None]
+    assert with_validation == [4, 8, 12, 16]
+    assert state.epoch_losses[-1] < state.epoch_losses[0] * 0.5
+    assert state.validation_losses[-1] < state.validation_losses[0]
+    assert state.trained_tokens == 4 * sum(len(e) for e in train_set)
+    adapter = recipe.checkpoint_adapter_dir(ctx.reports[-1][1])
+    assert (adapter / "adapter_model.safetensors").exists()
+    assert json.loads((adapter / "adapter_config.json").read_text())["r"] == 4
+
+
+def test_resume_continues_after_the_checkpointed_epoch(tiny_model_dir, tmp_path):
+    spec = make_spec(tiny_model_dir, max_epochs=3, batch_size=4)
+    train_set = synthetic_examples(8)
+    first = FakeContext(tmp_path / "a")
+    train(config(spec), train_set, [], first)
+    after_epoch_1 = first.reports[0][1]
+
+    resumed = FakeContext(tmp_path / "b", resume_from=after_epoch_1)
+    metrics = train(config(spec), train_set, [], resumed)
+    assert [m["epoch"] for m, _ in resumed.reports] == [2, 3]
+    full = recipe.read_checkpoint_state(first.reports[-1][1])
+    again = recipe.read_checkpoint_state(resumed.reports[-1][1])
+    assert [r.step for r in again.history] == [r.step for r in full.history]
+    assert again.trained_tokens == full.trained_tokens == metrics["trained_tokens"]
+    # Same data order, same restored weights and optimizer: the same losses.
+    for a, b in zip(again.history, full.history):
+        assert a.training_loss == pytest.approx(b.training_loss, rel=1e-4)
+
+
+def test_cancellation_stops_every_worker_without_a_checkpoint(tiny_model_dir, tmp_path):
+    spec = make_spec(tiny_model_dir, max_epochs=3, batch_size=4)
+    ctx = FakeContext(tmp_path)
+    reporter = CancellingReporter(after=2)
+    metrics = train(config(spec), synthetic_examples(16), [], ctx, reporter)
+    assert metrics["status"] == "cancelled"
+    # Control said so in the response to step 2's report; workers agree on it with step 3's
+    # all-reduce, so every worker stops after the same step.
+    assert metrics["step"] == 3
+    assert ctx.reports == [(metrics, None)]
+
+
+def test_rank_zero_reports_progress_with_validation_at_epoch_ends(tiny_model_dir, tmp_path):
+    spec = make_spec(tiny_model_dir, max_epochs=2, batch_size=4)
+    reporter = CancellingReporter(after=10**6)
+    train(config(spec), synthetic_examples(8), synthetic_examples(2, seed=5),
+          FakeContext(tmp_path), reporter)
+    forced = [u for u, force in reporter.updates if force]
+    assert [u.epoch for u in forced] == [1, 2]
+    assert all(u.validation_loss is not None for u in forced)
+    steps = [u.step for u, force in reporter.updates if not force]
+    assert steps == [1, 2, 3, 4]
+    assert reporter.updates[-1][0].progress == 1.0
+    assert reporter.updates[-1][0].trained_tokens > 0
+
+
+def test_only_rank_zero_reports(tiny_model_dir, tmp_path):
+    spec = make_spec(tiny_model_dir, max_epochs=1, batch_size=4)
+    reporter = CancellingReporter(after=10**6)
+    ctx = FakeContext(tmp_path, rank=1, world_size=2)
+    train(config(spec), synthetic_examples(8), [], ctx, reporter)
+    assert reporter.updates == []
+    assert ctx.reports[0][1] is None   # rank 1 reports metrics, never a checkpoint
+
+
+def test_pick_dtype_honours_fp32_and_never_picks_unsupported_bf16(monkeypatch):
+    cpu = torch.device("cpu")
+    assert recipe.pick_dtype("fp32", cpu) == torch.float32
+    monkeypatch.setattr(recipe, "_cpu_flags", lambda: {"avx512f"})
+    assert recipe.pick_dtype("auto", cpu) == torch.float32
+    monkeypatch.setattr(recipe, "_cpu_flags", lambda: {"avx512f", "amx_bf16"})
+    supported = torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    assert recipe.pick_dtype("auto", cpu) == (torch.bfloat16 if supported else torch.float32)
