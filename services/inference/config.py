@@ -12,6 +12,8 @@ from services.common.base_models import DEFAULT_BASE_MODEL, BaseModelSpec, load_
 
 # The ranks vLLM accepts for max_lora_rank (vllm.config.lora.MaxLoRARanks).
 VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+# The grammar backends vLLM can run with compact JSON (StructuredOutputsConfig).
+STRUCTURED_OUTPUT_BACKENDS = ("xgrammar", "guidance")
 
 
 @dataclass(frozen=True)
@@ -46,6 +48,7 @@ class InferenceConfig:
     max_num_seqs: int = 32
     dtype: str = "auto"                # the model folder's dtype (bfloat16 for the default)
     grouped_lora_ops: bool = True      # replace vLLM CPU's per-token LoRA ops (see lora_ops.py)
+    structured_output_backend: str = "xgrammar"   # response_format grammars: xgrammar | guidance
     # serving
     max_queued_requests: int = 64
     default_max_tokens: int = 256
@@ -74,6 +77,9 @@ class InferenceConfig:
             raise ValueError(f"max_model_len must be in [2, {self.base_model.context_window}]")
         if not 1 <= self.default_max_tokens < self.max_model_len:
             raise ValueError("default_max_tokens must be in [1, max_model_len)")
+        if self.structured_output_backend not in STRUCTURED_OUTPUT_BACKENDS:
+            raise ValueError(f"structured_output_backend must be one of "
+                             f"{STRUCTURED_OUTPUT_BACKENDS}")
         if self.max_queued_requests < 1:
             raise ValueError("max_queued_requests must be >= 1")
         if self.usage_flush_seconds < 0 or self.usage_retry_max_s <= 0:
@@ -115,6 +121,9 @@ def parse_config(argv: Sequence[str] | None = None,
     p.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float16", "float32"])
     p.add_argument("--no-grouped-lora-ops", action="store_true",
                    help="keep vLLM CPU's own LoRA ops (slow, wrong for mixed batches)")
+    p.add_argument("--structured-output-backend", default="xgrammar",
+                   choices=STRUCTURED_OUTPUT_BACKENDS,
+                   help="grammar engine for response_format JSON schemas")
     p.add_argument("--max-queued-requests", type=int, default=64)
     p.add_argument("--default-max-tokens", type=int, default=256)
     p.add_argument("--resolution-cache-ttl", type=float, default=30.0)
@@ -153,6 +162,7 @@ def parse_config(argv: Sequence[str] | None = None,
             max_num_seqs=args.max_num_seqs,
             dtype=args.dtype,
             grouped_lora_ops=not args.no_grouped_lora_ops,
+            structured_output_backend=args.structured_output_backend,
             max_queued_requests=args.max_queued_requests,
             default_max_tokens=args.default_max_tokens,
             resolution_cache_ttl_s=args.resolution_cache_ttl,

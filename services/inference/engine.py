@@ -79,6 +79,7 @@ class VllmEngine:
     def start(cls, config: "InferenceConfig") -> "VllmEngine":
         """Build the engine (blocks ~45 s on this CPU; the engine core is a spawned process)."""
         from vllm import AsyncEngineArgs
+        from vllm.config import StructuredOutputsConfig
         from vllm.v1.engine.async_llm import AsyncLLM
 
         args = AsyncEngineArgs(
@@ -97,6 +98,11 @@ class VllmEngine:
             kv_cache_memory_bytes=int(config.kv_cache_gib * GiB),
             enforce_eager=True,
             disable_log_stats=True,
+            # Compact JSON for response formats: with free whitespace between tokens a weak
+            # (or freshly fine-tuned) model can emit newlines until max_tokens and never close
+            # the document. vLLM allows this only with a named backend, not "auto".
+            structured_outputs_config=StructuredOutputsConfig(
+                backend=config.structured_output_backend, disable_any_whitespace=True),
             # Imported by every worker process before the model loads: installs the grouped
             # LoRA ops there (a patch applied only in this process would not reach the worker).
             worker_extension_cls=("services.inference.vllm_worker.GroupedLoraOpsExtension"
@@ -153,10 +159,7 @@ class VllmEngine:
             # vLLM compiles the schema to a grammar (xgrammar, or guidance where xgrammar lacks
             # a feature) and masks every step's logits with it; a schema it cannot compile is a
             # VLLMValidationError when the request is added, before anything is scheduled.
-            # Compact JSON: with free whitespace a weak model can emit newlines until
-            # max_tokens and never close the document.
-            structured_outputs=(StructuredOutputsParams(json=sampling.json_schema,
-                                                        disable_any_whitespace=True)
+            structured_outputs=(StructuredOutputsParams(json=sampling.json_schema)
                                 if sampling.json_schema else None),
         )
         # A rendered token input: vLLM uses these ids as they are, never re-tokenizes.

@@ -3,8 +3,15 @@
 vLLM CPU's own ops (vllm/lora/ops/torch_ops/lora_ops.py) gather one adapter matrix per token
 (`weights[indices]`), which copies the weights once per token, and they index the "no adapter"
 marker -1 as the last adapter slot, so base-model rows batched with adapter rows get an adapter
-applied. These keep the same signatures and semantics but group rows by adapter and skip -1 rows
-(as vLLM's GPU kernels do). Pure torch: no vLLM import, so unit tests can compare them directly.
+applied. These keep the same signatures and semantics but skip -1 rows (as vLLM's GPU kernels
+do) and never copy weights per token:
+- one adapter in the batch: one matrix product for the whole batch;
+- several, in a large batch (prefill): one matrix product per adapter over its rows;
+- several, in a small batch (decode): one product against all slots stacked, keeping each row's
+  own slot through a one-hot mask. It does slots-times the (tiny) arithmetic but a fixed handful
+  of torch calls, where per-adapter grouping costs ~5 calls per adapter per op, and at decode
+  sizes the calls, not the arithmetic, are the cost.
+Pure torch: no vLLM import, so unit tests can compare them directly.
 """
 
 from __future__ import annotations
@@ -14,6 +21,8 @@ from typing import Iterator
 import torch
 
 NO_LORA = -1
+# Up to this many rows x slots, a batch with several adapters takes the one-hot path.
+DENSE_MAX_ROW_SLOTS = 2048
 
 
 def _matrices(weights: torch.Tensor) -> torch.Tensor:
@@ -21,13 +30,28 @@ def _matrices(weights: torch.Tensor) -> torch.Tensor:
     return weights.squeeze(1) if weights.dim() == 4 else weights
 
 
+def _uniform(indices: torch.Tensor) -> int | None:
+    """The one slot every row uses (NO_LORA included), or None when rows differ."""
+    first = int(indices[0])
+    return first if bool((indices == first).all()) else None
+
+
+def _dense(indices: torch.Tensor, slots: int) -> bool:
+    return indices.shape[0] * slots <= DENSE_MAX_ROW_SLOTS
+
+
+def _one_hot(indices: torch.Tensor, slots: int, dtype: torch.dtype) -> torch.Tensor:
+    """[rows, slots]: 1 at each row's slot; rows without an adapter (-1) are all zero."""
+    return (indices.unsqueeze(1) == torch.arange(slots, device=indices.device)).to(dtype)
+
+
 def _groups(indices: torch.Tensor) -> Iterator[tuple[int, slice | torch.Tensor]]:
     """(adapter slot, rows) for each adapter present; a whole-batch slice when there is one."""
     n = indices.shape[0]
     if n == 0:
         return
-    first = int(indices[0])
-    if bool((indices == first).all()):
+    first = _uniform(indices)
+    if first is not None:
         if first != NO_LORA:
             yield first, slice(0, n)
         return
@@ -48,6 +72,15 @@ def bgmv_shrink(inputs: torch.Tensor, lora_a_weights: torch.Tensor,
     weights = _matrices(lora_a_weights)
     rank = weights.shape[1]
     out = output_tensor[:, :rank]
+    n = lora_indices_tensor.shape[0]
+    if n and _uniform(lora_indices_tensor) is None and _dense(lora_indices_tensor,
+                                                                weights.shape[0]):
+        dtype = output_tensor.dtype
+        slots = weights.shape[0]
+        every = inputs.to(dtype) @ weights.to(dtype).reshape(slots * rank, -1).t()
+        mask = _one_hot(lora_indices_tensor, slots, dtype).unsqueeze(2)
+        out.copy_(scaling * (every.view(n, slots, rank) * mask).sum(1))
+        return
     for slot, rows in _groups(lora_indices_tensor):
         out[rows] = scaling * _product(inputs, rows, weights[slot], output_tensor.dtype)
     without = lora_indices_tensor == NO_LORA
@@ -82,7 +115,24 @@ def _expand_into(inputs, weights, output_tensor, indices, offset, size, add_inpu
             target = output_tensor[:, offset:offset + size]
             target.add_(y) if add_inputs else target.copy_(y.expand_as(target))
         return
-    for slot, rows in _groups(indices[:n_out]):
+    indices = indices[:n_out]
+    n = indices.shape[0]
+    if n and _uniform(indices) is None and _dense(indices, weights.shape[0]):
+        dtype = output_tensor.dtype
+        slots, out_features, rank = weights.shape
+        # Each row's rank-r input placed in its own slot's block, zero elsewhere (and for -1).
+        spread = (_one_hot(indices, slots, dtype).unsqueeze(2)
+                  * inputs[:n, :rank].to(dtype).unsqueeze(1)).reshape(n, slots * rank)
+        stacked = weights.to(dtype).transpose(1, 2).reshape(slots * rank, out_features)
+        y = (spread @ stacked)[:, :size]
+        target = output_tensor[:n, offset:offset + size]
+        if add_inputs:
+            target.add_(y)  # rows without an adapter add exact zeros
+        else:
+            has = (indices != NO_LORA).unsqueeze(1)
+            target.copy_(torch.where(has, y, target))
+        return
+    for slot, rows in _groups(indices):
         y = _product(inputs, rows, weights[slot], output_tensor.dtype)[:, :size]
         if add_inputs:
             output_tensor[rows, offset:offset + size] += y

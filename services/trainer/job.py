@@ -75,7 +75,7 @@ def run(spec: JobSpec, config: TrainerConfig, reporter: reporting.ProgressSink) 
 
     result = launch.run_training(spec, prepared.train.examples, prepared.validation.examples,
                                  prepared.pad_id, config)
-    metrics = result.metrics or {}
+    metrics = result.return_value or {}  # what rank 0's training function returned
     if metrics.get("status") == "cancelled":
         raise Cancelled(f"job {spec.job_id} was cancelled after step {metrics.get('step')}")
     if metrics.get("status") != "completed" or result.checkpoint is None:

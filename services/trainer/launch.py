@@ -22,14 +22,16 @@ class WorkerPlan:
     cpus_per_worker: int
 
 
-def plan_workers(requested: int, cluster: Mapping[str, float],
+def plan_workers(requested: int, batch_size: int, cluster: Mapping[str, float],
                  node_cpus: Sequence[float]) -> WorkerPlan:
     """One GPU per worker where the cluster has GPUs; else CPU workers that share the CPUs.
 
     The worker count is capped by what the cluster has, so a job never waits for resources
-    that do not exist. A CPU worker gets an equal share of the CPUs (its torch threads), at most
-    one node's worth so that it can be placed.
+    that do not exist, and by the batch size, since a worker without examples in a step would
+    only idle. A CPU worker gets an equal share of the CPUs (its torch threads), at most one
+    node's worth so that it can be placed.
     """
+    requested = max(1, min(requested, batch_size))
     gpus = int(cluster.get("GPU", 0))
     if gpus > 0:
         return WorkerPlan(max(1, min(requested, gpus)), True, 1)
@@ -42,7 +44,8 @@ def plan_workers(requested: int, cluster: Mapping[str, float],
 
 def run_training(spec: JobSpec, train: Sequence[Example], validation: Sequence[Example],
                  pad_id: int, config: TrainerConfig):
-    """Run the TorchTrainer to the end; returns Ray Train's Result (metrics, last checkpoint)."""
+    """Run the TorchTrainer to the end; returns Ray Train's Result: the last checkpoint, and
+    rank 0's return value (the final metrics and status)."""
     import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
@@ -50,11 +53,12 @@ def run_training(spec: JobSpec, train: Sequence[Example], validation: Sequence[E
     if not ray.is_initialized():
         ray.init()  # inside a Ray job RAY_ADDRESS names the cluster
     nodes = [n for n in ray.nodes() if n.get("Alive")]
-    plan = plan_workers(spec.options.num_workers, ray.cluster_resources(),
+    plan = plan_workers(spec.options.num_workers, spec.options.batch_size,
+                        ray.cluster_resources(),
                         [n.get("Resources", {}).get("CPU", 0) for n in nodes])
     if plan.num_workers != spec.options.num_workers:
-        log.warning("the cluster fits %d of the %d workers asked for", plan.num_workers,
-                    spec.options.num_workers)
+        log.warning("using %d of the %d workers asked for (cluster size, batch size)",
+                    plan.num_workers, spec.options.num_workers)
     log.info("job %s: %d %s workers, %d CPUs each", spec.job_id, plan.num_workers,
              "GPU" if plan.use_gpu else "CPU", plan.cpus_per_worker)
 

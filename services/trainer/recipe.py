@@ -180,7 +180,7 @@ def lr_factor(step: int, total_steps: int) -> float:
 def train(cfg: RecipeConfig, train_examples: Sequence[Example],
           validation_examples: Sequence[Example], ctx: WorkerContext,
           reporter: ProgressSink | None = None) -> dict:
-    """Run (or resume) the whole training; returns rank 0's final metrics."""
+    """Run (or resume) the whole training; returns the final metrics and status."""
     spec, opts = cfg.spec, cfg.spec.options
     reporter = reporter if reporter is not None and ctx.rank == 0 else NullReporter()
     if cfg.threads:
@@ -267,11 +267,8 @@ def train(cfg: RecipeConfig, train_examples: Sequence[Example],
                                  f"epoch {epoch} of {opts.max_epochs} done"), force=True)
         _save_checkpoint(ctx, model, optimizer, scheduler, state, metrics)
 
-    if cancelled:
-        metrics = _metrics(state, "cancelled")
-        ctx.report(metrics, None)
-        return metrics
-    return _metrics(state, "completed")
+    # Rank 0's return value reaches the driver (Ray Train's Result.return_value).
+    return _metrics(state, "cancelled" if cancelled else "completed")
 
 
 def _accumulate(parallel: nn.Module, examples: Sequence[Example], share: list[int],

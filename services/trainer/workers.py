@@ -68,7 +68,7 @@ class RayWorkerContext:
         ray.train.report(metrics, checkpoint=checkpoint)
 
 
-def train_loop_per_worker(config: dict) -> None:
+def train_loop_per_worker(config: dict) -> dict:
     """What TorchTrainer runs on each worker. `config` is built by `launch.train_loop_config`."""
     import ray
 
@@ -85,7 +85,7 @@ def train_loop_per_worker(config: dict) -> None:
         with _adapter_copy(cfg) as adapter_dir:
             if adapter_dir:
                 cfg = recipe.RecipeConfig(**{**cfg.__dict__, "adapter_dir": str(adapter_dir)})
-            recipe.train(cfg, train_examples, validation_examples, ctx, reporter)
+            return recipe.train(cfg, train_examples, validation_examples, ctx, reporter)
     finally:
         reporter.close()
 

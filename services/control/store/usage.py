@@ -106,7 +106,9 @@ class UsageRepository:
                 day=day.isoformat() if isinstance(day, (date, datetime)) else (day or ""),
                 requests=int(requests), prompt_tokens=int(prompt),
                 completion_tokens=int(completion), credits=float(credits)))
-        return groups
+        # By the groupings in the order asked, users by name (the query sorted by id).
+        fields = {Grouping.MODEL: "model", Grouping.USER: "user_name", Grouping.DAY: "day"}
+        return sorted(groups, key=lambda g: tuple(getattr(g, fields[k]) for k in group_by))
 
     def user_names_of(self, user_ids: set[str]) -> dict[str, str]:
         if not user_ids:

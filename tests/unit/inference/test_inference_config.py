@@ -17,6 +17,7 @@ def test_defaults_come_from_the_catalog_and_environment():
     assert config.kv_cache_gib == 2
     assert config.listen_address == "127.0.0.1:50052"
     assert config.grouped_lora_ops
+    assert config.structured_output_backend == "xgrammar"
 
 
 def test_flags_override():
@@ -46,6 +47,12 @@ def test_the_usage_outbox_lives_in_the_state_dir():
     assert config.usage_flush_seconds == 3
 
 
+def test_the_structured_output_backend_can_be_chosen():
+    config = parse_config(["--structured-output-backend", "guidance"],
+                          {"FINETUNE_SERVICE_TOKEN": "s"})
+    assert config.structured_output_backend == "guidance"
+
+
 @pytest.mark.parametrize("argv, env", [
     ([], {}),                                              # no service token
     (["--max-lora-rank", "12"], {"FINETUNE_SERVICE_TOKEN": "s"}),   # not a vLLM rank
@@ -53,6 +60,7 @@ def test_the_usage_outbox_lives_in_the_state_dir():
     (["--max-model-len", "999999"], {"FINETUNE_SERVICE_TOKEN": "s"}),
     (["--base-model", "nope"], {"FINETUNE_SERVICE_TOKEN": "s"}),
     (["--usage-flush-seconds", "-1"], {"FINETUNE_SERVICE_TOKEN": "s"}),
+    (["--structured-output-backend", "outlines"], {"FINETUNE_SERVICE_TOKEN": "s"}),
 ])
 def test_bad_settings_stop_the_start(argv, env, capsys):
     with pytest.raises(SystemExit):

@@ -1,4 +1,5 @@
-"""The grouped LoRA ops against a per-row reference: rows without an adapter (-1) get none."""
+"""The grouped LoRA ops against a per-row reference: rows without an adapter (-1) get none, on
+both of their paths for batches with several adapters."""
 
 import pytest
 import torch
@@ -24,6 +25,14 @@ def reference_expand(x, b, y, idx, offset, size, add):
             val = (x[t] @ b[slot].squeeze(0).float().t())[:size]
             y[t, offset:offset + size] = y[t, offset:offset + size] + val if add else val
     return y
+
+
+@pytest.fixture(autouse=True, params=["one-hot", "grouped"])
+def mixed_batch_path(request, monkeypatch):
+    """Every test runs on both paths for batches with several adapters (small and large)."""
+    if request.param == "grouped":
+        monkeypatch.setattr(lora_ops, "DENSE_MAX_ROW_SLOTS", 0)
+    return request.param
 
 
 @pytest.fixture

@@ -4,16 +4,21 @@ from services.trainer.launch import WorkerPlan, describe_failure, plan_workers
 
 
 def test_gpu_clusters_get_one_gpu_per_worker_capped_by_the_gpus():
-    assert plan_workers(4, {"CPU": 32, "GPU": 2}, [32]) == WorkerPlan(2, True, 1)
-    assert plan_workers(1, {"CPU": 32, "GPU": 8}, [32]) == WorkerPlan(1, True, 1)
+    assert plan_workers(4, 8, {"CPU": 32, "GPU": 2}, [32]) == WorkerPlan(2, True, 1)
+    assert plan_workers(1, 8, {"CPU": 32, "GPU": 8}, [32]) == WorkerPlan(1, True, 1)
 
 
 def test_cpu_workers_share_the_cpus_and_fit_on_one_node():
-    assert plan_workers(2, {"CPU": 2}, [2]) == WorkerPlan(2, False, 1)
-    assert plan_workers(1, {"CPU": 2}, [2]) == WorkerPlan(1, False, 2)
-    assert plan_workers(4, {"CPU": 2}, [2]) == WorkerPlan(2, False, 1)
-    assert plan_workers(2, {"CPU": 64}, [8] * 8) == WorkerPlan(2, False, 8)
-    assert plan_workers(2, {}, []) == WorkerPlan(1, False, 1)
+    assert plan_workers(2, 8, {"CPU": 2}, [2]) == WorkerPlan(2, False, 1)
+    assert plan_workers(1, 8, {"CPU": 2}, [2]) == WorkerPlan(1, False, 2)
+    assert plan_workers(4, 8, {"CPU": 2}, [2]) == WorkerPlan(2, False, 1)
+    assert plan_workers(2, 8, {"CPU": 64}, [8] * 8) == WorkerPlan(2, False, 8)
+    assert plan_workers(2, 8, {}, []) == WorkerPlan(1, False, 1)
+
+
+def test_no_more_workers_than_examples_per_step():
+    assert plan_workers(2, 1, {"CPU": 2}, [2]) == WorkerPlan(1, False, 2)
+    assert plan_workers(4, 2, {"CPU": 8, "GPU": 4}, [8]) == WorkerPlan(2, True, 1)
 
 
 class WorkerGroupError(Exception):
