@@ -13,14 +13,11 @@ Registered in main.py as `app.add_typer(access_app, name="access")`.
 
 from __future__ import annotations
 
-import functools
-
-import grpc
 import typer
 from rich.table import Table
 
 from finetune.control.v1 import access_pb2
-from services.cli import views
+from services.cli import connection, views
 
 console = views.console
 
@@ -35,25 +32,8 @@ access_app.add_typer(role_app, name="role")
 access_app.add_typer(key_app, name="key")
 
 
-def _client():
-    # Imported late: main.py imports this module to register it.
-    from services.cli.main import _client as connect
-    return connect()
-
-
-def _rpc(fn):
-    """gRPC errors and bad names as one readable line and a non-zero exit code."""
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except grpc.RpcError as err:
-            console.print(f"[red]error: {err.code().name}: {err.details()}")
-            raise typer.Exit(1)
-        except ValueError as err:
-            console.print(f"[red]error: {err}")
-            raise typer.Exit(2)
-    return wrapper
+_client = connection.client
+_rpc = connection.rpc_errors
 
 
 def _on(value: str) -> tuple[str, str]:

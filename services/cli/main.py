@@ -2,27 +2,24 @@
 
 from __future__ import annotations
 
-import functools
 import os
 import sys
 from pathlib import Path
 from typing import Optional
 
-import grpc
 import typer
 
 from finetune.control.v1 import jobs_pb2
-from services.cli import views
+from services.cli import connection, views
+from services.cli.access_commands import access_app
 from services.cli.client import FinetuneClient
-from services.cli.settings import Endpoints, default_home, resolve_endpoints
+from services.cli.settings import Endpoints, default_home
+from services.cli.usage_commands import usage_app
 from services.common.base_models import DEFAULT_BASE_MODEL
 
 app = typer.Typer(help="finetune: fine-tune LLMs on your tables and serve them.",
                   no_args_is_help=True, pretty_exceptions_enable=False)
 console = views.console
-
-_conn: dict = {}
-
 
 @app.callback()
 def _connection(
@@ -31,29 +28,14 @@ def _connection(
     api_key: Optional[str] = typer.Option(None, help="API key (or FINETUNE_API_KEY)"),
     home: Optional[Path] = typer.Option(None, help="local home (or FINETUNE_HOME, ~/.finetune)"),
 ):
-    _conn.update(control=control, inference=inference, api_key=api_key,
-                 home=home or default_home())
+    connection.options.update(control=control, inference=inference, api_key=api_key,
+                              home=home or default_home())
 
 
-def _client() -> FinetuneClient:
-    ep = resolve_endpoints(_conn.get("control"), _conn.get("inference"), _conn.get("api_key"),
-                           _conn.get("home"))
-    if not ep.api_key:
-        console.print("[red]no API key: pass --api-key, set FINETUNE_API_KEY or run `finetune up`")
-        raise typer.Exit(2)
-    return FinetuneClient(ep.control, ep.inference, ep.api_key)
-
-
-def _rpc(fn):
-    """Shows gRPC errors as one readable line and a non-zero exit code."""
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except grpc.RpcError as err:
-            console.print(f"[red]error: {err.code().name}: {err.details()}")
-            raise typer.Exit(1)
-    return wrapper
+_client = connection.client
+_rpc = connection.rpc_errors
+app.add_typer(access_app, name="access")
+app.add_typer(usage_app, name="usage")
 
 
 # -- local stack --------------------------------------------------------------------------------
@@ -86,7 +68,7 @@ def _start_stack(base_model: str, control_port: int, inference_port: int, infere
     from services.cli.stack import LocalStack, StackConfig
     from services.common.base_models import ensure_model, load_catalog
 
-    home = _conn["home"]
+    home = connection.home()
     catalog = load_catalog()
     if base_model not in catalog:
         console.print(f"[red]unknown base model {base_model}; known: {', '.join(catalog)}")

@@ -17,7 +17,7 @@ import typer
 from rich.table import Table
 
 from services.cli import views
-from services.cli.access_commands import _client, _rpc
+from services.cli.connection import client as _client, rpc_errors as _rpc
 
 console = views.console
 
