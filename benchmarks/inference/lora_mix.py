@@ -8,11 +8,13 @@ Each engine serves three workloads, each as one concurrent wave of `--requests` 
   base      every request on the base model
   1 adapter every request on the same adapter
   8 mixed   requests spread round-robin over 8 adapters (all 8 in one batch)
-and each workload twice: a prefill pass (random prompts of --prompt-tokens, 1 output token) and
-a decode pass (short prompts, --decode-tokens output tokens, EOS ignored). Prompts are random
-token ids, different for every pass, so the prefix cache never helps.
+and each workload in two passes: prefill (random prompts of --prompt-tokens, 1 output token) and
+decode (8-token prompts, --decode-tokens output tokens, EOS ignored). Prompts are random token
+ids, fresh for every pass, so the prefix cache never helps. All three engines run at once and
+`--rounds` rounds interleave them, so load from elsewhere on the machine hits all alike; the
+best and the median round are reported.
 
-Then the LoRA ops alone, on one layer of the default model at prefill and decode batch sizes,
+Then the LoRA ops alone, on the default model's layer shapes at prefill and decode batch sizes,
 show where the stock ops lose their time.
 """
 
@@ -22,6 +24,7 @@ import argparse
 import asyncio
 import gc
 import logging
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -107,35 +110,28 @@ async def warm_up(llm, lora_requests, vocab, rng):
         await wave(llm, random_prompts(rng, 1, 16, vocab), [lora], 2)
 
 
-async def run_engine(kind: str, config, adapters: list[Path], args, vocab: int) -> dict:
+async def start_engine(kind: str, config, adapters: list[Path], vocab: int):
+    """(engine or None, the AsyncLLM, its LoRARequests or None), warmed up."""
     from vllm.lora.request import LoRARequest
 
-    print(f"engine: {kind}", flush=True)
-    t0 = time.perf_counter()
     if kind == "no LoRA":
-        llm, engine = start_plain_engine(config), None
-        lora_requests = None
+        engine, llm, lora_requests = None, start_plain_engine(config), None
     else:
         engine = VllmEngine.start(config)
         llm = engine.async_llm
         lora_requests = [LoRARequest(lora_name=f"bench-{i}", lora_int_id=i + 1,
                                      lora_path=str(path)) for i, path in enumerate(adapters)]
-    started = time.perf_counter() - t0
-    try:
-        await warm_up(llm, lora_requests, vocab, torch.Generator().manual_seed(99))
-        if engine is not None:  # the flag really chose the ops running in the worker
-            active = await engine.grouped_lora_ops_active()
-            assert active == (kind == "grouped ops"), f"{kind}: grouped ops active={active}"
-        rng = torch.Generator().manual_seed(1234)   # the same prompts for every engine
-        result = await measure(llm, workloads(lora_requests, args.requests), args, rng, vocab)
-        return {"engine_start_s": round(started, 1), **result}
-    finally:
-        if engine is not None:
-            engine.shutdown()
-        else:
-            llm.shutdown()
-        del llm, engine
-        gc.collect()
+    await warm_up(llm, lora_requests, vocab, torch.Generator().manual_seed(99))
+    if kind == "grouped ops":  # the flag really chose the ops running in the worker
+        assert await engine.grouped_lora_ops_active(), "grouped ops are not active"
+    return engine, llm, lora_requests
+
+
+def stop_engine(engine, llm) -> None:
+    if engine is not None:
+        engine.shutdown()
+    else:
+        llm.shutdown()
 
 
 # --- the ops alone ----------------------------------------------------------------------------
@@ -175,14 +171,27 @@ def ops_profile(tokens: int, adapters_in_batch: int, rank: int = 8, slots: int =
                 ops.bgmv_expand_slice(buffers[i], b[i], y, indices, offset, out, True)
                 offset += out
 
-    result = {"tokens": tokens, "adapters_in_batch": adapters_in_batch, "rank": rank}
-    for name, ops in (("stock", stock), ("grouped", grouped)):
+    def best_ms_per_forward(ops) -> float:
         layer(ops)
-        start = time.perf_counter()
+        times = []
         for _ in range(repeat):
+            start = time.perf_counter()
             layer(ops)
-        per_layer = (time.perf_counter() - start) / repeat
-        result[f"{name}_ms_per_forward"] = round(per_layer * LAYERS * 1000, 2)
+            times.append(time.perf_counter() - start)
+        return round(min(times) * LAYERS * 1000, 2)   # the least disturbed repetition
+
+    result = {"tokens": tokens, "adapters_in_batch": adapters_in_batch, "rank": rank,
+              "stock_ms_per_forward": best_ms_per_forward(stock),
+              "ours_ms_per_forward": best_ms_per_forward(grouped)}
+    if adapters_in_batch > 1:  # both of our paths for several adapters, whichever is chosen
+        default = grouped.DENSE_MAX_ROW_SLOTS
+        try:
+            grouped.DENSE_MAX_ROW_SLOTS = 0
+            result["per_adapter_path_ms_per_forward"] = best_ms_per_forward(grouped)
+            grouped.DENSE_MAX_ROW_SLOTS = 1 << 62
+            result["one_hot_path_ms_per_forward"] = best_ms_per_forward(grouped)
+        finally:
+            grouped.DENSE_MAX_ROW_SLOTS = default
     # Stock: weights[indices] copies [tokens, rank, in] (bf16), then .to(float32) copies it
     # again; the same for B. Per forward pass, all layers:
     gathered = sum(tokens * rank * (in_f + out) * (2 + 4)
@@ -204,6 +213,19 @@ def copy_bandwidth_gbs() -> float:
     return round(5 * 2 * x.numel() * 4 / (time.perf_counter() - start) / 1e9, 1)
 
 
+def rates(runs: list[dict]) -> dict:
+    """Per workload and pass: the best and the median rate over the rounds, and each round's."""
+    out = {}
+    for workload in runs[0]:
+        out[workload] = {}
+        for phase, key in (("prefill", "prompt_tokens_per_s"), ("decode", "output_tokens_per_s")):
+            values = [r[workload][phase][key] for r in runs]
+            out[workload][phase] = {"best_" + key: max(values),
+                                    "median_" + key: round(statistics.median(values), 1),
+                                    "rounds": values}
+    return out
+
+
 async def main_async(args) -> None:
     logging.basicConfig(level=logging.WARNING)
     base = base_model()
@@ -213,19 +235,46 @@ async def main_async(args) -> None:
     result = {"benchmark": "lora_mix", "machine_before": machine(),
               "settings": vars(args) | {"dtype": "bfloat16 (the model folder's)",
                                         "max_loras": 8, "lora_rank": 8}}
+    kinds = ("no LoRA", "grouped ops", "stock ops")
     with tempfile.TemporaryDirectory(prefix="bench-lora-") as tmp:
         tmp = Path(tmp)
         adapters = [random_adapter(base, tmp / f"adapter-{i}", seed=i) for i in range(8)]
-        engines = {}
-        for kind in ("no LoRA", "grouped ops", "stock ops"):
-            config = engine_config(base, tmp, grouped_lora_ops=(kind != "stock ops"))
-            engines[kind] = await run_engine(kind, config, adapters, args, vocab)
-        result["engines"] = engines
-    print("LoRA ops alone (one forward pass, 30 layers):", flush=True)
+        engines, started = {}, {}
+        try:
+            for kind in kinds:
+                t0 = time.perf_counter()
+                engines[kind] = await start_engine(
+                    kind, engine_config(base, tmp, grouped_lora_ops=(kind != "stock ops")),
+                    adapters, vocab)
+                started[kind] = round(time.perf_counter() - t0, 1)
+            # Rounds interleave the engines, so a burst of load from elsewhere on this shared
+            # machine hits all of them rather than one.
+            runs = {kind: [] for kind in kinds}
+            for round_ in range(args.rounds):
+                rng = torch.Generator().manual_seed(1234 + round_)  # fresh prompts each round
+                for kind in kinds:
+                    print(f"round {round_ + 1}, {kind}:", flush=True)
+                    _, llm, lora_requests = engines[kind]
+                    state = rng.get_state()
+                    runs[kind].append(await measure(llm, workloads(lora_requests, args.requests),
+                                                    args, rng, vocab))
+                    rng.set_state(state)  # the same prompts for every engine in a round
+                    del llm  # only `engines` may hold an engine, or it outlives shutdown
+        finally:
+            for engine, llm, _ in engines.values():
+                stop_engine(engine, llm)
+            engines.clear()
+            gc.collect()
+        result["engine_start_s"] = started
+        result["engines"] = {kind: rates(runs[kind]) for kind in kinds}
+    # The ops alone on one thread: with OpenMP's two threads, another process on either core
+    # stalls every parallel region, which on this shared machine buried the differences.
+    torch.set_num_threads(1)
+    print("LoRA ops alone (one forward pass, 30 layers, 1 thread):", flush=True)
     result["ops"] = [ops_profile(t, n) for t, n in ((1024, 8), (1024, 1), (16, 8), (16, 1))]
     for row in result["ops"]:
         print("  ", row, flush=True)
-    result["copy_bandwidth_gb_s"] = copy_bandwidth_gbs()
+    result["copy_bandwidth_gb_s_1_thread"] = copy_bandwidth_gbs()
     result["machine_after"] = machine()
     write_result("lora_mix", result)
 
@@ -235,6 +284,7 @@ def main() -> None:
     p.add_argument("--requests", type=int, default=16)
     p.add_argument("--prompt-tokens", type=int, default=64)
     p.add_argument("--decode-tokens", type=int, default=32)
+    p.add_argument("--rounds", type=int, default=2)
     asyncio.run(main_async(p.parse_args()))
 
 

@@ -9,11 +9,12 @@ from typing import Iterator
 
 import duckdb
 
-from services.common.errors import AlreadyExists, InvalidArgument, NotFound
+from services.common.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from services.control.data.locks import AccountLocks
-from services.control.data.sandbox import (QueryResult, ReadScope, SandboxLimits,
-                                           display_value, quote, quote_literal,
-                                           sandboxed_query)
+from services.control.data.sandbox import (QueryResult, ReadScope, SandboxLimits, check_query,
+                                           display_value, locked_down, quote, quote_literal,
+                                           run_sql, sandboxed_query, single_select,
+                                           syntax_tree, table_references)
 from services.control.data.uploads import FileFormat, SpooledUpload
 from services.control.domain.names import DEFAULT_DATABASE, QualifiedName, identifier
 
@@ -21,11 +22,17 @@ DB_SUFFIX = ".duckdb"
 MAX_PREVIEW_ROWS = 10_000
 
 
+TABLE = "TABLE"
+VIEW = "VIEW"
+
+
 @dataclass(frozen=True)
 class TableInfo:
     name: str                          # DATABASE.SCHEMA.TABLE
     columns: list[tuple[str, str]]     # (name, type)
-    row_count: int
+    row_count: int                     # tables only
+    kind: str = TABLE                  # TABLE or VIEW
+    definition: str = ""               # a view's query
 
 
 @dataclass(frozen=True)
@@ -113,6 +120,7 @@ class DataCatalog:
         return _describe(connection, table.database, table.schema, table.name)
 
     def list_tables(self, account_id: str, database: str | None = None) -> list[TableInfo]:
+        """Tables and views, by database, schema and name."""
         databases = self.databases(account_id)
         if database:
             database = identifier(database, "database name")
@@ -124,17 +132,143 @@ class DataCatalog:
         tables = []
         with self._locks[account_id].read():
             for db_name, path in databases.items():
-                connection = duckdb.connect(str(path), read_only=True)
-                try:
+                with self._open_all(account_id, db_name) as connection:
                     names = connection.execute(
-                        "SELECT schema_name, table_name FROM duckdb_tables() "
-                        "WHERE database_name = current_database() "
-                        "ORDER BY schema_name, table_name").fetchall()
-                    for schema, name in names:
-                        tables.append(_describe(connection, db_name, schema, name))
-                finally:
-                    connection.close()
+                        "SELECT schema_name, table_name, 'TABLE' FROM duckdb_tables() "
+                        "WHERE database_name = ? UNION ALL "
+                        "SELECT schema_name, view_name, 'VIEW' FROM duckdb_views() "
+                        "WHERE database_name = ? AND NOT internal ORDER BY 1, 2",
+                        [db_name, db_name]).fetchall()
+                    for schema, name, kind in names:
+                        tables.append(_describe(connection, db_name, schema, name, kind))
         return tables
+
+    def schemas(self, account_id: str, database: str) -> list[str]:
+        """The schemas of a database (empty when it does not exist)."""
+        path = self.databases(account_id).get(database)
+        if path is None:
+            return []
+        with self._locks[account_id].read():
+            connection = duckdb.connect(str(path), read_only=True)
+            try:
+                return [name for (name,) in connection.execute(
+                    "SELECT schema_name FROM duckdb_schemas() WHERE database_name = "
+                    "current_database() AND NOT internal ORDER BY 1").fetchall()]
+            finally:
+                connection.close()
+
+    # -- DDL ------------------------------------------------------------------------------
+
+    def create_schema(self, account_id: str, database: str, schema: str) -> None:
+        with self._locks[account_id].write():
+            path = self._existing(account_id, database)
+            connection = duckdb.connect(str(path))
+            try:
+                if _schema_exists(connection, schema):
+                    raise AlreadyExists(f"schema {database}.{schema} already exists")
+                connection.execute(f"CREATE SCHEMA {quote(schema)}")
+            finally:
+                connection.close()
+
+    def drop_database(self, account_id: str, database: str) -> bool:
+        """Delete the database's file; False if there was none."""
+        with self._locks[account_id].write():
+            path = self._database_path(account_id, identifier(database, "database name"))
+            if not path.exists():
+                return False
+            path.unlink()
+            path.with_name(path.name + ".wal").unlink(missing_ok=True)
+            return True
+
+    def drop_schema(self, account_id: str, database: str, schema: str) -> bool:
+        """Drop the schema with its tables and views; False if it does not exist."""
+        with self._locks[account_id].write():
+            path = self.databases(account_id).get(database)
+            if path is None:
+                return False
+            connection = duckdb.connect(str(path))
+            try:
+                if not _schema_exists(connection, schema):
+                    return False
+                connection.execute(f"DROP SCHEMA {quote(schema)} CASCADE")
+                return True
+            finally:
+                connection.close()
+
+    def drop_relation(self, account_id: str, name: QualifiedName, kind: str) -> bool:
+        """Drop a table (kind TABLE) or a view (VIEW); False if there is none of that name."""
+        with self._locks[account_id].write():
+            path = self.databases(account_id).get(name.database)
+            if path is None:
+                return False
+            connection = duckdb.connect(str(path))
+            try:
+                found = _relation_kind(connection, name.schema, name.name)
+                if found is None:
+                    return False
+                if found != kind:
+                    raise InvalidArgument(f"{name} is a {found.lower()}, not a {kind.lower()}")
+                connection.execute(f"DROP {kind} {quote(name.schema)}.{quote(name.name)}")
+                return True
+            finally:
+                connection.close()
+
+    def create_view(self, account_id: str, name: QualifiedName, sql: str, replace: bool,
+                    scope: ReadScope | None = None) -> TableInfo:
+        """A view over one SELECT that passes the same checks as any query (with the creator's
+        read scope). Its tables must be named in full (database.schema.table): DuckDB binds a
+        view's bare names in the reader's session, where they could mean other tables."""
+        query = single_select(sql)
+        with self._locks[account_id].write():
+            self._existing(account_id, name.database)
+            databases = {db: path for db, path in self.databases(account_id).items()
+                         if db == name.database or scope is None
+                         or scope.can_read_database(db)}
+            with locked_down(databases, self.limits, writable=name.database) as connection:
+                for catalog, schema, table in table_references(syntax_tree(connection, query)):
+                    if not catalog or not schema:
+                        raise InvalidArgument(
+                            f"a view must name its tables in full as database.schema.table "
+                            f"(not {'.'.join(p for p in (catalog, schema, table) if p)})")
+                check_query(connection, query, scope)
+                if not _schema_exists(connection, name.schema, name.database):
+                    raise NotFound(f"schema {name.database}.{name.schema} does not exist")
+                existing = _relation_kind(connection, name.schema, name.name, name.database)
+                if existing == TABLE or (existing == VIEW and not replace):
+                    raise AlreadyExists(f"{existing.lower()} {name} already exists")
+                target = f"{quote(name.database)}.{quote(name.schema)}.{quote(name.name)}"
+                run_sql(lambda: connection.execute(
+                    f"CREATE OR REPLACE VIEW {target} AS {query}"),
+                    restricted=scope is not None and scope.restricted)
+                return _describe(connection, name.database, name.schema, name.name, VIEW)
+
+    def _existing(self, account_id: str, database: str) -> Path:
+        """The database's file; the default database's is created on first use."""
+        path = self._database_path(account_id, database)
+        if not path.exists():
+            if database != DEFAULT_DATABASE:
+                raise NotFound(f"database {database} does not exist")
+            self._create_file(path)
+            connection = duckdb.connect(str(path))
+            try:
+                connection.execute(f"CREATE SCHEMA IF NOT EXISTS {quote(DEFAULT_DATABASE)}")
+            finally:
+                connection.close()
+        return path
+
+    @contextmanager
+    def _open_all(self, account_id: str, database: str) -> Iterator[duckdb.DuckDBPyConnection]:
+        """`database` read-only and in use, the account's others attached beside it, so that
+        views over other databases can be described."""
+        connection = duckdb.connect(":memory:")
+        try:
+            for name, path in self.databases(account_id).items():
+                connection.execute(
+                    f"ATTACH {quote_literal(str(path))} AS {quote(name)} (READ_ONLY)")
+            connection.execute(f"USE {quote(database)}")
+            yield connection
+        finally:
+            connection.close()
 
     @contextmanager
     def query(self, account_id: str, sql: str,
@@ -166,12 +300,48 @@ def _reader(upload: SpooledUpload) -> str:
     return "read_json($1, format = 'newline_delimited')"
 
 
-def _describe(connection, database: str, schema: str, name: str) -> TableInfo:
+def _schema_exists(connection, schema: str, database: str | None = None) -> bool:
+    return bool(connection.execute(
+        "SELECT count(*) FROM duckdb_schemas() WHERE database_name = coalesce(?, "
+        "current_database()) AND schema_name = ?", [database, schema]).fetchone()[0])
+
+
+def _relation_kind(connection, schema: str, name: str, database: str | None = None
+                   ) -> str | None:
+    found = connection.execute(
+        "SELECT 'TABLE' FROM duckdb_tables() WHERE database_name = coalesce(?, "
+        "current_database()) AND schema_name = ? AND table_name = ? UNION ALL "
+        "SELECT 'VIEW' FROM duckdb_views() WHERE database_name = coalesce(?, "
+        "current_database()) AND schema_name = ? AND view_name = ?",
+        [database, schema, name, database, schema, name]).fetchone()
+    return found[0] if found else None
+
+
+def _describe(connection, database: str, schema: str, name: str,
+              kind: str = TABLE) -> TableInfo:
+    full = f"{quote(database)}.{quote(schema)}.{quote(name)}"
+    if kind == VIEW:
+        try:  # a view's columns are its query's: binding it needs what it reads
+            columns = [(d[0], str(d[1])) for d in
+                       connection.execute(f"SELECT * FROM {full} LIMIT 0").description]
+        except duckdb.Error:  # it reads something dropped since
+            columns = []
+        definition = connection.execute(
+            "SELECT sql FROM duckdb_views() WHERE database_name = ? AND schema_name = ? "
+            "AND view_name = ?", [database, schema, name]).fetchone()
+        return TableInfo(f"{database}.{schema}.{name}", columns, 0, VIEW,
+                         _view_query(definition[0] if definition else ""))
     columns = connection.execute(
         "SELECT column_name, data_type FROM duckdb_columns() "
-        "WHERE database_name = current_database() AND schema_name = ? AND table_name = ? "
+        "WHERE database_name = ? AND schema_name = ? AND table_name = ? "
         "ORDER BY column_index",
-        [schema, name]).fetchall()
-    count = connection.execute(
-        f"SELECT count(*) FROM {quote(database)}.{quote(schema)}.{quote(name)}").fetchone()[0]
-    return TableInfo(f"{database}.{schema}.{name}", [(c, str(t)) for c, t in columns], int(count))
+        [database, schema, name]).fetchall()
+    count = connection.execute(f"SELECT count(*) FROM {full}").fetchone()[0]
+    return TableInfo(f"{database}.{schema}.{name}", [(c, str(t)) for c, t in columns],
+                     int(count))
+
+
+def _view_query(sql: str) -> str:
+    """The SELECT of `CREATE VIEW name AS SELECT ...;` as DuckDB stores it."""
+    head, sep, query = sql.partition(" AS ")
+    return query.strip().rstrip(";").strip() if sep else sql

@@ -93,7 +93,7 @@ class QueryResult:
 
     def batches(self, size: int = 1000) -> Iterator[list[tuple]]:
         while True:
-            rows = _run(lambda: self._c.fetchmany(size))
+            rows = run_sql(lambda: self._c.fetchmany(size))
             if not rows:
                 return
             yield rows
@@ -106,12 +106,25 @@ def sandboxed_query(databases: dict[str, Path], sql: str, limits: SandboxLimits,
     `databases` are those the caller may read (already filtered by the scope)."""
     query = single_select(sql)
     restricted = scope is not None and scope.restricted
+    with locked_down(databases, limits) as connection:
+        check_query(connection, query, scope)
+        run_sql(lambda: connection.execute(query), restricted)
+        yield QueryResult(connection)
+
+
+@contextmanager
+def locked_down(databases: dict[str, Path], limits: SandboxLimits, writable: str | None = None
+                ) -> Iterator[duckdb.DuckDBPyConnection]:
+    """An in-memory connection with `databases` attached under their names (READ_ONLY, except
+    `writable`), no file or network access, no extensions, its settings locked, and a timer that
+    interrupts whatever runs past the time limit."""
     connection = duckdb.connect(":memory:", config={"threads": limits.threads,
                                                     "memory_limit": limits.memory_limit})
     timer = threading.Timer(limits.timeout_s, connection.interrupt)
     try:
         for name, path in sorted(databases.items()):
-            connection.execute(f"ATTACH {quote_literal(str(path))} AS {quote(name)} (READ_ONLY)")
+            mode = "" if name == writable else " (READ_ONLY)"
+            connection.execute(f"ATTACH {quote_literal(str(path))} AS {quote(name)}{mode}")
         if DEFAULT_DATABASE in databases:
             # Bare table names resolve in public.public, as they would in a Snowflake session.
             _use_default(connection)
@@ -119,15 +132,20 @@ def sandboxed_query(databases: dict[str, Path], sql: str, limits: SandboxLimits,
         # writing files.
         connection.execute("SET temp_directory=''")
         connection.execute("SET enable_external_access=false")
-        timer.start()
-        if restricted:
-            _check_scans(connection, query, scope)
         connection.execute("SET lock_configuration=true")
-        _run(lambda: connection.execute(query), restricted)
-        yield QueryResult(connection)
+        timer.start()
+        yield connection
     finally:
         timer.cancel()
         connection.close()
+
+
+def check_query(connection, query: str, scope: ReadScope | None) -> None:
+    """Everything a query must pass before it runs: what its plan scans and calls (views and
+    dynamic SQL expanded) and the functions it names."""
+    restricted = scope is not None and scope.restricted
+    _check_plan(connection, query, scope if restricted else None)
+    _check_functions(connection, query)
 
 
 def _use_default(connection) -> None:
@@ -142,30 +160,103 @@ def _use_default(connection) -> None:
 # duckdb_tables(), pragma_storage_info(), duckdb_table_sample(), ...) could show what lies in
 # schemas it may not read.
 SAFE_TABLE_FUNCTIONS = frozenset({"RANGE", "GENERATE_SERIES", "UNNEST", "REPEAT", "REPEAT_ROW"})
+# What a caller that may read the whole account may use besides: metadata of the account's own
+# databases. Not duckdb_databases() (file paths), duckdb_settings() / pg_settings, secrets,
+# extensions, logs or memory: those describe the service, not the account's data.
+ACCOUNT_TABLE_FUNCTIONS = frozenset({
+    "DUCKDB_TABLES", "DUCKDB_COLUMNS", "DUCKDB_VIEWS", "DUCKDB_SCHEMAS", "DUCKDB_CONSTRAINTS",
+    "DUCKDB_INDEXES", "DUCKDB_TYPES", "DUCKDB_TABLE_SAMPLE", "PRAGMA_TABLE_INFO",
+    "PRAGMA_STORAGE_INFO"})
+# Scalar functions that read the service's configuration or environment, whoever calls them.
+DENIED_FUNCTIONS = frozenset({"current_setting", "getenv", "which_secret", "getvariable"})
 
 
-def _check_scans(connection, query: str, scope: ReadScope) -> None:
-    """Refuse a query whose plan scans a table in a schema the caller may not read. The plan is
+def _check_plan(connection, query: str, scope: ReadScope | None) -> None:
+    """Refuse a query whose plan calls a table function outside the allowed ones, or (with a
+    scope: a restricted caller) scans a table in a schema the caller may not read. The plan is
     taken with the optimizer off, so no scan is folded away by statistics; views and dynamic
     SQL (query(), query_table()) are expanded, so neither reads past the caller's privileges."""
+    restricted = scope is not None
     connection.execute("PRAGMA disable_optimizer")
     try:
-        plan = _run(lambda: connection.execute(f"EXPLAIN (FORMAT json) {query}").fetchall(),
-                    restricted=True)
+        plan = run_sql(lambda: connection.execute(f"EXPLAIN (FORMAT json) {query}").fetchall(),
+                    restricted=restricted)
     finally:
         connection.execute("PRAGMA enable_optimizer")
     for _, text in plan:
         for node in _plan_nodes(json.loads(text)):
             info = node.get("extra_info") or {}
             if isinstance(info.get("Table"), str):
+                if not restricted:
+                    continue
                 parts = _identifiers(info["Table"])
                 # Fail closed: a name this parser does not understand is not readable.
                 if len(parts) != 3 or not scope.can_read_schema(parts[0], parts[1]):
                     raise PermissionDenied(NOT_USABLE)
-            elif "Function" in info and node.get("name") not in SAFE_TABLE_FUNCTIONS:
-                raise PermissionDenied(
-                    f"the table function {str(node.get('name')).lower()}() is available to "
-                    "ACCOUNTADMIN only")
+            elif "Function" in info:
+                name = str(node.get("name"))
+                if name in SAFE_TABLE_FUNCTIONS:
+                    continue
+                if restricted:
+                    raise PermissionDenied(
+                        f"the table function {name.lower()}() is available to ACCOUNTADMIN "
+                        "only")
+                if name not in ACCOUNT_TABLE_FUNCTIONS:
+                    raise InvalidArgument(
+                        f"the table function {name.lower()}() cannot be used in queries: it "
+                        "reads files or the service's configuration")
+
+
+def _check_functions(connection, query: str) -> None:
+    for name in function_names(syntax_tree(connection, query)):
+        if name.lower() in DENIED_FUNCTIONS:
+            raise InvalidArgument(f"{name.lower()}() cannot be used in queries: it reads the "
+                                  "service's configuration")
+
+
+def syntax_tree(connection, query: str) -> dict:
+    """DuckDB's own parse of a SELECT, as JSON."""
+    text = run_sql(lambda: connection.execute("SELECT json_serialize_sql(?)",
+                                           [query]).fetchone()[0])
+    tree = json.loads(text)
+    if tree.get("error"):
+        raise InvalidArgument(f"invalid SQL: {tree.get('error_message', 'cannot parse')}")
+    return tree
+
+
+def function_names(tree) -> Iterator[str]:
+    """Every function a parsed query names, scalar, aggregate or table function."""
+    for node in _dicts(tree):
+        if node.get("class") == "FUNCTION" and isinstance(node.get("function_name"), str):
+            yield node["function_name"]
+
+
+def table_references(tree) -> Iterator[tuple[str, str, str]]:
+    """(catalog, schema, table) of every table a parsed query names ("" where not given),
+    CTE names excluded."""
+    ctes = set()
+    for node in _dicts(tree):
+        for entry in (node.get("cte_map") or {}).get("map", []) or []:
+            if isinstance(entry, dict) and isinstance(entry.get("key"), str):
+                ctes.add(entry["key"].lower())
+    for node in _dicts(tree):
+        if node.get("type") == "BASE_TABLE" and isinstance(node.get("table_name"), str):
+            ref = (node.get("catalog_name") or "", node.get("schema_name") or "",
+                   node["table_name"])
+            if ref[:2] == ("", "") and ref[2].lower() in ctes:
+                continue
+            yield ref
+
+
+def _dicts(tree) -> Iterator[dict]:
+    stack = [tree]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            yield item
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
 
 
 _PART = re.compile(r'"((?:[^"]|"")*)"|([^."]+)')
@@ -194,7 +285,7 @@ def _plan_nodes(nodes) -> Iterator[dict]:
         yield from _plan_nodes(node.get("children") or [])
 
 
-def _run(call, restricted: bool = False):
+def run_sql(call, restricted: bool = False):
     """Run a DuckDB call, translating its errors into the project's vocabulary. For a
     restricted caller "does not exist" is PERMISSION_DENIED: it must not learn what exists
     outside what it may read."""

@@ -7,12 +7,28 @@ The trainer reads `{"prompt", "completion"}` (INSTRUCTION), `{"messages"}` (CHAT
 from __future__ import annotations
 
 import json
+import random
 from typing import Sequence
 
 from services.common.errors import InvalidArgument
 from services.control.domain.options import REQUIRED_COLUMNS, TaskType
 
 CHAT_ROLES = frozenset({"system", "user", "assistant"})
+
+# Without a validation query a job holds out this fraction of its training rows (at least one)
+# for validation, picked by its seed; below MIN_ROWS_FOR_HOLDOUT rows it holds out none, since
+# taking rows away would hurt more than a validation loss on one or two rows would tell.
+HOLDOUT_FRACTION = 0.1
+MIN_ROWS_FOR_HOLDOUT = 10
+
+
+def holdout_rows(rows: int, seed: int, fraction: float = HOLDOUT_FRACTION,
+                 min_rows: int = MIN_ROWS_FOR_HOLDOUT) -> frozenset[int]:
+    """Which row numbers (0-based, in result order) go to validation: deterministic per seed."""
+    if rows < min_rows:
+        return frozenset()
+    count = min(rows - 1, max(1, round(rows * fraction)))
+    return frozenset(random.Random(seed).sample(range(rows), count))
 
 
 def column_positions(task_type: TaskType, columns: Sequence[str], what: str) -> dict[str, int]:

@@ -54,6 +54,24 @@ def new_job_id() -> str:
     return f"{JOB_ID_PREFIX}{uuid.uuid4()}"
 
 
+class ValidationSource(enum.Enum):
+    QUERY = "QUERY"            # the validation query's rows
+    HOLDOUT = "HOLDOUT"        # rows held out of the training query's result
+    NONE = "NONE"              # no validation query, too few rows to hold any out
+
+
+@dataclass(frozen=True)
+class SnapshotInfo:
+    """Lineage of one data file a job trains or validates on, with its token counts."""
+
+    uri: str
+    rows: int
+    sha256: str
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    truncated_rows: int = 0
+
+
 class ErrorCode:
     """Machine-readable causes shown in FineTuningJob.error.code."""
 
@@ -75,7 +93,7 @@ class TrainingResult:
     steps: int
     training_rows: int
     validation_rows: int
-    truncated_rows: int
+    truncated_rows: int | None    # None: the manifest does not say
 
     @classmethod
     def from_manifest(cls, manifest: dict) -> "TrainingResult":
@@ -91,7 +109,7 @@ class TrainingResult:
             steps=number("steps", int, 0),
             training_rows=number("training_rows", int, 0),
             validation_rows=number("validation_rows", int, 0),
-            truncated_rows=number("truncated_rows", int, 0),
+            truncated_rows=number("truncated_rows", int),
         )
 
 
@@ -141,12 +159,62 @@ class Job:
     submit_attempts: int = 0
     updated_on: datetime | None = None
     owner_role_id: str | None = None   # the creator's role: DESCRIBE/CANCEL, owns the model
+    # Lineage, written at CREATE: the snapshots (query text above, rows, content hash, tokens).
+    training_data_uri: str | None = None
+    training_data_sha256: str | None = None
+    training_prompt_tokens: int = 0
+    training_completion_tokens: int = 0
+    training_truncated_rows: int = 0
+    validation_data_uri: str | None = None
+    validation_data_sha256: str | None = None
+    validation_prompt_tokens: int = 0
+    validation_completion_tokens: int = 0
+    validation_truncated_rows: int = 0
+    validation_source: str | None = None    # a ValidationSource value
+    estimated_trained_tokens: int = 0       # training tokens per epoch x epochs, at CREATE
     # The store's optimistic-lock counter; domain code never touches it.
     version: int = field(default=0, compare=False)
 
     @property
     def terminal(self) -> bool:
         return self.status.terminal
+
+    @property
+    def training_snapshot(self) -> SnapshotInfo | None:
+        if not self.training_data_uri:
+            return None
+        return SnapshotInfo(self.training_data_uri, self.training_rows,
+                            self.training_data_sha256 or "", self.training_prompt_tokens,
+                            self.training_completion_tokens, self.training_truncated_rows)
+
+    @property
+    def validation_snapshot(self) -> SnapshotInfo | None:
+        if not self.validation_data_uri:
+            return None
+        return SnapshotInfo(self.validation_data_uri, self.validation_rows,
+                            self.validation_data_sha256 or "", self.validation_prompt_tokens,
+                            self.validation_completion_tokens, self.validation_truncated_rows)
+
+    def record_snapshots(self, training: SnapshotInfo, validation: SnapshotInfo | None,
+                         source: ValidationSource, epochs: int) -> None:
+        self.training_data_uri = training.uri
+        self.training_data_sha256 = training.sha256
+        self.training_rows = training.rows
+        self.training_prompt_tokens = training.prompt_tokens
+        self.training_completion_tokens = training.completion_tokens
+        self.training_truncated_rows = training.truncated_rows
+        if validation is not None:
+            self.validation_data_uri = validation.uri
+            self.validation_data_sha256 = validation.sha256
+            self.validation_rows = validation.rows
+            self.validation_prompt_tokens = validation.prompt_tokens
+            self.validation_completion_tokens = validation.completion_tokens
+            self.validation_truncated_rows = validation.truncated_rows
+        self.validation_source = source.value
+        self.truncated_rows = training.truncated_rows + (
+            validation.truncated_rows if validation is not None else 0)
+        self.estimated_trained_tokens = (training.prompt_tokens
+                                         + training.completion_tokens) * epochs
 
     def _move(self, target: JobStatus, now: datetime) -> None:
         if not can_move(self.status, target):
@@ -189,7 +257,8 @@ class Job:
         self.total_steps = result.steps or self.total_steps
         self.training_rows = result.training_rows or self.training_rows
         self.validation_rows = result.validation_rows or self.validation_rows
-        self.truncated_rows = result.truncated_rows
+        if result.truncated_rows is not None:  # the trainer's own count is the final word
+            self.truncated_rows = result.truncated_rows
 
     def fail(self, code: str, message: str, now: datetime) -> None:
         self._move(JobStatus.ERROR, now)

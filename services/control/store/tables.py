@@ -105,6 +105,26 @@ class JobRow(Base):
     submit_attempts: Mapped[int] = mapped_column(Integer, default=0)
     # The creator's role: it may DESCRIBE and CANCEL the job and will own the model.
     owner_role_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    # Lineage: the snapshots the job trains and validates on (content hash, token counts).
+    training_data_uri: Mapped[str | None] = mapped_column(Text, nullable=True)
+    training_data_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    training_prompt_tokens: Mapped[int] = mapped_column(BigInteger, default=0,
+                                                        server_default=text("0"))
+    training_completion_tokens: Mapped[int] = mapped_column(BigInteger, default=0,
+                                                            server_default=text("0"))
+    training_truncated_rows: Mapped[int] = mapped_column(BigInteger, default=0,
+                                                         server_default=text("0"))
+    validation_data_uri: Mapped[str | None] = mapped_column(Text, nullable=True)
+    validation_data_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    validation_prompt_tokens: Mapped[int] = mapped_column(BigInteger, default=0,
+                                                          server_default=text("0"))
+    validation_completion_tokens: Mapped[int] = mapped_column(BigInteger, default=0,
+                                                              server_default=text("0"))
+    validation_truncated_rows: Mapped[int] = mapped_column(BigInteger, default=0,
+                                                           server_default=text("0"))
+    validation_source: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    estimated_trained_tokens: Mapped[int] = mapped_column(BigInteger, default=0,
+                                                          server_default=text("0"))
     # Optimistic locking: the reconciler, progress reports and cancels race on a job; an update
     # based on a stale read fails (StaleDataError) and is retried on fresh data.
     version: Mapped[int] = mapped_column(Integer, nullable=False)
@@ -226,3 +246,21 @@ class FineTuningUsageRow(Base):
     credits: Mapped[float] = mapped_column(Float)
     start_time: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
     end_time: Mapped[datetime] = mapped_column(UtcDateTime)
+
+
+class JobEventRow(Base):
+    """The job event log; ids increase, so they order a job's events."""
+
+    __tablename__ = "job_events"
+    __table_args__ = (
+        Index("ix_job_events_job", "job_id", "id"),
+        {"sqlite_autoincrement": True},
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id"))
+    created_on: Mapped[datetime] = mapped_column(UtcDateTime)
+    level: Mapped[str] = mapped_column(String(8))
+    type: Mapped[str] = mapped_column(String(64))
+    message: Mapped[str] = mapped_column(Text)
+    metrics: Mapped[dict | None] = mapped_column(JSON, nullable=True)

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1e\x66inetune/control/v1/data.proto\x12\x13\x66inetune.control.v1\"j\n\x03Row\x12\x34\n\x06values\x18\x01 \x03(\x0b\x32$.finetune.control.v1.Row.ValuesEntry\x1a-\n\x0bValuesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\".\n\x04Rows\x12&\n\x04rows\x18\x01 \x03(\x0b\x32\x18.finetune.control.v1.Row\"b\n\x0fLoadTableHeader\x12\r\n\x05table\x18\x01 \x01(\t\x12/\n\x06\x66ormat\x18\x02 \x01(\x0e\x32\x1f.finetune.control.v1.FileFormat\x12\x0f\n\x07replace\x18\x03 \x01(\x08\"\x96\x01\n\x10LoadTableRequest\x12\x36\n\x06header\x18\x01 \x01(\x0b\x32$.finetune.control.v1.LoadTableHeaderH\x00\x12\x14\n\nfile_chunk\x18\x02 \x01(\x0cH\x00\x12)\n\x04rows\x18\x03 \x01(\x0b\x32\x19.finetune.control.v1.RowsH\x00\x42\t\n\x07payload\"$\n\x06\x43olumn\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\"V\n\x05Table\x12\x0c\n\x04name\x18\x01 \x01(\t\x12,\n\x07\x63olumns\x18\x02 \x03(\x0b\x32\x1b.finetune.control.v1.Column\x12\x11\n\trow_count\x18\x03 \x01(\x03\"%\n\x15\x43reateDatabaseRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"&\n\x16\x43reateDatabaseResponse\x12\x0c\n\x04name\x18\x01 \x01(\t\"%\n\x11ListTablesRequest\x12\x10\n\x08\x64\x61tabase\x18\x01 \x01(\t\"@\n\x12ListTablesResponse\x12*\n\x06tables\x18\x01 \x03(\x0b\x32\x1a.finetune.control.v1.Table\"3\n\x13PreviewQueryRequest\x12\r\n\x05query\x18\x01 \x01(\t\x12\r\n\x05limit\x18\x02 \x01(\x05\"l\n\x14PreviewQueryResponse\x12,\n\x07\x63olumns\x18\x01 \x03(\x0b\x32\x1b.finetune.control.v1.Column\x12&\n\x04rows\x18\x02 \x03(\x0b\x32\x18.finetune.control.v1.Row*J\n\nFileFormat\x12\x1b\n\x17\x46ILE_FORMAT_UNSPECIFIED\x10\x00\x12\x07\n\x03\x43SV\x10\x01\x12\t\n\x05JSONL\x10\x02\x12\x0b\n\x07PARQUET\x10\x03\x32\x8e\x03\n\x0b\x44\x61taService\x12i\n\x0e\x43reateDatabase\x12*.finetune.control.v1.CreateDatabaseRequest\x1a+.finetune.control.v1.CreateDatabaseResponse\x12P\n\tLoadTable\x12%.finetune.control.v1.LoadTableRequest\x1a\x1a.finetune.control.v1.Table(\x01\x12]\n\nListTables\x12&.finetune.control.v1.ListTablesRequest\x1a\'.finetune.control.v1.ListTablesResponse\x12\x63\n\x0cPreviewQuery\x12(.finetune.control.v1.PreviewQueryRequest\x1a).finetune.control.v1.PreviewQueryResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1e\x66inetune/control/v1/data.proto\x12\x13\x66inetune.control.v1\"j\n\x03Row\x12\x34\n\x06values\x18\x01 \x03(\x0b\x32$.finetune.control.v1.Row.ValuesEntry\x1a-\n\x0bValuesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\".\n\x04Rows\x12&\n\x04rows\x18\x01 \x03(\x0b\x32\x18.finetune.control.v1.Row\"b\n\x0fLoadTableHeader\x12\r\n\x05table\x18\x01 \x01(\t\x12/\n\x06\x66ormat\x18\x02 \x01(\x0e\x32\x1f.finetune.control.v1.FileFormat\x12\x0f\n\x07replace\x18\x03 \x01(\x08\"\x96\x01\n\x10LoadTableRequest\x12\x36\n\x06header\x18\x01 \x01(\x0b\x32$.finetune.control.v1.LoadTableHeaderH\x00\x12\x14\n\nfile_chunk\x18\x02 \x01(\x0cH\x00\x12)\n\x04rows\x18\x03 \x01(\x0b\x32\x19.finetune.control.v1.RowsH\x00\x42\t\n\x07payload\"$\n\x06\x43olumn\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\"x\n\x05Table\x12\x0c\n\x04name\x18\x01 \x01(\t\x12,\n\x07\x63olumns\x18\x02 \x03(\x0b\x32\x1b.finetune.control.v1.Column\x12\x11\n\trow_count\x18\x03 \x01(\x03\x12\x0c\n\x04kind\x18\x04 \x01(\t\x12\x12\n\ndefinition\x18\x05 \x01(\t\"%\n\x15\x43reateDatabaseRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"&\n\x16\x43reateDatabaseResponse\x12\x0c\n\x04name\x18\x01 \x01(\t\"%\n\x11ListTablesRequest\x12\x10\n\x08\x64\x61tabase\x18\x01 \x01(\t\"@\n\x12ListTablesResponse\x12*\n\x06tables\x18\x01 \x03(\x0b\x32\x1a.finetune.control.v1.Table\"3\n\x13PreviewQueryRequest\x12\r\n\x05query\x18\x01 \x01(\t\x12\r\n\x05limit\x18\x02 \x01(\x05\"l\n\x14PreviewQueryResponse\x12,\n\x07\x63olumns\x18\x01 \x03(\x0b\x32\x1b.finetune.control.v1.Column\x12&\n\x04rows\x18\x02 \x03(\x0b\x32\x18.finetune.control.v1.Row\")\n\x08\x44\x61tabase\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07schemas\x18\x02 \x03(\t\"\x16\n\x14ListDatabasesRequest\"I\n\x15ListDatabasesResponse\x12\x30\n\tdatabases\x18\x01 \x03(\x0b\x32\x1d.finetune.control.v1.Database\"#\n\x13\x43reateSchemaRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"$\n\x14\x43reateSchemaResponse\x12\x0c\n\x04name\x18\x01 \x01(\t\"6\n\x13\x44ropDatabaseRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tif_exists\x18\x02 \x01(\x08\"\'\n\x14\x44ropDatabaseResponse\x12\x0f\n\x07\x64ropped\x18\x01 \x01(\x08\"4\n\x11\x44ropSchemaRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tif_exists\x18\x02 \x01(\x08\"%\n\x12\x44ropSchemaResponse\x12\x0f\n\x07\x64ropped\x18\x01 \x01(\x08\"3\n\x10\x44ropTableRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tif_exists\x18\x02 \x01(\x08\"$\n\x11\x44ropTableResponse\x12\x0f\n\x07\x64ropped\x18\x01 \x01(\x08\"A\n\x11\x43reateViewRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05query\x18\x02 \x01(\t\x12\x0f\n\x07replace\x18\x03 \x01(\x08\"2\n\x0f\x44ropViewRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tif_exists\x18\x02 \x01(\x08\"#\n\x10\x44ropViewResponse\x12\x0f\n\x07\x64ropped\x18\x01 \x01(\x08*J\n\nFileFormat\x12\x1b\n\x17\x46ILE_FORMAT_UNSPECIFIED\x10\x00\x12\x07\n\x03\x43SV\x10\x01\x12\t\n\x05JSONL\x10\x02\x12\x0b\n\x07PARQUET\x10\x03\x32\xa6\x08\n\x0b\x44\x61taService\x12i\n\x0e\x43reateDatabase\x12*.finetune.control.v1.CreateDatabaseRequest\x1a+.finetune.control.v1.CreateDatabaseResponse\x12P\n\tLoadTable\x12%.finetune.control.v1.LoadTableRequest\x1a\x1a.finetune.control.v1.Table(\x01\x12]\n\nListTables\x12&.finetune.control.v1.ListTablesRequest\x1a\'.finetune.control.v1.ListTablesResponse\x12\x63\n\x0cPreviewQuery\x12(.finetune.control.v1.PreviewQueryRequest\x1a).finetune.control.v1.PreviewQueryResponse\x12\x66\n\rListDatabases\x12).finetune.control.v1.ListDatabasesRequest\x1a*.finetune.control.v1.ListDatabasesResponse\x12\x63\n\x0c\x43reateSchema\x12(.finetune.control.v1.CreateSchemaRequest\x1a).finetune.control.v1.CreateSchemaResponse\x12\x63\n\x0c\x44ropDatabase\x12(.finetune.control.v1.DropDatabaseRequest\x1a).finetune.control.v1.DropDatabaseResponse\x12]\n\nDropSchema\x12&.finetune.control.v1.DropSchemaRequest\x1a\'.finetune.control.v1.DropSchemaResponse\x12Z\n\tDropTable\x12%.finetune.control.v1.DropTableRequest\x1a&.finetune.control.v1.DropTableResponse\x12P\n\nCreateView\x12&.finetune.control.v1.CreateViewRequest\x1a\x1a.finetune.control.v1.Table\x12W\n\x08\x44ropView\x12$.finetune.control.v1.DropViewRequest\x1a%.finetune.control.v1.DropViewResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,8 +33,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_ROW_VALUESENTRY']._loaded_options = None
   _globals['_ROW_VALUESENTRY']._serialized_options = b'8\001'
-  _globals['_FILEFORMAT']._serialized_start=937
-  _globals['_FILEFORMAT']._serialized_end=1011
+  _globals['_FILEFORMAT']._serialized_start=1625
+  _globals['_FILEFORMAT']._serialized_end=1699
   _globals['_ROW']._serialized_start=55
   _globals['_ROW']._serialized_end=161
   _globals['_ROW_VALUESENTRY']._serialized_start=116
@@ -48,19 +48,47 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_COLUMN']._serialized_start=464
   _globals['_COLUMN']._serialized_end=500
   _globals['_TABLE']._serialized_start=502
-  _globals['_TABLE']._serialized_end=588
-  _globals['_CREATEDATABASEREQUEST']._serialized_start=590
-  _globals['_CREATEDATABASEREQUEST']._serialized_end=627
-  _globals['_CREATEDATABASERESPONSE']._serialized_start=629
-  _globals['_CREATEDATABASERESPONSE']._serialized_end=667
-  _globals['_LISTTABLESREQUEST']._serialized_start=669
-  _globals['_LISTTABLESREQUEST']._serialized_end=706
-  _globals['_LISTTABLESRESPONSE']._serialized_start=708
-  _globals['_LISTTABLESRESPONSE']._serialized_end=772
-  _globals['_PREVIEWQUERYREQUEST']._serialized_start=774
-  _globals['_PREVIEWQUERYREQUEST']._serialized_end=825
-  _globals['_PREVIEWQUERYRESPONSE']._serialized_start=827
-  _globals['_PREVIEWQUERYRESPONSE']._serialized_end=935
-  _globals['_DATASERVICE']._serialized_start=1014
-  _globals['_DATASERVICE']._serialized_end=1412
+  _globals['_TABLE']._serialized_end=622
+  _globals['_CREATEDATABASEREQUEST']._serialized_start=624
+  _globals['_CREATEDATABASEREQUEST']._serialized_end=661
+  _globals['_CREATEDATABASERESPONSE']._serialized_start=663
+  _globals['_CREATEDATABASERESPONSE']._serialized_end=701
+  _globals['_LISTTABLESREQUEST']._serialized_start=703
+  _globals['_LISTTABLESREQUEST']._serialized_end=740
+  _globals['_LISTTABLESRESPONSE']._serialized_start=742
+  _globals['_LISTTABLESRESPONSE']._serialized_end=806
+  _globals['_PREVIEWQUERYREQUEST']._serialized_start=808
+  _globals['_PREVIEWQUERYREQUEST']._serialized_end=859
+  _globals['_PREVIEWQUERYRESPONSE']._serialized_start=861
+  _globals['_PREVIEWQUERYRESPONSE']._serialized_end=969
+  _globals['_DATABASE']._serialized_start=971
+  _globals['_DATABASE']._serialized_end=1012
+  _globals['_LISTDATABASESREQUEST']._serialized_start=1014
+  _globals['_LISTDATABASESREQUEST']._serialized_end=1036
+  _globals['_LISTDATABASESRESPONSE']._serialized_start=1038
+  _globals['_LISTDATABASESRESPONSE']._serialized_end=1111
+  _globals['_CREATESCHEMAREQUEST']._serialized_start=1113
+  _globals['_CREATESCHEMAREQUEST']._serialized_end=1148
+  _globals['_CREATESCHEMARESPONSE']._serialized_start=1150
+  _globals['_CREATESCHEMARESPONSE']._serialized_end=1186
+  _globals['_DROPDATABASEREQUEST']._serialized_start=1188
+  _globals['_DROPDATABASEREQUEST']._serialized_end=1242
+  _globals['_DROPDATABASERESPONSE']._serialized_start=1244
+  _globals['_DROPDATABASERESPONSE']._serialized_end=1283
+  _globals['_DROPSCHEMAREQUEST']._serialized_start=1285
+  _globals['_DROPSCHEMAREQUEST']._serialized_end=1337
+  _globals['_DROPSCHEMARESPONSE']._serialized_start=1339
+  _globals['_DROPSCHEMARESPONSE']._serialized_end=1376
+  _globals['_DROPTABLEREQUEST']._serialized_start=1378
+  _globals['_DROPTABLEREQUEST']._serialized_end=1429
+  _globals['_DROPTABLERESPONSE']._serialized_start=1431
+  _globals['_DROPTABLERESPONSE']._serialized_end=1467
+  _globals['_CREATEVIEWREQUEST']._serialized_start=1469
+  _globals['_CREATEVIEWREQUEST']._serialized_end=1534
+  _globals['_DROPVIEWREQUEST']._serialized_start=1536
+  _globals['_DROPVIEWREQUEST']._serialized_end=1586
+  _globals['_DROPVIEWRESPONSE']._serialized_start=1588
+  _globals['_DROPVIEWRESPONSE']._serialized_end=1623
+  _globals['_DATASERVICE']._serialized_start=1702
+  _globals['_DATASERVICE']._serialized_end=2764
 # @@protoc_insertion_point(module_scope)

@@ -55,6 +55,41 @@ class DataServiceStub:
                 request_serializer=finetune_dot_control_dot_v1_dot_data__pb2.PreviewQueryRequest.SerializeToString,
                 response_deserializer=finetune_dot_control_dot_v1_dot_data__pb2.PreviewQueryResponse.FromString,
                 _registered_method=True)
+        self.ListDatabases = channel.unary_unary(
+                '/finetune.control.v1.DataService/ListDatabases',
+                request_serializer=finetune_dot_control_dot_v1_dot_data__pb2.ListDatabasesRequest.SerializeToString,
+                response_deserializer=finetune_dot_control_dot_v1_dot_data__pb2.ListDatabasesResponse.FromString,
+                _registered_method=True)
+        self.CreateSchema = channel.unary_unary(
+                '/finetune.control.v1.DataService/CreateSchema',
+                request_serializer=finetune_dot_control_dot_v1_dot_data__pb2.CreateSchemaRequest.SerializeToString,
+                response_deserializer=finetune_dot_control_dot_v1_dot_data__pb2.CreateSchemaResponse.FromString,
+                _registered_method=True)
+        self.DropDatabase = channel.unary_unary(
+                '/finetune.control.v1.DataService/DropDatabase',
+                request_serializer=finetune_dot_control_dot_v1_dot_data__pb2.DropDatabaseRequest.SerializeToString,
+                response_deserializer=finetune_dot_control_dot_v1_dot_data__pb2.DropDatabaseResponse.FromString,
+                _registered_method=True)
+        self.DropSchema = channel.unary_unary(
+                '/finetune.control.v1.DataService/DropSchema',
+                request_serializer=finetune_dot_control_dot_v1_dot_data__pb2.DropSchemaRequest.SerializeToString,
+                response_deserializer=finetune_dot_control_dot_v1_dot_data__pb2.DropSchemaResponse.FromString,
+                _registered_method=True)
+        self.DropTable = channel.unary_unary(
+                '/finetune.control.v1.DataService/DropTable',
+                request_serializer=finetune_dot_control_dot_v1_dot_data__pb2.DropTableRequest.SerializeToString,
+                response_deserializer=finetune_dot_control_dot_v1_dot_data__pb2.DropTableResponse.FromString,
+                _registered_method=True)
+        self.CreateView = channel.unary_unary(
+                '/finetune.control.v1.DataService/CreateView',
+                request_serializer=finetune_dot_control_dot_v1_dot_data__pb2.CreateViewRequest.SerializeToString,
+                response_deserializer=finetune_dot_control_dot_v1_dot_data__pb2.Table.FromString,
+                _registered_method=True)
+        self.DropView = channel.unary_unary(
+                '/finetune.control.v1.DataService/DropView',
+                request_serializer=finetune_dot_control_dot_v1_dot_data__pb2.DropViewRequest.SerializeToString,
+                response_deserializer=finetune_dot_control_dot_v1_dot_data__pb2.DropViewResponse.FromString,
+                _registered_method=True)
 
 
 class DataServiceServicer:
@@ -86,6 +121,55 @@ class DataServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListDatabases(self, request, context):
+        """The databases the caller may use, with their schemas.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateSchema(self, request, context):
+        """Needs OWNERSHIP of the database; the caller's default role owns the new schema.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DropDatabase(self, request, context):
+        """Drops the database with everything in it (needs OWNERSHIP). Registered models stay.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DropSchema(self, request, context):
+        """Drops the schema with its tables and views (needs OWNERSHIP).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DropTable(self, request, context):
+        """Needs CREATE TABLE on the schema (what loading with replace needs).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateView(self, request, context):
+        """A view over one sandboxed SELECT: needs CREATE TABLE on the schema and USAGE on what the
+        query reads; readers of the view need USAGE on what it reads too.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DropView(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_DataServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -108,6 +192,41 @@ def add_DataServiceServicer_to_server(servicer, server):
                     servicer.PreviewQuery,
                     request_deserializer=finetune_dot_control_dot_v1_dot_data__pb2.PreviewQueryRequest.FromString,
                     response_serializer=finetune_dot_control_dot_v1_dot_data__pb2.PreviewQueryResponse.SerializeToString,
+            ),
+            'ListDatabases': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListDatabases,
+                    request_deserializer=finetune_dot_control_dot_v1_dot_data__pb2.ListDatabasesRequest.FromString,
+                    response_serializer=finetune_dot_control_dot_v1_dot_data__pb2.ListDatabasesResponse.SerializeToString,
+            ),
+            'CreateSchema': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateSchema,
+                    request_deserializer=finetune_dot_control_dot_v1_dot_data__pb2.CreateSchemaRequest.FromString,
+                    response_serializer=finetune_dot_control_dot_v1_dot_data__pb2.CreateSchemaResponse.SerializeToString,
+            ),
+            'DropDatabase': grpc.unary_unary_rpc_method_handler(
+                    servicer.DropDatabase,
+                    request_deserializer=finetune_dot_control_dot_v1_dot_data__pb2.DropDatabaseRequest.FromString,
+                    response_serializer=finetune_dot_control_dot_v1_dot_data__pb2.DropDatabaseResponse.SerializeToString,
+            ),
+            'DropSchema': grpc.unary_unary_rpc_method_handler(
+                    servicer.DropSchema,
+                    request_deserializer=finetune_dot_control_dot_v1_dot_data__pb2.DropSchemaRequest.FromString,
+                    response_serializer=finetune_dot_control_dot_v1_dot_data__pb2.DropSchemaResponse.SerializeToString,
+            ),
+            'DropTable': grpc.unary_unary_rpc_method_handler(
+                    servicer.DropTable,
+                    request_deserializer=finetune_dot_control_dot_v1_dot_data__pb2.DropTableRequest.FromString,
+                    response_serializer=finetune_dot_control_dot_v1_dot_data__pb2.DropTableResponse.SerializeToString,
+            ),
+            'CreateView': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateView,
+                    request_deserializer=finetune_dot_control_dot_v1_dot_data__pb2.CreateViewRequest.FromString,
+                    response_serializer=finetune_dot_control_dot_v1_dot_data__pb2.Table.SerializeToString,
+            ),
+            'DropView': grpc.unary_unary_rpc_method_handler(
+                    servicer.DropView,
+                    request_deserializer=finetune_dot_control_dot_v1_dot_data__pb2.DropViewRequest.FromString,
+                    response_serializer=finetune_dot_control_dot_v1_dot_data__pb2.DropViewResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -219,6 +338,195 @@ class DataService:
             '/finetune.control.v1.DataService/PreviewQuery',
             finetune_dot_control_dot_v1_dot_data__pb2.PreviewQueryRequest.SerializeToString,
             finetune_dot_control_dot_v1_dot_data__pb2.PreviewQueryResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListDatabases(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/finetune.control.v1.DataService/ListDatabases',
+            finetune_dot_control_dot_v1_dot_data__pb2.ListDatabasesRequest.SerializeToString,
+            finetune_dot_control_dot_v1_dot_data__pb2.ListDatabasesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateSchema(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/finetune.control.v1.DataService/CreateSchema',
+            finetune_dot_control_dot_v1_dot_data__pb2.CreateSchemaRequest.SerializeToString,
+            finetune_dot_control_dot_v1_dot_data__pb2.CreateSchemaResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DropDatabase(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/finetune.control.v1.DataService/DropDatabase',
+            finetune_dot_control_dot_v1_dot_data__pb2.DropDatabaseRequest.SerializeToString,
+            finetune_dot_control_dot_v1_dot_data__pb2.DropDatabaseResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DropSchema(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/finetune.control.v1.DataService/DropSchema',
+            finetune_dot_control_dot_v1_dot_data__pb2.DropSchemaRequest.SerializeToString,
+            finetune_dot_control_dot_v1_dot_data__pb2.DropSchemaResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DropTable(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/finetune.control.v1.DataService/DropTable',
+            finetune_dot_control_dot_v1_dot_data__pb2.DropTableRequest.SerializeToString,
+            finetune_dot_control_dot_v1_dot_data__pb2.DropTableResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateView(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/finetune.control.v1.DataService/CreateView',
+            finetune_dot_control_dot_v1_dot_data__pb2.CreateViewRequest.SerializeToString,
+            finetune_dot_control_dot_v1_dot_data__pb2.Table.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DropView(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/finetune.control.v1.DataService/DropView',
+            finetune_dot_control_dot_v1_dot_data__pb2.DropViewRequest.SerializeToString,
+            finetune_dot_control_dot_v1_dot_data__pb2.DropViewResponse.FromString,
             options,
             channel_credentials,
             insecure,

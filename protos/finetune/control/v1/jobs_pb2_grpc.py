@@ -60,6 +60,16 @@ class FineTuningServiceStub:
                 request_serializer=finetune_dot_control_dot_v1_dot_jobs__pb2.WatchFineTuningJobRequest.SerializeToString,
                 response_deserializer=finetune_dot_control_dot_v1_dot_jobs__pb2.FineTuningJob.FromString,
                 _registered_method=True)
+        self.EstimateFineTuningJob = channel.unary_unary(
+                '/finetune.control.v1.FineTuningService/EstimateFineTuningJob',
+                request_serializer=finetune_dot_control_dot_v1_dot_jobs__pb2.EstimateFineTuningJobRequest.SerializeToString,
+                response_deserializer=finetune_dot_control_dot_v1_dot_jobs__pb2.FineTuningJobEstimate.FromString,
+                _registered_method=True)
+        self.ListFineTuningJobEvents = channel.unary_unary(
+                '/finetune.control.v1.FineTuningService/ListFineTuningJobEvents',
+                request_serializer=finetune_dot_control_dot_v1_dot_jobs__pb2.ListFineTuningJobEventsRequest.SerializeToString,
+                response_deserializer=finetune_dot_control_dot_v1_dot_jobs__pb2.ListFineTuningJobEventsResponse.FromString,
+                _registered_method=True)
 
 
 class FineTuningServiceServicer:
@@ -101,6 +111,22 @@ class FineTuningServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def EstimateFineTuningJob(self, request, context):
+        """A dry run of CREATE: the same checks and queries, nothing written or started; says how many
+        rows and tokens the job would train on, how many rows would be truncated, and its credits.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListFineTuningJobEvents(self, request, context):
+        """The job's event log (created, snapshots, holdout, truncation, submitted, started, epochs,
+        finished/failed/cancelled), oldest first unless newest_first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_FineTuningServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -128,6 +154,16 @@ def add_FineTuningServiceServicer_to_server(servicer, server):
                     servicer.WatchFineTuningJob,
                     request_deserializer=finetune_dot_control_dot_v1_dot_jobs__pb2.WatchFineTuningJobRequest.FromString,
                     response_serializer=finetune_dot_control_dot_v1_dot_jobs__pb2.FineTuningJob.SerializeToString,
+            ),
+            'EstimateFineTuningJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.EstimateFineTuningJob,
+                    request_deserializer=finetune_dot_control_dot_v1_dot_jobs__pb2.EstimateFineTuningJobRequest.FromString,
+                    response_serializer=finetune_dot_control_dot_v1_dot_jobs__pb2.FineTuningJobEstimate.SerializeToString,
+            ),
+            'ListFineTuningJobEvents': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListFineTuningJobEvents,
+                    request_deserializer=finetune_dot_control_dot_v1_dot_jobs__pb2.ListFineTuningJobEventsRequest.FromString,
+                    response_serializer=finetune_dot_control_dot_v1_dot_jobs__pb2.ListFineTuningJobEventsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -266,6 +302,60 @@ class FineTuningService:
             '/finetune.control.v1.FineTuningService/WatchFineTuningJob',
             finetune_dot_control_dot_v1_dot_jobs__pb2.WatchFineTuningJobRequest.SerializeToString,
             finetune_dot_control_dot_v1_dot_jobs__pb2.FineTuningJob.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def EstimateFineTuningJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/finetune.control.v1.FineTuningService/EstimateFineTuningJob',
+            finetune_dot_control_dot_v1_dot_jobs__pb2.EstimateFineTuningJobRequest.SerializeToString,
+            finetune_dot_control_dot_v1_dot_jobs__pb2.FineTuningJobEstimate.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListFineTuningJobEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/finetune.control.v1.FineTuningService/ListFineTuningJobEvents',
+            finetune_dot_control_dot_v1_dot_jobs__pb2.ListFineTuningJobEventsRequest.SerializeToString,
+            finetune_dot_control_dot_v1_dot_jobs__pb2.ListFineTuningJobEventsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,105 @@
+"""The job event log (like OpenAI's fine-tuning job events): what happened to a job, when, with
+optional metrics. Pure: events are built here and stored by the caller in the transaction that
+made the change, so an event is written exactly when (and as often as) its change is.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Mapping
+
+from services.control.domain.jobs import Job, JobStatus, Progress
+
+
+class EventLevel(enum.Enum):
+    INFO = "INFO"
+    WARNING = "WARNING"
+    ERROR = "ERROR"
+
+
+class EventType:
+    CREATED = "job.created"
+    SNAPSHOT = "data.snapshot"
+    HOLDOUT = "data.holdout"
+    TRUNCATION = "data.truncation"
+    SUBMITTED = "job.submitted"
+    SUBMIT_FAILED = "job.submit_failed"
+    STARTED = "job.started"
+    PROGRESS = "training.progress"
+    SUCCEEDED = "job.succeeded"
+    MODEL_REGISTERED = "model.registered"
+    FAILED = "job.failed"
+    CANCELLED = "job.cancelled"
+
+
+@dataclass(frozen=True)
+class NewEvent:
+    type: str
+    message: str
+    level: EventLevel = EventLevel.INFO
+    metrics: Mapping[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class JobEvent:
+    id: int
+    job_id: str
+    time: datetime
+    level: EventLevel
+    type: str
+    message: str
+    metrics: Mapping[str, float]
+
+
+MAX_EVENT_MESSAGE = 2000
+
+
+def transition_events(before: JobStatus, after: Job) -> list[NewEvent]:
+    """The events of a status change from `before` to the job's status now (none if equal)."""
+    if before is after.status:
+        return []
+    events = []
+    if before is JobStatus.PENDING and after.started_on is not None:
+        events.append(NewEvent(EventType.STARTED, "training started"))
+    if after.status is JobStatus.SUCCESS:
+        events.append(NewEvent(
+            EventType.SUCCEEDED,
+            f"training finished: {after.trained_tokens} trained tokens" + _losses(after),
+            metrics=_numbers(trained_tokens=after.trained_tokens, epoch=after.epoch,
+                             step=after.step, training_loss=after.training_loss,
+                             validation_loss=after.validation_loss)))
+    elif after.status is JobStatus.ERROR:
+        detail = (after.error_message or "").strip()
+        events.append(NewEvent(
+            EventType.FAILED,
+            f"job failed ({after.error_code}): {detail}"[:MAX_EVENT_MESSAGE], EventLevel.ERROR))
+    elif after.status is JobStatus.CANCELLED:
+        events.append(NewEvent(EventType.CANCELLED, "job cancelled", EventLevel.WARNING))
+    return events
+
+
+def progress_event(report: Progress, message: str) -> NewEvent | None:
+    """The trainer's milestones (its messages: data prepared, an epoch done, adapter exported)
+    go into the log; its per-step reports only update the job."""
+    message = message.strip()
+    if not message:
+        return None
+    return NewEvent(EventType.PROGRESS, message[:MAX_EVENT_MESSAGE], metrics=_numbers(
+        progress=report.progress, epoch=report.epoch, step=report.step,
+        total_steps=report.total_steps, trained_tokens=report.trained_tokens,
+        training_loss=report.training_loss, validation_loss=report.validation_loss))
+
+
+def _losses(job: Job) -> str:
+    parts = []
+    if job.training_loss is not None:
+        parts.append(f"training loss {job.training_loss:.4f}")
+    if job.validation_loss is not None:
+        parts.append(f"validation loss {job.validation_loss:.4f}")
+    return ", " + ", ".join(parts) if parts else ""
+
+
+def _numbers(**values) -> dict[str, float]:
+    return {k: float(v) for k, v in values.items() if v is not None}
