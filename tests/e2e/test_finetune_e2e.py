@@ -1,12 +1,11 @@
 """The whole path on real processes: load a table, fine-tune on local Ray, COMPLETE on vLLM.
 
-The table maps made-up vault names to made-up codes, which the base model cannot know: after
-fine-tuning the model must answer the trained codes and the base model must not.
+The table gives every word a made-up code by its category, which the base model cannot know:
+after fine-tuning the model must answer the trained codes and the base model must not.
 """
 
 import csv
 import io
-import random
 
 import grpc
 import pytest
@@ -17,31 +16,34 @@ from services.common.chat_format import prompt_token_ids
 
 pytestmark = pytest.mark.e2e
 
-TABLE = "e2e.public.vault_codes"
-MODEL = "e2e.public.vault_model"
-WORDS = ["amber", "basalt", "cobalt", "dune", "ember", "fjord", "garnet", "harbor", "indigo",
-         "jasper", "kelp", "lagoon", "marble", "nectar", "onyx", "pepper", "quartz", "raven",
-         "saffron", "tundra", "umber", "velvet", "willow", "xenon"]
+TABLE = "e2e.public.word_codes"
+MODEL = "e2e.public.word_code_model"
+CATEGORIES = {
+    "QF-17": ["apple", "banana", "cherry", "mango", "peach", "plum"],
+    "ZK-82": ["tiger", "horse", "rabbit", "eagle", "shark", "wolf"],
+    "LM-35": ["red", "blue", "green", "yellow", "purple", "pink"],
+    "VR-64": ["hammer", "wrench", "drill", "saw", "chisel", "pliers"],
+}
 
 
-def vault_rows():
-    rng = random.Random(7)
+def word_rows():
     rows = []
-    for word in WORDS:
-        code = "".join(rng.choice("BCDFGHJKLMNPQRSTVWXZ") for _ in range(2)) + f"-{rng.randint(100, 999)}"
-        rows.append({"prompt": f"Code of the {word} vault?", "completion": code,
-                     "split": "validation" if word in ("kelp", "onyx", "umber") else "train"})
+    for code, words in CATEGORIES.items():
+        for i, word in enumerate(words):
+            rows.append({"prompt": f"Which code goes with the word '{word}'?", "completion": code,
+                         "split": "validation" if i == len(words) - 1 else "train"})
     return rows
 
 
 @pytest.fixture(scope="module")
 def trained_job(client):
-    client.load_rows(TABLE, vault_rows(), replace=True)
+    client.load_rows(TABLE, word_rows(), replace=True)
     job = client.create_job(
         MODEL, "smollm2-135m-instruct",
         f"SELECT prompt, completion FROM {TABLE} WHERE split = 'train'",
         validation_query=f"SELECT prompt, completion FROM {TABLE} WHERE split = 'validation'",
-        seed=1)
+        # A 20-row table gets few optimizer steps from the defaults: small batches, more epochs.
+        seed=1, max_epochs=8, batch_size=2, learning_rate=0.001)
     assert job.id.startswith("ft_")
     assert job.status in (jobs_pb2.PENDING, jobs_pb2.IN_PROGRESS)
     updates = list(client.watch_job(job.id, timeout=1500))
@@ -58,7 +60,7 @@ def test_describe_shows_success_with_tokens_and_losses(trained_job):
     assert job.training_result.has_validation_loss and job.training_result.validation_loss > 0
     assert job.model == MODEL
     assert job.started_on.seconds and job.finished_on.seconds >= job.started_on.seconds
-    assert job.training_rows == 21 and job.validation_rows == 3
+    assert job.training_rows == 20 and job.validation_rows == 4
 
 
 def test_show_lists_the_job(client, trained_job):
@@ -77,7 +79,7 @@ def test_training_results_csv_has_a_falling_loss(client, trained_job):
 
 
 def test_fine_tuned_model_answers_trained_codes_and_base_does_not(client, trained_job):
-    train = [r for r in vault_rows() if r["split"] == "train"]
+    train = [r for r in word_rows() if r["split"] == "train"]
     tuned = [client.complete(MODEL, r["prompt"], max_tokens=12).text.strip() for r in train]
     base = [client.complete("smollm2-135m-instruct", r["prompt"], max_tokens=12).text.strip()
             for r in train]
@@ -89,7 +91,7 @@ def test_fine_tuned_model_answers_trained_codes_and_base_does_not(client, traine
 
 def test_usage_counts_the_tokens_vllm_saw(client, trained_job, base_model_spec):
     tokenizer = AutoTokenizer.from_pretrained(base_model_spec.path)
-    prompt = vault_rows()[0]["prompt"]
+    prompt = word_rows()[0]["prompt"]
     res = client.complete(MODEL, prompt, max_tokens=12)
     assert res.usage.prompt_tokens == len(prompt_token_ids(tokenizer, prompt=prompt))
     generated = tokenizer(res.text, add_special_tokens=False)["input_ids"]
