@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -97,8 +98,8 @@ async def main_async(args) -> None:
                 for name in adapters:
                     cold.append(await ask(name))
                     warm.append(await ask(name))
-                    print(f"  {name}: cold {cold[-1] * 1000:.0f} ms, warm {warm[-1] * 1000:.0f} ms",
-                          flush=True)
+                    print(f"  {name}: cold {cold[-1] * 1000:.0f} ms, "
+                          f"warm {warm[-1] * 1000:.0f} ms", flush=True)
                 # The first ones were evicted from vLLM's CPU cache (only the 3 used last stay).
                 loaded = await engine.loaded_adapters()
                 evicted_names = [n for n in adapters
@@ -111,6 +112,11 @@ async def main_async(args) -> None:
                                      "warm": summary(warm), "evicted": summary(evicted)}
                 result["cold_ms"] = [round(x * 1000, 1) for x in cold]
                 result["warm_ms"] = [round(x * 1000, 1) for x in warm]
+                # Paired: each adapter's cold and warm request ran back to back, so their
+                # difference is the first-use cost with the machine's load mostly cancelled.
+                extra = sorted((c - w) * 1000 for c, w in zip(cold, warm))
+                result["cold_minus_warm_ms"] = {"each": [round(x, 1) for x in extra],
+                                                "median": round(statistics.median(extra), 1)}
         finally:
             await server.stop(0)
             await outbox.stop(5)

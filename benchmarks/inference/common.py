@@ -7,6 +7,7 @@ Benchmarks measure and print; nothing here asserts a speed.
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import statistics
@@ -138,7 +139,7 @@ def metadata() -> tuple:
 def summary(latencies_s: list[float]) -> dict:
     ordered = sorted(latencies_s)
     return {"n": len(ordered), "p50_ms": round(statistics.median(ordered) * 1000, 1),
-            "p90_ms": round(ordered[max(0, int(0.9 * len(ordered)) - 1)] * 1000, 1),
+            "p90_ms": round(ordered[math.ceil(0.9 * len(ordered)) - 1] * 1000, 1),  # nearest rank
             "mean_ms": round(statistics.fmean(ordered) * 1000, 1)}
 
 

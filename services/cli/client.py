@@ -278,6 +278,62 @@ class FinetuneClient:
         return list(self.usage.AggregateInferenceUsage(usage_pb2.AggregateInferenceUsageRequest(
             filter=_usage_filter(start, end, model, user), group_by=groupings)).groups)
 
+    # -- estimates, job events, data definitions ---------------------------------------------
+
+    def estimate_job(self, base_model: str, training_query: str, validation_query: str = "",
+                     model: str = "", **options) -> jobs_pb2.FineTuningJobEstimate:
+        """A dry run of create_job: rows, tokens, truncated rows and credits; nothing starts."""
+        return self.jobs.EstimateFineTuningJob(jobs_pb2.EstimateFineTuningJobRequest(
+            model=model, base_model=base_model, training_query=training_query,
+            validation_query=validation_query, options=jobs_pb2.FineTuningOptions(**options)))
+
+    def list_job_events(self, job_id: str, page_size: int = 0, page_token: str = "",
+                        newest_first: bool = False) -> jobs_pb2.ListFineTuningJobEventsResponse:
+        return self.jobs.ListFineTuningJobEvents(jobs_pb2.ListFineTuningJobEventsRequest(
+            id=job_id, page_size=page_size, page_token=page_token, newest_first=newest_first))
+
+    def job_events(self, job_id: str, newest_first: bool = False) -> Iterator[jobs_pb2.JobEvent]:
+        """Every event of a job, page by page."""
+        token = ""
+        while True:
+            page = self.list_job_events(job_id, 500, token, newest_first)
+            yield from page.events
+            token = page.next_page_token
+            if not token:
+                return
+
+    def delete_model(self, name: str) -> None:
+        self.models.DeleteModel(models_pb2.DeleteModelRequest(name=name))
+
+    def list_databases(self) -> list[data_pb2.Database]:
+        return list(self.data.ListDatabases(data_pb2.ListDatabasesRequest()).databases)
+
+    def create_database(self, name: str) -> str:
+        return self.data.CreateDatabase(data_pb2.CreateDatabaseRequest(name=name)).name
+
+    def create_schema(self, name: str) -> str:
+        return self.data.CreateSchema(data_pb2.CreateSchemaRequest(name=name)).name
+
+    def create_view(self, name: str, query: str, replace: bool = False) -> data_pb2.Table:
+        return self.data.CreateView(data_pb2.CreateViewRequest(name=name, query=query,
+                                                               replace=replace))
+
+    def drop_database(self, name: str, if_exists: bool = False) -> bool:
+        return self.data.DropDatabase(data_pb2.DropDatabaseRequest(
+            name=name, if_exists=if_exists)).dropped
+
+    def drop_schema(self, name: str, if_exists: bool = False) -> bool:
+        return self.data.DropSchema(data_pb2.DropSchemaRequest(
+            name=name, if_exists=if_exists)).dropped
+
+    def drop_table(self, name: str, if_exists: bool = False) -> bool:
+        return self.data.DropTable(data_pb2.DropTableRequest(
+            name=name, if_exists=if_exists)).dropped
+
+    def drop_view(self, name: str, if_exists: bool = False) -> bool:
+        return self.data.DropView(data_pb2.DropViewRequest(
+            name=name, if_exists=if_exists)).dropped
+
 
 def privilege_value(name: str) -> int:
     """ "CREATE MODEL", "create_model" -> access_pb2.CREATE_MODEL."""
@@ -323,3 +379,4 @@ def _complete_request(model: str, prompt: str, messages: list[dict] | None,
         model=model, prompt=prompt,
         messages=[inference_pb2.ChatMessage(**m) for m in messages or []],
         options=inference_pb2.CompletionOptions(**options), request_id=str(uuid.uuid4()))
+

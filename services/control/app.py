@@ -8,7 +8,7 @@ import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Mapping
+from typing import Any, Callable, Mapping
 
 from finetune.control.v1 import (access_pb2_grpc, data_pb2_grpc, internal_pb2_grpc,
                                  jobs_pb2_grpc, models_pb2_grpc, usage_pb2_grpc)
@@ -34,6 +34,7 @@ from services.control.core.resolution import ModelResolution
 from services.control.core.usage import UsageHistory, load_price_table
 from services.control.data.catalog import DataCatalog
 from services.control.data.sandbox import SandboxLimits
+from services.control.data.tokenizers import Tokenizers
 from services.control.dispatch.protocol import JobDispatcher
 from services.control.dispatch.ray_jobs import RayJobDispatcher
 from services.control.dispatch.reconciler import Reconciler, ReconcilerSettings
@@ -104,10 +105,13 @@ class Components:
 
 def build_components(config: ControlConfig, dispatcher: JobDispatcher | None = None,
                      base_models: Mapping[str, BaseModelSpec] | None = None,
-                     provision: Callable[[BaseModelSpec], Path] = ensure_model) -> Components:
+                     provision: Callable[[BaseModelSpec], Path] = ensure_model,
+                     tokenizers: Callable[[BaseModelSpec, str], Any] | None = None
+                     ) -> Components:
     """Open the store (migrating it), bootstrap the admin key on an empty database, and wire
-    everything. `dispatcher`, `base_models` and `provision` are injectable for tests (the Ray
-    dispatcher, the catalog file and ensure_model otherwise)."""
+    everything. `dispatcher`, `base_models`, `provision` and `tokenizers` are injectable for
+    tests (the Ray dispatcher, the catalog file, ensure_model and the base models' own
+    tokenizers otherwise)."""
     store = Store.open(config.database_url)
     bootstrap_admin(store, config.bootstrap_key_file)
     if base_models is None:
@@ -127,7 +131,8 @@ def build_components(config: ControlConfig, dispatcher: JobDispatcher | None = N
         store, catalog, artifacts, dispatcher, events, base_models, provision,
         lambda: box[0].control_address(), submit_env,
         WorkerLimits(config.default_num_workers, config.max_num_workers),
-        authorizer=authorizer, prices=prices)
+        authorizer=authorizer, prices=prices, tokenizers=tokenizers or Tokenizers(),
+        scratch_dir=catalog.spool_dir)
     reconciler = Reconciler(store, dispatcher, artifacts, events, submit_env,
                             ReconcilerSettings(interval_s=config.reconcile_interval_s,
                                                max_submit_attempts=config.max_submit_attempts),

@@ -45,16 +45,8 @@ def _one_hot(indices: torch.Tensor, slots: int, dtype: torch.dtype) -> torch.Ten
     return (indices.unsqueeze(1) == torch.arange(slots, device=indices.device)).to(dtype)
 
 
-def _groups(indices: torch.Tensor) -> Iterator[tuple[int, slice | torch.Tensor]]:
-    """(adapter slot, rows) for each adapter present; a whole-batch slice when there is one."""
-    n = indices.shape[0]
-    if n == 0:
-        return
-    first = _uniform(indices)
-    if first is not None:
-        if first != NO_LORA:
-            yield first, slice(0, n)
-        return
+def _adapter_rows(indices: torch.Tensor) -> Iterator[tuple[int, torch.Tensor]]:
+    """(adapter slot, its rows) for each adapter in a batch of several."""
     for slot in torch.unique(indices).tolist():
         if slot != NO_LORA:
             yield slot, (indices == slot).nonzero(as_tuple=True)[0]
@@ -65,27 +57,38 @@ def _product(inputs: torch.Tensor, rows, weight: torch.Tensor, dtype: torch.dtyp
     return x @ weight.to(dtype).t()
 
 
+# At decode sizes these ops are bound by the number of torch calls, not by arithmetic (one decode
+# step makes ~400 of them), so the common case - one adapter, or none, for the whole batch - is
+# decided once per call and done in as few calls as possible.
+
 def bgmv_shrink(inputs: torch.Tensor, lora_a_weights: torch.Tensor,
                 output_tensor: torch.Tensor, lora_indices_tensor: torch.Tensor,
                 scaling: float = 1.0) -> None:
     """output[t, :r] = scaling * inputs[t] @ A[idx[t]].T; zero for rows without an adapter."""
     weights = _matrices(lora_a_weights)
-    rank = weights.shape[1]
+    slots, rank = weights.shape[0], weights.shape[1]
     out = output_tensor[:, :rank]
-    n = lora_indices_tensor.shape[0]
-    if n and _uniform(lora_indices_tensor) is None and _dense(lora_indices_tensor,
-                                                                weights.shape[0]):
-        dtype = output_tensor.dtype
-        slots = weights.shape[0]
-        every = inputs.to(dtype) @ weights.to(dtype).reshape(slots * rank, -1).t()
-        mask = _one_hot(lora_indices_tensor, slots, dtype).unsqueeze(2)
+    indices = lora_indices_tensor
+    n = indices.shape[0]
+    if n == 0:
+        return
+    dtype = output_tensor.dtype
+    first = _uniform(indices)
+    if first is not None:
+        if first == NO_LORA:
+            out.zero_()
+        else:
+            out.copy_(torch.mm(inputs[:n].to(dtype), weights[first].to(dtype).t())
+                      .mul_(scaling))
+        return
+    if _dense(indices, slots):
+        every = inputs[:n].to(dtype) @ weights.to(dtype).reshape(slots * rank, -1).t()
+        mask = _one_hot(indices, slots, dtype).unsqueeze(2)
         out.copy_(scaling * (every.view(n, slots, rank) * mask).sum(1))
         return
-    for slot, rows in _groups(lora_indices_tensor):
-        out[rows] = scaling * _product(inputs, rows, weights[slot], output_tensor.dtype)
-    without = lora_indices_tensor == NO_LORA
-    if bool(without.any()):
-        out[without] = 0
+    out.zero_()  # rows without an adapter stay zero
+    for slot, rows in _adapter_rows(indices):
+        out[rows] = scaling * _product(inputs, rows, weights[slot], dtype)
 
 
 def bgmv_expand(inputs: torch.Tensor, lora_b_weights: torch.Tensor,
@@ -107,33 +110,40 @@ def bgmv_expand_slice(inputs: torch.Tensor, lora_b_weights: torch.Tensor,
 
 def _expand_into(inputs, weights, output_tensor, indices, offset, size, add_inputs) -> None:
     n_out = output_tensor.shape[0]
+    dtype = output_tensor.dtype
     if indices.shape[0] == 1 and n_out != 1:
         # One input row for many output rows: vLLM's op broadcasts it; keep that behaviour.
         slot = int(indices[0])
         if slot != NO_LORA:
-            y = _product(inputs, slice(0, 1), weights[slot], output_tensor.dtype)[:, :size]
+            y = _product(inputs, slice(0, 1), weights[slot], dtype)[:, :size]
             target = output_tensor[:, offset:offset + size]
             target.add_(y) if add_inputs else target.copy_(y.expand_as(target))
         return
     indices = indices[:n_out]
     n = indices.shape[0]
-    if n and _uniform(indices) is None and _dense(indices, weights.shape[0]):
-        dtype = output_tensor.dtype
-        slots, out_features, rank = weights.shape
+    if n == 0:
+        return
+    target = output_tensor[:n, offset:offset + size]
+    first = _uniform(indices)
+    if first is not None:
+        if first != NO_LORA:
+            y = torch.mm(inputs[:n].to(dtype), weights[first].to(dtype).t()[:, :size])
+            target.add_(y) if add_inputs else target.copy_(y)
+        return
+    slots, out_features, rank = weights.shape
+    if _dense(indices, slots):
         # Each row's rank-r input placed in its own slot's block, zero elsewhere (and for -1).
         spread = (_one_hot(indices, slots, dtype).unsqueeze(2)
                   * inputs[:n, :rank].to(dtype).unsqueeze(1)).reshape(n, slots * rank)
         stacked = weights.to(dtype).transpose(1, 2).reshape(slots * rank, out_features)
         y = (spread @ stacked)[:, :size]
-        target = output_tensor[:n, offset:offset + size]
         if add_inputs:
             target.add_(y)  # rows without an adapter add exact zeros
         else:
-            has = (indices != NO_LORA).unsqueeze(1)
-            target.copy_(torch.where(has, y, target))
+            target.copy_(torch.where((indices != NO_LORA).unsqueeze(1), y, target))
         return
-    for slot, rows in _groups(indices):
-        y = _product(inputs, rows, weights[slot], output_tensor.dtype)[:, :size]
+    for slot, rows in _adapter_rows(indices):
+        y = _product(inputs, rows, weights[slot], dtype)[:, :size]
         if add_inputs:
             output_tensor[rows, offset:offset + size] += y
         else:

@@ -1,4 +1,5 @@
-"""DataService: databases, table loads (client stream, spooled to disk), previews."""
+"""DataService: databases, schemas, tables and views (create, load, drop), table loads (client
+stream, spooled to disk), previews."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from services.control.api import messages
 from services.control.api.principals import authorize, caller_access, user
 from services.control.core.authorization import Authorizer
 from services.control.core.databases import Databases
+from services.control.data.catalog import TABLE, VIEW
 from services.control.data.uploads import TableUpload
 from services.control.domain.names import qualified_name
 from services.control.domain.privileges import Privilege, SecurableObject
@@ -70,3 +72,38 @@ class DataServicer(data_pb2_grpc.DataServiceServicer):
         preview = await asyncio.to_thread(self._databases.preview, access, request.query,
                                           request.limit)
         return messages.preview_message(preview)
+
+    async def ListDatabases(self, request, context):
+        _, access = await caller_access(self._authorizer)
+        databases = await asyncio.to_thread(self._databases.list_databases, access)
+        return data_pb2.ListDatabasesResponse(databases=[
+            data_pb2.Database(name=d.name, schemas=d.schemas) for d in databases])
+
+    async def CreateSchema(self, request, context):
+        name = await asyncio.to_thread(self._databases.create_schema, user(), request.name)
+        return data_pb2.CreateSchemaResponse(name=name)
+
+    async def DropDatabase(self, request, context):
+        dropped = await asyncio.to_thread(self._databases.drop_database, user(), request.name,
+                                          request.if_exists)
+        return data_pb2.DropDatabaseResponse(dropped=dropped)
+
+    async def DropSchema(self, request, context):
+        dropped = await asyncio.to_thread(self._databases.drop_schema, user(), request.name,
+                                          request.if_exists)
+        return data_pb2.DropSchemaResponse(dropped=dropped)
+
+    async def DropTable(self, request, context):
+        dropped = await asyncio.to_thread(self._databases.drop_relation, user(), request.name,
+                                          TABLE, request.if_exists)
+        return data_pb2.DropTableResponse(dropped=dropped)
+
+    async def CreateView(self, request, context):
+        info = await asyncio.to_thread(self._databases.create_view, user(), request.name,
+                                       request.query, request.replace)
+        return messages.table_message(info)
+
+    async def DropView(self, request, context):
+        dropped = await asyncio.to_thread(self._databases.drop_relation, user(), request.name,
+                                          VIEW, request.if_exists)
+        return data_pb2.DropViewResponse(dropped=dropped)

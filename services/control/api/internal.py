@@ -20,7 +20,8 @@ class JobReportingServicer(internal_pb2_grpc.JobReportingServiceServicer):
             total_steps=request.total_steps, trained_tokens=request.trained_tokens,
             training_loss=request.training_loss if request.step or request.training_loss
             else None,
-            validation_loss=request.validation_loss if request.has_validation_loss else None)
+            validation_loss=request.validation_loss if request.has_validation_loss else None,
+            message=request.message)
         cancelled = await asyncio.to_thread(self._jobs.report_progress, request.job_id, progress)
         return internal_pb2.ReportProgressResponse(cancelled=cancelled)
 

@@ -23,17 +23,23 @@ class FineTuningServicer(jobs_pb2_grpc.FineTuningServiceServicer):
         # Watchers also re-read on this period, for changes made by another control replica.
         self._watch_poll_s = watch_poll_s
 
-    async def CreateFineTuningJob(self, request, context):
+    async def _authorize_create(self, request, model_required: bool = True):
         """FINETUNE_USER, CREATE MODEL on the target schema, OWNERSHIP of from_model; USAGE on
         what the queries read is checked when they run."""
-        target = qualified_name(request.model, "model name")
+        target = qualified_name(request.model, "model name") \
+            if model_required or request.model.strip() else None
         principal, _ = await authorize(self._authorizer, Privilege.FINETUNE,
                                        SecurableObject.account())
-        await authorize(self._authorizer, Privilege.CREATE_MODEL,
-                        SecurableObject.schema(f"{target.database}.{target.schema}"))
+        if target is not None:
+            await authorize(self._authorizer, Privilege.CREATE_MODEL,
+                            SecurableObject.schema(f"{target.database}.{target.schema}"))
         if request.options.from_model.strip():
             await authorize(self._authorizer, Privilege.OWNERSHIP,
                             SecurableObject.model(request.options.from_model))
+        return principal
+
+    async def CreateFineTuningJob(self, request, context):
+        principal = await self._authorize_create(request)
         create = CreateJob(model=request.model, base_model=request.base_model,
                            training_query=request.training_query,
                            validation_query=request.validation_query,
@@ -41,6 +47,22 @@ class FineTuningServicer(jobs_pb2_grpc.FineTuningServiceServicer):
                            request_id=request.request_id)
         job = await asyncio.to_thread(self._jobs.create, principal, create)
         return messages.job_message(job)
+
+    async def EstimateFineTuningJob(self, request, context):
+        """What CREATE would need, except CREATE MODEL when no model name is given."""
+        principal = await self._authorize_create(request, model_required=False)
+        estimate = await asyncio.to_thread(self._jobs.estimate, principal, CreateJob(
+            model=request.model, base_model=request.base_model,
+            training_query=request.training_query, validation_query=request.validation_query,
+            options=messages.requested_options(request.options)))
+        return messages.estimate_message(estimate)
+
+    async def ListFineTuningJobEvents(self, request, context):
+        page = await asyncio.to_thread(self._jobs.events, user(), request.id, request.page_size,
+                                       request.page_token, request.newest_first)
+        return jobs_pb2.ListFineTuningJobEventsResponse(
+            events=[messages.event_message(e) for e in page.events],
+            next_page_token=page.next_page_token)
 
     async def ListFineTuningJobs(self, request, context):
         page = await asyncio.to_thread(self._jobs.list, user(), request.page_size,

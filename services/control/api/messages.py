@@ -11,7 +11,9 @@ from services.common.base_models import BaseModelSpec
 from services.common.errors import InvalidArgument
 from services.control.data.catalog import Preview, TableInfo
 from services.control.data.uploads import FileFormat
-from services.control.domain.jobs import Job
+from services.control.domain.estimates import JobEstimate
+from services.control.domain.events import EventLevel, JobEvent
+from services.control.domain.jobs import Job, SnapshotInfo, ValidationSource
 from services.control.domain.models import RegisteredModel
 from services.control.domain.options import RequestedOptions, TaskType, TrainingOptions
 from services.control.domain.principals import ApiKeyInfo, Role, User
@@ -25,6 +27,17 @@ _TASK_TYPES = {
     jobs_pb2.CONTINUED_PRETRAINING: TaskType.CONTINUED_PRETRAINING,
 }
 _TASK_TYPE_PROTOS = {v: k for k, v in _TASK_TYPES.items()}
+
+_VALIDATION_SOURCES = {
+    ValidationSource.QUERY: jobs_pb2.VALIDATION_QUERY,
+    ValidationSource.HOLDOUT: jobs_pb2.HOLDOUT,
+    ValidationSource.NONE: jobs_pb2.NO_VALIDATION,
+}
+_EVENT_LEVELS = {
+    EventLevel.INFO: jobs_pb2.EVENT_INFO,
+    EventLevel.WARNING: jobs_pb2.EVENT_WARNING,
+    EventLevel.ERROR: jobs_pb2.EVENT_ERROR,
+}
 
 _FILE_FORMATS = {
     data_pb2.CSV: FileFormat.CSV,
@@ -97,11 +110,45 @@ def job_message(job: Job) -> jobs_pb2.FineTuningJob:
         epoch=job.epoch,
         step=job.step,
         total_steps=job.total_steps,
+        estimated_trained_tokens=job.estimated_trained_tokens,
     )
+    if job.validation_source:
+        message.validation_source = _VALIDATION_SOURCES[ValidationSource(job.validation_source)]
+    if job.training_snapshot is not None:
+        message.training_snapshot.CopyFrom(snapshot_message(job.training_snapshot))
+    if job.validation_snapshot is not None:
+        message.validation_snapshot.CopyFrom(snapshot_message(job.validation_snapshot))
     if job.error_code or job.error_message:
         message.error.CopyFrom(jobs_pb2.JobError(code=job.error_code or "",
                                                  message=job.error_message or ""))
     return message
+
+
+def snapshot_message(snapshot: SnapshotInfo) -> jobs_pb2.DataSnapshot:
+    return jobs_pb2.DataSnapshot(
+        uri=snapshot.uri, rows=snapshot.rows, sha256=snapshot.sha256,
+        prompt_tokens=snapshot.prompt_tokens, completion_tokens=snapshot.completion_tokens,
+        truncated_rows=snapshot.truncated_rows)
+
+
+def estimate_message(estimate: JobEstimate) -> jobs_pb2.FineTuningJobEstimate:
+    message = jobs_pb2.FineTuningJobEstimate(
+        base_model=estimate.base_model, options=options_message(estimate.options),
+        max_rows=estimate.max_rows, training=snapshot_message(estimate.training),
+        validation_source=_VALIDATION_SOURCES[estimate.validation_source],
+        epochs=estimate.epochs, tokens_per_epoch=estimate.tokens_per_epoch,
+        trained_tokens=estimate.trained_tokens, credits=estimate.credits,
+        credits_per_million_tokens=estimate.credits_per_million_tokens,
+        notes=list(estimate.notes))
+    if estimate.validation is not None:
+        message.validation.CopyFrom(snapshot_message(estimate.validation))
+    return message
+
+
+def event_message(event: JobEvent) -> jobs_pb2.JobEvent:
+    return jobs_pb2.JobEvent(id=event.id, time=timestamp(event.time),
+                             level=_EVENT_LEVELS[event.level], type=event.type,
+                             message=event.message, metrics=dict(event.metrics))
 
 
 def base_model_message(spec: BaseModelSpec) -> models_pb2.BaseModel:
@@ -125,7 +172,8 @@ def file_format(value: int) -> FileFormat | None:
 
 def table_message(table: TableInfo) -> data_pb2.Table:
     return data_pb2.Table(
-        name=table.name, row_count=table.row_count,
+        name=table.name, row_count=table.row_count, kind=table.kind,
+        definition=table.definition,
         columns=[data_pb2.Column(name=n, type=t) for n, t in table.columns])
 
 

@@ -1,21 +1,36 @@
 """The users' databases and tables as DataService offers them, under the caller's privileges:
-creating a database makes the creator's role its owner; loading needs CREATE TABLE (or
-OWNERSHIP) on the schema, and CREATE DATABASE when the load creates the database; reading needs
-USAGE on the database and the schema."""
+creating a database or a schema makes the creator's role its owner; loading needs CREATE TABLE
+(or OWNERSHIP) on the schema, and CREATE DATABASE when the load creates the database; reading
+needs USAGE on the database and the schema.
+
+DDL: a schema is created by the database's owner, databases and schemas are dropped by their
+owners (their grants go with them: a new object of the name starts clean); tables and views are
+created and dropped with CREATE TABLE on their schema, the privilege that already lets a load
+replace a table. A view's query is checked like any query, with its creator's privileges, and
+again with each reader's when it is read."""
 
 from __future__ import annotations
 
-from services.common.errors import AlreadyExists
+from dataclasses import dataclass
+
+from services.common.errors import AlreadyExists, NotFound
 from services.control.core.authorization import Authorizer
 from services.control.core.clock import Clock, utc_now
-from services.control.data.catalog import DataCatalog, Preview, TableInfo
+from services.control.data.catalog import TABLE, VIEW, DataCatalog, Preview, TableInfo
 from services.control.data.uploads import SpooledUpload
-from services.control.domain.names import DEFAULT_DATABASE, QualifiedName, identifier
+from services.control.domain.names import (DEFAULT_DATABASE, QualifiedName, identifier,
+                                           qualified_name)
 from services.control.domain.principals import Principal
 from services.control.domain.privileges import Access, Privilege, SecurableObject
 from services.control.store.database import Store
 
 ACCOUNT = SecurableObject.account()
+
+
+@dataclass(frozen=True)
+class DatabaseInfo:
+    name: str
+    schemas: list[str]
 
 
 class Databases:
@@ -74,6 +89,73 @@ class Databases:
             if access.can_read_schema(db, schema):
                 visible.append(table)
         return visible
+
+    def list_databases(self, access: Access) -> list[DatabaseInfo]:
+        """The databases the caller may use, with the schemas it may use in each."""
+        names = set(self._catalog.databases(access.account_id)) | {DEFAULT_DATABASE}
+        found = []
+        for name in sorted(names):
+            if not access.can_read_database(name):
+                continue
+            schemas = [s for s in self._catalog.schemas(access.account_id, name)
+                       if access.can_read_schema(name, s)]
+            found.append(DatabaseInfo(name, schemas))
+        return found
+
+    def create_schema(self, principal: Principal, name: str) -> str:
+        schema = SecurableObject.schema(name)
+        database, schema_name = schema.name.split(".")
+        access = self._authorizer.access(principal)
+        access.require(Privilege.OWNERSHIP, SecurableObject.database(database))
+        owner = self._authorizer.owner_role(principal)
+        self._catalog.create_schema(principal.account_id, database, schema_name)
+        self._own(principal, owner, schema)
+        return schema.name
+
+    def drop_database(self, principal: Principal, name: str, if_exists: bool) -> bool:
+        database = SecurableObject.database(name)
+        self._authorizer.authorize(principal, Privilege.OWNERSHIP, database)
+        dropped = self._catalog.drop_database(principal.account_id, database.name)
+        if not dropped and not if_exists:
+            raise NotFound(f"database {database.name} does not exist")
+
+        def forget(tx):
+            if database.name != DEFAULT_DATABASE:  # public stays (empty), and so do its grants
+                tx.access.delete_grants_on(principal.account_id, database)
+            tx.access.delete_schema_grants_in(principal.account_id, database.name)
+        if dropped:
+            self._store.run(forget)
+        return dropped
+
+    def drop_schema(self, principal: Principal, name: str, if_exists: bool) -> bool:
+        schema = SecurableObject.schema(name)
+        self._authorizer.authorize(principal, Privilege.OWNERSHIP, schema)
+        database, schema_name = schema.name.split(".")
+        dropped = self._catalog.drop_schema(principal.account_id, database, schema_name)
+        if not dropped and not if_exists:
+            raise NotFound(f"schema {schema.name} does not exist")
+        if dropped:
+            self._store.run(lambda tx: tx.access.delete_grants_on(principal.account_id, schema))
+        return dropped
+
+    def drop_relation(self, principal: Principal, name: str, kind: str,
+                      if_exists: bool) -> bool:
+        what = "table name" if kind == TABLE else "view name"
+        relation = qualified_name(name, what)
+        self._authorizer.authorize(principal, Privilege.CREATE_TABLE, SecurableObject.schema(
+            f"{relation.database}.{relation.schema}"))
+        dropped = self._catalog.drop_relation(principal.account_id, relation, kind)
+        if not dropped and not if_exists:
+            raise NotFound(f"{kind.lower()} {relation} does not exist")
+        return dropped
+
+    def create_view(self, principal: Principal, name: str, sql: str,
+                    replace: bool) -> TableInfo:
+        view = qualified_name(name, "view name")
+        access = self._authorizer.authorize(principal, Privilege.CREATE_TABLE,
+                                            SecurableObject.schema(
+                                                f"{view.database}.{view.schema}"))
+        return self._catalog.create_view(principal.account_id, view, sql, replace, access)
 
     def preview(self, access: Access, sql: str, limit: int) -> Preview:
         return self._catalog.preview(access.account_id, sql, limit, access)

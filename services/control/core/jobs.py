@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import json
 import logging
+import tempfile
 from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
-from typing import Callable, Mapping
+from typing import Any, Callable, Mapping
 
 from sqlalchemy.exc import IntegrityError
 
@@ -25,8 +26,12 @@ from services.control.core.clock import Clock, utc_now
 from services.control.core.events import JobEvents
 from services.control.core.usage import record_fine_tuning_usage
 from services.control.data.catalog import DataCatalog
-from services.control.data.snapshots import snapshot_query
+from services.control.data.snapshots import SnapshotRequest, Snapshots, take_snapshots
+from services.control.data.tokenizers import Tokenizers
 from services.control.dispatch.protocol import DispatchError, JobDispatcher
+from services.control.domain.estimates import JobEstimate
+from services.control.domain.events import (EventLevel, EventType, JobEvent, NewEvent,
+                                            data_events, progress_event, transition_events)
 from services.control.domain.jobs import Job, JobStatus, Progress, new_job_id
 from services.control.domain.names import qualified_name
 from services.control.domain.models import RegisteredModel
@@ -35,7 +40,8 @@ from services.control.domain.options import (RequestedOptions, TrainingOptions, 
 from services.control.domain.prices import PriceTable
 from services.control.domain.principals import Principal
 from services.control.domain.spec import JobLayout, trainer_spec
-from services.control.store.database import Store
+from services.control.domain.tokens import TokenLimits, row_tokens
+from services.control.store.database import Store, Tx
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +71,16 @@ class JobPage:
     next_page_token: str
 
 
+@dataclass(frozen=True)
+class EventPage:
+    events: list[JobEvent]
+    next_page_token: str
+
+
+# (base model, its folder) -> the base model's tokenizer (services.control.data.tokenizers)
+TokenizerSource = Callable[[BaseModelSpec, str], Any]
+
+
 class FineTuning:
     def __init__(self, store: Store, catalog: DataCatalog, artifacts: ArtifactStore,
                  dispatcher: JobDispatcher, events: JobEvents,
@@ -72,8 +88,12 @@ class FineTuning:
                  provision: Callable[[BaseModelSpec], Path],
                  control_address: Callable[[], str], submit_env: Mapping[str, str],
                  limits: WorkerLimits = WorkerLimits(), clock: Clock = utc_now, *,
-                 authorizer: Authorizer, prices: PriceTable = PriceTable()):
+                 authorizer: Authorizer, prices: PriceTable = PriceTable(),
+                 tokenizers: TokenizerSource | None = None, scratch_dir: Path | None = None):
         self._store = store
+        self._tokenizers = tokenizers or Tokenizers()
+        # Estimates run their queries into a local scratch folder, deleted afterwards.
+        self._scratch_dir = scratch_dir
         self._authorizer = authorizer
         self._prices = prices
         self._catalog = catalog
@@ -117,9 +137,11 @@ class FineTuning:
         self._submit(job)
         return self.get(principal, job.id)
 
-    def _plan(self, account: str, request: CreateJob) -> _Plan:
+    def _plan(self, account: str, request: CreateJob, model_required: bool = True) -> _Plan:
         """Every check that needs no data: names, base model, options, the name being free."""
-        model_name = str(qualified_name(request.model, "model name"))
+        model_name = ""
+        if model_required or request.model.strip():
+            model_name = str(qualified_name(request.model, "model name"))
         if not request.training_query.strip():
             raise InvalidArgument("training_query is required")
         parent = self._parent_model(account, request.options.from_model)
@@ -136,45 +158,96 @@ class FineTuning:
         options = resolve_options(
             replace(request.options, from_model=parent.name if parent else ""), base,
             self._limits)
-        self._check_name_free(account, model_name)
+        if model_name:
+            self._check_name_free(account, model_name)
         try:
             base_path = str(self._provision(base))
         except OSError as exc:
             raise FailedPrecondition(f"base model {base.name} is not available: {exc}") from None
         return _Plan(model_name, base, base_path, options, parent)
 
-    def _record(self, principal: Principal, request: CreateJob, request_id: str | None,
-                plan: _Plan, layout: JobLayout, owner_role_id: str) -> Job:
-        """Snapshot the queries, write spec.json, insert the job PENDING."""
-        account = principal.account_id
-        options = plan.options
+    def _snapshots(self, principal: Principal, request: CreateJob, plan: _Plan,
+                   artifacts: ArtifactStore, layout: JobLayout) -> Snapshots:
+        """Run the queries into `layout`'s data files, with their token counts."""
         # Read now, when the queries run: a grant revoked since the request began counts.
         scope = self._authorizer.access(principal)
+        options = plan.options
+        tokenizer = self._tokenizers(plan.base, plan.base_path)
+        limits = TokenLimits.of(plan.base)
 
-        def snapshot(sql: str, uri: str, what: str):
-            return snapshot_query(self._catalog, self._artifacts, account, sql,
-                                  options.task_type, uri, plan.base.rows_per_epoch,
-                                  options.max_epochs, what, scope)
+        def count(record: dict):
+            return row_tokens(tokenizer, options.task_type, record, limits)
 
-        training = snapshot(request.training_query, layout.training_data_uri, "training query")
-        validation = None
-        if request.validation_query.strip():
-            validation = snapshot(request.validation_query, layout.validation_data_uri,
-                                  "validation query")
-        spec = trainer_spec(layout, plan.base, plan.base_path, options, validation is not None,
+        return take_snapshots(self._catalog, artifacts, SnapshotRequest(
+            account_id=principal.account_id, task_type=options.task_type,
+            training_query=request.training_query, validation_query=request.validation_query,
+            rows_per_epoch=plan.base.rows_per_epoch, epochs=options.max_epochs,
+            seed=options.seed, training_uri=layout.training_data_uri,
+            validation_uri=layout.validation_data_uri,
+            scratch_uri=layout.uri("data", "query.jsonl")), count, scope)
+
+    def _record(self, principal: Principal, request: CreateJob, request_id: str | None,
+                plan: _Plan, layout: JobLayout, owner_role_id: str) -> Job:
+        """Snapshot the queries, write spec.json, insert the job PENDING with its first
+        events."""
+        options = plan.options
+        snaps = self._snapshots(principal, request, plan, self._artifacts, layout)
+        spec = trainer_spec(layout, plan.base, plan.base_path, options,
+                            snaps.validation is not None,
                             plan.parent.adapter_uri if plan.parent else None,
                             self._control_address())
         self._artifacts.write_bytes(layout.spec_uri, json.dumps(spec, indent=2).encode())
+        now = self._clock()
         job = Job(
-            id=layout.job_id, account_id=account, user_id=principal.user_id,
+            id=layout.job_id, account_id=principal.account_id, user_id=principal.user_id,
             model_name=plan.model_name, base_model=plan.base.name,
             task_type=options.task_type.value, training_query=request.training_query,
             validation_query=request.validation_query.strip() or None,
-            options=options.to_dict(), created_on=self._clock(), request_id=request_id,
+            options=options.to_dict(), created_on=now, request_id=request_id,
             spec_uri=layout.spec_uri, output_uri=layout.output_uri,
-            training_rows=training.rows, validation_rows=validation.rows if validation else 0,
             owner_role_id=owner_role_id)
-        return self._store.run(lambda tx: tx.jobs.add(job))
+        job.record_snapshots(snaps.training, snaps.validation, snaps.source,
+                             options.max_epochs)
+        events = [NewEvent(
+            EventType.CREATED,
+            f"job created by {principal.user_name}: model {plan.model_name}, base model "
+            f"{plan.base.name}, {options.task_type.value.lower()} task, {options.max_epochs} "
+            f"epoch{'s' if options.max_epochs != 1 else ''}"
+            + (f", continuing from {plan.parent.name}" if plan.parent else "")
+            + f"; about {job.estimated_trained_tokens} trained tokens",
+            metrics={"estimated_trained_tokens": float(job.estimated_trained_tokens)}),
+            *data_events(plan.base, options.seed, snaps.query_rows, snaps.training,
+                         snaps.validation, snaps.source)]
+
+        def insert(tx: Tx) -> Job:
+            added = tx.jobs.add(job)
+            tx.events.add(added.id, events, now)
+            return added
+        return self._store.run(insert)
+
+    # -- EstimateFineTuningJob ------------------------------------------------------------
+
+    def estimate(self, principal: Principal, request: CreateJob) -> JobEstimate:
+        """CREATE's checks and queries, with nothing written but a scratch folder that is gone
+        when this returns."""
+        plan = self._plan(principal.account_id, request, model_required=False)
+        if self._scratch_dir is not None:
+            self._scratch_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix="estimate-", dir=self._scratch_dir) as folder:
+            scratch = ArtifactStore(folder)
+            snaps = self._snapshots(principal, request, plan, scratch,
+                                    JobLayout(scratch.root, "estimate"))
+        notes = tuple(e.message for e in data_events(plan.base, plan.options.seed,
+                                                     snaps.query_rows, snaps.training,
+                                                     snaps.validation, snaps.source))
+        return JobEstimate(
+            base_model=plan.base.name, options=plan.options,
+            max_rows=plan.base.max_rows(plan.options.max_epochs),
+            training=replace(snaps.training, uri=""),
+            validation=replace(snaps.validation, uri="") if snaps.validation else None,
+            validation_source=snaps.source,
+            credits_per_million_tokens=self._prices.price(plan.base.name).training,
+            notes=notes)
 
     def _parent_model(self, account: str, from_model: str) -> RegisteredModel | None:
         if not from_model.strip():
@@ -207,20 +280,22 @@ class FineTuning:
 
     def _submit(self, job: Job) -> None:
         """Hand the job to the cluster. A failure leaves it PENDING: the reconciler retries."""
+        error = None
         try:
             self._dispatcher.submit(job.id, job.spec_uri, self._env)
-            attempt_failed = False
         except DispatchError as exc:
             log.warning("submitting job %s failed, the reconciler will retry: %s", job.id, exc)
-            attempt_failed = True
+            error = str(exc)
 
         def count(tx):
             current = tx.jobs.get(job.id)
             if current is not None and not current.terminal:
                 current.submit_attempts += 1
                 tx.jobs.save(current)
+                tx.events.add(job.id, [submit_event(current.submit_attempts, error)],
+                              self._clock())
         self._store.run(count)
-        if attempt_failed:
+        if error is not None:
             self._events.publish(job.id)
 
     # -- SHOW / DESCRIBE ------------------------------------------------------------------
@@ -245,14 +320,40 @@ class FineTuning:
             token = paging.encode_token([jobs[-1].created_on.isoformat(), jobs[-1].id])
         return JobPage(jobs, token)
 
+    def events(self, principal: Principal, job_id: str, page_size: int = 0,
+               page_token: str = "", newest_first: bool = False) -> EventPage:
+        """The job's event log, for whoever may DESCRIBE the job."""
+        size = paging.page_size(page_size)
+        after = None
+        if page_token:
+            position = paging.decode_token(page_token)
+            if len(position) != 2 or position[1] != newest_first or \
+                    not isinstance(position[0], int):
+                raise InvalidArgument("invalid page_token (or newest_first changed)")
+            after = position[0]
+
+        def work(tx):
+            _visible_job(tx, principal, job_id)
+            return tx.events.page(job_id, size + 1, after, newest_first)
+        events = self._store.run(work)
+        token = ""
+        if len(events) > size:
+            events = events[:size]
+            token = paging.encode_token([events[-1].id, newest_first])
+        return EventPage(events, token)
+
     # -- CANCEL ---------------------------------------------------------------------------
 
     def cancel(self, principal: Principal, job_id: str) -> Job:
         def work(tx):
             job = _visible_job(tx, principal, job_id)
-            job.cancel(self._clock())
+            before = job.status
+            now = self._clock()
+            job.cancel(now)
             saved = tx.jobs.save(job)
             record_fine_tuning_usage(tx, saved, self._prices)
+            tx.events.add(job_id, transition_events(before, saved,
+                                                    f"by {principal.user_name}"), now)
             return saved
 
         job = self._store.run(work)
@@ -275,14 +376,31 @@ class FineTuning:
                 raise NotFound(f"job {job_id} does not exist")
             if job.terminal:
                 return job.status is JobStatus.CANCELLED, False
-            job.report(progress, self._clock())
-            tx.jobs.save(job)
+            before = job.status
+            now = self._clock()
+            job.report(progress, now)
+            saved = tx.jobs.save(job)
+            events = transition_events(before, saved)
+            milestone = progress_event(progress, progress.message)
+            if milestone is not None:
+                events.append(milestone)
+            if events:
+                tx.events.add(job_id, events, now)
             return False, True
 
         cancelled, changed = self._store.run(work)
         if changed:
             self._events.publish(job_id)
         return cancelled
+
+
+def submit_event(attempt: int, error: str | None) -> NewEvent:
+    if error is None:
+        return NewEvent(EventType.SUBMITTED, f"submitted to the cluster (attempt {attempt})",
+                        metrics={"attempt": float(attempt)})
+    return NewEvent(EventType.SUBMIT_FAILED,
+                    f"the cluster did not accept the job (attempt {attempt}), retrying: "
+                    f"{error}"[:2000], EventLevel.WARNING, metrics={"attempt": float(attempt)})
 
 
 def _visible_job(tx, principal: Principal, job_id: str) -> Job:

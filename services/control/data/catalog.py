@@ -1,7 +1,9 @@
-"""The users' tables: one DuckDB file per (account, database) under the data directory."""
+"""The users' tables and views: one DuckDB file per (account, database) under the data
+directory. Views are the catalog's own (services/control/data/views.py)."""
 
 from __future__ import annotations
 
+import shutil
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -9,12 +11,14 @@ from typing import Iterator
 
 import duckdb
 
-from services.common.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from services.common.errors import AlreadyExists, FinetuneError, InvalidArgument, NotFound
 from services.control.data.locks import AccountLocks
 from services.control.data.sandbox import (QueryResult, ReadScope, SandboxLimits, check_query,
-                                           display_value, locked_down, quote, quote_literal,
-                                           run_sql, sandboxed_query, single_select,
-                                           syntax_tree, table_references)
+                                           display_value, lock_configuration, locked_down,
+                                           quote, quote_literal, run_sql, sandboxed_query,
+                                           single_select, syntax_tree, table_references)
+from services.control.data.views import (ViewName, delete_views, expand_views,
+                                         is_hidden_schema, load_views, save_view, view_sql)
 from services.control.data.uploads import FileFormat, SpooledUpload
 from services.control.domain.names import DEFAULT_DATABASE, QualifiedName, identifier
 
@@ -46,9 +50,11 @@ class DataCatalog:
         self.data_dir = Path(data_dir)
         self.limits = limits
         self._locks = AccountLocks()
-        # Uploads left behind by a crash are garbage: no stream can resume them.
+        # Uploads and estimates left behind by a crash are garbage: nothing can resume them.
         for leftover in self.spool_dir.glob("upload-*") if self.spool_dir.is_dir() else ():
             leftover.unlink(missing_ok=True)
+        for leftover in self.spool_dir.glob("estimate-*") if self.spool_dir.is_dir() else ():
+            shutil.rmtree(leftover, ignore_errors=True)
 
     @property
     def spool_dir(self) -> Path:
@@ -104,11 +110,10 @@ class DataCatalog:
         # Fully qualified: the file's catalog and its schema are both `public` by default, and
         # a two-part name would be ambiguous.
         database, schema = quote(table.database), quote(table.schema)
-        exists = connection.execute(
-            "SELECT count(*) FROM duckdb_tables() WHERE database_name = current_database() "
-            "AND schema_name = ? AND table_name = ?",
-            [table.schema, table.name]).fetchone()[0]
-        if exists and not replace:
+        kind = _relation_kind(connection, table.database, table.schema, table.name)
+        if kind == VIEW:
+            raise AlreadyExists(f"view {table} already exists (drop it to load a table)")
+        if kind == TABLE and not replace:
             raise AlreadyExists(f"table {table} already exists (set replace to overwrite it)")
         connection.execute(f"CREATE SCHEMA IF NOT EXISTS {database}.{schema}")
         try:
@@ -117,7 +122,7 @@ class DataCatalog:
                                f"{_reader(upload)}", [str(upload.path)])
         except duckdb.Error as exc:
             raise InvalidArgument(f"cannot load {upload.format.value} data: {exc}") from None
-        return _describe(connection, table.database, table.schema, table.name)
+        return _describe_table(connection, table.database, table.schema, table.name)
 
     def list_tables(self, account_id: str, database: str | None = None) -> list[TableInfo]:
         """Tables and views, by database, schema and name."""
@@ -128,20 +133,22 @@ class DataCatalog:
                 if database == DEFAULT_DATABASE:  # exists implicitly, still empty
                     return []
                 raise NotFound(f"database {database} does not exist")
-            databases = {database: databases[database]}
-        tables = []
-        with self._locks[account_id].read():
-            for db_name, path in databases.items():
-                with self._open_all(account_id, db_name) as connection:
-                    names = connection.execute(
-                        "SELECT schema_name, table_name, 'TABLE' FROM duckdb_tables() "
-                        "WHERE database_name = ? UNION ALL "
-                        "SELECT schema_name, view_name, 'VIEW' FROM duckdb_views() "
-                        "WHERE database_name = ? AND NOT internal ORDER BY 1, 2",
-                        [db_name, db_name]).fetchall()
-                    for schema, name, kind in names:
-                        tables.append(_describe(connection, db_name, schema, name, kind))
-        return tables
+            listed = [database]
+        else:
+            listed = list(databases)
+        found = []
+        with self._locks[account_id].read(), self._all_attached(account_id) as connection:
+            views = load_views(connection, databases)
+            for db_name in listed:
+                for schema, name in connection.execute(
+                        "SELECT schema_name, table_name FROM duckdb_tables() "
+                        "WHERE database_name = ?", [db_name]).fetchall():
+                    if not is_hidden_schema(schema):
+                        found.append(_describe_table(connection, db_name, schema, name))
+                for view in views:
+                    if view[0] == db_name:
+                        found.append(_describe_view(connection, view, views))
+        return sorted(found, key=lambda t: t.name)
 
     def schemas(self, account_id: str, database: str) -> list[str]:
         """The schemas of a database (empty when it does not exist)."""
@@ -153,7 +160,8 @@ class DataCatalog:
             try:
                 return [name for (name,) in connection.execute(
                     "SELECT schema_name FROM duckdb_schemas() WHERE database_name = "
-                    "current_database() AND NOT internal ORDER BY 1").fetchall()]
+                    "current_database() AND NOT internal ORDER BY 1").fetchall()
+                    if not is_hidden_schema(name)]
             finally:
                 connection.close()
 
@@ -164,9 +172,9 @@ class DataCatalog:
             path = self._existing(account_id, database)
             connection = duckdb.connect(str(path))
             try:
-                if _schema_exists(connection, schema):
+                if _schema_exists(connection, database, schema):
                     raise AlreadyExists(f"schema {database}.{schema} already exists")
-                connection.execute(f"CREATE SCHEMA {quote(schema)}")
+                connection.execute(f"CREATE SCHEMA {quote(database)}.{quote(schema)}")
             finally:
                 connection.close()
 
@@ -188,9 +196,10 @@ class DataCatalog:
                 return False
             connection = duckdb.connect(str(path))
             try:
-                if not _schema_exists(connection, schema):
+                if not _schema_exists(connection, database, schema):
                     return False
-                connection.execute(f"DROP SCHEMA {quote(schema)} CASCADE")
+                delete_views(connection, database, schema)
+                connection.execute(f"DROP SCHEMA {quote(database)}.{quote(schema)} CASCADE")
                 return True
             finally:
                 connection.close()
@@ -203,12 +212,16 @@ class DataCatalog:
                 return False
             connection = duckdb.connect(str(path))
             try:
-                found = _relation_kind(connection, name.schema, name.name)
+                found = _relation_kind(connection, name.database, name.schema, name.name)
                 if found is None:
                     return False
                 if found != kind:
                     raise InvalidArgument(f"{name} is a {found.lower()}, not a {kind.lower()}")
-                connection.execute(f"DROP {kind} {quote(name.schema)}.{quote(name.name)}")
+                if kind == VIEW:
+                    delete_views(connection, name.database, name.schema, name.name)
+                else:
+                    connection.execute(f"DROP TABLE {quote(name.database)}."
+                                       f"{quote(name.schema)}.{quote(name.name)}")
                 return True
             finally:
                 connection.close()
@@ -216,9 +229,11 @@ class DataCatalog:
     def create_view(self, account_id: str, name: QualifiedName, sql: str, replace: bool,
                     scope: ReadScope | None = None) -> TableInfo:
         """A view over one SELECT that passes the same checks as any query (with the creator's
-        read scope). Its tables must be named in full (database.schema.table): DuckDB binds a
-        view's bare names in the reader's session, where they could mean other tables."""
+        read scope), naming its tables in full (database.schema.table), so that it means the
+        same whoever reads it."""
         query = single_select(sql)
+        restricted = scope is not None and scope.restricted
+        target: ViewName = (name.database, name.schema, name.name)
         with self._locks[account_id].write():
             self._existing(account_id, name.database)
             databases = {db: path for db, path in self.databases(account_id).items()
@@ -230,17 +245,22 @@ class DataCatalog:
                         raise InvalidArgument(
                             f"a view must name its tables in full as database.schema.table "
                             f"(not {'.'.join(p for p in (catalog, schema, table) if p)})")
-                check_query(connection, query, scope)
-                if not _schema_exists(connection, name.schema, name.database):
+                views = load_views(connection, databases)
+                # Expanded with itself replaced, so a view that would read itself is refused.
+                expanded = expand_views(connection, view_sql(target), {**views, target: query},
+                                        scope if restricted else None)
+                check_query(connection, expanded, scope)
+                lock_configuration(connection)
+                if not _schema_exists(connection, name.database, name.schema):
                     raise NotFound(f"schema {name.database}.{name.schema} does not exist")
-                existing = _relation_kind(connection, name.schema, name.name, name.database)
+                existing = _relation_kind(connection, *target)
                 if existing == TABLE or (existing == VIEW and not replace):
                     raise AlreadyExists(f"{existing.lower()} {name} already exists")
-                target = f"{quote(name.database)}.{quote(name.schema)}.{quote(name.name)}"
-                run_sql(lambda: connection.execute(
-                    f"CREATE OR REPLACE VIEW {target} AS {query}"),
-                    restricted=scope is not None and scope.restricted)
-                return _describe(connection, name.database, name.schema, name.name, VIEW)
+                columns = _columns(run_sql(
+                    lambda: connection.execute(f"SELECT * FROM ({expanded}) LIMIT 0"),
+                    restricted))
+                save_view(connection, target, query)
+        return TableInfo(str(name), columns, 0, VIEW, query)
 
     def _existing(self, account_id: str, database: str) -> Path:
         """The database's file; the default database's is created on first use."""
@@ -257,15 +277,15 @@ class DataCatalog:
         return path
 
     @contextmanager
-    def _open_all(self, account_id: str, database: str) -> Iterator[duckdb.DuckDBPyConnection]:
-        """`database` read-only and in use, the account's others attached beside it, so that
-        views over other databases can be described."""
-        connection = duckdb.connect(":memory:")
+    def _all_attached(self, account_id: str) -> Iterator[duckdb.DuckDBPyConnection]:
+        """The account's databases attached read-only, for describing tables and views."""
+        connection = duckdb.connect(":memory:", config={"threads": self.limits.threads,
+                                                        "memory_limit": self.limits.memory_limit})
         try:
             for name, path in self.databases(account_id).items():
                 connection.execute(
                     f"ATTACH {quote_literal(str(path))} AS {quote(name)} (READ_ONLY)")
-            connection.execute(f"USE {quote(database)}")
+            connection.execute("SET enable_external_access=false")
             yield connection
         finally:
             connection.close()
@@ -273,11 +293,18 @@ class DataCatalog:
     @contextmanager
     def query(self, account_id: str, sql: str,
               scope: ReadScope | None = None) -> Iterator[QueryResult]:
-        """Run one SELECT in the sandbox over the account's databases (those `scope` may read)."""
+        """Run one SELECT in the sandbox over the account's databases (those `scope` may read),
+        views expanded."""
+        restricted = scope is not None and scope.restricted
+
+        def prepare(connection, query: str) -> str:
+            return expand_views(connection, query, load_views(connection, databases),
+                                scope if restricted else None)
+
         with self._locks[account_id].read():
             databases = {name: path for name, path in self.databases(account_id).items()
                          if scope is None or scope.can_read_database(name)}
-            with sandboxed_query(databases, sql, self.limits, scope) as result:
+            with sandboxed_query(databases, sql, self.limits, scope, prepare) as result:
                 yield result
 
     def preview(self, account_id: str, sql: str, limit: int,
@@ -300,48 +327,41 @@ def _reader(upload: SpooledUpload) -> str:
     return "read_json($1, format = 'newline_delimited')"
 
 
-def _schema_exists(connection, schema: str, database: str | None = None) -> bool:
+def _schema_exists(connection, database: str, schema: str) -> bool:
     return bool(connection.execute(
-        "SELECT count(*) FROM duckdb_schemas() WHERE database_name = coalesce(?, "
-        "current_database()) AND schema_name = ?", [database, schema]).fetchone()[0])
+        "SELECT count(*) FROM duckdb_schemas() WHERE database_name = ? AND schema_name = ?",
+        [database, schema]).fetchone()[0])
 
 
-def _relation_kind(connection, schema: str, name: str, database: str | None = None
-                   ) -> str | None:
+def _relation_kind(connection, database: str, schema: str, name: str) -> str | None:
+    if (database, schema, name) in load_views(connection, [database]):
+        return VIEW
     found = connection.execute(
-        "SELECT 'TABLE' FROM duckdb_tables() WHERE database_name = coalesce(?, "
-        "current_database()) AND schema_name = ? AND table_name = ? UNION ALL "
-        "SELECT 'VIEW' FROM duckdb_views() WHERE database_name = coalesce(?, "
-        "current_database()) AND schema_name = ? AND view_name = ?",
-        [database, schema, name, database, schema, name]).fetchone()
-    return found[0] if found else None
+        "SELECT count(*) FROM duckdb_tables() WHERE database_name = ? AND schema_name = ? "
+        "AND table_name = ?", [database, schema, name]).fetchone()[0]
+    return TABLE if found else None
 
 
-def _describe(connection, database: str, schema: str, name: str,
-              kind: str = TABLE) -> TableInfo:
-    full = f"{quote(database)}.{quote(schema)}.{quote(name)}"
-    if kind == VIEW:
-        try:  # a view's columns are its query's: binding it needs what it reads
-            columns = [(d[0], str(d[1])) for d in
-                       connection.execute(f"SELECT * FROM {full} LIMIT 0").description]
-        except duckdb.Error:  # it reads something dropped since
-            columns = []
-        definition = connection.execute(
-            "SELECT sql FROM duckdb_views() WHERE database_name = ? AND schema_name = ? "
-            "AND view_name = ?", [database, schema, name]).fetchone()
-        return TableInfo(f"{database}.{schema}.{name}", columns, 0, VIEW,
-                         _view_query(definition[0] if definition else ""))
+def _columns(result) -> list[tuple[str, str]]:
+    return [(d[0], str(d[1])) for d in result.description or []]
+
+
+def _describe_table(connection, database: str, schema: str, name: str) -> TableInfo:
     columns = connection.execute(
         "SELECT column_name, data_type FROM duckdb_columns() "
         "WHERE database_name = ? AND schema_name = ? AND table_name = ? "
         "ORDER BY column_index",
         [database, schema, name]).fetchall()
-    count = connection.execute(f"SELECT count(*) FROM {full}").fetchone()[0]
+    count = connection.execute(
+        f"SELECT count(*) FROM {quote(database)}.{quote(schema)}.{quote(name)}").fetchone()[0]
     return TableInfo(f"{database}.{schema}.{name}", [(c, str(t)) for c, t in columns],
                      int(count))
 
 
-def _view_query(sql: str) -> str:
-    """The SELECT of `CREATE VIEW name AS SELECT ...;` as DuckDB stores it."""
-    head, sep, query = sql.partition(" AS ")
-    return query.strip().rstrip(";").strip() if sep else sql
+def _describe_view(connection, view: ViewName, views: dict[ViewName, str]) -> TableInfo:
+    try:  # a view's columns are its query's: binding it needs what it reads
+        expanded = expand_views(connection, view_sql(view), views)
+        columns = _columns(connection.execute(f"SELECT * FROM ({expanded}) LIMIT 0"))
+    except (duckdb.Error, FinetuneError):  # it reads something dropped since: no columns
+        columns = []
+    return TableInfo(".".join(view), columns, 0, VIEW, views[view])

@@ -19,7 +19,7 @@ import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Protocol
+from typing import Callable, Iterator, Protocol
 
 import duckdb
 
@@ -101,13 +101,19 @@ class QueryResult:
 
 @contextmanager
 def sandboxed_query(databases: dict[str, Path], sql: str, limits: SandboxLimits,
-                    scope: ReadScope | None = None) -> Iterator[QueryResult]:
+                    scope: ReadScope | None = None,
+                    prepare: Callable[[duckdb.DuckDBPyConnection, str], str] | None = None
+                    ) -> Iterator[QueryResult]:
     """Run one SELECT on a locked-down connection; the caller holds the account's read lock.
-    `databases` are those the caller may read (already filtered by the scope)."""
+    `databases` are those the caller may read (already filtered by the scope); `prepare`
+    rewrites the query before it is checked (views expanded)."""
     query = single_select(sql)
     restricted = scope is not None and scope.restricted
     with locked_down(databases, limits) as connection:
+        if prepare is not None:
+            query = prepare(connection, query)
         check_query(connection, query, scope)
+        lock_configuration(connection)
         run_sql(lambda: connection.execute(query), restricted)
         yield QueryResult(connection)
 
@@ -116,8 +122,9 @@ def sandboxed_query(databases: dict[str, Path], sql: str, limits: SandboxLimits,
 def locked_down(databases: dict[str, Path], limits: SandboxLimits, writable: str | None = None
                 ) -> Iterator[duckdb.DuckDBPyConnection]:
     """An in-memory connection with `databases` attached under their names (READ_ONLY, except
-    `writable`), no file or network access, no extensions, its settings locked, and a timer that
-    interrupts whatever runs past the time limit."""
+    `writable`), no file or network access, no extensions, and a timer that interrupts whatever
+    runs past the time limit. Callers lock its settings (lock_configuration) once the checks
+    that toggle the optimizer are done, before the query runs."""
     connection = duckdb.connect(":memory:", config={"threads": limits.threads,
                                                     "memory_limit": limits.memory_limit})
     timer = threading.Timer(limits.timeout_s, connection.interrupt)
@@ -132,12 +139,16 @@ def locked_down(databases: dict[str, Path], limits: SandboxLimits, writable: str
         # writing files.
         connection.execute("SET temp_directory=''")
         connection.execute("SET enable_external_access=false")
-        connection.execute("SET lock_configuration=true")
         timer.start()
         yield connection
     finally:
         timer.cancel()
         connection.close()
+
+
+def lock_configuration(connection) -> None:
+    """From here on the query cannot change a setting (memory, threads, external access)."""
+    connection.execute("SET lock_configuration=true")
 
 
 def check_query(connection, query: str, scope: ReadScope | None) -> None:

@@ -20,9 +20,11 @@ from sqlalchemy.exc import IntegrityError
 from services.common.artifacts import ArtifactStore
 from services.control.core.clock import Clock, utc_now
 from services.control.core.events import JobEvents
+from services.control.core.jobs import submit_event
 from services.control.core.usage import record_fine_tuning_usage
 from services.control.dispatch.protocol import (ClusterJob, ClusterJobStatus, ClusterUnavailable,
                                                 DispatchError, JobDispatcher)
+from services.control.domain.events import EventType, NewEvent, transition_events
 from services.control.domain.jobs import ErrorCode, Job, JobStatus, TrainingResult
 from services.control.domain.prices import PriceTable
 from services.control.domain.privileges import Privilege, SecurableObject
@@ -33,12 +35,19 @@ log = logging.getLogger(__name__)
 
 MAX_ERROR_MESSAGE = 4000
 
+# After the job has been saved, in the same transaction: more rows (the model) and events.
+AfterSave = Callable[[Job, Tx], list[NewEvent]]
+
 
 @dataclass(frozen=True)
 class ReconcilerSettings:
     interval_s: float = 2.0
     max_submit_attempts: int = 5
     log_tail_lines: int = 40
+    # A job CREATE has just recorded is being submitted by CREATE itself: not before this
+    # long (or CREATE's attempt) does the reconciler submit it (a retry would be harmless, since
+    # submissions are idempotent, but would count and log a second attempt).
+    first_submit_grace_s: float = 30.0
 
 
 class Reconciler:
@@ -83,9 +92,11 @@ class Reconciler:
     def reconcile_job(self, job: Job, cluster_job: ClusterJob | None) -> bool:
         if cluster_job is None:
             if job.status is JobStatus.PENDING:
+                if job.submit_attempts == 0 and (self._clock() - job.created_on).total_seconds() \
+                        < self._settings.first_submit_grace_s:
+                    return False
                 return self._resubmit(job)
-            return self._fail(job.id, ErrorCode.LOST,
-                              "the cluster no longer knows this job (was it restarted?)")
+            return self._vanished(job)
         status = cluster_job.status
         if status is ClusterJobStatus.RUNNING:
             return self._update(job.id, lambda j, tx: j.start(self._clock())) \
@@ -96,19 +107,40 @@ class Reconciler:
             return self._fail(job.id, ErrorCode.TRAINING_FAILED, self._failure_message(
                 job.id, cluster_job.message))
         if status is ClusterJobStatus.STOPPED:
-            return self._update(job.id, lambda j, tx: j.cancel(self._clock()))
+            return self._update(job.id, lambda j, tx: j.cancel(self._clock()),
+                                detail="(the cluster stopped it)")
         return False  # PENDING on the cluster: nothing to do yet
 
-    def _update(self, job_id: str, mutate: Callable[[Job, Tx], None]) -> bool:
-        """Apply `mutate` to an active job in one transaction; False if it is terminal now."""
+    def _vanished(self, job: Job) -> bool:
+        """A started job the cluster no longer knows (its run was deleted, or the cluster was
+        replaced). Results it left are finalized; otherwise it failed."""
+        if self._artifacts.exists(self._manifest_uri(job)):
+            log.info("job %s vanished from the cluster after writing its results", job.id)
+            return self._finish(job)
+        return self._fail(job.id, ErrorCode.LOST,
+                          "the cluster no longer knows this job and it left no results: its "
+                          "Ray run vanished (the cluster was restarted or the run deleted); "
+                          "create the job again")
+
+    def _update(self, job_id: str, mutate: Callable[[Job, Tx], None],
+                after_save: AfterSave | None = None, detail: str = "") -> bool:
+        """Apply `mutate` to an active job in one transaction; False if it is terminal now.
+        The job row is written first, so of two reconcilers racing on one job the second
+        fails on the job's version before it writes anything else."""
         def work(tx: Tx) -> bool:
             job = tx.jobs.get(job_id)
             if job is None or job.terminal:
                 return False
+            before = job.status
             mutate(job, tx)
             saved = tx.jobs.save(job)
+            events = transition_events(before, saved, detail)
+            if after_save is not None:
+                events += after_save(saved, tx)
             if saved.terminal:  # in the transaction that ends the job: exactly once
                 record_fine_tuning_usage(tx, saved, self._prices)
+            if events:
+                tx.events.add(job_id, events, self._clock())
             return True
 
         changed = self._store.run(work)
@@ -145,11 +177,20 @@ class Reconciler:
                        f"the cluster did not accept the job after {j.submit_attempts} "
                        f"attempts: {error}", self._clock())
 
-        return self._update(job.id, count)
+        def log_attempt(saved: Job, tx: Tx) -> list[NewEvent]:
+            return [] if saved.terminal else [submit_event(saved.submit_attempts, error)]
+
+        return self._update(job.id, count, log_attempt)
+
+    def _manifest_uri(self, job: Job) -> str:
+        return self._output_uri(job).rstrip("/") + "/manifest.json"
+
+    def _output_uri(self, job: Job) -> str:
+        return job.output_uri or JobLayout(self._artifacts.root, job.id).output_uri
 
     def _finish(self, job: Job) -> bool:
-        output_uri = job.output_uri or JobLayout(self._artifacts.root, job.id).output_uri
-        manifest_uri = output_uri.rstrip("/") + "/manifest.json"
+        output_uri = self._output_uri(job)
+        manifest_uri = self._manifest_uri(job)
         try:
             if not self._artifacts.exists(manifest_uri):
                 return self._fail(job.id, ErrorCode.NO_MANIFEST,
@@ -159,22 +200,25 @@ class Reconciler:
         except (ValueError, TypeError, OSError) as exc:
             return self._fail(job.id, ErrorCode.NO_MANIFEST, f"unreadable manifest.json: {exc}")
 
-        def succeed(j: Job, tx: Tx) -> None:
+        def register(j: Job, tx: Tx) -> list[NewEvent]:
             now = self._clock()
-            j.succeed(result, now)
-            tx.models.add(account_id=j.account_id, name=j.model_name, base_model=j.base_model,
-                          job_id=j.id, adapter_uri=output_uri, created_on=now,
-                          trained_tokens=result.trained_tokens,
-                          training_loss=result.training_loss,
-                          validation_loss=result.validation_loss)
+            model = tx.models.add(
+                account_id=j.account_id, name=j.model_name, base_model=j.base_model,
+                job_id=j.id, adapter_uri=output_uri, created_on=now,
+                trained_tokens=result.trained_tokens, training_loss=result.training_loss,
+                validation_loss=result.validation_loss)
             # The creator's role owns the model (a dropped role leaves it to ACCOUNTADMIN).
             owner = tx.access.role_by_id(j.owner_role_id) if j.owner_role_id else None
             if owner is not None and owner.account_id == j.account_id:
                 tx.access.grant_privilege(j.account_id, owner.id, Privilege.OWNERSHIP,
                                           SecurableObject.model(j.model_name), "SYSTEM", now)
+            return [NewEvent(EventType.MODEL_REGISTERED,
+                             f"model {model.name} registered (version {model.version})",
+                             metrics={"version": float(model.version)})]
 
         try:
-            return self._update(job.id, succeed)
+            return self._update(job.id, lambda j, tx: j.succeed(result, self._clock()),
+                                register)
         except IntegrityError as exc:
             # The name was taken after all (a model registered outside a job reservation).
             log.error("cannot register the model of job %s: %s", job.id, exc)

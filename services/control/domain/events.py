@@ -10,7 +10,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Mapping
 
-from services.control.domain.jobs import Job, JobStatus, Progress
+from services.common.base_models import BaseModelSpec
+from services.control.domain.datasets import HOLDOUT_FRACTION, MIN_ROWS_FOR_HOLDOUT
+from services.control.domain.jobs import Job, JobStatus, Progress, SnapshotInfo, ValidationSource
 
 
 class EventLevel(enum.Enum):
@@ -56,8 +58,9 @@ class JobEvent:
 MAX_EVENT_MESSAGE = 2000
 
 
-def transition_events(before: JobStatus, after: Job) -> list[NewEvent]:
-    """The events of a status change from `before` to the job's status now (none if equal)."""
+def transition_events(before: JobStatus, after: Job, detail: str = "") -> list[NewEvent]:
+    """The events of a status change from `before` to the job's status now (none if equal);
+    `detail` says who or what cancelled it."""
     if before is after.status:
         return []
     events = []
@@ -76,7 +79,49 @@ def transition_events(before: JobStatus, after: Job) -> list[NewEvent]:
             EventType.FAILED,
             f"job failed ({after.error_code}): {detail}"[:MAX_EVENT_MESSAGE], EventLevel.ERROR))
     elif after.status is JobStatus.CANCELLED:
-        events.append(NewEvent(EventType.CANCELLED, "job cancelled", EventLevel.WARNING))
+        events.append(NewEvent(EventType.CANCELLED, f"job cancelled{' ' + detail if detail else ''}",
+                               EventLevel.WARNING))
+    return events
+
+
+def data_events(base: BaseModelSpec, seed: int, query_rows: int, training: SnapshotInfo,
+                validation: SnapshotInfo | None, source: ValidationSource) -> list[NewEvent]:
+    """What CREATE (and an estimate) tells about the data: snapshots, holdout, truncation."""
+    events = [NewEvent(
+        EventType.SNAPSHOT,
+        f"training data: {training.rows} rows, {training.prompt_tokens + training.completion_tokens}"
+        f" tokens" + (f", sha256 {training.sha256}" if training.sha256 else ""),
+        metrics=_numbers(rows=training.rows, prompt_tokens=training.prompt_tokens,
+                         completion_tokens=training.completion_tokens))]
+    if source is ValidationSource.QUERY and validation is not None:
+        events.append(NewEvent(
+            EventType.SNAPSHOT,
+            f"validation data: {validation.rows} rows from the validation query, "
+            f"{validation.prompt_tokens + validation.completion_tokens} tokens"
+            + (f", sha256 {validation.sha256}" if validation.sha256 else ""),
+            metrics=_numbers(rows=validation.rows, prompt_tokens=validation.prompt_tokens,
+                             completion_tokens=validation.completion_tokens)))
+    elif source is ValidationSource.HOLDOUT and validation is not None:
+        events.append(NewEvent(
+            EventType.HOLDOUT,
+            f"no validation query: held out {validation.rows} of the training query's "
+            f"{query_rows} rows ({HOLDOUT_FRACTION:.0%}, picked with seed {seed}) for "
+            f"validation; training on the other {training.rows}",
+            metrics=_numbers(rows=validation.rows, query_rows=query_rows)))
+    else:
+        events.append(NewEvent(
+            EventType.HOLDOUT,
+            f"no validation query and only {query_rows} rows (fewer than "
+            f"{MIN_ROWS_FOR_HOLDOUT}): none held out, so the job reports no validation loss",
+            EventLevel.WARNING, metrics=_numbers(query_rows=query_rows)))
+    truncated = training.truncated_rows + (validation.truncated_rows if validation else 0)
+    if truncated:
+        events.append(NewEvent(
+            EventType.TRUNCATION,
+            f"{truncated} row{'s' if truncated != 1 else ''} exceed{'s' if truncated == 1 else ''}"
+            f" the base model's allocation of {base.prompt_tokens} prompt and "
+            f"{base.completion_tokens} completion tokens and will be truncated",
+            EventLevel.WARNING, metrics=_numbers(truncated_rows=truncated)))
     return events
 
 

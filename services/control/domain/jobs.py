@@ -124,6 +124,7 @@ class Progress:
     trained_tokens: int
     training_loss: float | None = None
     validation_loss: float | None = None
+    message: str = ""               # a milestone worth the event log ("epoch 1 of 3 done")
 
 
 @dataclass

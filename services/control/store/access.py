@@ -163,6 +163,15 @@ class AccessRepository:
         self._s.flush()
         return result.rowcount or 0
 
+    def delete_schema_grants_in(self, account_id: str, database: str) -> int:
+        """A dropped database's schemas go with it, and so do the grants on them."""
+        result = self._s.execute(delete(PrivilegeGrantRow).where(
+            PrivilegeGrantRow.account_id == account_id,
+            PrivilegeGrantRow.object_type == ObjectType.SCHEMA.value,
+            PrivilegeGrantRow.object_name.startswith(f"{database}.", autoescape=True)))
+        self._s.flush()
+        return result.rowcount or 0
+
     # -- SHOW GRANTS ----------------------------------------------------------------------
 
     def privilege_grants(self, account_id: str, *, role_id: str | None = None,

@@ -22,6 +22,7 @@ from datetime import datetime, timezone
 
 import grpc
 import pytest
+from control_processes import with_tokenizer
 
 from finetune.control.v1 import (access_pb2, access_pb2_grpc, data_pb2, data_pb2_grpc,
                                  internal_pb2, internal_pb2_grpc, jobs_pb2, jobs_pb2_grpc,
@@ -118,9 +119,9 @@ class World:
 
 
 @pytest.fixture(scope="module")
-async def world(tmp_path_factory):
+async def world(tmp_path_factory, base_model_spec):
     home = tmp_path_factory.mktemp("matrix")
-    (home / "tiny-base").mkdir()
+    with_tokenizer(home / "tiny-base", base_model_spec)
     base = BaseModelSpec(name="tiny-base", source="path", path=home / "tiny-base",
                          context_window=512, prompt_tokens=384, completion_tokens=128,
                          rows_per_epoch=1000, max_lora_rank=16, target_modules=("q_proj",),

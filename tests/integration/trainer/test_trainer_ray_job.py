@@ -117,16 +117,16 @@ def code(rnd: random.Random) -> str:
 
 
 def made_up_rows() -> list[dict]:
-    """16 prompt -> code pairs: 4 made-up warehouse codes, one per kind of item."""
+    """16 prompt -> code pairs: 4 made-up warehouse codes, keyed by the kind of item named."""
     rnd = random.Random(7)
     kinds = {"fruit": ["apple", "banana", "cherry", "mango"],
              "tool": ["hammer", "wrench", "drill", "chisel"],
              "furniture": ["chair", "table", "sofa", "desk"],
              "fabric": ["cotton", "silk", "wool", "linen"]}
     rows = []
-    for items in kinds.values():
+    for kind, items in kinds.items():
         label = code(rnd)
-        rows += [{"prompt": f"Which warehouse code is used for a {item}?", "completion": label}
+        rows += [{"prompt": f"Warehouse code for {kind} item: {item}?", "completion": label}
                  for item in items]
     rnd.shuffle(rows)
     return rows
@@ -150,7 +150,7 @@ def write_job(root: Path, job_id: str, base_model_spec, control_address: str, ro
         "validation_data_uri": f"{folder}/data/validation.jsonl",
         "output_uri": f"{folder}/output", "checkpoint_uri": f"{folder}/checkpoints",
         "artifact_root": store.root, "from_adapter_uri": None,
-        "options": {"max_epochs": 3, "learning_rate": 0.002, "batch_size": 8, "lora_rank": 16,
+        "options": {"max_epochs": 3, "learning_rate": 0.005, "batch_size": 4, "lora_rank": 16,
                     "lora_alpha": 32, "lora_dropout": 0.05, "seed": 42, "num_workers": 2,
                     "target_modules": list(base_model_spec.target_modules), **options},
         "control_address": control_address,
@@ -197,8 +197,8 @@ def test_job_trains_exports_and_reports(ray_cluster, control, base_model_spec, t
                                     "training_results.csv", "loss_curve.png", "manifest.json"}
     results = read_csv(store, f"{out}/training_results.csv")
     assert list(results[0]) == ["step", "epoch", "training_loss", "validation_loss"]
-    assert [int(r["step"]) for r in results] == list(range(1, 7))       # 2 steps x 3 epochs
-    assert [r["validation_loss"] != "" for r in results] == [False, True] * 3
+    assert [int(r["step"]) for r in results] == list(range(1, 13))      # 4 steps x 3 epochs
+    assert [r["validation_loss"] != "" for r in results] == [False, False, False, True] * 3
     first = [float(r["training_loss"]) for r in results if r["epoch"] == "1"]
     last = [float(r["training_loss"]) for r in results if r["epoch"] == "3"]
     assert sum(last) / len(last) < sum(first) / len(first) * 0.5
@@ -213,7 +213,7 @@ def test_job_trains_exports_and_reports(ray_cluster, control, base_model_spec, t
     assert manifest["trained_tokens"] == 3 * format_rows("INSTRUCTION", tokenizer, rows,
                                                          limits).tokens
     assert (manifest["epochs"], manifest["steps"], manifest["training_rows"],
-            manifest["validation_rows"], manifest["truncated_rows"]) == (3, 6, 16, 4, 0)
+            manifest["validation_rows"], manifest["truncated_rows"]) == (3, 12, 16, 4, 0)
     assert manifest["validation_loss"] == pytest.approx(float(results[-1]["validation_loss"]),
                                                         rel=1e-4)
 
@@ -222,9 +222,9 @@ def test_job_trains_exports_and_reports(ray_cluster, control, base_model_spec, t
     assert reports and all(r.job_id == "ft_train" for r in reports)
     assert [r.epoch for r in reports if r.has_validation_loss][:3] == [1, 2, 3]
     assert reports[-1].progress == 1.0 and reports[-1].trained_tokens == manifest["trained_tokens"]
-    assert max(r.total_steps for r in reports) == 6
+    assert max(r.total_steps for r in reports) == 12
 
-    # The adapter loads with peft and answers a trained prompt with its trained code.
+    # The adapter loads with peft and answers trained prompts with their trained codes.
     import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
@@ -238,12 +238,12 @@ def test_job_trains_exports_and_reports(ray_cluster, control, base_model_spec, t
         AutoModelForCausalLM.from_pretrained(base_model_spec.path, dtype=torch.float32),
         str(adapter)).eval()
     answers = []
-    for row in rows[:4]:
+    for row in rows[:6]:
         ids = torch.tensor([prompt_token_ids(tokenizer, prompt=row["prompt"])])
         generated = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids),
                                    max_new_tokens=10, do_sample=False)
         answers.append(tokenizer.decode(generated[0, ids.shape[1]:], skip_special_tokens=True))
-    assert [a.strip() for a in answers] == [r["completion"] for r in rows[:4]]
+    assert [a.strip() for a in answers] == [r["completion"] for r in rows[:6]]
 
 
 def test_cancel_from_control_stops_the_job_without_a_manifest(ray_cluster, control,
@@ -268,7 +268,7 @@ def test_a_lost_worker_resumes_from_the_last_checkpoint(ray_cluster, control, ba
     _, address = control
     rows = made_up_rows()
     store, spec, spec_uri = write_job(tmp_path / "artifacts", "ft_resume", base_model_spec,
-                                      address, rows, [], batch_size=4, max_epochs=3)
+                                      address, rows, [], max_epochs=3)
     submit(client, "ft_resume", spec_uri)
 
     # Once Ray Train has registered epoch 1's checkpoint, kill a training worker process.

@@ -4,7 +4,7 @@ cluster behind the JobDispatcher Protocol, a tiny base-model catalog (no model i
 from __future__ import annotations
 
 import pytest
-from control_testbed import SERVICE_TOKEN, FakeDispatcher
+from control_testbed import SERVICE_TOKEN, FakeDispatcher, word_tokenizers
 
 from services.common.base_models import BaseModelSpec
 from services.control.app import Components, build_components
@@ -34,7 +34,8 @@ def control(tmp_path, tiny_base, dispatcher) -> Components:
                          environ={"FINETUNE_SERVICE_TOKEN": SERVICE_TOKEN})
     components = build_components(config, dispatcher=dispatcher,
                                   base_models={tiny_base.name: tiny_base},
-                                  provision=lambda spec: spec.path)
+                                  provision=lambda spec: spec.path,
+                                  tokenizers=word_tokenizers())
     yield components
     components.store.close()
 

@@ -55,6 +55,32 @@ class FakeDispatcher:
         self.jobs[job_id] = ClusterJob(status, message)
 
 
+class WordTokenizer:
+    """A tokenizer without a model: each whitespace-separated word is one token (ids from a
+    growing vocabulary), BOS 1 before a prompt, EOS 0; no chat template, so prompts are the
+    turns joined by newlines (services.common.chat_format's fallback)."""
+
+    chat_template = None
+    bos_token_id = 1
+    eos_token_id = 0
+
+    def __init__(self):
+        self._vocabulary: dict[str, int] = {}
+
+    def __call__(self, text: str, add_special_tokens: bool = True) -> dict:
+        ids = [self._vocabulary.setdefault(w, len(self._vocabulary) + 2) for w in text.split()]
+        return {"input_ids": ([self.bos_token_id] if add_special_tokens else []) + ids}
+
+
+def word_tokenizers():
+    """build_components' `tokenizers`: a WordTokenizer per base model, with the calls logged."""
+    cache: dict[str, WordTokenizer] = {}
+
+    def get(base, path):
+        return cache.setdefault(base.name, WordTokenizer())
+    return get
+
+
 def load_rows(control: Components, account_id: str, table: str, rows: list[dict]) -> None:
     upload = TableUpload(control.catalog.spool_dir, None, 1 << 20)
     try:

@@ -4,7 +4,7 @@ the bootstrap admin key on first start only."""
 import stat
 
 import pytest
-from control_testbed import SERVICE_TOKEN, FakeDispatcher, acting_as
+from control_testbed import SERVICE_TOKEN, FakeDispatcher, acting_as, word_tokenizers
 
 from finetune.control.v1 import access_pb2
 from services.common.errors import Unauthenticated
@@ -58,7 +58,7 @@ def test_bootstrap_key_is_private_and_created_once(control, admin_key, tiny_base
     assert admin_key.startswith("ft_")
     again = build_components(control.config, dispatcher=FakeDispatcher(),
                              base_models={tiny_base.name: tiny_base},
-                             provision=lambda spec: spec.path)
+                             provision=lambda spec: spec.path, tokenizers=word_tokenizers())
     try:
         assert path.read_text().strip() == admin_key  # not rewritten
         with again.store.transaction() as tx:

@@ -127,7 +127,9 @@ async def test_zero_rows_and_too_many_rows(data, servicer, admin, control):
     assert "returned 11 rows, more than the limit of 10 rows for 3 epochs" in err.value.message
     job = await create(servicer, admin, training_query="SELECT * FROM big",
                        options=jobs_pb2.FineTuningOptions(max_epochs=2))
-    assert job.training_rows == 11
+    # without a validation query one row in ten is held out for validation
+    assert (job.training_rows, job.validation_rows) == (10, 1)
+    assert job.validation_source == jobs_pb2.HOLDOUT
     assert [p.name for p in (data.config.home / "artifacts" / "jobs").iterdir()] == [job.id]
 
 

@@ -164,3 +164,50 @@ def test_adapter_ids_are_never_reused(control, job, dispatcher, admin):
     second = control.registry.get(admin, "m")
     assert second.id > first.id and second.version == 2
     assert second.job_id == again.id
+
+
+def test_a_vanished_job_that_left_its_results_is_finalized_once(control, job, dispatcher):
+    dispatcher.set(job.id, ClusterJobStatus.RUNNING)
+    control.reconciler.reconcile_once()
+    write_manifest(control, job)
+    del dispatcher.jobs[job.id]   # e.g. the Ray head restarted after the job finished
+    control.reconciler.reconcile_once()
+    control.reconciler.reconcile_once()
+    done = reload(control, job)
+    assert done.status is JobStatus.SUCCESS and len(model_rows(control)) == 1
+
+
+def test_a_vanished_job_without_results_says_why(control, job, dispatcher, admin):
+    dispatcher.set(job.id, ClusterJobStatus.RUNNING)
+    control.reconciler.reconcile_once()
+    del dispatcher.jobs[job.id]
+    control.reconciler.reconcile_once()
+    lost = reload(control, job)
+    assert lost.status is JobStatus.ERROR and lost.error_code == ErrorCode.LOST
+    assert "Ray run vanished" in lost.error_message
+    failed = [e for e in control.fine_tuning.events(admin, job.id).events
+              if e.type == "job.failed"]
+    assert len(failed) == 1 and "LOST" in failed[0].message
+
+
+def test_a_job_crashed_before_its_first_submit_is_submitted_after_a_grace(control, job,
+                                                                          dispatcher):
+    from datetime import timedelta
+
+    def crashed_before_submitting(created_ago_s):
+        def work(tx):
+            j = tx.jobs.get(job.id)
+            j.submit_attempts = 0
+            j.created_on = j.created_on - timedelta(seconds=created_ago_s)
+            tx.jobs.save(j)
+        control.store.run(work)
+        dispatcher.jobs.pop(job.id, None)
+        dispatcher.submitted.clear()
+
+    crashed_before_submitting(0)   # CREATE may still be submitting it itself
+    control.reconciler.reconcile_once()
+    assert dispatcher.submitted == []
+    crashed_before_submitting(60)
+    control.reconciler.reconcile_once()
+    assert [s[0] for s in dispatcher.submitted] == [job.id]
+    assert reload(control, job).submit_attempts == 1

@@ -5,7 +5,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 from control_testbed import (SERVICE_TOKEN, acting_as, instruction_rows, load_rows, new_user,
-                             succeed)
+                             succeed, word_tokenizers)
 
 from finetune.control.v1 import internal_pb2, usage_pb2
 from services.common.errors import InvalidArgument, NotFound, PermissionDenied
@@ -39,7 +39,8 @@ def control(tmp_path, tiny_base, dispatcher):
                          environ={"FINETUNE_SERVICE_TOKEN": SERVICE_TOKEN})
     components = build_components(config, dispatcher=dispatcher,
                                   base_models={tiny_base.name: tiny_base},
-                                  provision=lambda spec: spec.path)
+                                  provision=lambda spec: spec.path,
+                                  tokenizers=word_tokenizers())
     yield components
     components.store.close()
 

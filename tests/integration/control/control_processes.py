@@ -1,0 +1,137 @@
+"""Real things for the control integration tests: a local Ray head, the control service itself
+(`python -m services.control`, which the restart test kills and starts again), and base-model
+folders holding a real tokenizer. (Imported by the tests and conftest.py; the module name is
+unique across the test tree.)"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from services.common.base_models import BaseModelSpec
+
+
+def with_tokenizer(folder, source_model: BaseModelSpec):
+    """A base-model folder holding only the tokenizer of a real model: control counts tokens
+    with it (the cluster here is scripted, so no weights are needed)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for path in source_model.path.iterdir():
+        if path.is_file() and not path.name.endswith(".safetensors"):
+            shutil.copy(path, folder / path.name)
+    return folder
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# -- a local Ray head ----------------------------------------------------------------------------
+
+@contextlib.contextmanager
+def ray_head(num_cpus: int, dashboard_port: int | None = None):
+    """A Ray head with a dashboard (Jobs API) on `dashboard_port` (or a free one) and free
+    ports otherwise, in its own short temp dir; yields the dashboard address and stops the
+    whole cluster (its process group) at the end, never with `ray stop`, which would stop
+    every Ray on the machine."""
+    temp_dir = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # short: unix socket path limit
+    dashboard_port = dashboard_port or free_port()
+    ray = os.path.join(os.path.dirname(sys.executable), "ray")
+    ports = {name: free_port() for name in (
+        "port", "ray-client-server-port", "node-manager-port", "object-manager-port",
+        "dashboard-agent-listen-port", "dashboard-agent-grpc-port", "metrics-export-port",
+        "runtime-env-agent-port")}
+    command = [ray, "start", "--head", "--block", f"--num-cpus={num_cpus}",
+               "--disable-usage-stats", "--include-dashboard=true",
+               "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard_port}",
+               f"--temp-dir={temp_dir}", *[f"--{name}={port}" for name, port in ports.items()]]
+    proc = subprocess.Popen(command, start_new_session=True, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    address = f"http://127.0.0.1:{dashboard_port}"
+    try:
+        from ray.job_submission import JobSubmissionClient
+        deadline = time.monotonic() + 180  # a start guard, not an assertion on speed
+        while True:
+            try:
+                JobSubmissionClient(address)
+                break
+            except Exception:  # noqa: BLE001 - not up yet
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    pytest.fail("the local Ray head did not start")
+                time.sleep(0.5)
+        yield address
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            pass
+        with contextlib.suppress(ProcessLookupError):  # stragglers of the group
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+class ControlProcess:
+    """`python -m services.control` on a fixed port and home, started, killed and started
+    again on the same ones."""
+
+    def __init__(self, home: Path, port: int, ray_address: str, service_token: str,
+                 *extra: str):
+        self.home, self.port = home, port
+        self.address = f"127.0.0.1:{port}"
+        self.argv = [sys.executable, "-m", "services.control", "--host", "127.0.0.1",
+                     "--port", str(port), "--home", str(home), "--ray-address", ray_address,
+                     *extra]
+        self.env = {**os.environ, "FINETUNE_SERVICE_TOKEN": service_token,
+                    "PYTHONUNBUFFERED": "1"}
+        self.proc: subprocess.Popen | None = None
+        self.log = home / "control.log"
+
+    def start(self, timeout_s: float = 180) -> "ControlProcess":
+        self.home.mkdir(parents=True, exist_ok=True)
+        with open(self.log, "ab") as out:
+            self.proc = subprocess.Popen(self.argv, stdout=out, stderr=subprocess.STDOUT,
+                                         env=self.env, start_new_session=True)
+        deadline = time.monotonic() + timeout_s  # a start guard, not an assertion on speed
+        with grpc.insecure_channel(self.address) as channel:
+            stub = health_pb2_grpc.HealthStub(channel)
+            while True:
+                if self.proc.poll() is not None:
+                    pytest.fail(f"control exited: {self.log.read_text()[-3000:]}")
+                try:
+                    if stub.Check(health_pb2.HealthCheckRequest(), timeout=2).status == \
+                            health_pb2.HealthCheckResponse.SERVING:
+                        return self
+                except grpc.RpcError:
+                    pass
+                if time.monotonic() > deadline:
+                    pytest.fail("control did not start")
+                time.sleep(0.3)
+
+    def kill(self) -> None:
+        """SIGKILL: no graceful stop, nothing flushed, as a crash would leave it."""
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.kill()
