@@ -13,6 +13,8 @@ from finetune.control.v1 import jobs_pb2
 from services.cli import connection, views
 from services.cli.access_commands import access_app
 from services.cli.client import FinetuneClient
+from services.cli.data_commands import data_app
+from services.cli.job_commands import jobs_app
 from services.cli.settings import Endpoints, default_home
 from services.cli.usage_commands import usage_app
 from services.common.base_models import DEFAULT_BASE_MODEL
@@ -36,6 +38,8 @@ _client = connection.client
 _rpc = connection.rpc_errors
 app.add_typer(access_app, name="access")
 app.add_typer(usage_app, name="usage")
+app.add_typer(data_app, name="data")
+app.add_typer(jobs_app, name="jobs")
 
 
 # -- local stack --------------------------------------------------------------------------------
