@@ -163,7 +163,9 @@ class LocalStack:
         proc = self._spawn("inference", [
             sys.executable, "-m", "services.inference", "--host", self.config.host,
             "--port", str(port), "--control", self.control_address,
-            "--base-model", self.config.base_model])
+            "--base-model", self.config.base_model,
+            # Each stack its own usage outbox, so two stacks on one machine never share records.
+            "--state-dir", str(self.home / "inference")])
         self.inference_address = f"{self.config.host}:{port}"
         self._wait_serving(proc, self.inference_address)
 
