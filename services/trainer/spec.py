@@ -1,4 +1,4 @@
-"""The job spec that control writes to `<artifact root>/jobs/<job_id>/spec.json`, typed and validated.
+"""The job spec control writes to `<artifact root>/jobs/<job_id>/spec.json`, typed and validated.
 
 Parsing is pure (a dict in, a JobSpec out); `read_spec` is the one function that does I/O.
 """
@@ -64,8 +64,9 @@ def parse_spec(raw: dict) -> JobSpec:
         raise InvalidArgument("spec: expected a JSON object")
     task_type = _str(raw, "task_type").upper()
     if task_type not in TASK_TYPES:
-        raise InvalidArgument(f"spec.task_type: {task_type!r} is not one of {', '.join(TASK_TYPES)}")
-    spec = JobSpec(
+        raise InvalidArgument(f"spec.task_type: {task_type!r} is not one of "
+                              f"{', '.join(TASK_TYPES)}")
+    return JobSpec(
         job_id=_str(raw, "job_id"),
         task_type=task_type,
         base_model=_base_model(raw.get("base_model")),
@@ -78,7 +79,6 @@ def parse_spec(raw: dict) -> JobSpec:
         options=_options(raw.get("options") or {}),
         control_address=_optional_str(raw, "control_address") or "",
     )
-    return spec
 
 
 def read_spec(uri: str) -> JobSpec:

@@ -3,6 +3,7 @@ function each TorchTrainer worker runs."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import tempfile
 from contextlib import contextmanager
@@ -69,7 +70,9 @@ class RayWorkerContext:
 
 
 def train_loop_per_worker(config: dict) -> dict:
-    """What TorchTrainer runs on each worker. `config` is built by `launch.train_loop_config`."""
+    """What TorchTrainer runs on each worker (`config` comes from `launch.run_training`).
+
+    Returns the final metrics; rank 0's reach the driver as Result.return_value."""
     import ray
 
     _log_to_stderr()
@@ -84,7 +87,7 @@ def train_loop_per_worker(config: dict) -> dict:
     try:
         with _adapter_copy(cfg) as adapter_dir:
             if adapter_dir:
-                cfg = recipe.RecipeConfig(**{**cfg.__dict__, "adapter_dir": str(adapter_dir)})
+                cfg = dataclasses.replace(cfg, adapter_dir=str(adapter_dir))
             return recipe.train(cfg, train_examples, validation_examples, ctx, reporter)
     finally:
         reporter.close()

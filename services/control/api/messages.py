@@ -55,6 +55,9 @@ def timestamp(value: datetime | None) -> Timestamp | None:
 
 
 def requested_options(options: jobs_pb2.FineTuningOptions) -> RequestedOptions:
+    if options.task_type and options.task_type not in _TASK_TYPES:
+        raise InvalidArgument(f"invalid options: task_type {options.task_type} is not one of "
+                              "INSTRUCTION, CHAT, CONTINUED_PRETRAINING")
     return RequestedOptions(
         max_epochs=options.max_epochs,
         learning_rate=options.learning_rate,

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from services.common.errors import AlreadyExists, NotFound
 from services.control.core.authorization import Authorizer
 from services.control.core.clock import Clock, utc_now
-from services.control.data.catalog import TABLE, VIEW, DataCatalog, Preview, TableInfo
+from services.control.data.catalog import TABLE, DataCatalog, Preview, TableInfo
 from services.control.data.uploads import SpooledUpload
 from services.control.domain.names import (DEFAULT_DATABASE, QualifiedName, identifier,
                                            qualified_name)

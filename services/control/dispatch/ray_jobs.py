@@ -44,6 +44,8 @@ class RayJobDispatcher:
         try:
             return fn(client)
         except RuntimeError as exc:
+            if "No available agent" in str(exc):  # a head still starting: try again later
+                raise ClusterUnavailable(f"Ray {what}: {exc}") from exc
             raise DispatchError(f"Ray {what}: {exc}") from exc
         except OSError as exc:  # requests' errors are OSErrors: the dashboard is unreachable
             self._client = None

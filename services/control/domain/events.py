@@ -79,18 +79,19 @@ def transition_events(before: JobStatus, after: Job, detail: str = "") -> list[N
             EventType.FAILED,
             f"job failed ({after.error_code}): {detail}"[:MAX_EVENT_MESSAGE], EventLevel.ERROR))
     elif after.status is JobStatus.CANCELLED:
-        events.append(NewEvent(EventType.CANCELLED, f"job cancelled{' ' + detail if detail else ''}",
-                               EventLevel.WARNING))
+        suffix = f" {detail}" if detail else ""
+        events.append(NewEvent(EventType.CANCELLED, f"job cancelled{suffix}", EventLevel.WARNING))
     return events
 
 
 def data_events(base: BaseModelSpec, seed: int, query_rows: int, training: SnapshotInfo,
                 validation: SnapshotInfo | None, source: ValidationSource) -> list[NewEvent]:
     """What CREATE (and an estimate) tells about the data: snapshots, holdout, truncation."""
+    tokens = training.prompt_tokens + training.completion_tokens
     events = [NewEvent(
         EventType.SNAPSHOT,
-        f"training data: {training.rows} rows, {training.prompt_tokens + training.completion_tokens}"
-        f" tokens" + (f", sha256 {training.sha256}" if training.sha256 else ""),
+        f"training data: {training.rows} rows, {tokens} tokens"
+        + (f", sha256 {training.sha256}" if training.sha256 else ""),
         metrics=_numbers(rows=training.rows, prompt_tokens=training.prompt_tokens,
                          completion_tokens=training.completion_tokens))]
     if source is ValidationSource.QUERY and validation is not None:

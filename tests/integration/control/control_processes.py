@@ -58,20 +58,33 @@ def ray_head(num_cpus: int, dashboard_port: int | None = None):
                "--disable-usage-stats", "--include-dashboard=true",
                "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard_port}",
                f"--temp-dir={temp_dir}", *[f"--{name}={port}" for name, port in ports.items()]]
-    proc = subprocess.Popen(command, start_new_session=True, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    log_path = os.path.join(temp_dir, "head.log")
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(command, start_new_session=True, stdout=log,
+                                stderr=subprocess.STDOUT)
     address = f"http://127.0.0.1:{dashboard_port}"
+
+    def failed(why: str):
+        with open(log_path, errors="replace") as log:
+            pytest.fail(f"{why}; ray start said:\n{log.read()[-3000:]}")
+
     try:
         from ray.job_submission import JobSubmissionClient
         deadline = time.monotonic() + 180  # a start guard, not an assertion on speed
         while True:
             try:
-                JobSubmissionClient(address)
+                # Up when it takes a job: the dashboard answers before its job agent is there.
+                client = JobSubmissionClient(address)
+                probe = client.submit_job(entrypoint="true")
                 break
             except Exception:  # noqa: BLE001 - not up yet
                 if proc.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail("the local Ray head did not start")
+                    failed("the local Ray head did not start")
                 time.sleep(0.5)
+        while str(client.get_job_status(probe)) not in ("SUCCEEDED", "FAILED", "STOPPED"):
+            if time.monotonic() > deadline:
+                failed("the local Ray head does not run jobs")
+            time.sleep(0.5)
         yield address
     finally:
         os.killpg(proc.pid, signal.SIGTERM)

@@ -1,17 +1,11 @@
 """RayJobDispatcher against a real local Ray (head + dashboard on free ports, its own temp dir,
 stopped at the end). The "trainer" is a stand-in script, so only the dispatch path is tested."""
 
-import contextlib
-import os
-import shutil
-import signal
-import socket
-import subprocess
 import sys
-import tempfile
 import time
 
 import pytest
+from control_processes import free_port, ray_head
 
 from services.control.dispatch.protocol import ClusterJobStatus, ClusterUnavailable
 from services.control.dispatch.ray_jobs import RayJobDispatcher
@@ -28,52 +22,10 @@ echo "trainer ran: $* token=$FINETUNE_SERVICE_TOKEN"
 """
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def ray_dashboard():
-    temp_dir = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # short: unix socket path limit
-    dashboard_port = free_port()
-    ray = os.path.join(os.path.dirname(sys.executable), "ray")
-    ports = {name: free_port() for name in (
-        "port", "ray-client-server-port", "node-manager-port", "object-manager-port",
-        "dashboard-agent-listen-port", "dashboard-agent-grpc-port", "metrics-export-port",
-        "runtime-env-agent-port")}
-    command = [ray, "start", "--head", "--block", "--num-cpus=1", "--disable-usage-stats",
-               "--include-dashboard=true", "--dashboard-host=127.0.0.1",
-               f"--dashboard-port={dashboard_port}", f"--temp-dir={temp_dir}",
-               *[f"--{name}={port}" for name, port in ports.items()]]
-    # Its own session, so the whole cluster stops with one signal to its process group
-    # (never `ray stop`, which would stop every Ray on the machine).
-    proc = subprocess.Popen(command, start_new_session=True, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    address = f"http://127.0.0.1:{dashboard_port}"
-    try:
-        from ray.job_submission import JobSubmissionClient
-        deadline = time.monotonic() + 180  # a start guard, not an assertion on speed
-        while True:
-            try:
-                JobSubmissionClient(address)
-                break
-            except Exception:  # noqa: BLE001 - not up yet
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail("the local Ray head did not start")
-                time.sleep(0.5)
+    with ray_head(num_cpus=1) as address:
         yield address
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            pass
-        with contextlib.suppress(ProcessLookupError):  # stragglers of the group
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-        shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")

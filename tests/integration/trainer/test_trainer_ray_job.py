@@ -185,8 +185,10 @@ def test_job_trains_exports_and_reports(ray_cluster, control, base_model_spec, t
     client, _ = ray_cluster
     reporting, address = control
     rows = made_up_rows()
+    # 32 steps: a model first learns which codes exist (and answers one of them for every
+    # prompt, about 12 steps in) before it learns which prompt gets which.
     store, spec, spec_uri = write_job(tmp_path / "artifacts", "ft_train", base_model_spec,
-                                      address, rows, rows[:4])
+                                      address, rows, rows[:4], batch_size=2, max_epochs=4)
     submit(client, "ft_train", spec_uri)
     status = wait(client, "ft_train")
     logs = client.get_job_logs("ft_train")
@@ -197,10 +199,10 @@ def test_job_trains_exports_and_reports(ray_cluster, control, base_model_spec, t
                                     "training_results.csv", "loss_curve.png", "manifest.json"}
     results = read_csv(store, f"{out}/training_results.csv")
     assert list(results[0]) == ["step", "epoch", "training_loss", "validation_loss"]
-    assert [int(r["step"]) for r in results] == list(range(1, 13))      # 4 steps x 3 epochs
-    assert [r["validation_loss"] != "" for r in results] == [False, False, False, True] * 3
+    assert [int(r["step"]) for r in results] == list(range(1, 33))      # 8 steps x 4 epochs
+    assert [r["validation_loss"] != "" for r in results] == ([False] * 7 + [True]) * 4
     first = [float(r["training_loss"]) for r in results if r["epoch"] == "1"]
-    last = [float(r["training_loss"]) for r in results if r["epoch"] == "3"]
+    last = [float(r["training_loss"]) for r in results if r["epoch"] == "4"]
     assert sum(last) / len(last) < sum(first) / len(first) * 0.5
 
     manifest = json.loads(store.read_bytes(f"{out}/manifest.json"))
@@ -210,19 +212,19 @@ def test_job_trains_exports_and_reports(ray_cluster, control, base_model_spec, t
     tokenizer = AutoTokenizer.from_pretrained(base_model_spec.path)
     limits = TokenLimits(base_model_spec.prompt_tokens, base_model_spec.completion_tokens,
                          base_model_spec.context_window)
-    assert manifest["trained_tokens"] == 3 * format_rows("INSTRUCTION", tokenizer, rows,
+    assert manifest["trained_tokens"] == 4 * format_rows("INSTRUCTION", tokenizer, rows,
                                                          limits).tokens
     assert (manifest["epochs"], manifest["steps"], manifest["training_rows"],
-            manifest["validation_rows"], manifest["truncated_rows"]) == (3, 12, 16, 4, 0)
+            manifest["validation_rows"], manifest["truncated_rows"]) == (4, 32, 16, 4, 0)
     assert manifest["validation_loss"] == pytest.approx(float(results[-1]["validation_loss"]),
                                                         rel=1e-4)
 
     # Progress reached control, authenticated, with validation at epoch ends and 1.0 at the end.
     reports = list(reporting.requests)
     assert reports and all(r.job_id == "ft_train" for r in reports)
-    assert [r.epoch for r in reports if r.has_validation_loss][:3] == [1, 2, 3]
+    assert [r.epoch for r in reports if r.has_validation_loss][:4] == [1, 2, 3, 4]
     assert reports[-1].progress == 1.0 and reports[-1].trained_tokens == manifest["trained_tokens"]
-    assert max(r.total_steps for r in reports) == 12
+    assert max(r.total_steps for r in reports) == 32
 
     # The adapter loads with peft and answers trained prompts with their trained codes.
     import torch
@@ -295,3 +297,15 @@ def test_a_lost_worker_resumes_from_the_last_checkpoint(ray_cluster, control, ba
     assert [int(r["step"]) for r in results] == list(range(1, 13))     # each step once
     manifest = json.loads(store.read_bytes(f"{spec['output_uri']}/manifest.json"))
     assert (manifest["epochs"], manifest["steps"]) == (3, 12)
+
+
+def test_an_unreachable_control_never_fails_reporting():
+    from services.trainer.reporting import Progress, connect
+
+    reporter = connect(f"127.0.0.1:{free_port()}", SERVICE_TOKEN, "ft_nowhere", timeout_s=0.5)
+    try:
+        reporter.report(Progress(0.5), force=True)
+        reporter.report(Progress(0.6), force=True)
+    finally:
+        reporter.close()
+    assert reporter.cancelled is False

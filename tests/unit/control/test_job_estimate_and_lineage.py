@@ -4,7 +4,7 @@ their content hashes and token counts, shown by DESCRIBE from CREATE on."""
 import hashlib
 
 import pytest
-from control_testbed import acting_as, files_under, instruction_rows, load_rows, new_user
+from control_testbed import acting_as, files_under, load_rows, new_user
 
 from finetune.control.v1 import jobs_pb2
 from services.common.errors import AlreadyExists, InvalidArgument, PermissionDenied
@@ -130,3 +130,10 @@ async def test_the_trainers_truncation_count_is_final(control, servicer, admin, 
             options=two_epochs()), None)
     succeed(control, dispatcher, control.fine_tuning.get(admin, job.id), truncated_rows=2)
     assert control.fine_tuning.get(admin, job.id).truncated_rows == 2
+
+
+async def test_an_unknown_task_type_is_invalid(servicer, admin):
+    with acting_as(admin), pytest.raises(InvalidArgument, match="task_type 7 is not one of"):
+        await servicer.CreateFineTuningJob(jobs_pb2.CreateFineTuningJobRequest(
+            model="m", base_model="tiny-base", training_query="SELECT * FROM train",
+            options=two_epochs(task_type=7)), None)

@@ -62,3 +62,18 @@ def test_main_fails_with_one_clear_line(tmp_path, base_model_spec, capsys):
 
     assert job.main(["--spec", str(tmp_path / "nowhere" / "spec.json")]) == 1
     assert "does not exist" in capsys.readouterr().err.strip().splitlines()[-1]
+
+
+def test_prepare_data_for_chat_and_continued_pretraining(tmp_path, base_model_spec):
+    chat = [{"messages": [{"role": "user", "content": "hi"},
+                          {"role": "assistant", "content": "hello"}]}]
+    store, _, spec = write_job(tmp_path / "chat", base_model_spec.path, chat, task_type="CHAT")
+    prepared = job.prepare_data(spec, store)
+    assert prepared.train.rows == 1 and prepared.train.examples[0].n_targets == 2
+
+    texts = [{"text": "lorem ipsum " * 50}, {"text": "dolor sit amet"}]
+    store, _, spec = write_job(tmp_path / "cpt", base_model_spec.path, texts,
+                               task_type="CONTINUED_PRETRAINING")
+    prepared = job.prepare_data(spec, store)
+    assert prepared.train.rows == 2 and prepared.train.truncated_rows == 0
+    assert len(prepared.train.examples) == 1          # both texts fit one 2048-token window

@@ -176,3 +176,21 @@ def test_pick_dtype_honours_fp32_and_never_picks_unsupported_bf16(monkeypatch):
     monkeypatch.setattr(recipe, "_cpu_flags", lambda: {"avx512f", "amx_bf16"})
     supported = torch.ops.mkldnn._is_mkldnn_bf16_supported()
     assert recipe.pick_dtype("auto", cpu) == (torch.bfloat16 if supported else torch.float32)
+
+
+def test_continue_training_from_an_earlier_adapter(tiny_model_dir, tmp_path):
+    train_set = synthetic_examples(8)
+    first = FakeContext(tmp_path / "a")
+    train(config(make_spec(tiny_model_dir, max_epochs=3, batch_size=4)), train_set, [], first)
+    before = recipe.read_checkpoint_state(first.reports[-1][1])
+    adapter = recipe.checkpoint_adapter_dir(first.reports[-1][1])
+
+    later = FakeContext(tmp_path / "b")
+    spec = make_spec(tiny_model_dir, max_epochs=1, batch_size=4, lora_rank=8)
+    train(config(spec, adapter_dir=str(adapter)), train_set, [], later)
+    after = recipe.read_checkpoint_state(later.reports[-1][1])
+    # It starts where the earlier run ended, not from a fresh adapter, whose rank it keeps.
+    assert after.history[0].training_loss < before.history[0].training_loss * 0.5
+    saved = json.loads((recipe.checkpoint_adapter_dir(later.reports[-1][1])
+                        / "adapter_config.json").read_text())
+    assert saved["r"] == 4

@@ -1,5 +1,4 @@
 import grpc
-import pytest
 
 from finetune.control.v1 import internal_pb2
 from services.trainer.reporting import NullReporter, Progress, ProgressReporter, connect
@@ -93,15 +92,4 @@ def test_no_control_address_means_no_reporting():
     reporter = connect("", "token", "ft_1")
     assert isinstance(reporter, NullReporter)
     reporter.report(Progress(0.5), force=True)
-    assert reporter.cancelled is False
-
-
-def test_unreachable_control_does_not_raise():
-    from tests.conftest import free_port
-
-    reporter = connect(f"127.0.0.1:{free_port()}", "token", "ft_1", timeout_s=0.5)
-    try:
-        reporter.report(Progress(0.5), force=True)
-    finally:
-        reporter.close()
     assert reporter.cancelled is False
