@@ -1,6 +1,7 @@
 import datetime
 
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from finetune.control.v1 import evaluations_pb2 as _evaluations_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
@@ -59,7 +60,7 @@ EVENT_WARNING: EventLevel
 EVENT_ERROR: EventLevel
 
 class FineTuningOptions(_message.Message):
-    __slots__ = ("max_epochs", "learning_rate", "batch_size", "lora_rank", "lora_alpha", "lora_dropout", "target_modules", "seed", "task_type", "from_model", "num_workers")
+    __slots__ = ("max_epochs", "learning_rate", "batch_size", "lora_rank", "lora_alpha", "lora_dropout", "target_modules", "seed", "task_type", "from_model", "num_workers", "evaluation")
     MAX_EPOCHS_FIELD_NUMBER: _ClassVar[int]
     LEARNING_RATE_FIELD_NUMBER: _ClassVar[int]
     BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
@@ -71,6 +72,7 @@ class FineTuningOptions(_message.Message):
     TASK_TYPE_FIELD_NUMBER: _ClassVar[int]
     FROM_MODEL_FIELD_NUMBER: _ClassVar[int]
     NUM_WORKERS_FIELD_NUMBER: _ClassVar[int]
+    EVALUATION_FIELD_NUMBER: _ClassVar[int]
     max_epochs: int
     learning_rate: float
     batch_size: int
@@ -82,7 +84,8 @@ class FineTuningOptions(_message.Message):
     task_type: TaskType
     from_model: str
     num_workers: int
-    def __init__(self, max_epochs: _Optional[int] = ..., learning_rate: _Optional[float] = ..., batch_size: _Optional[int] = ..., lora_rank: _Optional[int] = ..., lora_alpha: _Optional[int] = ..., lora_dropout: _Optional[float] = ..., target_modules: _Optional[_Iterable[str]] = ..., seed: _Optional[int] = ..., task_type: _Optional[_Union[TaskType, str]] = ..., from_model: _Optional[str] = ..., num_workers: _Optional[int] = ...) -> None: ...
+    evaluation: _evaluations_pb2.JobEvaluationOptions
+    def __init__(self, max_epochs: _Optional[int] = ..., learning_rate: _Optional[float] = ..., batch_size: _Optional[int] = ..., lora_rank: _Optional[int] = ..., lora_alpha: _Optional[int] = ..., lora_dropout: _Optional[float] = ..., target_modules: _Optional[_Iterable[str]] = ..., seed: _Optional[int] = ..., task_type: _Optional[_Union[TaskType, str]] = ..., from_model: _Optional[str] = ..., num_workers: _Optional[int] = ..., evaluation: _Optional[_Union[_evaluations_pb2.JobEvaluationOptions, _Mapping]] = ...) -> None: ...
 
 class DataSnapshot(_message.Message):
     __slots__ = ("uri", "rows", "sha256", "prompt_tokens", "completion_tokens", "truncated_rows")
@@ -119,7 +122,7 @@ class TrainingResult(_message.Message):
     def __init__(self, training_loss: _Optional[float] = ..., validation_loss: _Optional[float] = ..., has_validation_loss: _Optional[bool] = ...) -> None: ...
 
 class FineTuningJob(_message.Message):
-    __slots__ = ("id", "status", "progress", "error", "base_model", "created_on", "started_on", "finished_on", "model", "training_data", "validation_data", "trained_tokens", "training_result", "options", "training_rows", "validation_rows", "truncated_rows", "epoch", "step", "total_steps", "training_snapshot", "validation_snapshot", "validation_source", "estimated_trained_tokens")
+    __slots__ = ("id", "status", "progress", "error", "base_model", "created_on", "started_on", "finished_on", "model", "training_data", "validation_data", "trained_tokens", "training_result", "options", "training_rows", "validation_rows", "truncated_rows", "epoch", "step", "total_steps", "training_snapshot", "validation_snapshot", "validation_source", "estimated_trained_tokens", "base_evaluation", "tuned_evaluation")
     ID_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
     PROGRESS_FIELD_NUMBER: _ClassVar[int]
@@ -144,6 +147,8 @@ class FineTuningJob(_message.Message):
     VALIDATION_SNAPSHOT_FIELD_NUMBER: _ClassVar[int]
     VALIDATION_SOURCE_FIELD_NUMBER: _ClassVar[int]
     ESTIMATED_TRAINED_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    BASE_EVALUATION_FIELD_NUMBER: _ClassVar[int]
+    TUNED_EVALUATION_FIELD_NUMBER: _ClassVar[int]
     id: str
     status: JobStatus
     progress: float
@@ -168,7 +173,9 @@ class FineTuningJob(_message.Message):
     validation_snapshot: DataSnapshot
     validation_source: ValidationSource
     estimated_trained_tokens: int
-    def __init__(self, id: _Optional[str] = ..., status: _Optional[_Union[JobStatus, str]] = ..., progress: _Optional[float] = ..., error: _Optional[_Union[JobError, _Mapping]] = ..., base_model: _Optional[str] = ..., created_on: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., started_on: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finished_on: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., model: _Optional[str] = ..., training_data: _Optional[str] = ..., validation_data: _Optional[str] = ..., trained_tokens: _Optional[int] = ..., training_result: _Optional[_Union[TrainingResult, _Mapping]] = ..., options: _Optional[_Union[FineTuningOptions, _Mapping]] = ..., training_rows: _Optional[int] = ..., validation_rows: _Optional[int] = ..., truncated_rows: _Optional[int] = ..., epoch: _Optional[int] = ..., step: _Optional[int] = ..., total_steps: _Optional[int] = ..., training_snapshot: _Optional[_Union[DataSnapshot, _Mapping]] = ..., validation_snapshot: _Optional[_Union[DataSnapshot, _Mapping]] = ..., validation_source: _Optional[_Union[ValidationSource, str]] = ..., estimated_trained_tokens: _Optional[int] = ...) -> None: ...
+    base_evaluation: _evaluations_pb2.Evaluation
+    tuned_evaluation: _evaluations_pb2.Evaluation
+    def __init__(self, id: _Optional[str] = ..., status: _Optional[_Union[JobStatus, str]] = ..., progress: _Optional[float] = ..., error: _Optional[_Union[JobError, _Mapping]] = ..., base_model: _Optional[str] = ..., created_on: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., started_on: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finished_on: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., model: _Optional[str] = ..., training_data: _Optional[str] = ..., validation_data: _Optional[str] = ..., trained_tokens: _Optional[int] = ..., training_result: _Optional[_Union[TrainingResult, _Mapping]] = ..., options: _Optional[_Union[FineTuningOptions, _Mapping]] = ..., training_rows: _Optional[int] = ..., validation_rows: _Optional[int] = ..., truncated_rows: _Optional[int] = ..., epoch: _Optional[int] = ..., step: _Optional[int] = ..., total_steps: _Optional[int] = ..., training_snapshot: _Optional[_Union[DataSnapshot, _Mapping]] = ..., validation_snapshot: _Optional[_Union[DataSnapshot, _Mapping]] = ..., validation_source: _Optional[_Union[ValidationSource, str]] = ..., estimated_trained_tokens: _Optional[int] = ..., base_evaluation: _Optional[_Union[_evaluations_pb2.Evaluation, _Mapping]] = ..., tuned_evaluation: _Optional[_Union[_evaluations_pb2.Evaluation, _Mapping]] = ...) -> None: ...
 
 class CreateFineTuningJobRequest(_message.Message):
     __slots__ = ("model", "base_model", "training_query", "validation_query", "options", "request_id")

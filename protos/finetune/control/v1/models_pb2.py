@@ -23,37 +23,38 @@ _sym_db = _symbol_database.Default()
 
 
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
+from finetune.control.v1 import evaluations_pb2 as finetune_dot_control_dot_v1_dot_evaluations__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n finetune/control/v1/models.proto\x12\x13\x66inetune.control.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x92\x01\n\tBaseModel\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x16\n\x0e\x63ontext_window\x18\x02 \x01(\x05\x12\x15\n\rprompt_tokens\x18\x03 \x01(\x05\x12\x19\n\x11\x63ompletion_tokens\x18\x04 \x01(\x05\x12\x16\n\x0erows_per_epoch\x18\x05 \x01(\x03\x12\x15\n\rmax_lora_rank\x18\x06 \x01(\x05\"\xd5\x01\n\x05Model\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\nbase_model\x18\x02 \x01(\t\x12\x0e\n\x06job_id\x18\x03 \x01(\t\x12\x0f\n\x07version\x18\x04 \x01(\x03\x12.\n\ncreated_on\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x16\n\x0etrained_tokens\x18\x06 \x01(\x03\x12\x15\n\rtraining_loss\x18\x07 \x01(\x01\x12\x17\n\x0fvalidation_loss\x18\x08 \x01(\x01\x12\x11\n\tartifacts\x18\t \x03(\t\"\x17\n\x15ListBaseModelsRequest\"M\n\x16ListBaseModelsResponse\x12\x33\n\x0b\x62\x61se_models\x18\x01 \x03(\x0b\x32\x1e.finetune.control.v1.BaseModel\":\n\x11ListModelsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"Y\n\x12ListModelsResponse\x12*\n\x06models\x18\x01 \x03(\x0b\x32\x1a.finetune.control.v1.Model\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x1f\n\x0fGetModelRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\"\n\x12\x44\x65leteModelRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x15\n\x13\x44\x65leteModelResponse\"9\n\x17GetModelArtifactRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08\x61rtifact\x18\x02 \x01(\t\"\x1d\n\rArtifactChunk\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x32\xf0\x03\n\x0cModelService\x12i\n\x0eListBaseModels\x12*.finetune.control.v1.ListBaseModelsRequest\x1a+.finetune.control.v1.ListBaseModelsResponse\x12]\n\nListModels\x12&.finetune.control.v1.ListModelsRequest\x1a\'.finetune.control.v1.ListModelsResponse\x12L\n\x08GetModel\x12$.finetune.control.v1.GetModelRequest\x1a\x1a.finetune.control.v1.Model\x12`\n\x0b\x44\x65leteModel\x12\'.finetune.control.v1.DeleteModelRequest\x1a(.finetune.control.v1.DeleteModelResponse\x12\x66\n\x10GetModelArtifact\x12,.finetune.control.v1.GetModelArtifactRequest\x1a\".finetune.control.v1.ArtifactChunk0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n finetune/control/v1/models.proto\x12\x13\x66inetune.control.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a%finetune/control/v1/evaluations.proto\"\x92\x01\n\tBaseModel\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x16\n\x0e\x63ontext_window\x18\x02 \x01(\x05\x12\x15\n\rprompt_tokens\x18\x03 \x01(\x05\x12\x19\n\x11\x63ompletion_tokens\x18\x04 \x01(\x05\x12\x16\n\x0erows_per_epoch\x18\x05 \x01(\x03\x12\x15\n\rmax_lora_rank\x18\x06 \x01(\x05\"\x8b\x02\n\x05Model\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\nbase_model\x18\x02 \x01(\t\x12\x0e\n\x06job_id\x18\x03 \x01(\t\x12\x0f\n\x07version\x18\x04 \x01(\x03\x12.\n\ncreated_on\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x16\n\x0etrained_tokens\x18\x06 \x01(\x03\x12\x15\n\rtraining_loss\x18\x07 \x01(\x01\x12\x17\n\x0fvalidation_loss\x18\x08 \x01(\x01\x12\x11\n\tartifacts\x18\t \x03(\t\x12\x34\n\x0b\x65valuations\x18\n \x03(\x0b\x32\x1f.finetune.control.v1.Evaluation\"\x17\n\x15ListBaseModelsRequest\"M\n\x16ListBaseModelsResponse\x12\x33\n\x0b\x62\x61se_models\x18\x01 \x03(\x0b\x32\x1e.finetune.control.v1.BaseModel\":\n\x11ListModelsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"Y\n\x12ListModelsResponse\x12*\n\x06models\x18\x01 \x03(\x0b\x32\x1a.finetune.control.v1.Model\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x1f\n\x0fGetModelRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\"\n\x12\x44\x65leteModelRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x15\n\x13\x44\x65leteModelResponse\"9\n\x17GetModelArtifactRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08\x61rtifact\x18\x02 \x01(\t\"\x1d\n\rArtifactChunk\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x32\xf0\x03\n\x0cModelService\x12i\n\x0eListBaseModels\x12*.finetune.control.v1.ListBaseModelsRequest\x1a+.finetune.control.v1.ListBaseModelsResponse\x12]\n\nListModels\x12&.finetune.control.v1.ListModelsRequest\x1a\'.finetune.control.v1.ListModelsResponse\x12L\n\x08GetModel\x12$.finetune.control.v1.GetModelRequest\x1a\x1a.finetune.control.v1.Model\x12`\n\x0b\x44\x65leteModel\x12\'.finetune.control.v1.DeleteModelRequest\x1a(.finetune.control.v1.DeleteModelResponse\x12\x66\n\x10GetModelArtifact\x12,.finetune.control.v1.GetModelArtifactRequest\x1a\".finetune.control.v1.ArtifactChunk0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'finetune.control.v1.models_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_BASEMODEL']._serialized_start=91
-  _globals['_BASEMODEL']._serialized_end=237
-  _globals['_MODEL']._serialized_start=240
-  _globals['_MODEL']._serialized_end=453
-  _globals['_LISTBASEMODELSREQUEST']._serialized_start=455
-  _globals['_LISTBASEMODELSREQUEST']._serialized_end=478
-  _globals['_LISTBASEMODELSRESPONSE']._serialized_start=480
-  _globals['_LISTBASEMODELSRESPONSE']._serialized_end=557
-  _globals['_LISTMODELSREQUEST']._serialized_start=559
-  _globals['_LISTMODELSREQUEST']._serialized_end=617
-  _globals['_LISTMODELSRESPONSE']._serialized_start=619
-  _globals['_LISTMODELSRESPONSE']._serialized_end=708
-  _globals['_GETMODELREQUEST']._serialized_start=710
-  _globals['_GETMODELREQUEST']._serialized_end=741
-  _globals['_DELETEMODELREQUEST']._serialized_start=743
-  _globals['_DELETEMODELREQUEST']._serialized_end=777
-  _globals['_DELETEMODELRESPONSE']._serialized_start=779
-  _globals['_DELETEMODELRESPONSE']._serialized_end=800
-  _globals['_GETMODELARTIFACTREQUEST']._serialized_start=802
-  _globals['_GETMODELARTIFACTREQUEST']._serialized_end=859
-  _globals['_ARTIFACTCHUNK']._serialized_start=861
-  _globals['_ARTIFACTCHUNK']._serialized_end=890
-  _globals['_MODELSERVICE']._serialized_start=893
-  _globals['_MODELSERVICE']._serialized_end=1389
+  _globals['_BASEMODEL']._serialized_start=130
+  _globals['_BASEMODEL']._serialized_end=276
+  _globals['_MODEL']._serialized_start=279
+  _globals['_MODEL']._serialized_end=546
+  _globals['_LISTBASEMODELSREQUEST']._serialized_start=548
+  _globals['_LISTBASEMODELSREQUEST']._serialized_end=571
+  _globals['_LISTBASEMODELSRESPONSE']._serialized_start=573
+  _globals['_LISTBASEMODELSRESPONSE']._serialized_end=650
+  _globals['_LISTMODELSREQUEST']._serialized_start=652
+  _globals['_LISTMODELSREQUEST']._serialized_end=710
+  _globals['_LISTMODELSRESPONSE']._serialized_start=712
+  _globals['_LISTMODELSRESPONSE']._serialized_end=801
+  _globals['_GETMODELREQUEST']._serialized_start=803
+  _globals['_GETMODELREQUEST']._serialized_end=834
+  _globals['_DELETEMODELREQUEST']._serialized_start=836
+  _globals['_DELETEMODELREQUEST']._serialized_end=870
+  _globals['_DELETEMODELRESPONSE']._serialized_start=872
+  _globals['_DELETEMODELRESPONSE']._serialized_end=893
+  _globals['_GETMODELARTIFACTREQUEST']._serialized_start=895
+  _globals['_GETMODELARTIFACTREQUEST']._serialized_end=952
+  _globals['_ARTIFACTCHUNK']._serialized_start=954
+  _globals['_ARTIFACTCHUNK']._serialized_end=983
+  _globals['_MODELSERVICE']._serialized_start=986
+  _globals['_MODELSERVICE']._serialized_end=1482
 # @@protoc_insertion_point(module_scope)

@@ -1,6 +1,7 @@
 import datetime
 
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from finetune.control.v1 import evaluations_pb2 as _evaluations_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
@@ -26,7 +27,7 @@ class BaseModel(_message.Message):
     def __init__(self, name: _Optional[str] = ..., context_window: _Optional[int] = ..., prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ..., rows_per_epoch: _Optional[int] = ..., max_lora_rank: _Optional[int] = ...) -> None: ...
 
 class Model(_message.Message):
-    __slots__ = ("name", "base_model", "job_id", "version", "created_on", "trained_tokens", "training_loss", "validation_loss", "artifacts")
+    __slots__ = ("name", "base_model", "job_id", "version", "created_on", "trained_tokens", "training_loss", "validation_loss", "artifacts", "evaluations")
     NAME_FIELD_NUMBER: _ClassVar[int]
     BASE_MODEL_FIELD_NUMBER: _ClassVar[int]
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
@@ -36,6 +37,7 @@ class Model(_message.Message):
     TRAINING_LOSS_FIELD_NUMBER: _ClassVar[int]
     VALIDATION_LOSS_FIELD_NUMBER: _ClassVar[int]
     ARTIFACTS_FIELD_NUMBER: _ClassVar[int]
+    EVALUATIONS_FIELD_NUMBER: _ClassVar[int]
     name: str
     base_model: str
     job_id: str
@@ -45,7 +47,8 @@ class Model(_message.Message):
     training_loss: float
     validation_loss: float
     artifacts: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, name: _Optional[str] = ..., base_model: _Optional[str] = ..., job_id: _Optional[str] = ..., version: _Optional[int] = ..., created_on: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., trained_tokens: _Optional[int] = ..., training_loss: _Optional[float] = ..., validation_loss: _Optional[float] = ..., artifacts: _Optional[_Iterable[str]] = ...) -> None: ...
+    evaluations: _containers.RepeatedCompositeFieldContainer[_evaluations_pb2.Evaluation]
+    def __init__(self, name: _Optional[str] = ..., base_model: _Optional[str] = ..., job_id: _Optional[str] = ..., version: _Optional[int] = ..., created_on: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., trained_tokens: _Optional[int] = ..., training_loss: _Optional[float] = ..., validation_loss: _Optional[float] = ..., artifacts: _Optional[_Iterable[str]] = ..., evaluations: _Optional[_Iterable[_Union[_evaluations_pb2.Evaluation, _Mapping]]] = ...) -> None: ...
 
 class ListBaseModelsRequest(_message.Message):
     __slots__ = ()
