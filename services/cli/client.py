@@ -18,8 +18,9 @@ from typing import Iterable, Iterator
 
 import grpc
 
-from finetune.control.v1 import (access_pb2, access_pb2_grpc, data_pb2, data_pb2_grpc, jobs_pb2,
-                                 jobs_pb2_grpc, models_pb2, models_pb2_grpc)
+from finetune.control.v1 import (access_pb2, access_pb2_grpc, data_pb2, data_pb2_grpc,
+                                 evaluations_pb2, evaluations_pb2_grpc, jobs_pb2, jobs_pb2_grpc,
+                                 models_pb2, models_pb2_grpc)
 from finetune.inference.v1 import inference_pb2, inference_pb2_grpc
 
 CHUNK_BYTES = 1 << 20
@@ -69,6 +70,7 @@ class FinetuneClient:
         self.models = models_pb2_grpc.ModelServiceStub(self._control)
         self.data = data_pb2_grpc.DataServiceStub(self._control)
         self.access = access_pb2_grpc.AccessServiceStub(self._control)
+        self.evaluations = evaluations_pb2_grpc.EvaluationServiceStub(self._control)
         self.inference = inference_pb2_grpc.InferenceServiceStub(self._inference)
 
     def close(self) -> None:
@@ -164,6 +166,51 @@ class FinetuneClient:
     def download_artifact(self, model: str, artifact: str) -> bytes:
         chunks = self.models.GetModelArtifact(models_pb2.GetModelArtifactRequest(
             name=model, artifact=artifact))
+        return b"".join(c.data for c in chunks)
+
+    # -- evaluations ---------------------------------------------------------------------------
+
+    def evaluate_model(self, model: str, query: str, task: str = "CLASSIFICATION",
+                       request_id: str | None = None,
+                       **generation) -> evaluations_pb2.Evaluation:
+        """Starts ML.EVALUATE-style scoring of `model` on `query` (prompt + label/completion)."""
+        return self.evaluations.EvaluateModel(evaluations_pb2.EvaluateModelRequest(
+            model=model, query=query, task=evaluation_task_value(task),
+            generation=evaluations_pb2.GenerationOptions(**generation),
+            request_id=request_id or str(uuid.uuid4())))
+
+    def get_evaluation(self, evaluation_id: str) -> evaluations_pb2.Evaluation:
+        return self.evaluations.GetEvaluation(evaluations_pb2.GetEvaluationRequest(
+            id=evaluation_id))
+
+    def list_evaluations(self, model: str = "") -> list[evaluations_pb2.Evaluation]:
+        out, token = [], ""
+        while True:
+            page = self.evaluations.ListEvaluations(evaluations_pb2.ListEvaluationsRequest(
+                model=model, page_token=token))
+            out.extend(page.evaluations)
+            token = page.next_page_token
+            if not token:
+                return out
+
+    def cancel_evaluation(self, evaluation_id: str) -> evaluations_pb2.Evaluation:
+        return self.evaluations.CancelEvaluation(evaluations_pb2.CancelEvaluationRequest(
+            id=evaluation_id))
+
+    def watch_evaluation(self, evaluation_id: str,
+                         timeout: float | None = None) -> Iterator[evaluations_pb2.Evaluation]:
+        return self.evaluations.WatchEvaluation(
+            evaluations_pb2.WatchEvaluationRequest(id=evaluation_id), timeout=timeout)
+
+    def wait_evaluation(self, evaluation_id: str,
+                        timeout: float | None = None) -> evaluations_pb2.Evaluation:
+        for _ in self.watch_evaluation(evaluation_id, timeout=timeout):
+            pass
+        return self.get_evaluation(evaluation_id)
+
+    def evaluation_results(self, evaluation_id: str, file: str = "metrics.csv") -> bytes:
+        chunks = self.evaluations.GetEvaluationResults(
+            evaluations_pb2.GetEvaluationResultsRequest(id=evaluation_id, file=file))
         return b"".join(c.data for c in chunks)
 
     def whoami(self) -> access_pb2.Principal:
@@ -343,6 +390,18 @@ def privilege_value(name: str) -> int:
     except ValueError:
         raise ValueError(f"unknown privilege {name!r}: USAGE, OWNERSHIP, CREATE MODEL, "
                          "CREATE TABLE or CREATE DATABASE") from None
+
+
+def evaluation_task_value(name: str | int) -> int:
+    """CLASSIFICATION | TEXT_GENERATION | QUESTION_ANSWERING (any case, - or _) -> the enum."""
+    if isinstance(name, int):
+        return name
+    key = name.strip().upper().replace("-", "_")
+    try:
+        return evaluations_pb2.EvaluationTask.Value(key)
+    except ValueError:
+        raise ValueError(f"unknown evaluation task {name!r} (use classification, "
+                         "text_generation or question_answering)") from None
 
 
 def object_type_value(name: str) -> int:

@@ -190,8 +190,8 @@ class FineTuning:
                 plan: _Plan, layout: JobLayout, owner_role_id: str) -> Job:
         """Snapshot the queries, write spec.json, insert the job PENDING with its first
         events."""
-        options = plan.options
         snaps = self._snapshots(principal, request, plan, self._artifacts, layout)
+        options = plan.options.scheduled(snaps.training.rows, plan.base)
         spec = trainer_spec(layout, plan.base, plan.base_path, options,
                             snaps.validation is not None,
                             plan.parent.adapter_uri if plan.parent else None,
@@ -237,12 +237,13 @@ class FineTuning:
             scratch = ArtifactStore(folder)
             snaps = self._snapshots(principal, request, plan, scratch,
                                     JobLayout(scratch.root, "estimate"))
-        notes = tuple(e.message for e in data_events(plan.base, plan.options.seed,
+        options = plan.options.scheduled(snaps.training.rows, plan.base)
+        notes = tuple(e.message for e in data_events(plan.base, options.seed,
                                                      snaps.query_rows, snaps.training,
                                                      snaps.validation, snaps.source))
         return JobEstimate(
-            base_model=plan.base.name, options=plan.options,
-            max_rows=plan.base.max_rows(plan.options.max_epochs),
+            base_model=plan.base.name, options=options,
+            max_rows=plan.base.max_rows(options.max_epochs),
             training=replace(snaps.training, uri=""),
             validation=replace(snaps.validation, uri="") if snaps.validation else None,
             validation_source=snaps.source,

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import enum
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 from services.common.base_models import BaseModelSpec
 from services.common.errors import InvalidArgument
@@ -17,10 +17,11 @@ MAX_EPOCHS = 10
 MAX_BATCH_SIZE = 1024
 MAX_LORA_ALPHA = 4096
 
+AUTO = "auto"
 FALLBACK_DEFAULTS = {
-    "max_epochs": 3,
+    "max_epochs": AUTO,
     "learning_rate": 5e-4,
-    "batch_size": 8,
+    "batch_size": AUTO,
     "lora_rank": 16,
     "lora_alpha": 32,
     "lora_dropout": 0.05,
@@ -59,6 +60,30 @@ class RequestedOptions:
     num_workers: int = 0
 
 
+# The automatic schedule (max_epochs / batch_size left to the service): enough optimizer steps
+# for a small table to be learnt (a 20-row table at 3 epochs x batch 8 got 9 steps and learnt
+# nothing), no more passes than that over a large one, batches that grow with the table.
+AUTO_TARGET_STEPS = 150
+AUTO_ROWS_PER_BATCH_ROW = 40     # one example per batch for every 40 rows ...
+AUTO_BATCH_RANGE = (2, 16)       # ... as a power of two in this range
+PROVISIONAL = {"max_epochs": 1, "batch_size": AUTO_BATCH_RANGE[1]}  # until the rows are known
+
+
+def auto_schedule(rows: int, base: BaseModelSpec, epochs: int = 0,
+                  batch_size: int = 0) -> tuple[int, int]:
+    """(max_epochs, batch_size) for a table of `rows`; a non-zero argument is kept as given."""
+    rows = max(1, rows)
+    if not batch_size:
+        lo, hi = AUTO_BATCH_RANGE
+        batch_size = max(lo, min(hi, 1 << max(0, (rows // AUTO_ROWS_PER_BATCH_ROW).bit_length()
+                                              - 1)))
+    if not epochs:
+        steps_per_epoch = math.ceil(rows / batch_size)
+        epochs = max(1, min(MAX_EPOCHS, math.ceil(AUTO_TARGET_STEPS / steps_per_epoch),
+                            base.rows_per_epoch // rows or 1))
+    return epochs, batch_size
+
+
 @dataclass(frozen=True)
 class WorkerLimits:
     default_num_workers: int = 2
@@ -80,22 +105,35 @@ class TrainingOptions:
     num_workers: int
     task_type: TaskType = TaskType.INSTRUCTION
     from_model: str | None = None   # canonical name of the model training continues from
+    # Options the service picks from the data (auto_schedule), fixed once the rows are counted.
+    auto: tuple[str, ...] = ()
 
     def to_dict(self) -> dict:
         d = asdict(self)
         d["target_modules"] = list(self.target_modules)
         d["task_type"] = self.task_type.value
+        d["auto"] = list(self.auto)
         return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainingOptions":
         return cls(**{**d, "target_modules": tuple(d["target_modules"]),
-                      "task_type": TaskType(d["task_type"])})
+                      "task_type": TaskType(d["task_type"]),
+                      "auto": tuple(d.get("auto", ()))})
+
+    def scheduled(self, rows: int, base: BaseModelSpec) -> "TrainingOptions":
+        """These options with the automatic ones fitted to a training table of `rows`."""
+        if not self.auto:
+            return self
+        epochs, batch = auto_schedule(
+            rows, base, 0 if "max_epochs" in self.auto else self.max_epochs,
+            0 if "batch_size" in self.auto else self.batch_size)
+        return replace(self, max_epochs=epochs, batch_size=batch)
 
     def trainer_options(self) -> dict:
         """The `options` object of the trainer's spec.json."""
         d = self.to_dict()
-        del d["task_type"], d["from_model"]
+        del d["task_type"], d["from_model"], d["auto"]
         return d
 
 
@@ -123,9 +161,12 @@ def resolve_options(requested: RequestedOptions, base: BaseModelSpec,
     if problems.items:
         raise InvalidArgument("invalid options: " + "; ".join(problems.items))
 
+    auto = tuple(n for n in ("max_epochs", "batch_size")
+                 if not getattr(requested, n) and defaults.get(n) == AUTO)
+
     def pick(name):
         value = getattr(requested, name)
-        return value if value else defaults[name]
+        return value if value else PROVISIONAL[name] if name in auto else defaults[name]
 
     target_modules = tuple(requested.target_modules) or tuple(
         defaults.get("target_modules", ()) or base.target_modules)
@@ -141,6 +182,7 @@ def resolve_options(requested: RequestedOptions, base: BaseModelSpec,
         num_workers=int(requested.num_workers or limits.default_num_workers),
         task_type=requested.task_type or TaskType.INSTRUCTION,
         from_model=requested.from_model or None,
+        auto=auto,
     )
 
     problems.check(1 <= options.max_epochs <= MAX_EPOCHS,

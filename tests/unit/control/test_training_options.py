@@ -4,8 +4,9 @@ import pytest
 
 from services.common.base_models import DEFAULT_BASE_MODEL, load_catalog
 from services.common.errors import InvalidArgument
-from services.control.domain.options import (RequestedOptions, TaskType, TrainingOptions,
-                                             WorkerLimits, resolve_options)
+from services.control.domain.options import (AUTO_TARGET_STEPS, MAX_EPOCHS, RequestedOptions,
+                                             TaskType, TrainingOptions, WorkerLimits,
+                                             auto_schedule, resolve_options)
 
 
 @pytest.fixture(scope="module")
@@ -15,7 +16,7 @@ def smollm():
 
 def test_defaults_come_from_the_catalog_entry(smollm):
     o = resolve_options(RequestedOptions(), smollm, WorkerLimits(default_num_workers=2))
-    assert (o.max_epochs, o.learning_rate, o.batch_size) == (3, 0.0005, 8)
+    assert o.learning_rate == 0.001 and o.auto == ("max_epochs", "batch_size")
     assert (o.lora_rank, o.lora_alpha, o.lora_dropout) == (16, 32, 0.05)
     assert o.target_modules == smollm.target_modules
     assert o.seed == 42 and o.num_workers == 2 and o.task_type is TaskType.INSTRUCTION
@@ -69,3 +70,38 @@ def test_trainer_options_match_the_spec_contract(tiny_base):
         "max_epochs", "learning_rate", "batch_size", "lora_rank", "lora_alpha", "lora_dropout",
         "target_modules", "seed", "num_workers"}
     assert isinstance(o.trainer_options()["target_modules"], list)
+
+
+@pytest.mark.parametrize("rows,expected", [
+    (20, (10, 2)),       # 10 steps an epoch, capped at MAX_EPOCHS
+    (40, (8, 2)),
+    (200, (3, 4)),       # 50 steps an epoch
+    (770, (4, 16)),      # BANKING77, 10 examples per intent: 49 steps an epoch
+    (5000, (1, 16)),     # enough steps in one pass
+])
+def test_auto_schedule_gives_small_tables_enough_steps(smollm, rows, expected):
+    epochs, batch = auto_schedule(rows, smollm)
+    assert (epochs, batch) == expected
+    steps = epochs * -(-rows // batch)
+    assert steps >= AUTO_TARGET_STEPS or epochs == MAX_EPOCHS or epochs == 1
+
+
+def test_auto_schedule_keeps_what_the_caller_chose(smollm):
+    assert auto_schedule(770, smollm, epochs=2) == (2, 16)
+    assert auto_schedule(770, smollm, batch_size=4) == (1, 4)
+
+
+def test_auto_schedule_respects_the_row_limit(smollm):
+    rows = smollm.rows_per_epoch // 2 + 1   # at most one epoch fits the limit
+    assert auto_schedule(rows, smollm, batch_size=1000)[0] == 1
+
+
+def test_scheduled_options_fit_the_table_and_survive_storage(smollm):
+    o = resolve_options(RequestedOptions(max_epochs=2), smollm)
+    assert o.auto == ("batch_size",)
+    fitted = o.scheduled(770, smollm)
+    assert (fitted.max_epochs, fitted.batch_size, fitted.auto) == (2, 16, ("batch_size",))
+    assert TrainingOptions.from_dict(fitted.to_dict()) == fitted
+    assert "auto" not in fitted.trainer_options()
+    explicit = resolve_options(RequestedOptions(max_epochs=3, batch_size=8), smollm)
+    assert explicit.scheduled(20, smollm) == explicit

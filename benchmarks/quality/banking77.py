@@ -1,0 +1,154 @@
+"""Fine-tuning quality on BANKING77, through the service with its default options.
+
+    .venv/bin/python -m benchmarks.quality.banking77            # --per-intent 10 --eval-per-intent 4
+
+Starts the embedded stack (Ray head, control, vLLM inference), loads two tables through the
+Data API: `per-intent` training examples of each of the 77 intents (770 rows by default) and a
+fixed sample of the test set (`eval-per-intent` per intent), then runs one FINETUNE('CREATE')
+with the default options and a job-end evaluation on the test sample (classification): the job
+itself records the base model's and the tuned model's accuracy and macro-F1. Prompts are the
+customers' messages as they are; completions are the intent labels (`card_arrival`), which the
+base model has never been told about.
+
+Writes benchmarks/quality/results/banking77.json and prints a table. Option flags (--lr,
+--epochs, ...) exist for tuning the defaults; a run recorded in docs/benchmarks.md uses none.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import platform
+import random
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from finetune.control.v1 import evaluations_pb2, jobs_pb2
+from services.cli import views
+from services.cli.client import FinetuneClient
+from services.cli.stack import LocalStack, StackConfig
+from services.common.base_models import DEFAULT_BASE_MODEL
+
+DATASET = Path(__file__).resolve().parents[3] / "shared" / "datasets" / "banking77"
+RESULTS = Path(__file__).resolve().parent / "results"
+TRAIN_TABLE = "banking77.public.train"
+EVAL_TABLE = "banking77.public.test_sample"
+MODEL = "banking77.public.intents"
+console = Console()
+
+
+def sample(path: Path, per_label: int, seed: int) -> list[dict]:
+    """`per_label` rows of each category, picked by seed, in a shuffled order."""
+    by_label: dict[str, list[dict]] = defaultdict(list)
+    with path.open(newline="") as f:
+        for row in csv.DictReader(f):
+            by_label[row["category"]].append(row)
+    rng = random.Random(seed)
+    rows = [r for label in sorted(by_label) for r in rng.sample(by_label[label], per_label)]
+    rng.shuffle(rows)
+    return rows
+
+
+def metric(evaluation, name: str) -> float | None:
+    return evaluation.metrics[name] if name in evaluation.metrics else None
+
+
+def run(args) -> dict:
+    train = [{"prompt": r["text"], "completion": r["category"]}
+             for r in sample(args.dataset / "train.csv", args.per_intent, args.seed)]
+    test = [{"prompt": r["text"], "label": r["category"]}
+            for r in sample(args.dataset / "test.csv", args.eval_per_intent, args.seed + 1)]
+    options = {k: v for k, v in {"learning_rate": args.lr, "max_epochs": args.epochs,
+                                 "batch_size": args.batch_size, "lora_rank": args.rank,
+                                 "lora_alpha": args.alpha}.items() if v}
+    home = Path(args.home or tempfile.mkdtemp(prefix="banking77-"))
+    load_before = os.getloadavg()
+    with LocalStack(StackConfig(home=home)).start() as stack, \
+            FinetuneClient(stack.control_address, stack.inference_address,
+                           stack.admin_key) as client:
+        client.load_rows(TRAIN_TABLE, train, replace=True)
+        client.load_rows(EVAL_TABLE, test, replace=True)
+        evaluation = jobs_pb2.JobEvaluationOptions(
+            query=f"SELECT prompt, label FROM {EVAL_TABLE}", task=evaluations_pb2.CLASSIFICATION,
+            generation=evaluations_pb2.GenerationOptions(max_tokens=16))
+        started = time.monotonic()
+        job = client.create_job(MODEL, DEFAULT_BASE_MODEL, f"SELECT prompt, completion FROM "
+                                f"{TRAIN_TABLE}", evaluation=evaluation, **options)
+        console.print(f"job {job.id}: {len(train)} training rows, {len(test)} evaluation rows, "
+                      f"options {dict(options) or 'defaults'}")
+        job = views.follow_job(client.watch_job(job.id), job)
+        job = client.get_job(job.id)
+        wall_s = time.monotonic() - started
+        events = list(client.job_events(job.id))
+    base, tuned = job.base_evaluation, job.tuned_evaluation
+    # Training ends with the trainer's last progress report; the job-end evaluation follows.
+    trained_at = [e.time.ToDatetime() for e in events if e.type == "training.progress"][-1:]
+    o = job.options
+    return {
+        "benchmark": "banking77",
+        "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+                    "load_average_start": [round(x, 2) for x in load_before],
+                    "load_average_end": [round(x, 2) for x in os.getloadavg()]},
+        "data": {"training_rows": len(train), "evaluation_rows": len(test),
+                 "per_intent": args.per_intent, "eval_per_intent": args.eval_per_intent,
+                 "seed": args.seed},
+        "job": {"id": job.id, "status": jobs_pb2.JobStatus.Name(job.status),
+                "error": job.error.message, "wall_s": round(wall_s, 1),
+                "training_s": round((trained_at[0] - job.started_on.ToDatetime()).total_seconds(),
+                                    1) if trained_at and job.started_on.seconds else None,
+                "evaluation_s": round((job.finished_on.ToDatetime() - trained_at[0])
+                                      .total_seconds(), 1) if trained_at else None,
+                "trained_tokens": job.trained_tokens,
+                "training_loss": job.training_result.training_loss,
+                "options": {"max_epochs": o.max_epochs, "batch_size": o.batch_size,
+                            "learning_rate": o.learning_rate, "lora_rank": o.lora_rank,
+                            "lora_alpha": o.lora_alpha, "lora_dropout": o.lora_dropout},
+                "explicit_options": options},
+        "base": {"accuracy": metric(base, "accuracy"), "macro_f1": metric(base, "macro_f1"),
+                 "weighted_f1": metric(base, "weighted_f1")},
+        "tuned": {"accuracy": metric(tuned, "accuracy"), "macro_f1": metric(tuned, "macro_f1"),
+                  "weighted_f1": metric(tuned, "weighted_f1")},
+        "evaluation_ids": [base.id, tuned.id],
+    }
+
+
+def show(result: dict) -> None:
+    table = Table("model", "accuracy", "macro-F1", "weighted-F1")
+    for name in ("base", "tuned"):
+        m = result[name]
+        table.add_row(name, *(f"{m[k]:.3f}" if m[k] is not None else "-"
+                              for k in ("accuracy", "macro_f1", "weighted_f1")))
+    console.print(table)
+    console.print({k: result["job"][k] for k in ("status", "wall_s", "training_s", "evaluation_s",
+                                                 "trained_tokens", "options", "error")})
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--dataset", type=Path, default=DATASET)
+    p.add_argument("--per-intent", type=int, default=10)
+    p.add_argument("--eval-per-intent", type=int, default=4)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--home", default="", help="stack home (default: a new temp folder)")
+    p.add_argument("--lr", type=float, default=0.0)
+    p.add_argument("--epochs", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=0)
+    p.add_argument("--rank", type=int, default=0)
+    p.add_argument("--alpha", type=int, default=0)
+    p.add_argument("--output", type=Path, default=RESULTS / "banking77.json")
+    args = p.parse_args()
+    result = run(args)
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(result, indent=2) + "\n")
+    show(result)
+
+
+if __name__ == "__main__":
+    main()
