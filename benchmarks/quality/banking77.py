@@ -75,7 +75,7 @@ def run(args) -> dict:
                            stack.admin_key) as client:
         client.load_rows(TRAIN_TABLE, train, replace=True)
         client.load_rows(EVAL_TABLE, test, replace=True)
-        evaluation = jobs_pb2.JobEvaluationOptions(
+        evaluation = evaluations_pb2.JobEvaluationOptions(
             query=f"SELECT prompt, label FROM {EVAL_TABLE}", task=evaluations_pb2.CLASSIFICATION,
             generation=evaluations_pb2.GenerationOptions(max_tokens=16))
         started = time.monotonic()

@@ -9,11 +9,12 @@ from typing import Optional
 
 import typer
 
-from finetune.control.v1 import jobs_pb2
+from finetune.control.v1 import evaluations_pb2, jobs_pb2
 from services.cli import connection, views
 from services.cli.access_commands import access_app
-from services.cli.client import FinetuneClient
+from services.cli.client import FinetuneClient, evaluation_task_value
 from services.cli.data_commands import data_app
+from services.cli.evaluation_commands import evaluate as _evaluate, evaluations_app
 from services.cli.job_commands import jobs_app
 from services.cli.settings import Endpoints, default_home
 from services.cli.usage_commands import usage_app
@@ -40,6 +41,7 @@ app.add_typer(access_app, name="access")
 app.add_typer(usage_app, name="usage")
 app.add_typer(data_app, name="data")
 app.add_typer(jobs_app, name="jobs")
+app.add_typer(evaluations_app, name="evaluations")
 
 
 # -- local stack --------------------------------------------------------------------------------
@@ -162,14 +164,30 @@ def create(model: str = typer.Argument(..., help="output model: name or db.schem
            lora_rank: int = typer.Option(0), lora_alpha: int = typer.Option(0),
            seed: int = typer.Option(0), num_workers: int = typer.Option(0),
            request_id: str = typer.Option("", help="idempotency key"),
+           eval_query: str = typer.Option(
+               "", help="evaluate base and tuned model on this query (prompt, label) at the end"),
+           eval_task: str = typer.Option("classification",
+                                         help="classification | text_generation | "
+                                              "question_answering"),
+           min_improvement: Optional[float] = typer.Option(
+               None, help="register the model only if it beats the base model by this much "
+                          "(primary metric, 0-1)"),
            wait: bool = typer.Option(False, help="follow progress until the job ends")):
     """FINETUNE('CREATE'): start a fine-tuning job."""
+    evaluation = None
+    if eval_query:
+        evaluation = evaluations_pb2.JobEvaluationOptions(
+            query=eval_query, task=evaluation_task_value(eval_task),
+            min_improvement=min_improvement or 0.0,
+            has_min_improvement=min_improvement is not None)
+    elif min_improvement is not None:
+        raise ValueError("--min-improvement needs --eval-query")
     with _client() as client:
         job = client.create_job(model, base_model, training_query, validation_query,
                                 request_id=request_id or None, max_epochs=epochs,
                                 learning_rate=learning_rate, batch_size=batch_size,
                                 lora_rank=lora_rank, lora_alpha=lora_alpha, seed=seed,
-                                num_workers=num_workers)
+                                num_workers=num_workers, evaluation=evaluation)
         console.print(f"created {job.id} ({views.status_name(job)})")
         if wait:
             _follow(client, job)
@@ -244,6 +262,34 @@ def models():
 
 @app.command()
 @_rpc
+def model(name: str, labels: bool = typer.Option(False, help="per-label metrics of the latest "
+                                                             "evaluation")):
+    """One fine-tuned model: lineage, losses and its evaluations."""
+    from rich.table import Table
+    with _client() as client:
+        m = client.get_model(name)
+    out = Table(show_header=False, box=None)
+    out.add_column(style="bold")
+    out.add_column()
+    for key, value in [("name", m.name), ("base_model", m.base_model), ("job", m.job_id),
+                       ("version", str(m.version)), ("created_on", views.when(m.created_on)),
+                       ("trained_tokens", str(m.trained_tokens)),
+                       ("training_loss", f"{m.training_loss:.4f}"),
+                       ("validation_loss", f"{m.validation_loss:.4f}"),
+                       ("artifacts", ", ".join(m.artifacts))]:
+        out.add_row(key, value)
+    console.print(out)
+    if m.evaluations:
+        console.print(views.evaluations_table(m.evaluations))
+        latest = [e for e in m.evaluations if e.metrics][:1]
+        if latest:
+            console.print(views.metrics_side_by_side(latest))
+            if labels:
+                console.print(views.labels_side_by_side(latest))
+
+
+@app.command()
+@_rpc
 def artifact(model: str, name: str = typer.Argument("training_results.csv"),
              output: Optional[Path] = typer.Option(None, "-o", help="file to write (default: stdout)")):
     """Download a model artifact (training_results.csv, loss_curve.png, adapter files)."""
@@ -276,6 +322,9 @@ def complete(model: str, prompt: str, max_tokens: int = typer.Option(128),
         res = client.complete(model, prompt, max_tokens=max_tokens, temperature=temperature)
     console.print(res.text)
     console.print(f"[dim]{res.finish_reason}  {views.usage_line(res.usage)}")
+
+
+app.command("evaluate")(_rpc(_evaluate))
 
 
 if __name__ == "__main__":

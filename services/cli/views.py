@@ -8,7 +8,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from finetune.control.v1 import jobs_pb2
+from finetune.control.v1 import evaluations_pb2, jobs_pb2
 
 console = Console()
 TERMINAL = {jobs_pb2.SUCCESS, jobs_pb2.ERROR, jobs_pb2.CANCELLED}
@@ -52,6 +52,10 @@ def job_details(job) -> Table:
     ]
     if job.error.code or job.error.message:
         rows.append(("error", f"{job.error.code}: {job.error.message}"))
+    for role, e in (("base", job.base_evaluation), ("tuned", job.tuned_evaluation)):
+        if e.id:
+            rows.append((f"evaluation ({role})", f"{e.id} {evaluation_status(e)} " + "  ".join(
+                f"{n}={e.metrics[n]:.4f}" for n in _metric_names([e])[:3])))
     o = job.options
     rows.append(("options", f"epochs={o.max_epochs} lr={o.learning_rate:g} batch={o.batch_size} "
                             f"rank={o.lora_rank} alpha={o.lora_alpha} dropout={o.lora_dropout:g} "
@@ -90,3 +94,114 @@ def usage_line(usage) -> str:
 
 def now() -> str:
     return datetime.now().strftime("%H:%M:%S")
+
+
+# -- evaluations ----------------------------------------------------------------------------
+
+EVALUATION_TERMINAL = {evaluations_pb2.EVALUATION_SUCCEEDED, evaluations_pb2.EVALUATION_FAILED,
+                       evaluations_pb2.EVALUATION_CANCELLED}
+# The order metrics are shown in; any others the service adds follow, sorted.
+METRIC_ORDER = ("accuracy", "macro_f1", "weighted_f1", "macro_precision", "macro_recall",
+                "bleu", "rougeL_precision", "rougeL_recall", "rougeL_f1", "exact_match")
+
+
+def evaluation_status(evaluation) -> str:
+    return evaluations_pb2.EvaluationStatus.Name(evaluation.status).removeprefix("EVALUATION_")
+
+
+def evaluation_task(evaluation) -> str:
+    return evaluations_pb2.EvaluationTask.Name(evaluation.task)
+
+
+def _metric_names(evaluations) -> list[str]:
+    names = {n for e in evaluations for n in e.metrics}
+    return [n for n in METRIC_ORDER if n in names] + sorted(names - set(METRIC_ORDER))
+
+
+def evaluations_table(evaluations) -> Table:
+    """One row per evaluation: what was scored, on how many rows, and its headline metric."""
+    table = Table("id", "model", "task", "status", "rows", "primary metric", "created")
+    for e in evaluations:
+        primary = (f"{e.primary_metric} {e.metrics[e.primary_metric]:.3f}"
+                   if e.primary_metric in e.metrics else "")
+        table.add_row(e.id, e.model + (f" ({e.role})" if e.role else ""), evaluation_task(e),
+                      evaluation_status(e), f"{e.rows_done}/{e.rows}", primary,
+                      when(e.created_on))
+    return table
+
+
+def metrics_side_by_side(evaluations) -> Table:
+    """Metrics of one or more evaluations in columns; with two, the difference as well."""
+    table = Table("metric", *(f"{e.model}\n{e.id}" for e in evaluations))
+    if len(evaluations) == 2:
+        table.add_column("difference")
+    for name in _metric_names(evaluations):
+        values = [e.metrics[name] if name in e.metrics else None for e in evaluations]
+        cells = [f"{v:.4f}" if v is not None else "-" for v in values]
+        if len(values) == 2:
+            cells.append(f"{values[1] - values[0]:+.4f}" if None not in values else "-")
+        style = "bold" if any(name == e.primary_metric for e in evaluations) else None
+        table.add_row(name, *cells, style=style)
+    table.add_row("rows", *(str(e.rows) for e in evaluations))
+    return table
+
+
+def labels_side_by_side(evaluations) -> Table:
+    """Per-label precision / recall / F1 (and support) of each evaluation, label by label."""
+    table = Table("label", "support")
+    for e in evaluations:
+        table.add_column(f"P / R / F1\n{e.model}")
+    per_eval = [{m.label: m for m in e.labels} for e in evaluations]
+    for label in sorted({label for d in per_eval for label in d}):
+        found = [d.get(label) for d in per_eval]
+        support = next((m.support for m in found if m is not None), 0)
+        table.add_row(label, str(support), *(
+            f"{m.precision:.2f} / {m.recall:.2f} / {m.f1:.2f}" if m is not None else "-"
+            for m in found))
+    return table
+
+
+def evaluation_details(evaluation) -> Table:
+    e = evaluation
+    table = Table(show_header=False, box=None)
+    table.add_column(style="bold")
+    table.add_column()
+    g = e.generation
+    for name, value in [
+        ("id", e.id), ("model", e.model), ("base_model", e.base_model),
+        ("model_version", str(e.model_version)), ("task", evaluation_task(e)),
+        ("status", evaluation_status(e)), ("progress", f"{e.progress:.0%} "
+                                                       f"({e.rows_done}/{e.rows} rows)"),
+        ("query", e.query),
+        ("generation", f"max_tokens={g.max_tokens} temperature={g.temperature:g} "
+                       f"concurrency={g.concurrency}"),
+        ("tokens", f"{e.prompt_tokens} prompt, {e.completion_tokens} completion"),
+        ("job", f"{e.job_id} ({e.role})" if e.job_id else ""),
+        ("created_on", when(e.created_on)), ("finished_on", when(e.finished_on)),
+        ("error", e.error),
+    ]:
+        if value:
+            table.add_row(name, value)
+    return table
+
+
+def follow_evaluations(streams) -> list:
+    """Live progress bars for evaluations being watched (one stream each); returns the last
+    state of each."""
+    last = [None] * len(streams)
+    with Progress(TextColumn("[bold]{task.description}"), BarColumn(),
+                  TextColumn("{task.percentage:>3.0f}%"), TextColumn("{task.fields[rows]}"),
+                  TextColumn("{task.fields[status]}"), TimeElapsedColumn(),
+                  console=console) as progress:
+        for i, stream in enumerate(streams):
+            task = None
+            for e in stream:
+                last[i] = e
+                if task is None:
+                    task = progress.add_task(f"{e.model} {e.id}", total=1.0, rows="",
+                                             status="")
+                progress.update(task, completed=e.progress, rows=f"{e.rows_done}/{e.rows} rows",
+                                status=evaluation_status(e))
+                if e.status in EVALUATION_TERMINAL:
+                    break
+    return last
