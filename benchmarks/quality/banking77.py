@@ -70,9 +70,9 @@ def run(args) -> dict:
                                  "lora_alpha": args.alpha}.items() if v}
     home = Path(args.home or tempfile.mkdtemp(prefix="banking77-"))
     load_before = os.getloadavg()
-    with LocalStack(StackConfig(home=home)).start() as stack, \
+    with LocalStack(StackConfig(home=home)) as stack, \
             FinetuneClient(stack.control_address, stack.inference_address,
-                           stack.admin_key) as client:
+                           stack.admin_key()) as client:
         client.load_rows(TRAIN_TABLE, train, replace=True)
         client.load_rows(EVAL_TABLE, test, replace=True)
         evaluation = evaluations_pb2.JobEvaluationOptions(
