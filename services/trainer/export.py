@@ -34,14 +34,16 @@ class StepRecord:
 @dataclass(frozen=True)
 class TrainingSummary:
     job_id: str
-    trained_tokens: int
-    training_loss: float             # token-weighted mean over the last epoch
-    validation_loss: float | None    # after the last epoch
-    epochs: int
-    steps: int
+    trained_tokens: int              # tokens of every step trained (all epochs run)
+    training_loss: float             # token-weighted mean over the exported epoch
+    validation_loss: float | None    # after the exported epoch
+    epochs: int                      # epochs run
+    steps: int                       # optimizer steps run
     training_rows: int
     validation_rows: int
     truncated_rows: int
+    best_epoch: int | None = None    # the exported epoch (lowest validation loss), if validated
+    stop_reason: str | None = None   # why training stopped before max_epochs (early stopping)
 
 
 def results_csv(history: Sequence[StepRecord]) -> str:
@@ -93,6 +95,8 @@ def manifest(summary: TrainingSummary, files: Sequence[str]) -> dict:
         "training_rows": summary.training_rows,
         "validation_rows": summary.validation_rows,
         "truncated_rows": summary.truncated_rows,
+        "best_epoch": summary.best_epoch,
+        "stop_reason": summary.stop_reason,
         "files": list(files),
     }
 

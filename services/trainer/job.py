@@ -83,19 +83,23 @@ def run(spec: JobSpec, config: TrainerConfig, reporter: reporting.ProgressSink) 
 
     with result.checkpoint.as_directory() as folder:
         state = recipe.read_checkpoint_state(folder)
+        # The exported adapter is the best validation epoch's; its losses describe the model.
+        exported = (state.best_epoch or state.epoch) - 1
         summary = export.TrainingSummary(
             job_id=spec.job_id,
             trained_tokens=state.trained_tokens,
-            training_loss=state.epoch_losses[-1],
-            validation_loss=state.validation_losses[-1],
+            training_loss=state.epoch_losses[exported],
+            validation_loss=state.validation_losses[exported],
             epochs=state.epoch,
             steps=state.step,
             training_rows=prepared.train.rows,
             validation_rows=prepared.validation.rows,
             truncated_rows=prepared.train.truncated_rows + prepared.validation.truncated_rows,
+            best_epoch=state.best_epoch,
+            stop_reason=state.stop_reason,
         )
         manifest = export.write_outputs(store, spec.output_uri,
-                                        recipe.checkpoint_adapter_dir(folder),
+                                        recipe.export_adapter_dir(folder),
                                         state.history, summary)
     reporter.report(reporting.Progress(1.0, state.epoch, state.step, state.step,
                                        state.trained_tokens, summary.training_loss,

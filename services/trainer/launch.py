@@ -21,6 +21,11 @@ class WorkerPlan:
     use_gpu: bool
     cpus_per_worker: int
 
+    @property
+    def backend(self) -> str:
+        """torch.distributed backend: NCCL between GPUs, gloo between CPU processes."""
+        return "nccl" if self.use_gpu else "gloo"
+
 
 def plan_workers(requested: int, batch_size: int, cluster: Mapping[str, float],
                  node_cpus: Sequence[float]) -> WorkerPlan:
@@ -48,7 +53,7 @@ def run_training(spec: JobSpec, train: Sequence[Example], validation: Sequence[E
     rank 0's return value (the final metrics and status)."""
     import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
+    from ray.train.torch import TorchConfig, TorchTrainer
 
     if not ray.is_initialized():
         ray.init()  # inside a Ray job RAY_ADDRESS names the cluster
@@ -78,6 +83,7 @@ def run_training(spec: JobSpec, train: Sequence[Example], validation: Sequence[E
         },
         scaling_config=ScalingConfig(num_workers=plan.num_workers, use_gpu=plan.use_gpu,
                                      resources_per_worker={"CPU": plan.cpus_per_worker}),
+        torch_config=TorchConfig(backend=plan.backend),
         run_config=RunConfig(
             name=spec.job_id,
             storage_path=spec.checkpoint_uri,

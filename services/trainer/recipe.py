@@ -3,9 +3,14 @@
     seed -> model (bf16 base + fp32 LoRA, or fp32) -> resume from the latest checkpoint if any
     -> for each epoch: global batches of `batch_size` examples split across workers, gradient
        accumulation over micro-batches, AdamW with linear warmup/decay, one gradient all-reduce
-       per optimizer step -> validation loss -> checkpoint (rank 0) -> next epoch
+       per optimizer step, a checkpoint every `checkpoint_every_steps` -> validation loss ->
+       checkpoint (rank 0) -> stop early if validation loss stopped improving -> next epoch
 
-The cluster is behind `WorkerContext` (Ray Train in `workers.py`, a fake in unit tests).
+A checkpoint holds the adapter, the optimizer and the RunState (position in the epoch included),
+and the adapter of the best validation epoch when that is not the current one: a resumed run
+skips exactly the batches already trained (the epoch's order comes from the seed) and the export
+takes the best epoch's adapter. The cluster is behind `WorkerContext` (Ray Train in
+`workers.py`, a fake in unit tests).
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import shutil
 import tempfile
 import time
 from contextlib import AbstractContextManager, nullcontext
@@ -24,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from services.trainer import schedule
 from services.trainer.data import (IGNORE_INDEX, Example, collate, micro_batches, plan_epoch,
                                    shard, steps_per_epoch)
 from services.trainer.export import StepRecord
@@ -35,6 +42,7 @@ log = logging.getLogger(__name__)
 WARMUP_FRACTION = 0.05
 MAX_GRAD_NORM = 1.0
 ADAPTER_DIR = "adapter"
+BEST_ADAPTER_DIR = "best_adapter"   # only when the best epoch is not the checkpoint's own weights
 STATE_FILE = "state.json"
 OPTIMIZER_FILE = "optimizer.pt"
 
@@ -59,6 +67,13 @@ class RunState:
     history: list[StepRecord] = field(default_factory=list)
     epoch_losses: list[float] = field(default_factory=list)        # token-weighted, per epoch
     validation_losses: list[float | None] = field(default_factory=list)
+    # The epoch in progress (after a mid-epoch checkpoint): batches done, summed loss, targets.
+    epoch_step: int = 0
+    epoch_loss_sum: float = 0.0
+    epoch_targets: int = 0
+    best_epoch: int | None = None    # lowest validation loss so far (its adapter is exported)
+    stop_reason: str | None = None   # why training stopped before max_epochs
+    train_seconds: float = 0.0       # rank 0's time in optimizer steps (throughput), all attempts
 
     def to_json(self) -> str:
         return json.dumps({**asdict(self), "history": [asdict(r) for r in self.history]})
@@ -194,17 +209,21 @@ def train(cfg: RecipeConfig, train_examples: Sequence[Example],
 
     state = RunState()
     optimizer_state = None
+    best_weights: dict[str, torch.Tensor] | None = None   # rank 0: the best epoch's adapter
     with ctx.latest_checkpoint() as checkpoint:
         if checkpoint is not None:
-            state, optimizer_state = _load_checkpoint(checkpoint, model)
-            log.info("resuming %s after epoch %d (step %d)", spec.job_id, state.epoch, state.step)
+            state, optimizer_state, best_weights = _load_checkpoint(checkpoint, model)
+            log.info("resuming %s after epoch %d, step %d (%d steps into epoch %d)",
+                     spec.job_id, state.epoch, state.step, state.epoch_step, state.epoch + 1)
 
     loss_module = TargetLoss(model)
     parallel = ctx.wrap(loss_module)
     params = [p for p in model.parameters() if p.requires_grad]
     lengths = [len(e) for e in train_examples]
     targets = [e.n_targets for e in train_examples]
-    total_steps = opts.max_epochs * steps_per_epoch(len(train_examples), opts.batch_size)
+    epoch_steps = steps_per_epoch(len(train_examples), opts.batch_size)
+    total_steps = opts.max_epochs * epoch_steps
+    interval = schedule.checkpoint_interval(epoch_steps, opts.checkpoint_every_steps)
     optimizer = torch.optim.AdamW(params, lr=opts.learning_rate, weight_decay=0.0)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer,
                                                   lambda s: lr_factor(s, total_steps))
@@ -212,17 +231,22 @@ def train(cfg: RecipeConfig, train_examples: Sequence[Example],
         optimizer.load_state_dict(optimizer_state["optimizer"])
         scheduler.load_state_dict(optimizer_state["scheduler"])
     if ctx.rank == 0:
-        log.info("training %s: %d examples, %d steps, %d workers, %s, %d trainable params",
-                 spec.job_id, len(train_examples), total_steps, ctx.world_size, dtype,
-                 sum(p.numel() for p in params))
+        log.info("training %s: %d examples, %d steps, %d workers, %s, %d trainable params, "
+                 "a checkpoint every %d steps", spec.job_id, len(train_examples), total_steps,
+                 ctx.world_size, dtype, sum(p.numel() for p in params), interval)
+    if opts.early_stopping_patience and not validation_examples and ctx.rank == 0:
+        log.warning("early stopping asked for, but there is no validation data: it is off")
 
     cancelled = False
+    loop_started = time.perf_counter()
     for epoch in range(state.epoch + 1, opts.max_epochs + 1):
-        torch.manual_seed(opts.seed * 1000 + epoch * 10 + ctx.rank)  # dropout, resumable
         model.train()
-        epoch_loss = epoch_targets = 0.0
         started, epoch_tokens = time.perf_counter(), 0
-        for batch in plan_epoch(lengths, opts.batch_size, opts.seed, epoch):
+        batches = plan_epoch(lengths, opts.batch_size, opts.seed, epoch)
+        for index in range(state.epoch_step, len(batches)):  # skips what a checkpoint holds
+            batch = batches[index]
+            torch.manual_seed(schedule.step_seed(opts.seed, epoch, index, ctx.rank))  # dropout
+            step_started = time.perf_counter()
             share = shard(batch, lengths, ctx.world_size)[ctx.rank]
             n_targets = sum(targets[i] for i in batch)
             local_loss = _accumulate(parallel, train_examples, share, batch[0], lengths,
@@ -234,41 +258,62 @@ def train(cfg: RecipeConfig, train_examples: Sequence[Example],
 
             totals = ctx.all_reduce_sum(torch.tensor([local_loss, float(reporter.cancelled)],
                                                      dtype=torch.float64))
+            state.train_seconds += time.perf_counter() - step_started
             state.step += 1
+            state.epoch_step = index + 1
             step_tokens = sum(lengths[i] for i in batch)
             state.trained_tokens += step_tokens
             epoch_tokens += step_tokens
             loss = totals[0].item() / max(1, n_targets)
-            epoch_loss += totals[0].item()
-            epoch_targets += n_targets
+            state.epoch_loss_sum += totals[0].item()
+            state.epoch_targets += n_targets
             state.history.append(StepRecord(state.step, epoch, loss))
             reporter.report(Progress(state.step / total_steps, epoch, state.step, total_steps,
                                      state.trained_tokens, loss))
             if totals[1].item() > 0:
                 cancelled = True
                 break
+            if schedule.mid_epoch_checkpoint_due(state.epoch_step, len(batches), interval):
+                _save_checkpoint(ctx, model, optimizer, scheduler, state,
+                                 _metrics(state, "running"), best_weights)
         if cancelled:
             break
         if ctx.rank == 0:
             elapsed = time.perf_counter() - started
             log.info("epoch %d: loss %.4f, %d tokens in %.1fs (%.0f tokens/s)", epoch,
-                     epoch_loss / max(1, epoch_targets), epoch_tokens, elapsed,
+                     state.epoch_loss_sum / max(1, state.epoch_targets), epoch_tokens, elapsed,
                      epoch_tokens / max(elapsed, 1e-9))
 
         validation_loss = _evaluate(loss_module, validation_examples, cfg, ctx, autocast)
         last = state.history[-1]
         state.history[-1] = StepRecord(last.step, last.epoch, last.training_loss, validation_loss)
         state.epoch = epoch
-        state.epoch_losses.append(epoch_loss / max(1, epoch_targets))
+        state.epoch_losses.append(state.epoch_loss_sum / max(1, state.epoch_targets))
+        state.epoch_step, state.epoch_loss_sum, state.epoch_targets = 0, 0.0, 0
         state.validation_losses.append(validation_loss)
-        metrics = _metrics(state, "completed" if epoch == opts.max_epochs else "running")
+        state.best_epoch = schedule.best_epoch(state.validation_losses)
+        if state.best_epoch == epoch:
+            best_weights = None  # the checkpoint's own adapter is the best one
+        elif state.best_epoch is not None and best_weights is None and ctx.rank == 0:
+            raise RuntimeError("the best epoch's adapter was lost")  # cannot happen: see below
+        state.stop_reason = schedule.early_stop_reason(state.validation_losses,
+                                                       opts.early_stopping_patience)
+        finished = epoch == opts.max_epochs or state.stop_reason is not None
+        metrics = _metrics(state, "completed" if finished else "running")
         reporter.report(Progress(state.step / total_steps, epoch, state.step, total_steps,
                                  state.trained_tokens, last.training_loss, validation_loss,
                                  f"epoch {epoch} of {opts.max_epochs} done"), force=True)
-        _save_checkpoint(ctx, model, optimizer, scheduler, state, metrics)
+        _save_checkpoint(ctx, model, optimizer, scheduler, state, metrics, best_weights)
+        if state.best_epoch == epoch and ctx.rank == 0:
+            best_weights = _adapter_weights(model)  # kept for later checkpoints of this run
+        if state.stop_reason is not None:
+            if ctx.rank == 0:
+                log.info("%s: %s", spec.job_id, state.stop_reason)
+            break
 
     # Rank 0's return value reaches the driver (Ray Train's Result.return_value).
-    return _metrics(state, "cancelled" if cancelled else "completed")
+    return {**_metrics(state, "cancelled" if cancelled else "completed"),
+            "loop_seconds": time.perf_counter() - loop_started}  # this attempt, checkpoints too
 
 
 def _accumulate(parallel: nn.Module, examples: Sequence[Example], share: list[int],
@@ -325,26 +370,46 @@ def _metrics(state: RunState, status: str) -> dict:
     return {"status": status, "epoch": state.epoch, "step": state.step,
             "trained_tokens": state.trained_tokens,
             "training_loss": state.epoch_losses[-1] if state.epoch_losses else None,
-            "validation_loss": state.validation_losses[-1] if state.validation_losses else None}
+            "validation_loss": state.validation_losses[-1] if state.validation_losses else None,
+            "best_epoch": state.best_epoch, "stop_reason": state.stop_reason,
+            "train_seconds": state.train_seconds}
 
 
 # --------------------------------------------------------------------------- checkpoints
 
+def _adapter_weights(model) -> dict[str, torch.Tensor]:
+    """A CPU copy of the LoRA weights, keyed as peft saves them."""
+    from peft import get_peft_model_state_dict
+
+    return {k: v.detach().to("cpu", copy=True).contiguous()
+            for k, v in get_peft_model_state_dict(model).items()}
+
+
 def _save_checkpoint(ctx: WorkerContext, model, optimizer, scheduler, state: RunState,
-                     metrics: dict) -> None:
+                     metrics: dict, best_weights: dict[str, torch.Tensor] | None) -> None:
     if ctx.rank != 0:
         ctx.report(metrics, None)
         return
+    from safetensors.torch import save_file
+
     with tempfile.TemporaryDirectory(prefix="ft-ckpt-") as tmp:
         folder = Path(tmp)
         model.save_pretrained(folder / ADAPTER_DIR, safe_serialization=True)
+        if best_weights is not None:
+            best = folder / BEST_ADAPTER_DIR
+            best.mkdir()
+            save_file(best_weights, str(best / "adapter_model.safetensors"),
+                      metadata={"format": "pt"})
+            shutil.copy(folder / ADAPTER_DIR / "adapter_config.json", best)
         torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()},
                    folder / OPTIMIZER_FILE)
         (folder / STATE_FILE).write_text(state.to_json())
         ctx.report(metrics, folder)
 
 
-def _load_checkpoint(folder: Path, model) -> tuple[RunState, dict]:
+def _load_checkpoint(folder: Path, model) -> tuple[RunState, dict, dict | None]:
+    """Restore the adapter into `model`; returns the run state, optimizer state and the best
+    epoch's adapter weights (None when there is no validation)."""
     from peft import set_peft_model_state_dict
     from safetensors.torch import load_file
 
@@ -355,7 +420,16 @@ def _load_checkpoint(folder: Path, model) -> tuple[RunState, dict]:
         raise RuntimeError(f"checkpoint does not match the model: {missing[:3]}")
     state = RunState.from_json((folder / STATE_FILE).read_text())
     optimizer_state = torch.load(folder / OPTIMIZER_FILE, weights_only=True)
-    return state, optimizer_state
+    best_file = folder / BEST_ADAPTER_DIR / "adapter_model.safetensors"
+    best_weights = None
+    if best_file.is_file():
+        best_weights = load_file(str(best_file))
+    elif state.best_epoch is not None:
+        # Saved without a separate best adapter: its own weights are the best epoch's.
+        if (state.best_epoch, state.epoch_step) != (state.epoch, 0):
+            raise RuntimeError("checkpoint lacks the best epoch's adapter")
+        best_weights = _adapter_weights(model)
+    return state, optimizer_state, best_weights
 
 
 def read_checkpoint_state(folder: Path) -> RunState:
@@ -364,4 +438,17 @@ def read_checkpoint_state(folder: Path) -> RunState:
 
 
 def checkpoint_adapter_dir(folder: Path) -> Path:
+    """The checkpoint's current adapter (the last step's weights)."""
     return Path(folder) / ADAPTER_DIR
+
+
+def export_adapter_dir(folder: Path) -> Path:
+    """The adapter to export from a final checkpoint: the best validation epoch's, else the
+    last."""
+    state = read_checkpoint_state(folder)
+    best = Path(folder) / BEST_ADAPTER_DIR
+    if state.best_epoch is not None and state.best_epoch != state.epoch:
+        if not (best / "adapter_model.safetensors").is_file():
+            raise FileNotFoundError(f"checkpoint lacks epoch {state.best_epoch}'s adapter")
+        return best
+    return checkpoint_adapter_dir(folder)

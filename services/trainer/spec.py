@@ -36,6 +36,11 @@ class TrainingOptions:
     target_modules: tuple[str, ...] = DEFAULT_TARGET_MODULES
     seed: int = 42
     num_workers: int = 2
+    # Optimizer steps between mid-epoch checkpoints (there is always one at each epoch end);
+    # 0: every quarter of an epoch, see `checkpoint_interval`.
+    checkpoint_every_steps: int = 0
+    # Stop once validation loss has not improved for this many epochs; 0: never stop early.
+    early_stopping_patience: int = 0
 
 
 @dataclass(frozen=True)
@@ -133,6 +138,8 @@ def _options(raw) -> TrainingOptions:
             target_modules=tuple(str(m) for m in values["target_modules"]),
             seed=int(values["seed"]),
             num_workers=int(values["num_workers"]),
+            checkpoint_every_steps=int(values["checkpoint_every_steps"]),
+            early_stopping_patience=int(values["early_stopping_patience"]),
         )
     except (TypeError, ValueError) as exc:
         raise InvalidArgument(f"spec.options: {exc}") from None
@@ -145,6 +152,8 @@ def _options(raw) -> TrainingOptions:
         (0 <= opts.lora_dropout < 1, "lora_dropout must be in [0, 1)"),
         (bool(opts.target_modules), "target_modules must not be empty"),
         (opts.num_workers >= 1, "num_workers must be at least 1"),
+        (opts.checkpoint_every_steps >= 0, "checkpoint_every_steps must not be negative"),
+        (opts.early_stopping_patience >= 0, "early_stopping_patience must not be negative"),
     ]
     for ok, message in checks:
         if not ok:

@@ -9,6 +9,7 @@ import io
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import socket
@@ -100,24 +101,32 @@ class RecordingReporting(internal_pb2_grpc.JobReportingServiceServicer):
         return internal_pb2.ReportProgressResponse(cancelled=cancel)
 
 
-@pytest.fixture
-def control():
+@contextlib.contextmanager
+def reporting_server():
     servicer = RecordingReporting()
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
     internal_pb2_grpc.add_JobReportingServiceServicer_to_server(servicer, server)
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
-    yield servicer, f"127.0.0.1:{port}"
-    server.stop(0)
+    try:
+        yield servicer, f"127.0.0.1:{port}"
+    finally:
+        server.stop(0)
 
 
-def code(rnd: random.Random) -> str:
-    return ("".join(rnd.choice("ABCDEFGHJKLMNPQRSTUVWXYZ") for _ in range(3)) + "-"
-            + "".join(rnd.choice("0123456789") for _ in range(4)))
+@pytest.fixture
+def control():
+    with reporting_server() as (servicer, address):
+        yield servicer, address
 
 
 def made_up_rows() -> list[dict]:
-    """16 prompt -> code pairs: 4 made-up warehouse codes, keyed by the kind of item named."""
+    """16 prompt -> code pairs: 4 made-up warehouse codes, keyed by the kind of item named.
+
+    A code starts with its kind's first letters, so the model can tell the codes apart from the
+    first token on (4 unrelated codes for 4 kinds made a model answer one code for every
+    prompt for a long time first); the numbers are made up, so only training can produce them.
+    """
     rnd = random.Random(7)
     kinds = {"fruit": ["apple", "banana", "cherry", "mango"],
              "tool": ["hammer", "wrench", "drill", "chisel"],
@@ -125,7 +134,7 @@ def made_up_rows() -> list[dict]:
              "fabric": ["cotton", "silk", "wool", "linen"]}
     rows = []
     for kind, items in kinds.items():
-        label = code(rnd)
+        label = kind[:3].upper() + "-" + "".join(rnd.choice("0123456789") for _ in range(4))
         rows += [{"prompt": f"Warehouse code for {kind} item: {item}?", "completion": label}
                  for item in items]
     rnd.shuffle(rows)
@@ -181,19 +190,30 @@ def read_csv(store: ArtifactStore, uri: str) -> list[dict]:
     return list(csv.DictReader(io.StringIO(store.read_bytes(uri).decode())))
 
 
-def test_job_trains_exports_and_reports(ray_cluster, control, base_model_spec, tmp_path):
-    client, _ = ray_cluster
-    reporting, address = control
-    rows = made_up_rows()
-    # 32 steps: a model first learns which codes exist (and answers one of them for every
-    # prompt, about 12 steps in) before it learns which prompt gets which.
-    store, spec, spec_uri = write_job(tmp_path / "artifacts", "ft_train", base_model_spec,
-                                      address, rows, rows[:4], batch_size=2, max_epochs=4)
-    submit(client, "ft_train", spec_uri)
-    status = wait(client, "ft_train")
-    logs = client.get_job_logs("ft_train")
-    assert status == "SUCCEEDED", logs[-4000:]
+TRAINED_OPTIONS = {"batch_size": 2, "max_epochs": 4}   # 8 steps an epoch, 32 in all
 
+
+@pytest.fixture(scope="module")
+def trained(ray_cluster, base_model_spec, tmp_path_factory):
+    """One uninterrupted run: checked by the next test, and the reference curve of the
+    resume test. Progress goes to a control of its own (the `control` fixture is per test)."""
+    client, _ = ray_cluster
+    with reporting_server() as (servicer, address):
+        rows = made_up_rows()
+        # 32 steps of 2 rows: every code right with loss near 0.005 (in-process trials with
+        # two seeds), well before the end.
+        store, spec, spec_uri = write_job(tmp_path_factory.mktemp("trained") / "artifacts",
+                                          "ft_train", base_model_spec, address, rows, rows[:4],
+                                          **TRAINED_OPTIONS)
+        submit(client, "ft_train", spec_uri)
+        status = wait(client, "ft_train")
+        logs = client.get_job_logs("ft_train")
+    assert status == "SUCCEEDED", logs[-4000:]
+    return store, spec, rows, list(servicer.requests)
+
+
+def test_job_trains_exports_and_reports(trained, base_model_spec):
+    store, spec, rows, reports = trained
     out = spec["output_uri"]
     assert set(store.list(out)) == {"adapter_model.safetensors", "adapter_config.json",
                                     "training_results.csv", "loss_curve.png", "manifest.json"}
@@ -216,11 +236,13 @@ def test_job_trains_exports_and_reports(ray_cluster, control, base_model_spec, t
                                                          limits).tokens
     assert (manifest["epochs"], manifest["steps"], manifest["training_rows"],
             manifest["validation_rows"], manifest["truncated_rows"]) == (4, 32, 16, 4, 0)
-    assert manifest["validation_loss"] == pytest.approx(float(results[-1]["validation_loss"]),
-                                                        rel=1e-4)
+    # The exported adapter is the epoch with the lowest validation loss; no early stopping.
+    validation = [float(r["validation_loss"]) for r in results if r["validation_loss"]]
+    assert manifest["best_epoch"] == 1 + validation.index(min(validation))
+    assert manifest["validation_loss"] == pytest.approx(min(validation), rel=1e-4, abs=1e-6)
+    assert manifest["stop_reason"] is None
 
     # Progress reached control, authenticated, with validation at epoch ends and 1.0 at the end.
-    reports = list(reporting.requests)
     assert reports and all(r.job_id == "ft_train" for r in reports)
     assert [r.epoch for r in reports if r.has_validation_loss][:4] == [1, 2, 3, 4]
     assert reports[-1].progress == 1.0 and reports[-1].trained_tokens == manifest["trained_tokens"]
@@ -264,26 +286,48 @@ def test_cancel_from_control_stops_the_job_without_a_manifest(ray_cluster, contr
     assert not store.exists(f"{spec['output_uri']}/manifest.json")
 
 
-def test_a_lost_worker_resumes_from_the_last_checkpoint(ray_cluster, control, base_model_spec,
-                                                        tmp_path):
+def latest_checkpoint(store: ArtifactStore, spec: dict, job_id: str) -> Path | None:
+    """The folder of the checkpoint Ray Train has registered last, if any."""
+    run = store.local_path(spec["checkpoint_uri"]) / job_id
+    try:
+        snapshot = json.loads((run / "checkpoint_manager_snapshot.json").read_text())
+    except (FileNotFoundError, json.JSONDecodeError):   # not yet, or being rewritten
+        return None
+    latest = snapshot.get("latest_checkpoint_result") or {}
+    return run / latest["checkpoint_dir_name"] if latest.get("checkpoint_dir_name") else None
+
+
+def latest_checkpoint_state(store: ArtifactStore, spec: dict, job_id: str) -> dict | None:
+    folder = latest_checkpoint(store, spec, job_id)
+    if folder is None:
+        return None
+    with contextlib.suppress(FileNotFoundError, json.JSONDecodeError):
+        return json.loads((folder / "state.json").read_text())
+    return None
+
+
+def test_a_worker_killed_mid_epoch_resumes_from_the_step_checkpoint(
+        trained, ray_cluster, control, base_model_spec, tmp_path):
+    """The reference run's job again; a worker is SIGKILLed once a mid-epoch checkpoint exists
+    (every 2 steps of an 8-step epoch by default, so the kill lands before the epoch's end even
+    if it takes a few steps). The resumed run trains each step once, in the same order, and its
+    loss curve matches the uninterrupted run's."""
     client, dashboard = ray_cluster
     _, address = control
-    rows = made_up_rows()
+    ref_store, ref_spec, rows, _ = trained
     store, spec, spec_uri = write_job(tmp_path / "artifacts", "ft_resume", base_model_spec,
-                                      address, rows, [], max_epochs=3)
+                                      address, rows, rows[:4], **TRAINED_OPTIONS)
     submit(client, "ft_resume", spec_uri)
 
-    # Once Ray Train has registered epoch 1's checkpoint, kill a training worker process.
     from ray.util.state import list_actors
 
-    snapshot = store.local_path(spec["checkpoint_uri"]) / "ft_resume" / \
-        "checkpoint_manager_snapshot.json"
     deadline = time.monotonic() + 600  # a hang guard, not an assertion on speed
-    while not (snapshot.exists() and "checkpoint_dir_name" in snapshot.read_text()):
+    while (state := latest_checkpoint_state(store, spec, "ft_resume")) is None:
         status = str(client.get_job_status("ft_resume")).rsplit(".", 1)[-1]
         assert status not in TERMINAL and time.monotonic() < deadline, \
             client.get_job_logs("ft_resume")[-4000:]
-        time.sleep(0.2)
+        time.sleep(0.1)
+    assert state["epoch_step"] > 0          # a step checkpoint, not an epoch end
     workers = list_actors(address=dashboard, filters=[("class_name", "=", "RayTrainWorker"),
                                                       ("state", "=", "ALIVE")])
     assert len(workers) == 2
@@ -292,11 +336,77 @@ def test_a_lost_worker_resumes_from_the_last_checkpoint(ray_cluster, control, ba
     status = wait(client, "ft_resume")
     logs = client.get_job_logs("ft_resume")
     assert status == "SUCCEEDED", logs[-4000:]
-    assert "resuming ft_resume after epoch" in logs
+    resumed = re.findall(r"resuming ft_resume after epoch (\d+), step (\d+) \((\d+) steps into",
+                         logs)
+    assert resumed and int(resumed[0][2]) > 0, logs[-4000:]    # mid-epoch
+    assert int(resumed[0][1]) >= state["step"]
+
     results = read_csv(store, f"{spec['output_uri']}/training_results.csv")
-    assert [int(r["step"]) for r in results] == list(range(1, 13))     # each step once
+    reference = read_csv(ref_store, f"{ref_spec['output_uri']}/training_results.csv")
+    assert [int(r["step"]) for r in results] == list(range(1, 33))     # each step once
+    assert [r["epoch"] for r in results] == [r["epoch"] for r in reference]
+    for ours, theirs in zip(results, reference):
+        assert float(ours["training_loss"]) == pytest.approx(float(theirs["training_loss"]),
+                                                             rel=1e-3, abs=1e-4)
     manifest = json.loads(store.read_bytes(f"{spec['output_uri']}/manifest.json"))
-    assert (manifest["epochs"], manifest["steps"]) == (3, 12)
+    ref_manifest = json.loads(ref_store.read_bytes(f"{ref_spec['output_uri']}/manifest.json"))
+    assert (manifest["epochs"], manifest["steps"]) == (4, 32)
+    assert manifest["trained_tokens"] == ref_manifest["trained_tokens"]
+    assert manifest["best_epoch"] == ref_manifest["best_epoch"]
+
+
+def test_early_stopping_exports_the_best_epoch(ray_cluster, control, base_model_spec,
+                                               tmp_path):
+    """Validation rows give trained prompts other kinds' codes: validation loss falls while the
+    model learns what codes look like, then rises as it learns which prompt gets which code."""
+    client, _ = ray_cluster
+    reporting, address = control
+    rows = made_up_rows()
+    codes = sorted({r["completion"] for r in rows})
+    wrong = [{"prompt": r["prompt"], "completion": codes[(codes.index(r["completion"]) + 1) % 4]}
+             for r in rows[:4]]
+    store, spec, spec_uri = write_job(tmp_path / "artifacts", "ft_early", base_model_spec,
+                                      address, rows, wrong, batch_size=2, max_epochs=8,
+                                      early_stopping_patience=1, checkpoint_every_steps=100)
+    submit(client, "ft_early", spec_uri)
+    status = wait(client, "ft_early")
+    logs = client.get_job_logs("ft_early")
+    assert status == "SUCCEEDED", logs[-4000:]
+
+    out = spec["output_uri"]
+    manifest = json.loads(store.read_bytes(f"{out}/manifest.json"))
+    results = read_csv(store, f"{out}/training_results.csv")
+    validation = [float(r["validation_loss"]) for r in results if r["validation_loss"]]
+    epochs = manifest["epochs"]
+    assert manifest["stop_reason"] and "early stopping" in manifest["stop_reason"], logs[-3000:]
+    assert epochs < 8 and len(validation) == epochs
+    assert manifest["best_epoch"] == epochs - 1 == 1 + validation.index(min(validation))
+    assert manifest["validation_loss"] == pytest.approx(min(validation), rel=1e-4, abs=1e-6)
+    # Every step trained is listed; trained tokens count the epochs actually run.
+    assert [int(r["step"]) for r in results] == list(range(1, 8 * epochs + 1))
+    from transformers import AutoTokenizer
+
+    from services.trainer.data import TokenLimits, format_rows
+    tokenizer = AutoTokenizer.from_pretrained(base_model_spec.path)
+    limits = TokenLimits(base_model_spec.prompt_tokens, base_model_spec.completion_tokens,
+                         base_model_spec.context_window)
+    assert manifest["trained_tokens"] == epochs * format_rows("INSTRUCTION", tokenizer, rows,
+                                                              limits).tokens
+    assert reporting.requests[-1].trained_tokens == manifest["trained_tokens"]
+    # The exported adapter is the best epoch's, not the last step's.
+    from safetensors.torch import load_file
+    exported = load_file(str(store.local_path(out) / "adapter_model.safetensors"))
+    final_checkpoint = latest_checkpoint(store, spec, "ft_early")
+    assert json.loads((final_checkpoint / "state.json").read_text())["step"] == 8 * epochs
+    final = load_file(str(final_checkpoint / "adapter" / "adapter_model.safetensors"))
+    assert exported.keys() == final.keys()
+    assert any(not torch_equal(exported[k], final[k]) for k in exported)
+
+
+def torch_equal(a, b) -> bool:
+    import torch
+
+    return bool(torch.equal(a, b))
 
 
 def test_an_unreachable_control_never_fails_reporting():

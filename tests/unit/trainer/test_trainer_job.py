@@ -77,3 +77,47 @@ def test_prepare_data_for_chat_and_continued_pretraining(tmp_path, base_model_sp
     prepared = job.prepare_data(spec, store)
     assert prepared.train.rows == 2 and prepared.train.truncated_rows == 0
     assert len(prepared.train.examples) == 1          # both texts fit one 2048-token window
+
+
+def test_run_exports_the_best_epoch_and_says_why_it_stopped(tmp_path, base_model_spec,
+                                                            tiny_model_dir, monkeypatch):
+    """The driver's export after training (the cluster replaced by a finished checkpoint)."""
+    import contextlib
+    import types
+
+    from trainer_testbed import FakeContext, make_spec, synthetic_examples
+
+    from services.trainer import launch, recipe
+    from services.trainer.config import TrainerConfig
+    from services.trainer.reporting import NullReporter
+
+    scripted = iter([3.0, 2.0, 2.5])
+    monkeypatch.setattr(recipe, "_evaluate", lambda *args: next(scripted))
+    ctx = FakeContext(tmp_path / "ckpt")
+    recipe.train(recipe.RecipeConfig(make_spec(tiny_model_dir, max_epochs=4,
+                                               early_stopping_patience=1),
+                                     pad_id=0, precision="fp32", threads=1),
+                 synthetic_examples(8), synthetic_examples(2), ctx)
+    final = ctx.reports[-1][1]
+
+    class Checkpoint:
+        @contextlib.contextmanager
+        def as_directory(self):
+            yield str(final)
+
+    monkeypatch.setattr(launch, "run_training", lambda *args: types.SimpleNamespace(
+        return_value=ctx.reports[-1][0], checkpoint=Checkpoint()))
+    rows = [{"prompt": "2+2?", "completion": "4"}]
+    store, spec_uri, spec = write_job(tmp_path, base_model_spec.path, rows, validation=rows)
+    manifest = job.run(spec, TrainerConfig(spec_uri=spec_uri), NullReporter())
+
+    state = recipe.read_checkpoint_state(final)
+    assert (manifest["epochs"], manifest["steps"], manifest["best_epoch"]) == (3, 6, 2)
+    assert "did not improve for 1 epoch after epoch 2" in manifest["stop_reason"]
+    assert manifest["validation_loss"] == 2.0                  # the exported epoch's
+    assert manifest["training_loss"] == state.epoch_losses[1]
+    assert manifest["trained_tokens"] == state.trained_tokens
+    out = store.local_path(spec.output_uri)
+    assert (out / "adapter_model.safetensors").read_bytes() == \
+        (recipe.export_adapter_dir(final) / "adapter_model.safetensors").read_bytes()
+    assert (out / "training_results.csv").read_text().count("\n") == 1 + 6

@@ -16,6 +16,11 @@ def test_cpu_workers_share_the_cpus_and_fit_on_one_node():
     assert plan_workers(2, 8, {}, []) == WorkerPlan(1, False, 1)
 
 
+def test_gpu_workers_talk_nccl_and_cpu_workers_gloo():
+    assert plan_workers(2, 8, {"CPU": 32, "GPU": 2}, [32]).backend == "nccl"
+    assert plan_workers(2, 8, {"CPU": 2}, [2]).backend == "gloo"
+
+
 def test_no_more_workers_than_examples_per_step():
     assert plan_workers(2, 1, {"CPU": 2}, [2]) == WorkerPlan(1, False, 2)
     assert plan_workers(4, 2, {"CPU": 8, "GPU": 4}, [8]) == WorkerPlan(2, True, 1)

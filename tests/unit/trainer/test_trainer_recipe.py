@@ -99,7 +99,9 @@ def test_training_lowers_the_loss_and_records_every_step(tiny_model_dir, tmp_pat
     metrics = train(config(spec), train_set, validation, ctx)
 
     assert metrics["status"] == "completed"
-    assert [m["epoch"] for m, _ in ctx.reports] == [1, 2, 3, 4]
+    # 4 steps an epoch: a checkpoint after every step (a quarter epoch), epoch ends included.
+    assert [m["step"] for m, _ in ctx.reports] == list(range(1, 17))
+    assert [m["epoch"] for m, _ in ctx.reports if m["step"] % 4 == 0] == [1, 2, 3, 4]
     assert all(folder is not None for _, folder in ctx.reports)
     state = recipe.read_checkpoint_state(ctx.reports[-1][1])
     assert [r.step for r in state.history] == list(range(1, 17))
@@ -119,11 +121,12 @@ def test_resume_continues_after_the_checkpointed_epoch(tiny_model_dir, tmp_path)
     train_set = synthetic_examples(8)
     first = FakeContext(tmp_path / "a")
     train(config(spec), train_set, [], first)
-    after_epoch_1 = first.reports[0][1]
+    after_epoch_1 = next(folder for m, folder in first.reports if m["step"] == 2)
 
     resumed = FakeContext(tmp_path / "b", resume_from=after_epoch_1)
     metrics = train(config(spec), train_set, [], resumed)
-    assert [m["epoch"] for m, _ in resumed.reports] == [2, 3]
+    assert [m["step"] for m, _ in resumed.reports] == [3, 4, 5, 6]
+    assert [m["epoch"] for m, _ in resumed.reports] == [1, 2, 2, 3]   # epochs completed
     full = recipe.read_checkpoint_state(first.reports[-1][1])
     again = recipe.read_checkpoint_state(resumed.reports[-1][1])
     assert [r.step for r in again.history] == [r.step for r in full.history]
@@ -134,7 +137,7 @@ def test_resume_continues_after_the_checkpointed_epoch(tiny_model_dir, tmp_path)
 
 
 def test_cancellation_stops_training_without_a_checkpoint(tiny_model_dir, tmp_path):
-    spec = make_spec(tiny_model_dir, max_epochs=3, batch_size=4)
+    spec = make_spec(tiny_model_dir, max_epochs=3, batch_size=4, checkpoint_every_steps=100)
     ctx = FakeContext(tmp_path)
     reporter = CancellingReporter(after=2)
     metrics = train(config(spec), synthetic_examples(16), [], ctx, reporter)
@@ -194,3 +197,119 @@ def test_continue_training_from_an_earlier_adapter(tiny_model_dir, tmp_path):
     saved = json.loads((recipe.checkpoint_adapter_dir(later.reports[-1][1])
                         / "adapter_config.json").read_text())
     assert saved["r"] == 4
+
+
+def _adapter(folder):
+    from safetensors.torch import load_file
+
+    return load_file(str(folder / "adapter_model.safetensors"))
+
+
+def _same_weights(a, b) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_step_checkpoints_resume_mid_epoch_exactly(tiny_model_dir, tmp_path):
+    """Resumed from a checkpoint taken mid-epoch, a run skips exactly the batches already
+    trained and continues with the same losses (dropout on: per-step seeds make it exact)."""
+    spec = make_spec(tiny_model_dir, max_epochs=2, batch_size=4, lora_dropout=0.1,
+                     checkpoint_every_steps=2)
+    train_set, validation = synthetic_examples(24), synthetic_examples(4, seed=9)
+    full = FakeContext(tmp_path / "full")
+    train(config(spec), train_set, validation, full)
+    # 6 steps an epoch: checkpoints after steps 2 and 4, the epoch end (6), then 8, 10, 12.
+    steps = [m["step"] for m, _ in full.reports]
+    assert steps == [2, 4, 6, 8, 10, 12]
+    assert [m["status"] for m, _ in full.reports] == ["running"] * 5 + ["completed"]
+    reference = recipe.read_checkpoint_state(full.reports[-1][1])
+
+    for kept in (1, 3):                    # mid-epoch 1 (step 4), mid-epoch 2 (step 8)
+        checkpoint = full.reports[kept][1]
+        saved = recipe.read_checkpoint_state(checkpoint)
+        assert saved.epoch_step == 4 - 2 * (kept == 3) and saved.epoch_step > 0
+        resumed = FakeContext(tmp_path / f"resumed{kept}", resume_from=checkpoint)
+        metrics = train(config(spec), train_set, validation, resumed)
+        assert [m["step"] for m, _ in resumed.reports] == steps[kept + 1:]
+        again = recipe.read_checkpoint_state(resumed.reports[-1][1])
+        assert [(r.step, r.epoch) for r in again.history] == \
+            [(r.step, r.epoch) for r in reference.history]               # each step once
+        for a, b in zip(again.history, reference.history):
+            assert a.training_loss == pytest.approx(b.training_loss, rel=1e-5)
+            assert (a.validation_loss is None) == (b.validation_loss is None)
+        assert again.epoch_losses == pytest.approx(reference.epoch_losses, rel=1e-5)
+        assert again.validation_losses == pytest.approx(reference.validation_losses, rel=1e-5)
+        assert again.trained_tokens == reference.trained_tokens == metrics["trained_tokens"]
+        assert again.trained_tokens == 2 * sum(len(e) for e in train_set)
+
+
+def test_default_checkpoints_every_quarter_epoch(tiny_model_dir, tmp_path):
+    spec = make_spec(tiny_model_dir, max_epochs=1, batch_size=2)   # 8 steps: every 2
+    ctx = FakeContext(tmp_path)
+    train(config(spec), synthetic_examples(16), [], ctx)
+    assert [m["step"] for m, _ in ctx.reports] == [2, 4, 6, 8]
+
+
+def test_early_stopping_exports_the_best_epoch(tiny_model_dir, tmp_path, monkeypatch):
+    """Validation loss (scripted) is best at epoch 2 and worse for the next 2: with patience 2
+    training stops after epoch 4 and the checkpoint exports epoch 2's adapter."""
+    scripted = iter([3.0, 2.0, 2.5, 2.6, 1.0])
+    monkeypatch.setattr(recipe, "_evaluate", lambda *args: next(scripted))
+    spec = make_spec(tiny_model_dir, max_epochs=5, batch_size=4, early_stopping_patience=2)
+    train_set = synthetic_examples(8)
+    ctx = FakeContext(tmp_path / "run")
+    metrics = train(config(spec), train_set, synthetic_examples(2), ctx)
+
+    assert metrics["status"] == "completed" and metrics["epoch"] == 4
+    assert metrics["best_epoch"] == 2 and "did not improve for 2 epochs" in metrics["stop_reason"]
+    ends = {m["epoch"]: folder for m, folder in ctx.reports if m["step"] % 2 == 0}
+    final = ctx.reports[-1][1]
+    state = recipe.read_checkpoint_state(final)
+    assert (state.epoch, state.step, state.best_epoch) == (4, 8, 2)
+    assert [r.step for r in state.history] == list(range(1, 9))    # every step trained
+    assert state.trained_tokens == 4 * sum(len(e) for e in train_set)
+    exported = recipe.export_adapter_dir(final)
+    assert exported != recipe.checkpoint_adapter_dir(final)
+    epoch2 = _adapter(recipe.checkpoint_adapter_dir(ends[2]))
+    assert _same_weights(_adapter(exported), epoch2)
+    assert not _same_weights(_adapter(recipe.checkpoint_adapter_dir(final)), epoch2)
+    assert (exported / "adapter_config.json").is_file()
+
+
+def test_the_best_adapter_survives_a_resume(tiny_model_dir, tmp_path, monkeypatch):
+    losses = [3.0, 2.0, 2.5, 2.6]
+    spec = make_spec(tiny_model_dir, max_epochs=4, batch_size=4, checkpoint_every_steps=1)
+    train_set, validation = synthetic_examples(8), synthetic_examples(2)
+    scripted = iter(losses)
+    monkeypatch.setattr(recipe, "_evaluate", lambda *args: next(scripted))
+    full = FakeContext(tmp_path / "full")
+    train(config(spec), train_set, validation, full)
+    epoch2 = _adapter(recipe.checkpoint_adapter_dir(full.reports[3][1]))   # step 4: epoch 2 end
+
+    # Resume from step 5 (mid-epoch 3, best epoch 2 held apart) and from step 6 (epoch 3 end).
+    for kept in (4, 5):
+        scripted = iter(losses[2:])
+        monkeypatch.setattr(recipe, "_evaluate", lambda *args: next(scripted))
+        resumed = FakeContext(tmp_path / f"resumed{kept}", resume_from=full.reports[kept][1])
+        assert train(config(spec), train_set, validation, resumed)["best_epoch"] == 2
+        assert _same_weights(_adapter(recipe.export_adapter_dir(resumed.reports[-1][1])), epoch2)
+
+
+def test_without_validation_the_last_epoch_is_exported(tiny_model_dir, tmp_path):
+    spec = make_spec(tiny_model_dir, max_epochs=2, batch_size=4, early_stopping_patience=1)
+    ctx = FakeContext(tmp_path)
+    metrics = train(config(spec), synthetic_examples(8), [], ctx)
+    assert (metrics["epoch"], metrics["best_epoch"], metrics["stop_reason"]) == (2, None, None)
+    final = ctx.reports[-1][1]
+    assert recipe.export_adapter_dir(final) == recipe.checkpoint_adapter_dir(final)
+
+
+def test_pick_dtype_on_cuda_follows_the_device(monkeypatch):
+    """The GPU path cannot run here: bf16 where the GPU supports it, fp32 where it does not."""
+    cuda = torch.device("cuda")
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert recipe.pick_dtype("auto", cuda) == torch.bfloat16
+    assert recipe.pick_dtype("bf16", cuda) == torch.bfloat16
+    assert recipe.pick_dtype("fp32", cuda) == torch.float32
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    assert recipe.pick_dtype("auto", cuda) == torch.float32
+    assert recipe.pick_dtype("bf16", cuda) == torch.float32

@@ -43,6 +43,15 @@ def test_missing_options_take_defaults_and_unknown_keys_are_ignored():
     assert spec.options.max_epochs == 1
     assert spec.options.batch_size == TrainingOptions().batch_size
     assert parse_spec(spec.to_dict()) == spec
+    # Specs written before these options existed: mid-epoch checkpoints by default, no early stop.
+    assert (spec.options.checkpoint_every_steps, spec.options.early_stopping_patience) == (0, 0)
+
+
+def test_checkpoint_and_early_stopping_options():
+    spec = parse_spec(raw_spec(options={"checkpoint_every_steps": 25,
+                                        "early_stopping_patience": 2}))
+    assert (spec.options.checkpoint_every_steps, spec.options.early_stopping_patience) == (25, 2)
+    assert parse_spec(spec.to_dict()) == spec
 
 
 @pytest.mark.parametrize("overrides, message", [
@@ -55,6 +64,8 @@ def test_missing_options_take_defaults_and_unknown_keys_are_ignored():
     ({"options": {"lora_dropout": 1.0}}, "lora_dropout"),
     ({"options": {"batch_size": "many"}}, "options"),
     ({"options": {"target_modules": []}}, "target_modules"),
+    ({"options": {"checkpoint_every_steps": -1}}, "checkpoint_every_steps"),
+    ({"options": {"early_stopping_patience": -2}}, "early_stopping_patience"),
 ])
 def test_rejects_invalid_specs(overrides, message):
     with pytest.raises(InvalidArgument, match=message):
