@@ -80,9 +80,11 @@ class LocalStack:
         (self.home / "logs").mkdir(exist_ok=True)
         try:
             self._start_ray()
-            self._start_control()
+            # Control calls inference for evaluations: its address is fixed before either runs.
+            inference_port = (self.config.inference_port or free_port()) if inference else 0
+            self._start_control(inference_port)
             if inference:
-                self._start_inference()
+                self._start_inference(inference_port)
         except BaseException:
             self.stop()
             raise
@@ -148,18 +150,20 @@ class LocalStack:
         self.ray_dashboard_url = f"http://{self.config.host}:{ports['--dashboard-port']}"
         self._wait_http(proc, self.ray_dashboard_url + "/api/version")
 
-    def _start_control(self) -> None:
+    def _start_control(self, inference_port: int = 0) -> None:
         port = self.config.control_port or free_port()
-        proc = self._spawn("control", [
-            sys.executable, "-m", "services.control", "--host", self.config.host,
-            "--port", str(port), "--home", str(self.home),
-            "--ray-address", self.ray_dashboard_url,
-            "--bootstrap-key-file", str(self.admin_key_file)])
+        argv = [sys.executable, "-m", "services.control", "--host", self.config.host,
+                "--port", str(port), "--home", str(self.home),
+                "--ray-address", self.ray_dashboard_url,
+                "--bootstrap-key-file", str(self.admin_key_file)]
+        if inference_port:
+            argv += ["--inference", f"{self.config.host}:{inference_port}"]
+        proc = self._spawn("control", argv)
         self.control_address = f"{self.config.host}:{port}"
         self._wait_serving(proc, self.control_address)
 
-    def _start_inference(self) -> None:
-        port = self.config.inference_port or free_port()
+    def _start_inference(self, port: int = 0) -> None:
+        port = port or self.config.inference_port or free_port()
         proc = self._spawn("inference", [
             sys.executable, "-m", "services.inference", "--host", self.config.host,
             "--port", str(port), "--control", self.control_address,

@@ -10,14 +10,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from finetune.control.v1 import (access_pb2_grpc, data_pb2_grpc, internal_pb2_grpc,
-                                 jobs_pb2_grpc, models_pb2_grpc, usage_pb2_grpc)
+from finetune.control.v1 import (access_pb2_grpc, data_pb2_grpc, evaluations_pb2_grpc,
+                                 internal_pb2_grpc, jobs_pb2_grpc, models_pb2_grpc,
+                                 usage_pb2_grpc)
 from services.common.artifacts import ArtifactStore
 from services.common.base_models import BaseModelSpec, ensure_model, load_catalog
 from services.common.interceptors import AuthInterceptor
 from services.common.server import GrpcServer, Registration, wait_for_signal
 from services.control.api.access import AccessServicer
 from services.control.api.data import DataServicer
+from services.control.api.evaluations import EvaluationServicer
 from services.control.api.internal import JobReportingServicer, ModelResolutionServicer
 from services.control.api.jobs import FineTuningServicer
 from services.control.api.models import ModelServicer
@@ -27,6 +29,8 @@ from services.control.core.access import Authenticator, bootstrap_admin
 from services.control.core.authorization import Authorizer
 from services.control.core.databases import Databases
 from services.control.core.directory import AccountDirectory
+from services.control.core.evaluation_runner import EvaluationRunner, RunnerSettings
+from services.control.core.evaluations import Evaluations
 from services.control.core.events import JobEvents
 from services.control.core.jobs import FineTuning
 from services.control.core.models import ModelRegistry
@@ -35,6 +39,7 @@ from services.control.core.usage import UsageHistory, load_price_table
 from services.control.data.catalog import DataCatalog
 from services.control.data.sandbox import SandboxLimits
 from services.control.data.tokenizers import Tokenizers
+from services.control.dispatch.inference import CompletionClient, GrpcCompletionClient
 from services.control.dispatch.protocol import JobDispatcher
 from services.control.dispatch.ray_jobs import RayJobDispatcher
 from services.control.dispatch.reconciler import Reconciler, ReconcilerSettings
@@ -65,6 +70,9 @@ class Components:
     directory: AccountDirectory
     databases: Databases
     usage: UsageHistory
+    evaluations: Evaluations
+    evaluation_runner: EvaluationRunner
+    base_models: Mapping[str, BaseModelSpec]
     # Filled in once the server has bound its port (the configured port may be 0).
     bound_port: int | None = None
 
@@ -86,11 +94,16 @@ class Components:
                                       self.config.max_upload_bytes),
                          f"{PACKAGE}.DataService"),
             Registration(jobs_pb2_grpc.add_FineTuningServiceServicer_to_server,
-                         FineTuningServicer(self.fine_tuning, self.events, self.authorizer),
+                         FineTuningServicer(self.fine_tuning, self.events, self.authorizer,
+                                            evaluations=self.evaluations),
                          f"{PACKAGE}.FineTuningService"),
             Registration(models_pb2_grpc.add_ModelServiceServicer_to_server,
-                         ModelServicer(self.registry, self.authorizer),
+                         ModelServicer(self.registry, self.authorizer, self.evaluations),
                          f"{PACKAGE}.ModelService"),
+            Registration(evaluations_pb2_grpc.add_EvaluationServiceServicer_to_server,
+                         EvaluationServicer(self.evaluations, self.events, self.authorizer,
+                                            self.base_models),
+                         f"{PACKAGE}.EvaluationService"),
             Registration(usage_pb2_grpc.add_UsageServiceServicer_to_server,
                          UsageServicer(self.usage), f"{PACKAGE}.UsageService"),
             Registration(internal_pb2_grpc.add_JobReportingServiceServicer_to_server,
@@ -106,12 +119,14 @@ class Components:
 def build_components(config: ControlConfig, dispatcher: JobDispatcher | None = None,
                      base_models: Mapping[str, BaseModelSpec] | None = None,
                      provision: Callable[[BaseModelSpec], Path] = ensure_model,
-                     tokenizers: Callable[[BaseModelSpec, str], Any] | None = None
-                     ) -> Components:
+                     tokenizers: Callable[[BaseModelSpec, str], Any] | None = None,
+                     completions: CompletionClient | None = None,
+                     runner_settings: RunnerSettings | None = None) -> Components:
     """Open the store (migrating it), bootstrap the admin key on an empty database, and wire
     everything. `dispatcher`, `base_models`, `provision` and `tokenizers` are injectable for
     tests (the Ray dispatcher, the catalog file, ensure_model and the base models' own
-    tokenizers otherwise)."""
+    tokenizers otherwise), and so are the evaluations' inference client (a gRPC client of
+    config.inference_address otherwise) and runner settings."""
     store = Store.open(config.database_url)
     bootstrap_admin(store, config.bootstrap_key_file)
     if base_models is None:
@@ -126,26 +141,39 @@ def build_components(config: ControlConfig, dispatcher: JobDispatcher | None = N
     events = JobEvents()
     authorizer = Authorizer(store)
     submit_env = {"FINETUNE_SERVICE_TOKEN": config.service_token}
+    if completions is None and config.inference_address:
+        completions = GrpcCompletionClient(config.inference_address, config.service_token)
+    evaluations = Evaluations(store, catalog, artifacts, base_models, authorizer, events,
+                              inference_configured=completions is not None,
+                              max_rows=config.max_evaluation_rows)
+    runner = EvaluationRunner(store, artifacts, completions, events, runner_settings or
+                              RunnerSettings(max_running=config.max_running_evaluations))
+    evaluations.on_created = runner.wake
+    evaluations.on_cancelled = runner.stop
     box: list[Components] = []
     fine_tuning = FineTuning(
         store, catalog, artifacts, dispatcher, events, base_models, provision,
         lambda: box[0].control_address(), submit_env,
         WorkerLimits(config.default_num_workers, config.max_num_workers),
         authorizer=authorizer, prices=prices, tokenizers=tokenizers or Tokenizers(),
-        scratch_dir=catalog.spool_dir)
+        scratch_dir=catalog.spool_dir, evaluations=evaluations)
     reconciler = Reconciler(store, dispatcher, artifacts, events, submit_env,
                             ReconcilerSettings(interval_s=config.reconcile_interval_s,
                                                max_submit_attempts=config.max_submit_attempts),
                             prices=prices)
+    reconciler.on_evaluations_created = runner.wake
     components = Components(
         config=config, store=store, artifacts=artifacts, catalog=catalog, events=events,
         dispatcher=dispatcher, fine_tuning=fine_tuning,
         registry=ModelRegistry(store, artifacts, base_models),
-        resolution=ModelResolution(store, base_models, prices=prices), reconciler=reconciler,
+        resolution=ModelResolution(store, base_models, prices=prices,
+                                   service_token=config.service_token),
+        reconciler=reconciler,
         authenticator=Authenticator(store, config.service_token), authorizer=authorizer,
         directory=AccountDirectory(store, catalog.database_exists),
         databases=Databases(catalog, store, authorizer),
-        usage=UsageHistory(store, authorizer))
+        usage=UsageHistory(store, authorizer), evaluations=evaluations,
+        evaluation_runner=runner, base_models=base_models)
     box.append(components)
     return components
 
@@ -159,22 +187,28 @@ class ControlApp:
                                  interceptors=[AuthInterceptor(components.authenticator)])
         components.bound_port = self.server.port
         self._reconcile_task: asyncio.Task | None = None
+        self._evaluation_task: asyncio.Task | None = None
 
     @property
     def address(self) -> str:
         return self.server.address
 
-    async def start(self, reconcile: bool = True) -> None:
+    async def start(self, reconcile: bool = True, evaluate: bool = True) -> None:
         await self.server.start()
         if reconcile:
             self._reconcile_task = asyncio.create_task(self.components.reconciler.run(),
                                                        name="reconciler")
+        if evaluate:
+            self._evaluation_task = asyncio.create_task(
+                self.components.evaluation_runner.run(), name="evaluations")
 
     async def stop(self, grace: float = 5.0) -> None:
-        if self._reconcile_task is not None:
-            self._reconcile_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._reconcile_task
+        for task in (self._reconcile_task, self._evaluation_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        await self.components.evaluation_runner.close()
         await self.server.stop(grace)
         self.components.store.close()
 

@@ -45,6 +45,10 @@ class ControlConfig:
     resolve_cache_ttl_s: int = 30
     prices_path: Path | None = None    # credits per million tokens (default deploy/prices.toml)
     worker_threads: int = 32           # blocking work (DB, DuckDB, Ray client) runs here
+    # The inference service evaluations call (host:port); empty: EvaluateModel is refused.
+    inference_address: str = ""
+    max_evaluation_rows: int = 5000    # rows one evaluation's query may return
+    max_running_evaluations: int = 2   # evaluations run at once (each `concurrency` calls)
     log_level: str = "INFO"
 
     @property
@@ -78,15 +82,22 @@ _SETTINGS = {
     "resolve_cache_ttl_s": ("FINETUNE_RESOLVE_CACHE_TTL_S", int),
     "prices_path": ("FINETUNE_PRICES", str),
     "worker_threads": ("FINETUNE_CONTROL_WORKER_THREADS", int),
+    "inference_address": ("FINETUNE_INFERENCE_ADDRESS", str),
+    "max_evaluation_rows": ("FINETUNE_MAX_EVALUATION_ROWS", int),
+    "max_running_evaluations": ("FINETUNE_MAX_RUNNING_EVALUATIONS", int),
     "log_level": ("FINETUNE_LOG_LEVEL", str),
 }
+
+
+# Flags not spelled after their setting's name.
+_FLAGS = {"inference_address": "--inference"}
 
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m services.control",
                                 description="The finetune control service (gRPC).")
     for name, (env, kind) in _SETTINGS.items():
-        flag = "--" + name.replace("_", "-")
+        flag = _FLAGS.get(name, "--" + name.replace("_", "-"))
         help_text = f"(env {env})"
         if name == "service_token":
             help_text = f"shared secret of the internal RPCs (env {env}; prefer the env var: " \

@@ -69,7 +69,8 @@ class ResolvedModel:
 
 
 class ModelResolver(Protocol):
-    async def resolve(self, api_key: str, model: str) -> ResolvedModel: ...
+    async def resolve(self, api_key: str, model: str,
+                      on_behalf_of: str = "") -> ResolvedModel: ...
 
 
 # Status codes control answers with, passed on to our caller unchanged.
@@ -91,10 +92,18 @@ class GrpcModelResolver:
         self._metadata = (("authorization", f"Bearer {service_token}"),)
         self._timeout_s = timeout_s
 
-    async def resolve(self, api_key: str, model: str) -> ResolvedModel:
+    async def resolve(self, api_key: str, model: str, on_behalf_of: str = "") -> ResolvedModel:
+        account_id, user_id = "", ""
+        if on_behalf_of:
+            account_id, _, user_id = on_behalf_of.partition("/")
+            if not account_id or not user_id:
+                raise errors.InvalidArgument("x-finetune-on-behalf-of must be "
+                                             "<account_id>/<user_id>")
         try:
             r = await self._stub.ResolveModel(
-                internal_pb2.ResolveModelRequest(api_key=api_key, model=model),
+                internal_pb2.ResolveModelRequest(api_key=api_key, model=model,
+                                                 on_behalf_of_account_id=account_id,
+                                                 on_behalf_of_user_id=user_id),
                 metadata=self._metadata, timeout=self._timeout_s)
         except grpc.aio.AioRpcError as exc:
             error = _PASSED_ON.get(exc.code())
@@ -122,15 +131,17 @@ class CachedResolver:
         self._ttl_s = ttl_s
         self._clock = clock
         self._max_entries = max_entries
-        self._entries: OrderedDict[tuple[str, str], tuple[float, ResolvedModel]] = OrderedDict()
+        self._entries: OrderedDict[tuple[str, str, str], tuple[float, ResolvedModel]] = \
+            OrderedDict()
 
-    async def resolve(self, api_key: str, model: str) -> ResolvedModel:
-        cache_key = (hash_key(api_key), model)
+    async def resolve(self, api_key: str, model: str, on_behalf_of: str = "") -> ResolvedModel:
+        # Delegated answers are the delegate's: never served to the caller acting for itself.
+        cache_key = (hash_key(api_key), model, on_behalf_of)
         hit = self._entries.get(cache_key)
         now = self._clock()
         if hit is not None and hit[0] > now:
             return hit[1]
-        resolved = await self._inner.resolve(api_key, model)
+        resolved = await self._inner.resolve(api_key, model, on_behalf_of)
         ttl = self._ttl_s
         if resolved.cache_ttl_seconds > 0:  # control may ask for a shorter lifetime
             ttl = min(ttl, resolved.cache_ttl_seconds)

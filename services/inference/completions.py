@@ -46,6 +46,9 @@ class CompletionInput:
     seed: int | None = None
     request_id: str = ""
     json_schema: str | None = None  # response_format: the output must be JSON valid against it
+    # "account_id/user_id" a service-token caller (control's evaluations) acts for; control
+    # accepts it only with the service token and then resolves the model as that user.
+    on_behalf_of: str = ""
 
 
 @dataclass(frozen=True)
@@ -215,7 +218,7 @@ class Completions:
                         engine_request_id: str) -> AsyncIterator[Chunk]:
         # Our own id for the engine and the usage record: unique per generation even when a
         # caller reuses its request_id, so a retry is neither merged nor aborted with another.
-        resolved = await self._resolver.resolve(api_key, inp.model)
+        resolved = await self._resolver.resolve(api_key, inp.model, inp.on_behalf_of)
         lora = await self._registry.adapter_for(resolved)
         ids = await asyncio.to_thread(_render, self._engine.tokenizer, inp)
         context = self._engine.max_model_len

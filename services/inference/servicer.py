@@ -11,6 +11,7 @@ from services.inference.accounting import Usage
 from services.inference.completions import CompletionInput, Completions
 
 SERVICE_NAME = inference_pb2.DESCRIPTOR.services_by_name["InferenceService"].full_name
+ON_BEHALF_OF_HEADER = "x-finetune-on-behalf-of"
 
 
 class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
@@ -28,14 +29,16 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
 
     async def Complete(self, request, context):
         completions = self._ready()
-        result = await completions.complete(current_principal(), to_input(request))
+        result = await completions.complete(current_principal(),
+                                            to_input(request, on_behalf_of(context)))
         return inference_pb2.CompleteResponse(
             text=result.text, finish_reason=result.finish_reason, usage=to_proto(result.usage),
             model=result.model, request_id=result.request_id)
 
     async def CompleteStream(self, request, context):
         completions = self._ready()
-        stream = completions.stream(current_principal(), to_input(request))
+        stream = completions.stream(current_principal(),
+                                    to_input(request, on_behalf_of(context)))
         async with aclosing(stream) as chunks:
             async for chunk in chunks:
                 yield inference_pb2.CompleteStreamResponse(
@@ -43,7 +46,17 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
                     usage=to_proto(chunk.usage) if chunk.usage else None)
 
 
-def to_input(request: inference_pb2.CompleteRequest) -> CompletionInput:
+def on_behalf_of(context) -> str:
+    """The delegation header (control's evaluations), passed to control unchecked: control
+    decides whether the caller's key may use it."""
+    metadata = context.invocation_metadata() if context is not None else ()
+    for key, value in metadata or ():
+        if key.lower() == ON_BEHALF_OF_HEADER:
+            return value.strip()
+    return ""
+
+
+def to_input(request: inference_pb2.CompleteRequest, on_behalf_of: str = "") -> CompletionInput:
     opts = request.options
     return CompletionInput(
         model=request.model,
@@ -57,6 +70,7 @@ def to_input(request: inference_pb2.CompleteRequest) -> CompletionInput:
         request_id=request.request_id,
         json_schema=(opts.response_format.json_schema if opts.HasField("response_format")
                      else None),
+        on_behalf_of=on_behalf_of,
     )
 
 

@@ -32,7 +32,9 @@ class ModelResolutionServicer(internal_pb2_grpc.ModelResolutionServiceServicer):
         self._cache_ttl_s = cache_ttl_s
 
     async def ResolveModel(self, request, context):
-        r = await asyncio.to_thread(self._resolution.resolve, request.api_key, request.model)
+        r = await asyncio.to_thread(self._resolution.resolve, request.api_key, request.model,
+                                    request.on_behalf_of_account_id,
+                                    request.on_behalf_of_user_id)
         return internal_pb2.ResolvedModel(
             account_id=r.account_id, user_id=r.user_id, model=r.model, base_model=r.base.name,
             base_model_path=str(r.base.path),

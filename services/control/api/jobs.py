@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 
 from finetune.control.v1 import jobs_pb2, jobs_pb2_grpc
-from services.control.api import messages
+from services.control.api import evaluation_messages, messages
 from services.control.api.principals import authorize, user
+from services.control.api.watching import watch
 from services.control.core.authorization import Authorizer
+from services.control.core.evaluations import Evaluations
 from services.control.core.events import JobEvents
 from services.control.core.jobs import CreateJob, FineTuning
 from services.control.domain.names import qualified_name
@@ -16,8 +18,9 @@ from services.control.domain.privileges import Privilege, SecurableObject
 
 class FineTuningServicer(jobs_pb2_grpc.FineTuningServiceServicer):
     def __init__(self, jobs: FineTuning, events: JobEvents, authorizer: Authorizer,
-                 watch_poll_s: float = 5.0):
+                 watch_poll_s: float = 5.0, evaluations: Evaluations | None = None):
         self._jobs = jobs
+        self._evaluations = evaluations
         self._events = events
         self._authorizer = authorizer
         # Watchers also re-read on this period, for changes made by another control replica.
@@ -38,15 +41,25 @@ class FineTuningServicer(jobs_pb2_grpc.FineTuningServiceServicer):
                             SecurableObject.model(request.options.from_model))
         return principal
 
+    async def _job_message(self, job):
+        """The job with its evaluation options and, once they exist, its evaluations."""
+        message = messages.job_message(job)
+        if job.evaluation and self._evaluations is not None:
+            by_role = await asyncio.to_thread(self._evaluations.for_job, job.id)
+            evaluation_messages.add_job_evaluation(message, job.evaluation, by_role)
+        return message
+
     async def CreateFineTuningJob(self, request, context):
         principal = await self._authorize_create(request)
         create = CreateJob(model=request.model, base_model=request.base_model,
                            training_query=request.training_query,
                            validation_query=request.validation_query,
                            options=messages.requested_options(request.options),
-                           request_id=request.request_id)
+                           request_id=request.request_id,
+                           evaluation=evaluation_messages.job_evaluation_request(
+                               request.options))
         job = await asyncio.to_thread(self._jobs.create, principal, create)
-        return messages.job_message(job)
+        return await self._job_message(job)
 
     async def EstimateFineTuningJob(self, request, context):
         """What CREATE would need, except CREATE MODEL when no model name is given."""
@@ -68,32 +81,21 @@ class FineTuningServicer(jobs_pb2_grpc.FineTuningServiceServicer):
         page = await asyncio.to_thread(self._jobs.list, user(), request.page_size,
                                        request.page_token)
         return jobs_pb2.ListFineTuningJobsResponse(
-            jobs=[messages.job_message(j) for j in page.jobs],
+            jobs=[await self._job_message(j) for j in page.jobs],
             next_page_token=page.next_page_token)
 
     async def GetFineTuningJob(self, request, context):
         job = await asyncio.to_thread(self._jobs.get, user(), request.id)
-        return messages.job_message(job)
+        return await self._job_message(job)
 
     async def CancelFineTuningJob(self, request, context):
         job = await asyncio.to_thread(self._jobs.cancel, user(), request.id)
-        return messages.job_message(job)
+        return await self._job_message(job)
 
     async def WatchFineTuningJob(self, request, context):
         principal = user()
-        with self._events.subscribe(request.id) as changed:
-            job = await asyncio.to_thread(self._jobs.get, principal, request.id)
-            last = None
-            while True:
-                message = messages.job_message(job)
-                if message != last:  # bookkeeping the caller cannot see is not a change
-                    yield message
-                    last = message
-                if job.terminal:
-                    return
-                try:
-                    await asyncio.wait_for(changed.wait(), self._watch_poll_s)
-                except TimeoutError:
-                    pass
-                changed.clear()
-                job = await asyncio.to_thread(self._jobs.get, principal, request.id)
+        async for message in watch(self._events, request.id,
+                                   lambda: self._jobs.get(principal, request.id),
+                                   self._job_message, lambda job: job.terminal,
+                                   self._watch_poll_s):
+            yield message

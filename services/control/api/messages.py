@@ -70,6 +70,8 @@ def requested_options(options: jobs_pb2.FineTuningOptions) -> RequestedOptions:
         task_type=_TASK_TYPES.get(options.task_type),
         from_model=options.from_model,
         num_workers=options.num_workers,
+        checkpoint_every_steps=options.checkpoint_every_steps,
+        early_stopping_patience=options.early_stopping_patience,
     )
 
 
@@ -86,6 +88,8 @@ def options_message(options: TrainingOptions) -> jobs_pb2.FineTuningOptions:
         task_type=_TASK_TYPE_PROTOS[options.task_type],
         from_model=options.from_model or "",
         num_workers=options.num_workers,
+        checkpoint_every_steps=options.checkpoint_every_steps,
+        early_stopping_patience=options.early_stopping_patience,
     )
 
 

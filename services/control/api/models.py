@@ -6,17 +6,20 @@ from __future__ import annotations
 import asyncio
 
 from finetune.control.v1 import models_pb2, models_pb2_grpc
-from services.control.api import messages
+from services.control.api import evaluation_messages, messages
 from services.control.api.principals import authorize, caller_access, user
 from services.control.core.authorization import Authorizer
+from services.control.core.evaluations import Evaluations
 from services.control.core.models import ModelRegistry
 from services.control.domain.privileges import Privilege, SecurableObject
 
 
 class ModelServicer(models_pb2_grpc.ModelServiceServicer):
-    def __init__(self, registry: ModelRegistry, authorizer: Authorizer):
+    def __init__(self, registry: ModelRegistry, authorizer: Authorizer,
+                 evaluations: Evaluations | None = None):
         self._registry = registry
         self._authorizer = authorizer
+        self._evaluations = evaluations
 
     async def ListBaseModels(self, request, context):
         user()
@@ -41,10 +44,15 @@ class ModelServicer(models_pb2_grpc.ModelServiceServicer):
 
         def describe():
             model = self._registry.get(principal, request.name)
-            return model, self._registry.artifacts(model)
+            evaluations = self._evaluations.for_model(model) \
+                if self._evaluations is not None else []
+            return model, self._registry.artifacts(model), evaluations
 
-        model, artifacts = await asyncio.to_thread(describe)
-        return messages.model_message(model, artifacts)
+        model, artifacts, evaluations = await asyncio.to_thread(describe)
+        message = messages.model_message(model, artifacts)
+        message.evaluations.extend(evaluation_messages.evaluation_message(e)
+                                   for e in evaluations)
+        return message
 
     async def DeleteModel(self, request, context):
         principal, _ = await authorize(self._authorizer, Privilege.OWNERSHIP,

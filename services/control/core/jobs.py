@@ -23,6 +23,7 @@ from services.common.errors import (AlreadyExists, FailedPrecondition, InvalidAr
 from services.control.core import paging
 from services.control.core.authorization import Authorizer, load_access
 from services.control.core.clock import Clock, utc_now
+from services.control.core.evaluations import NO_INFERENCE, Evaluations, JobEvaluationRequest
 from services.control.core.events import JobEvents
 from services.control.core.usage import record_fine_tuning_usage
 from services.control.data.catalog import DataCatalog
@@ -39,6 +40,7 @@ from services.control.domain.options import (RequestedOptions, TrainingOptions, 
                                              resolve_options)
 from services.control.domain.prices import PriceTable
 from services.control.domain.principals import Principal
+from services.control.domain.privileges import SecurableObject
 from services.control.domain.spec import JobLayout, trainer_spec
 from services.control.domain.tokens import TokenLimits, row_tokens
 from services.control.store.database import Store, Tx
@@ -54,6 +56,7 @@ class CreateJob:
     validation_query: str = ""
     options: RequestedOptions = RequestedOptions()
     request_id: str = ""
+    evaluation: JobEvaluationRequest | None = None   # evaluate base and tuned model at the end
 
 
 @dataclass(frozen=True)
@@ -89,8 +92,10 @@ class FineTuning:
                  control_address: Callable[[], str], submit_env: Mapping[str, str],
                  limits: WorkerLimits = WorkerLimits(), clock: Clock = utc_now, *,
                  authorizer: Authorizer, prices: PriceTable = PriceTable(),
-                 tokenizers: TokenizerSource | None = None, scratch_dir: Path | None = None):
+                 tokenizers: TokenizerSource | None = None, scratch_dir: Path | None = None,
+                 evaluations: Evaluations | None = None):
         self._store = store
+        self._evaluations = evaluations
         self._tokenizers = tokenizers or Tokenizers()
         # Estimates run their queries into a local scratch folder, deleted afterwards.
         self._scratch_dir = scratch_dir
@@ -190,6 +195,7 @@ class FineTuning:
                 plan: _Plan, layout: JobLayout, owner_role_id: str) -> Job:
         """Snapshot the queries, write spec.json, insert the job PENDING with its first
         events."""
+        evaluation = self._job_evaluation(principal, request, layout)
         snaps = self._snapshots(principal, request, plan, self._artifacts, layout)
         options = plan.options.scheduled(snaps.training.rows, plan.base)
         spec = trainer_spec(layout, plan.base, plan.base_path, options,
@@ -205,7 +211,8 @@ class FineTuning:
             validation_query=request.validation_query.strip() or None,
             options=options.to_dict(), created_on=now, request_id=request_id,
             spec_uri=layout.spec_uri, output_uri=layout.output_uri,
-            owner_role_id=owner_role_id)
+            owner_role_id=owner_role_id,
+            evaluation=evaluation.to_dict() if evaluation is not None else None)
         job.record_snapshots(snaps.training, snaps.validation, snaps.source,
                              options.max_epochs)
         events = [NewEvent(
@@ -224,6 +231,17 @@ class FineTuning:
             tx.events.add(added.id, events, now)
             return added
         return self._store.run(insert)
+
+    def _job_evaluation(self, principal: Principal, request: CreateJob, layout: JobLayout):
+        """FineTuningOptions.evaluation checked (task, options, the query's columns and rows,
+        USAGE on what it reads) and its rows frozen in the job's folder; None without one."""
+        if request.evaluation is None:
+            return None
+        if self._evaluations is None:
+            raise FailedPrecondition(NO_INFERENCE)
+        return self._evaluations.prepare_job_evaluation(
+            principal.account_id, request.evaluation, self._authorizer.access(principal),
+            layout.uri("data", "evaluation.jsonl"))
 
     # -- EstimateFineTuningJob ------------------------------------------------------------
 
@@ -352,6 +370,7 @@ class FineTuning:
             now = self._clock()
             job.cancel(now)
             saved = tx.jobs.save(job)
+            cancel_job_evaluations(tx, saved, now)
             record_fine_tuning_usage(tx, saved, self._prices)
             tx.events.add(job_id, transition_events(before, saved,
                                                     f"by {principal.user_name}"), now)
@@ -393,6 +412,23 @@ class FineTuning:
         if changed:
             self._events.publish(job_id)
         return cancelled
+
+
+def cancel_job_evaluations(tx: Tx, job: Job, now: datetime) -> None:
+    """A job that ends while it evaluates: its evaluations stop and its candidate model, never
+    registered, goes (the job's output files stay)."""
+    for evaluation in tx.evaluations.for_job(job.id):
+        if not evaluation.terminal:
+            evaluation.cancel(now, f"the fine-tuning job ended {job.status.value}")
+            tx.evaluations.save(evaluation)
+    drop_candidate(tx, job)
+
+
+def drop_candidate(tx: Tx, job: Job) -> None:
+    candidate = tx.models.by_job(job.id)
+    if candidate is not None and not candidate.ready:
+        tx.access.delete_grants_on(job.account_id, SecurableObject.model(candidate.name))
+        tx.models.purge(candidate.id)
 
 
 def submit_event(attempt: int, error: str | None) -> NewEvent:

@@ -59,7 +59,7 @@ class ModelRegistry:
     def get(self, principal: Principal, name: str) -> RegisteredModel:
         canonical = str(qualified_name(name, "model name"))
         model = self._store.run(lambda tx: tx.models.get(principal.account_id, canonical))
-        if model is None:
+        if model is None or not model.ready:   # a job's candidate is not registered yet
             raise NotFound(f"model {canonical} does not exist")
         return model
 
@@ -72,6 +72,9 @@ class ModelRegistry:
         canonical = str(qualified_name(name, "model name"))
 
         def work(tx):
+            live = tx.models.get(principal.account_id, canonical)
+            if live is None or not live.ready:   # a candidate goes with its job
+                return None
             deleted = tx.models.delete(principal.account_id, canonical, self._clock())
             if deleted is not None:  # its grants go with it: a new model of the name starts clean
                 tx.access.delete_grants_on(principal.account_id,

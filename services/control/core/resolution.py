@@ -15,11 +15,13 @@ from sqlalchemy.exc import IntegrityError
 
 from services.common.base_models import BaseModelSpec
 from services.common.errors import FailedPrecondition, InvalidArgument, NotFound, Unauthenticated
+from services.common.keys import tokens_equal
 from services.control.core.authorization import load_access
 from services.control.core.clock import Clock, utc_now
 from services.control.domain.models import RegisteredModel
 from services.control.domain.names import qualified_name
 from services.control.domain.prices import PriceTable
+from services.control.domain.principals import Principal
 from services.control.domain.privileges import Privilege, SecurableObject
 from services.control.store.database import Store
 
@@ -46,15 +48,33 @@ class Usage:
 
 class ModelResolution:
     def __init__(self, store: Store, base_models: Mapping[str, BaseModelSpec],
-                 clock: Clock = utc_now, prices: PriceTable = PriceTable()):
+                 clock: Clock = utc_now, prices: PriceTable = PriceTable(),
+                 service_token: str = ""):
         self._store = store
         self._base_models = base_models
         self._clock = clock
         self._prices = prices
+        self._service_token = service_token
 
-    def resolve(self, api_key: str, model: str) -> Resolved:
-        principal = self._store.run(lambda tx: tx.accounts.authenticate(api_key)) \
-            if api_key else None
+    def _delegated(self, api_key: str, account_id: str, user_id: str) -> Principal:
+        """Control's own evaluations call COMPLETE for a user: only the service token may
+        claim to act for someone, and then the user must exist in that account."""
+        if not tokens_equal(api_key, self._service_token):
+            raise Unauthenticated("only the service token may act on behalf of a user")
+        found = self._store.run(lambda tx: tx.accounts.user_by_id(user_id)) if user_id else None
+        if found is None or found.account_id != account_id:
+            raise Unauthenticated(f"user {user_id} of account {account_id} does not exist")
+        return Principal(account_id=account_id, user_id=found.id, user_name=found.name,
+                         key_id="")
+
+    def resolve(self, api_key: str, model: str, on_behalf_of_account_id: str = "",
+                on_behalf_of_user_id: str = "") -> Resolved:
+        delegated = bool(on_behalf_of_account_id or on_behalf_of_user_id)
+        if delegated:
+            principal = self._delegated(api_key, on_behalf_of_account_id, on_behalf_of_user_id)
+        else:
+            principal = self._store.run(lambda tx: tx.accounts.authenticate(api_key)) \
+                if api_key else None
         if principal is None:
             raise Unauthenticated("invalid API key")
         model = (model or "").strip()
@@ -75,6 +95,9 @@ class ModelResolution:
             found = tx.models.get(principal.account_id, canonical)
             if found is None:
                 raise NotFound(f"model {canonical} does not exist")
+            if not found.ready and not delegated:  # a job's candidate: its evaluations only
+                raise FailedPrecondition(f"model {canonical} is being evaluated by job "
+                                         f"{found.job_id} and cannot be used yet")
             return found
 
         adapter = self._store.run(find)

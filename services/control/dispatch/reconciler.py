@@ -20,12 +20,17 @@ from sqlalchemy.exc import IntegrityError
 from services.common.artifacts import ArtifactStore
 from services.control.core.clock import Clock, utc_now
 from services.control.core.events import JobEvents
-from services.control.core.jobs import submit_event
+from services.control.core.evaluations import job_evaluations
+from services.control.core.jobs import drop_candidate, submit_event
 from services.control.core.usage import record_fine_tuning_usage
 from services.control.dispatch.protocol import (ClusterJob, ClusterJobStatus, ClusterUnavailable,
                                                 DispatchError, JobDispatcher)
-from services.control.domain.events import EventType, NewEvent, transition_events
-from services.control.domain.jobs import ErrorCode, Job, JobStatus, TrainingResult
+from services.control.domain.evaluations import (Evaluation, EvaluationRole, EvaluationStatus,
+                                                 JobEvaluation, judge)
+from services.control.domain.events import EventLevel, EventType, NewEvent, transition_events
+from services.control.domain.jobs import (TRAINED_PROGRESS, ErrorCode, Job, JobStatus,
+                                          TrainingResult)
+from services.control.domain.models import ModelState
 from services.control.domain.prices import PriceTable
 from services.control.domain.privileges import Privilege, SecurableObject
 from services.control.domain.spec import JobLayout
@@ -63,6 +68,8 @@ class Reconciler:
         self._env = dict(submit_env)
         self._settings = settings
         self._clock = clock
+        # Set by the app to the evaluation runner's wake-up: a job's evaluations were created.
+        self.on_evaluations_created: Callable[[], None] = lambda: None
 
     async def run(self) -> None:
         """Reconcile forever, every `interval_s` (the cluster client blocks: worker thread)."""
@@ -199,6 +206,8 @@ class Reconciler:
                 json.loads(self._artifacts.read_bytes(manifest_uri)))
         except (ValueError, TypeError, OSError) as exc:
             return self._fail(job.id, ErrorCode.NO_MANIFEST, f"unreadable manifest.json: {exc}")
+        if job.evaluation:
+            return self._evaluate(job, result, output_uri)
 
         def register(j: Job, tx: Tx) -> list[NewEvent]:
             now = self._clock()
@@ -224,3 +233,118 @@ class Reconciler:
             log.error("cannot register the model of job %s: %s", job.id, exc)
             return self._fail(job.id, ErrorCode.REGISTRATION_FAILED,
                               f"model {job.model_name} could not be registered: the name is taken")
+
+    # -- evaluation at the end of a job (FineTuningOptions.evaluation) -------------------------
+
+    def _evaluate(self, job: Job, result: TrainingResult, output_uri: str) -> bool:
+        """Training is done: register the output as an EVALUATING candidate and start the base
+        and tuned evaluations (first round); follow their progress (later rounds); then
+        register the model or refuse it (the round that sees both finished). Every step is one
+        transaction on the job, so a restart anywhere in between picks up from the DB."""
+        spec = JobEvaluation.from_dict(job.evaluation)
+        candidate, evaluations = self._store.run(
+            lambda tx: (tx.models.by_job(job.id), tx.evaluations.for_job(job.id)))
+        if candidate is None:
+            try:
+                changed = self._update(job.id, lambda j, tx: j.trained(result, self._clock()),
+                                       lambda j, tx: self._start_evaluations(j, tx, spec,
+                                                                             output_uri, result))
+            except IntegrityError as exc:
+                log.error("cannot register the candidate model of job %s: %s", job.id, exc)
+                return self._fail(job.id, ErrorCode.REGISTRATION_FAILED,
+                                  f"model {job.model_name} could not be registered: the name "
+                                  "is taken")
+            if changed:
+                self.on_evaluations_created()
+            return changed
+        by_role = {e.role: e for e in evaluations}
+        base, tuned = by_role.get(EvaluationRole.BASE), by_role.get(EvaluationRole.TUNED)
+        if base is None or tuned is None:   # cannot happen: they are created with the candidate
+            return self._end_evaluation(job.id, ErrorCode.EVALUATION_FAILED,
+                                        "the job's evaluations are missing", [])
+        for evaluation in (base, tuned):
+            if evaluation.status in (EvaluationStatus.FAILED, EvaluationStatus.CANCELLED):
+                what = "failed" if evaluation.status is EvaluationStatus.FAILED \
+                    else "was cancelled"
+                return self._end_evaluation(
+                    job.id, ErrorCode.EVALUATION_FAILED,
+                    f"the {evaluation.role} model's evaluation {evaluation.id} {what}: "
+                    f"{evaluation.error or 'no reason given'}", [base, tuned])
+        if not (base.terminal and tuned.terminal):
+            progress = TRAINED_PROGRESS + (1 - TRAINED_PROGRESS) * (
+                base.progress + tuned.progress) / 2
+            if progress - job.progress < 0.01:
+                return False
+            return self._update(job.id, lambda j, tx: j.trained(result, self._clock(), progress))
+        verdict = judge(base, tuned, spec.min_improvement)
+        if not verdict.passed:
+            return self._end_evaluation(job.id, ErrorCode.EVALUATION_BELOW_THRESHOLD,
+                                        verdict.message, [base, tuned])
+
+        def register(j: Job, tx: Tx) -> list[NewEvent]:
+            model = tx.models.by_job(j.id)
+            tx.models.set_state(model.id, ModelState.READY)
+            return [_evaluation_event(base, tuned, f"evaluation finished: {verdict.message}"),
+                    NewEvent(EventType.MODEL_REGISTERED,
+                             f"model {model.name} registered (version {model.version})",
+                             metrics={"version": float(model.version)})]
+
+        return self._update(job.id, lambda j, tx: j.succeed(result, self._clock()), register)
+
+    def _start_evaluations(self, j: Job, tx: Tx, spec: JobEvaluation, output_uri: str,
+                           result: TrainingResult) -> list[NewEvent]:
+        now = self._clock()
+        candidate = tx.models.add(
+            account_id=j.account_id, name=j.model_name, base_model=j.base_model, job_id=j.id,
+            adapter_uri=output_uri, created_on=now, trained_tokens=result.trained_tokens,
+            training_loss=result.training_loss, validation_loss=result.validation_loss,
+            state=ModelState.EVALUATING)
+        # The job's evaluations run as its creator, whose role will own the model: it owns the
+        # candidate already, so a USAGE check on it passes (and fails once the role is gone).
+        owner = tx.access.role_by_id(j.owner_role_id) if j.owner_role_id else None
+        if owner is not None and owner.account_id == j.account_id:
+            tx.access.grant_privilege(j.account_id, owner.id, Privilege.OWNERSHIP,
+                                      SecurableObject.model(j.model_name), "SYSTEM", now)
+        created = job_evaluations(j, spec, candidate, now)
+        for evaluation in created:
+            tx.evaluations.add(evaluation)
+        threshold = "" if spec.min_improvement is None else \
+            f", the tuned model must beat it by {spec.min_improvement:.4f}"
+        return [NewEvent(
+            EventType.EVALUATION_STARTED,
+            f"training finished; evaluating the base model ({created[0].id}) and the tuned "
+            f"model ({created[1].id}) on {spec.rows} rows, {spec.task.value.lower()}, "
+            f"{created[1].primary_metric}{threshold}",
+            metrics={"rows": float(spec.rows)})]
+
+    def _end_evaluation(self, job_id: str, code: str, message: str,
+                        evaluations: list[Evaluation]) -> bool:
+        """The job fails after training: no model is registered (its files stay)."""
+        message = message[-MAX_ERROR_MESSAGE:]
+
+        def drop(j: Job, tx: Tx) -> list[NewEvent]:
+            drop_candidate(tx, j)
+            for evaluation in tx.evaluations.for_job(j.id):   # the other one, if still running
+                if not evaluation.terminal:
+                    evaluation.cancel(self._clock(), f"the fine-tuning job ended: {code}")
+                    tx.evaluations.save(evaluation)
+            if len(evaluations) == 2:
+                return [_evaluation_event(*evaluations, f"evaluation finished: {message}",
+                                          EventLevel.ERROR)]
+            return []
+
+        changed = self._update(job_id, lambda j, tx: j.fail(code, message, self._clock()), drop)
+        if changed:
+            log.info("job %s failed after training (%s): %s", job_id, code, message)
+        return changed
+
+
+def _evaluation_event(base: Evaluation, tuned: Evaluation, message: str,
+                      level: EventLevel = EventLevel.INFO) -> NewEvent:
+    metrics = {}
+    for role, evaluation in (("base", base), ("tuned", tuned)):
+        if evaluation.primary_value is not None:
+            metrics[f"{role}_{evaluation.primary_metric}"] = float(evaluation.primary_value)
+    if len(metrics) == 2:
+        metrics["improvement"] = float((tuned.primary_value or 0.0) - (base.primary_value or 0.0))
+    return NewEvent(EventType.EVALUATION_FINISHED, message[:2000], level, metrics=metrics)

@@ -34,6 +34,8 @@ class EventType:
     MODEL_REGISTERED = "model.registered"
     FAILED = "job.failed"
     CANCELLED = "job.cancelled"
+    EVALUATION_STARTED = "evaluation.started"
+    EVALUATION_FINISHED = "evaluation.finished"
 
 
 @dataclass(frozen=True)

@@ -54,6 +54,10 @@ def new_job_id() -> str:
     return f"{JOB_ID_PREFIX}{uuid.uuid4()}"
 
 
+# Where a job that evaluates its model stands once training is done (evaluation: 0.9 -> 1.0).
+TRAINED_PROGRESS = 0.9
+
+
 class ValidationSource(enum.Enum):
     QUERY = "QUERY"            # the validation query's rows
     HOLDOUT = "HOLDOUT"        # rows held out of the training query's result
@@ -80,6 +84,8 @@ class ErrorCode:
     NO_MANIFEST = "NO_MANIFEST"            # the Ray job succeeded but left no results
     LOST = "LOST"                          # the cluster no longer knows a running job
     REGISTRATION_FAILED = "REGISTRATION_FAILED"  # the output model could not be registered
+    EVALUATION_FAILED = "EVALUATION_FAILED"      # a job-end evaluation failed
+    EVALUATION_BELOW_THRESHOLD = "EVALUATION_BELOW_THRESHOLD"  # tuned did not beat base enough
 
 
 @dataclass(frozen=True)
@@ -173,6 +179,8 @@ class Job:
     validation_truncated_rows: int = 0
     validation_source: str | None = None    # a ValidationSource value
     estimated_trained_tokens: int = 0       # training tokens per epoch x epochs, at CREATE
+    # FineTuningOptions.evaluation (domain.evaluations.JobEvaluation.to_dict()), or None.
+    evaluation: dict | None = None
     # The store's optimistic-lock counter; domain code never touches it.
     version: int = field(default=0, compare=False)
 
@@ -246,10 +254,24 @@ class Job:
             self.validation_loss = p.validation_loss
         self.updated_on = now
 
+    def trained(self, result: TrainingResult, now: datetime,
+                progress: float = TRAINED_PROGRESS) -> None:
+        """Training is done but the job is not (its evaluations run): it stays IN_PROGRESS
+        with the trainer's results recorded."""
+        if self.terminal:
+            raise IllegalTransition(f"job {self.id} is {self.status.value}")
+        self.start(now)
+        self._record_result(result)
+        self.progress = min(1.0, max(TRAINED_PROGRESS, progress))
+        self.updated_on = now
+
     def succeed(self, result: TrainingResult, now: datetime) -> None:
         self.start(now)
         self._move(JobStatus.SUCCESS, now)
         self.progress = 1.0
+        self._record_result(result)
+
+    def _record_result(self, result: TrainingResult) -> None:
         self.trained_tokens = result.trained_tokens
         self.training_loss = result.training_loss
         self.validation_loss = result.validation_loss

@@ -6,6 +6,11 @@ from dataclasses import dataclass
 from datetime import datetime
 
 
+class ModelState:
+    READY = "READY"            # registered and usable
+    EVALUATING = "EVALUATING"  # a job's candidate: only the job's evaluations may use it
+
+
 @dataclass(frozen=True)
 class RegisteredModel:
     id: int                    # the adapter id: unique per adapter version, never reused
@@ -19,3 +24,8 @@ class RegisteredModel:
     trained_tokens: int = 0
     training_loss: float | None = None
     validation_loss: float | None = None
+    state: str = ModelState.READY
+
+    @property
+    def ready(self) -> bool:
+        return self.state == ModelState.READY

@@ -58,6 +58,8 @@ class RequestedOptions:
     task_type: TaskType | None = None
     from_model: str = ""
     num_workers: int = 0
+    checkpoint_every_steps: int = 0
+    early_stopping_patience: int = 0
 
 
 # The automatic schedule (max_epochs / batch_size left to the service): enough optimizer steps
@@ -105,6 +107,8 @@ class TrainingOptions:
     num_workers: int
     task_type: TaskType = TaskType.INSTRUCTION
     from_model: str | None = None   # canonical name of the model training continues from
+    checkpoint_every_steps: int = 0    # mid-epoch checkpoints; 0: every quarter of an epoch
+    early_stopping_patience: int = 0   # epochs without validation improvement; 0: never stop
     # Options the service picks from the data (auto_schedule), fixed once the rows are counted.
     auto: tuple[str, ...] = ()
 
@@ -152,7 +156,8 @@ def resolve_options(requested: RequestedOptions, base: BaseModelSpec,
     defaults = {**FALLBACK_DEFAULTS, **base.defaults}
     problems = _Problems()
     for name in ("max_epochs", "learning_rate", "batch_size", "lora_rank", "lora_alpha",
-                 "lora_dropout", "seed", "num_workers"):
+                 "lora_dropout", "seed", "num_workers", "checkpoint_every_steps",
+                 "early_stopping_patience"):
         value = getattr(requested, name)
         problems.check(not (isinstance(value, float) and not math.isfinite(value)),
                        f"{name} must be a finite number")
@@ -182,6 +187,8 @@ def resolve_options(requested: RequestedOptions, base: BaseModelSpec,
         num_workers=int(requested.num_workers or limits.default_num_workers),
         task_type=requested.task_type or TaskType.INSTRUCTION,
         from_model=requested.from_model or None,
+        checkpoint_every_steps=int(requested.checkpoint_every_steps),
+        early_stopping_patience=int(requested.early_stopping_patience),
         auto=auto,
     )
 
@@ -202,6 +209,11 @@ def resolve_options(requested: RequestedOptions, base: BaseModelSpec,
                    f"num_workers must be between 1 and {limits.max_num_workers} "
                    f"(got {options.num_workers})")
     problems.check(options.seed < 2**63, "seed must fit in 63 bits")
+    problems.check(options.checkpoint_every_steps < 2**31,
+                   "checkpoint_every_steps must fit in 31 bits")
+    problems.check(options.early_stopping_patience <= MAX_EPOCHS,
+                   f"early_stopping_patience must be at most {MAX_EPOCHS} "
+                   f"(got {options.early_stopping_patience}; 0 means off)")
     problems.check(bool(options.target_modules), "target_modules must not be empty")
     problems.check(len(set(options.target_modules)) == len(options.target_modules),
                    "target_modules lists a module twice")

@@ -16,6 +16,7 @@ from sqlalchemy.orm.exc import StaleDataError
 
 from services.control.store.access import AccessRepository
 from services.control.store.accounts import AccountRepository
+from services.control.store.evaluations import EvaluationRepository
 from services.control.store.events import EventRepository
 from services.control.store.jobs import JobRepository
 from services.control.store.models import ModelRepository
@@ -70,6 +71,7 @@ class Tx:
         self.usage = UsageRepository(session)
         self.access = AccessRepository(session)
         self.events = EventRepository(session)
+        self.evaluations = EvaluationRepository(session)
 
 
 class Store:

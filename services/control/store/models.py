@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
-from services.control.domain.models import RegisteredModel
+from services.control.domain.models import ModelState, RegisteredModel
 from services.control.store.tables import ModelRow
 
 
@@ -17,7 +17,8 @@ def _to_model(row: ModelRow) -> RegisteredModel:
         id=row.id, account_id=row.account_id, name=row.name, version=row.version,
         base_model=row.base_model, job_id=row.job_id, adapter_uri=row.adapter_uri,
         created_on=row.created_on, trained_tokens=row.trained_tokens,
-        training_loss=row.training_loss, validation_loss=row.validation_loss)
+        training_loss=row.training_loss, validation_loss=row.validation_loss,
+        state=row.state or ModelState.READY)
 
 
 class ModelRepository:
@@ -26,13 +27,15 @@ class ModelRepository:
 
     def add(self, *, account_id: str, name: str, base_model: str, job_id: str,
             adapter_uri: str, created_on: datetime, trained_tokens: int,
-            training_loss: float | None, validation_loss: float | None) -> RegisteredModel:
+            training_loss: float | None, validation_loss: float | None,
+            state: str = ModelState.READY) -> RegisteredModel:
         previous = self._s.scalar(select(func.max(ModelRow.version)).where(
             ModelRow.account_id == account_id, ModelRow.name == name)) or 0
         row = ModelRow(account_id=account_id, name=name, version=previous + 1,
                        base_model=base_model, job_id=job_id, adapter_uri=adapter_uri,
                        created_on=created_on, trained_tokens=trained_tokens,
-                       training_loss=training_loss, validation_loss=validation_loss)
+                       training_loss=training_loss, validation_loss=validation_loss,
+                       state=state)
         self._s.add(row)
         self._s.flush()
         return _to_model(row)
@@ -50,9 +53,22 @@ class ModelRepository:
         row = self._s.scalar(select(ModelRow).where(ModelRow.job_id == job_id))
         return None if row is None else _to_model(row)
 
+    def set_state(self, model_id: int, state: str) -> None:
+        row = self._s.get(ModelRow, model_id)
+        if row is not None:
+            row.state = state
+            self._s.flush()
+
+    def purge(self, model_id: int) -> None:
+        """Remove a candidate that was never registered (its id is still never reused: the
+        table is AUTOINCREMENT on SQLite, a sequence on PostgreSQL)."""
+        self._s.execute(delete(ModelRow).where(ModelRow.id == model_id))
+        self._s.flush()
+
     def page(self, account_id: str, limit: int, after: str | None = None) -> list[RegisteredModel]:
         query = select(ModelRow).where(ModelRow.account_id == account_id,
-                                       ModelRow.deleted_on.is_(None))
+                                       ModelRow.deleted_on.is_(None),
+                                       ModelRow.state == ModelState.READY)
         if after:
             query = query.where(ModelRow.name > after)
         return [_to_model(r) for r in self._s.scalars(query.order_by(ModelRow.name).limit(limit))]

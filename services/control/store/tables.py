@@ -125,6 +125,8 @@ class JobRow(Base):
     validation_source: Mapped[str | None] = mapped_column(String(16), nullable=True)
     estimated_trained_tokens: Mapped[int] = mapped_column(BigInteger, default=0,
                                                           server_default=text("0"))
+    # FineTuningOptions.evaluation as the job keeps it (domain JobEvaluation), or NULL.
+    evaluation: Mapped[dict | None] = mapped_column(JSON, nullable=True)
     # Optimistic locking: the reconciler, progress reports and cancels race on a job; an update
     # based on a stale read fails (StaleDataError) and is retried on fresh data.
     version: Mapped[int] = mapped_column(Integer, nullable=False)
@@ -154,6 +156,9 @@ class ModelRow(Base):
     training_loss: Mapped[float | None] = mapped_column(Float, nullable=True)
     validation_loss: Mapped[float | None] = mapped_column(Float, nullable=True)
     deleted_on: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
+    # EVALUATING: a job's candidate, resolvable only for the job's own evaluations; READY: usable.
+    state: Mapped[str] = mapped_column(String(16), default="READY",
+                                       server_default=text("'READY'"))
 
 
 class UsageRow(Base):
@@ -264,3 +269,53 @@ class JobEventRow(Base):
     type: Mapped[str] = mapped_column(String(64))
     message: Mapped[str] = mapped_column(Text)
     metrics: Mapped[dict | None] = mapped_column(JSON, nullable=True)
+
+
+ACTIVE_EVALUATION = "status IN ('PENDING', 'RUNNING')"
+
+
+class EvaluationRow(Base):
+    """One evaluation of a model (EvaluateModel, or the end of a fine-tuning job)."""
+
+    __tablename__ = "evaluations"
+    __table_args__ = (
+        UniqueConstraint("account_id", "request_id", name="uq_evaluations_account_request"),
+        Index("ix_evaluations_account_created", "account_id", "created_on"),
+        Index("ix_evaluations_model", "account_id", "model", "created_on"),
+        Index("ix_evaluations_job", "job_id"),
+        Index("ix_evaluations_status", "status"),
+    )
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"))
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id"))
+    request_id: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    model: Mapped[str] = mapped_column(String(800))
+    base_model: Mapped[str] = mapped_column(String(255))
+    model_version: Mapped[int] = mapped_column(Integer, default=0)
+    adapter_id: Mapped[int] = mapped_column(BigInteger, default=0)
+    task: Mapped[str] = mapped_column(String(32))
+    query: Mapped[str] = mapped_column(Text)
+    generation: Mapped[dict] = mapped_column(JSON)
+    status: Mapped[str] = mapped_column(String(16))
+    progress: Mapped[float] = mapped_column(Float, default=0.0)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    rows: Mapped[int] = mapped_column(BigInteger, default=0)
+    rows_done: Mapped[int] = mapped_column(BigInteger, default=0)
+    metrics: Mapped[dict] = mapped_column(JSON)
+    # Per-label precision/recall/F1/support (classification), sorted by label.
+    labels: Mapped[list] = mapped_column(JSON)
+    created_on: Mapped[datetime] = mapped_column(UtcDateTime)
+    started_on: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
+    finished_on: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
+    updated_on: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
+    job_id: Mapped[str | None] = mapped_column(ForeignKey("jobs.id"), nullable=True)
+    role: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    prompt_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    completion_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    data_uri: Mapped[str | None] = mapped_column(Text, nullable=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    # Optimistic locking, as for jobs: the runner, cancels and the reconciler race on a row.
+    version: Mapped[int] = mapped_column(Integer, nullable=False)
+
+    __mapper_args__ = {"version_id_col": version}

@@ -4,44 +4,17 @@ JobDispatcher Protocol (the Ray dispatcher has its own test against a real local
 from __future__ import annotations
 
 import socket
-import threading
 
 import grpc
 import pytest
 
-from control_processes import with_tokenizer
+from control_processes import ScriptedCluster, with_tokenizer
 
 from services.common.base_models import BaseModelSpec
 from services.control.app import ControlApp, build_components
 from services.control.config import load_config
-from services.control.dispatch.protocol import ClusterJob, ClusterJobStatus
 
 SERVICE_TOKEN = "integration-service-token"  # test_control_grpc.py presents the same value
-
-
-class ScriptedCluster:
-    """Accepts submissions and reports whatever state the test sets."""
-
-    def __init__(self):
-        self.jobs: dict[str, ClusterJob] = {}
-        self.submitted: list[str] = []
-        self.stopped: list[str] = []
-        self._lock = threading.Lock()
-
-    def submit(self, job_id, spec_uri, env):
-        with self._lock:
-            self.submitted.append(job_id)
-            self.jobs.setdefault(job_id, ClusterJob(ClusterJobStatus.PENDING))
-
-    def status(self, job_id):
-        return self.jobs.get(job_id)
-
-    def stop(self, job_id):
-        self.stopped.append(job_id)
-        self.jobs[job_id] = ClusterJob(ClusterJobStatus.STOPPED)
-
-    def logs_tail(self, job_id, max_lines=40):
-        return ""
 
 
 @pytest.fixture

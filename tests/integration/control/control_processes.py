@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -21,6 +22,32 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from services.common.base_models import BaseModelSpec
+from services.control.dispatch.protocol import ClusterJob, ClusterJobStatus
+
+
+class ScriptedCluster:
+    """Accepts submissions and reports whatever state the test sets."""
+
+    def __init__(self):
+        self.jobs: dict[str, ClusterJob] = {}
+        self.submitted: list[str] = []
+        self.stopped: list[str] = []
+        self._lock = threading.Lock()
+
+    def submit(self, job_id, spec_uri, env):
+        with self._lock:
+            self.submitted.append(job_id)
+            self.jobs.setdefault(job_id, ClusterJob(ClusterJobStatus.PENDING))
+
+    def status(self, job_id):
+        return self.jobs.get(job_id)
+
+    def stop(self, job_id):
+        self.stopped.append(job_id)
+        self.jobs[job_id] = ClusterJob(ClusterJobStatus.STOPPED)
+
+    def logs_tail(self, job_id, max_lines=40):
+        return ""
 
 
 def with_tokenizer(folder, source_model: BaseModelSpec):

@@ -22,7 +22,7 @@ from datetime import datetime, timezone
 
 import grpc
 import pytest
-from control_processes import with_tokenizer
+from control_processes import ScriptedCluster, with_tokenizer
 
 from finetune.control.v1 import (access_pb2, access_pb2_grpc, data_pb2, data_pb2_grpc,
                                  internal_pb2, internal_pb2_grpc, jobs_pb2, jobs_pb2_grpc,
@@ -50,25 +50,6 @@ _unique = itertools.count()
 
 def auth(key):
     return [("authorization", f"Bearer {key}")] if key else []
-
-
-class Cluster:
-    """Accepts every submission; the test decides when a job succeeds."""
-
-    def __init__(self):
-        self.jobs = {}
-
-    def submit(self, job_id, spec_uri, env):
-        self.jobs.setdefault(job_id, ClusterJob(ClusterJobStatus.PENDING))
-
-    def status(self, job_id):
-        return self.jobs.get(job_id)
-
-    def stop(self, job_id):
-        self.jobs[job_id] = ClusterJob(ClusterJobStatus.STOPPED)
-
-    def logs_tail(self, job_id, max_lines=40):
-        return ""
 
 
 class World:
@@ -128,7 +109,7 @@ async def world(tmp_path_factory, base_model_spec):
                          defaults={})
     config = load_config(["--home", str(home / "home"), "--port", "0"],
                          environ={"FINETUNE_SERVICE_TOKEN": SERVICE_TOKEN})
-    cluster = Cluster()
+    cluster = ScriptedCluster()
     app = ControlApp(build_components(config, dispatcher=cluster, base_models={base.name: base},
                                       provision=lambda spec: spec.path))
     await app.start(reconcile=False)   # the test reconciles when it wants a job to finish

@@ -11,6 +11,8 @@ from sqlalchemy import delete, func, inspect, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm.exc import StaleDataError
 
+from control_processes import ScriptedCluster
+
 from services.common.base_models import BaseModelSpec
 from services.control.app import build_components
 from services.control.config import load_config
@@ -122,23 +124,6 @@ def test_jobs_page_newest_first_and_events_in_order(store):
 
 # -- the service on each backend -----------------------------------------------------------------
 
-class Cluster:
-    def __init__(self):
-        self.jobs = {}
-
-    def submit(self, job_id, spec_uri, env):
-        self.jobs.setdefault(job_id, ClusterJob(ClusterJobStatus.PENDING))
-
-    def status(self, job_id):
-        return self.jobs.get(job_id)
-
-    def stop(self, job_id):
-        self.jobs[job_id] = ClusterJob(ClusterJobStatus.STOPPED)
-
-    def logs_tail(self, job_id, max_lines=40):
-        return ""
-
-
 class Words:
     """A stand-in tokenizer (a word a token): this test is about the store, not tokens."""
 
@@ -168,7 +153,7 @@ def control(tmp_path, database_url):
                          max_lora_rank=16, target_modules=("q_proj",), defaults={})
     config = load_config(["--home", str(tmp_path / "home"), "--database-url", database_url],
                          environ={"FINETUNE_SERVICE_TOKEN": "t"})
-    cluster = Cluster()
+    cluster = ScriptedCluster()
     components = build_components(config, dispatcher=cluster, base_models={base.name: base},
                                   provision=lambda spec: spec.path,
                                   tokenizers=lambda base, path: Words())

@@ -79,7 +79,8 @@ async def test_create_snapshots_writes_spec_and_submits(data, servicer, admin, d
         "options": {"max_epochs": 2, "learning_rate": 0.001, "batch_size": 4, "lora_rank": 4,
                     "lora_alpha": 16, "lora_dropout": 0.05,
                     "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"], "seed": 42,
-                    "num_workers": 2},
+                    "num_workers": 2, "checkpoint_every_steps": 0,
+                    "early_stopping_patience": 0},
         "control_address": "127.0.0.1:50999",
     }
     training = read_jsonl(data, spec["training_data_uri"])

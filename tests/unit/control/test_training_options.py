@@ -68,7 +68,8 @@ def test_trainer_options_match_the_spec_contract(tiny_base):
     o = resolve_options(RequestedOptions(), tiny_base)
     assert set(o.trainer_options()) == {
         "max_epochs", "learning_rate", "batch_size", "lora_rank", "lora_alpha", "lora_dropout",
-        "target_modules", "seed", "num_workers"}
+        "target_modules", "seed", "num_workers", "checkpoint_every_steps",
+        "early_stopping_patience"}
     assert isinstance(o.trainer_options()["target_modules"], list)
 
 
@@ -105,3 +106,33 @@ def test_scheduled_options_fit_the_table_and_survive_storage(smollm):
     assert "auto" not in fitted.trainer_options()
     explicit = resolve_options(RequestedOptions(max_epochs=3, batch_size=8), smollm)
     assert explicit.scheduled(20, smollm) == explicit
+
+
+def test_checkpoint_and_early_stopping_options(tiny_base):
+    o = resolve_options(RequestedOptions(), tiny_base)
+    assert (o.checkpoint_every_steps, o.early_stopping_patience) == (0, 0)   # defaults: trainer's
+    o = resolve_options(RequestedOptions(checkpoint_every_steps=50, early_stopping_patience=2),
+                        tiny_base)
+    assert o.trainer_options()["checkpoint_every_steps"] == 50
+    assert o.trainer_options()["early_stopping_patience"] == 2
+    assert TrainingOptions.from_dict(o.to_dict()) == o
+    stored_before = {k: v for k, v in o.to_dict().items()
+                     if k not in ("checkpoint_every_steps", "early_stopping_patience")}
+    assert TrainingOptions.from_dict(stored_before).early_stopping_patience == 0
+    with pytest.raises(InvalidArgument) as err:
+        resolve_options(RequestedOptions(checkpoint_every_steps=-1,
+                                         early_stopping_patience=-1), tiny_base)
+    assert "checkpoint_every_steps" in err.value.message
+    assert "early_stopping_patience" in err.value.message
+    with pytest.raises(InvalidArgument, match="early_stopping_patience"):
+        resolve_options(RequestedOptions(early_stopping_patience=11), tiny_base)
+
+
+def test_checkpoint_and_early_stopping_options_cross_the_api(tiny_base):
+    from finetune.control.v1 import jobs_pb2
+    from services.control.api.messages import options_message, requested_options
+
+    requested = requested_options(jobs_pb2.FineTuningOptions(checkpoint_every_steps=7,
+                                                             early_stopping_patience=2))
+    message = options_message(resolve_options(requested, tiny_base))
+    assert (message.checkpoint_every_steps, message.early_stopping_patience) == (7, 2)

@@ -79,8 +79,8 @@ class FakeResolver:
         self.models = dict(models or {})
         self.calls: list[tuple[str, str]] = []
 
-    async def resolve(self, api_key, model):
-        self.calls.append((api_key, model))
+    async def resolve(self, api_key, model, on_behalf_of=""):
+        self.calls.append((api_key, model) + ((on_behalf_of,) if on_behalf_of else ()))
         if model not in self.models:
             raise NotFound(f"model {model} does not exist or is not authorized")
         return self.models[model]

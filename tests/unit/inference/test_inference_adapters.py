@@ -260,7 +260,7 @@ async def test_raw_keys_are_not_kept(fakes):
     inner = fakes.FakeResolver({"m": fakes.base_resolution("m")})
     cache = CachedResolver(inner, ttl_s=30, clock=Clock())
     await cache.resolve("ft_secret_key", "m")
-    assert all("ft_secret_key" not in key for key, _ in cache._entries)
+    assert all("ft_secret_key" not in key for key, *_ in cache._entries)
 
 
 async def test_cache_size_is_bounded(fakes):
@@ -325,11 +325,11 @@ async def test_a_revocation_takes_effect_within_the_cache_ttl(fakes, engine, reg
     class Revocable(fakes.FakeResolver):
         revoked = False
 
-        async def resolve(self, api_key, model):
+        async def resolve(self, api_key, model, on_behalf_of=""):
             if self.revoked and revoke == "revoke_usage":
                 self.calls.append((api_key, model))
                 raise errors.PermissionDenied(f"USAGE on model {model} is required")
-            return await super().resolve(api_key, model)
+            return await super().resolve(api_key, model, on_behalf_of)
 
     inner = Revocable({"m": fakes.base_resolution("m", cache_ttl_seconds=10)})
     clock = Clock()

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"finetune/control/v1/internal.proto\x12\x13\x66inetune.control.v1\"\xe1\x01\n\x15ReportProgressRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x10\n\x08progress\x18\x02 \x01(\x01\x12\r\n\x05\x65poch\x18\x03 \x01(\x05\x12\x0c\n\x04step\x18\x04 \x01(\x03\x12\x13\n\x0btotal_steps\x18\x05 \x01(\x03\x12\x16\n\x0etrained_tokens\x18\x06 \x01(\x03\x12\x15\n\rtraining_loss\x18\x07 \x01(\x01\x12\x17\n\x0fvalidation_loss\x18\x08 \x01(\x01\x12\x1b\n\x13has_validation_loss\x18\t \x01(\x08\x12\x0f\n\x07message\x18\n \x01(\t\"+\n\x16ReportProgressResponse\x12\x11\n\tcancelled\x18\x01 \x01(\x08\"5\n\x13ResolveModelRequest\x12\x0f\n\x07\x61pi_key\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\"\xcc\x01\n\rResolvedModel\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\r\n\x05model\x18\x03 \x01(\t\x12\x12\n\nbase_model\x18\x04 \x01(\t\x12\x17\n\x0f\x62\x61se_model_path\x18\x05 \x01(\t\x12\x13\n\x0b\x61\x64\x61pter_uri\x18\x06 \x01(\t\x12\x12\n\nadapter_id\x18\x07 \x01(\x03\x12\x16\n\x0e\x63ontext_window\x18\x08 \x01(\x05\x12\x19\n\x11\x63\x61\x63he_ttl_seconds\x18\t \x01(\x05\"\xa2\x01\n\x12ReportUsageRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x12\n\naccount_id\x18\x02 \x01(\t\x12\x0f\n\x07user_id\x18\x03 \x01(\t\x12\r\n\x05model\x18\x04 \x01(\t\x12\x12\n\nbase_model\x18\x05 \x01(\t\x12\x15\n\rprompt_tokens\x18\x06 \x01(\x03\x12\x19\n\x11\x63ompletion_tokens\x18\x07 \x01(\x03\"\x15\n\x13ReportUsageResponse2\x80\x01\n\x13JobReportingService\x12i\n\x0eReportProgress\x12*.finetune.control.v1.ReportProgressRequest\x1a+.finetune.control.v1.ReportProgressResponse2\xd8\x01\n\x16ModelResolutionService\x12\\\n\x0cResolveModel\x12(.finetune.control.v1.ResolveModelRequest\x1a\".finetune.control.v1.ResolvedModel\x12`\n\x0bReportUsage\x12\'.finetune.control.v1.ReportUsageRequest\x1a(.finetune.control.v1.ReportUsageResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"finetune/control/v1/internal.proto\x12\x13\x66inetune.control.v1\"\xe1\x01\n\x15ReportProgressRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x10\n\x08progress\x18\x02 \x01(\x01\x12\r\n\x05\x65poch\x18\x03 \x01(\x05\x12\x0c\n\x04step\x18\x04 \x01(\x03\x12\x13\n\x0btotal_steps\x18\x05 \x01(\x03\x12\x16\n\x0etrained_tokens\x18\x06 \x01(\x03\x12\x15\n\rtraining_loss\x18\x07 \x01(\x01\x12\x17\n\x0fvalidation_loss\x18\x08 \x01(\x01\x12\x1b\n\x13has_validation_loss\x18\t \x01(\x08\x12\x0f\n\x07message\x18\n \x01(\t\"+\n\x16ReportProgressResponse\x12\x11\n\tcancelled\x18\x01 \x01(\x08\"t\n\x13ResolveModelRequest\x12\x0f\n\x07\x61pi_key\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x1f\n\x17on_behalf_of_account_id\x18\x03 \x01(\t\x12\x1c\n\x14on_behalf_of_user_id\x18\x04 \x01(\t\"\xcc\x01\n\rResolvedModel\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\r\n\x05model\x18\x03 \x01(\t\x12\x12\n\nbase_model\x18\x04 \x01(\t\x12\x17\n\x0f\x62\x61se_model_path\x18\x05 \x01(\t\x12\x13\n\x0b\x61\x64\x61pter_uri\x18\x06 \x01(\t\x12\x12\n\nadapter_id\x18\x07 \x01(\x03\x12\x16\n\x0e\x63ontext_window\x18\x08 \x01(\x05\x12\x19\n\x11\x63\x61\x63he_ttl_seconds\x18\t \x01(\x05\"\xa2\x01\n\x12ReportUsageRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x12\n\naccount_id\x18\x02 \x01(\t\x12\x0f\n\x07user_id\x18\x03 \x01(\t\x12\r\n\x05model\x18\x04 \x01(\t\x12\x12\n\nbase_model\x18\x05 \x01(\t\x12\x15\n\rprompt_tokens\x18\x06 \x01(\x03\x12\x19\n\x11\x63ompletion_tokens\x18\x07 \x01(\x03\"\x15\n\x13ReportUsageResponse2\x80\x01\n\x13JobReportingService\x12i\n\x0eReportProgress\x12*.finetune.control.v1.ReportProgressRequest\x1a+.finetune.control.v1.ReportProgressResponse2\xd8\x01\n\x16ModelResolutionService\x12\\\n\x0cResolveModel\x12(.finetune.control.v1.ResolveModelRequest\x1a\".finetune.control.v1.ResolvedModel\x12`\n\x0bReportUsage\x12\'.finetune.control.v1.ReportUsageRequest\x1a(.finetune.control.v1.ReportUsageResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,15 +36,15 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_REPORTPROGRESSRESPONSE']._serialized_start=287
   _globals['_REPORTPROGRESSRESPONSE']._serialized_end=330
   _globals['_RESOLVEMODELREQUEST']._serialized_start=332
-  _globals['_RESOLVEMODELREQUEST']._serialized_end=385
-  _globals['_RESOLVEDMODEL']._serialized_start=388
-  _globals['_RESOLVEDMODEL']._serialized_end=592
-  _globals['_REPORTUSAGEREQUEST']._serialized_start=595
-  _globals['_REPORTUSAGEREQUEST']._serialized_end=757
-  _globals['_REPORTUSAGERESPONSE']._serialized_start=759
-  _globals['_REPORTUSAGERESPONSE']._serialized_end=780
-  _globals['_JOBREPORTINGSERVICE']._serialized_start=783
-  _globals['_JOBREPORTINGSERVICE']._serialized_end=911
-  _globals['_MODELRESOLUTIONSERVICE']._serialized_start=914
-  _globals['_MODELRESOLUTIONSERVICE']._serialized_end=1130
+  _globals['_RESOLVEMODELREQUEST']._serialized_end=448
+  _globals['_RESOLVEDMODEL']._serialized_start=451
+  _globals['_RESOLVEDMODEL']._serialized_end=655
+  _globals['_REPORTUSAGEREQUEST']._serialized_start=658
+  _globals['_REPORTUSAGEREQUEST']._serialized_end=820
+  _globals['_REPORTUSAGERESPONSE']._serialized_start=822
+  _globals['_REPORTUSAGERESPONSE']._serialized_end=843
+  _globals['_JOBREPORTINGSERVICE']._serialized_start=846
+  _globals['_JOBREPORTINGSERVICE']._serialized_end=974
+  _globals['_MODELRESOLUTIONSERVICE']._serialized_start=977
+  _globals['_MODELRESOLUTIONSERVICE']._serialized_end=1193
 # @@protoc_insertion_point(module_scope)

@@ -35,12 +35,16 @@ class ReportProgressResponse(_message.Message):
     def __init__(self, cancelled: _Optional[bool] = ...) -> None: ...
 
 class ResolveModelRequest(_message.Message):
-    __slots__ = ("api_key", "model")
+    __slots__ = ("api_key", "model", "on_behalf_of_account_id", "on_behalf_of_user_id")
     API_KEY_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
+    ON_BEHALF_OF_ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
+    ON_BEHALF_OF_USER_ID_FIELD_NUMBER: _ClassVar[int]
     api_key: str
     model: str
-    def __init__(self, api_key: _Optional[str] = ..., model: _Optional[str] = ...) -> None: ...
+    on_behalf_of_account_id: str
+    on_behalf_of_user_id: str
+    def __init__(self, api_key: _Optional[str] = ..., model: _Optional[str] = ..., on_behalf_of_account_id: _Optional[str] = ..., on_behalf_of_user_id: _Optional[str] = ...) -> None: ...
 
 class ResolvedModel(_message.Message):
     __slots__ = ("account_id", "user_id", "model", "base_model", "base_model_path", "adapter_uri", "adapter_id", "context_window", "cache_ttl_seconds")

@@ -26,7 +26,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from finetune.control.v1 import evaluations_pb2 as finetune_dot_control_dot_v1_dot_evaluations__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1e\x66inetune/control/v1/jobs.proto\x12\x13\x66inetune.control.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a%finetune/control/v1/evaluations.proto\"\xcf\x02\n\x11\x46ineTuningOptions\x12\x12\n\nmax_epochs\x18\x01 \x01(\x05\x12\x15\n\rlearning_rate\x18\x02 \x01(\x01\x12\x12\n\nbatch_size\x18\x03 \x01(\x05\x12\x11\n\tlora_rank\x18\x04 \x01(\x05\x12\x12\n\nlora_alpha\x18\x05 \x01(\x05\x12\x14\n\x0clora_dropout\x18\x06 \x01(\x01\x12\x16\n\x0etarget_modules\x18\x07 \x03(\t\x12\x0c\n\x04seed\x18\x08 \x01(\x03\x12\x30\n\ttask_type\x18\t \x01(\x0e\x32\x1d.finetune.control.v1.TaskType\x12\x12\n\nfrom_model\x18\n \x01(\t\x12\x13\n\x0bnum_workers\x18\x0b \x01(\x05\x12=\n\nevaluation\x18\x0c \x01(\x0b\x32).finetune.control.v1.JobEvaluationOptions\"\x83\x01\n\x0c\x44\x61taSnapshot\x12\x0b\n\x03uri\x18\x01 \x01(\t\x12\x0c\n\x04rows\x18\x02 \x01(\x03\x12\x0e\n\x06sha256\x18\x03 \x01(\t\x12\x15\n\rprompt_tokens\x18\x04 \x01(\x03\x12\x19\n\x11\x63ompletion_tokens\x18\x05 \x01(\x03\x12\x16\n\x0etruncated_rows\x18\x06 \x01(\x03\")\n\x08JobError\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\"]\n\x0eTrainingResult\x12\x15\n\rtraining_loss\x18\x01 \x01(\x01\x12\x17\n\x0fvalidation_loss\x18\x02 \x01(\x01\x12\x1b\n\x13has_validation_loss\x18\x03 \x01(\x08\"\xcf\x07\n\rFineTuningJob\x12\n\n\x02id\x18\x01 \x01(\t\x12.\n\x06status\x18\x02 \x01(\x0e\x32\x1e.finetune.control.v1.JobStatus\x12\x10\n\x08progress\x18\x03 \x01(\x01\x12,\n\x05\x65rror\x18\x04 \x01(\x0b\x32\x1d.finetune.control.v1.JobError\x12\x12\n\nbase_model\x18\x05 \x01(\t\x12.\n\ncreated_on\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nstarted_on\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x66inished_on\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05model\x18\t \x01(\t\x12\x15\n\rtraining_data\x18\n \x01(\t\x12\x17\n\x0fvalidation_data\x18\x0b \x01(\t\x12\x16\n\x0etrained_tokens\x18\x0c \x01(\x03\x12<\n\x0ftraining_result\x18\r \x01(\x0b\x32#.finetune.control.v1.TrainingResult\x12\x37\n\x07options\x18\x0e \x01(\x0b\x32&.finetune.control.v1.FineTuningOptions\x12\x15\n\rtraining_rows\x18\x0f \x01(\x03\x12\x17\n\x0fvalidation_rows\x18\x10 \x01(\x03\x12\x16\n\x0etruncated_rows\x18\x11 \x01(\x03\x12\r\n\x05\x65poch\x18\x12 \x01(\x05\x12\x0c\n\x04step\x18\x13 \x01(\x03\x12\x13\n\x0btotal_steps\x18\x14 \x01(\x03\x12<\n\x11training_snapshot\x18\x15 \x01(\x0b\x32!.finetune.control.v1.DataSnapshot\x12>\n\x13validation_snapshot\x18\x16 \x01(\x0b\x32!.finetune.control.v1.DataSnapshot\x12@\n\x11validation_source\x18\x17 \x01(\x0e\x32%.finetune.control.v1.ValidationSource\x12 \n\x18\x65stimated_trained_tokens\x18\x18 \x01(\x03\x12\x38\n\x0f\x62\x61se_evaluation\x18\x19 \x01(\x0b\x32\x1f.finetune.control.v1.Evaluation\x12\x39\n\x10tuned_evaluation\x18\x1a \x01(\x0b\x32\x1f.finetune.control.v1.Evaluation\"\xbe\x01\n\x1a\x43reateFineTuningJobRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x12\n\nbase_model\x18\x02 \x01(\t\x12\x16\n\x0etraining_query\x18\x03 \x01(\t\x12\x18\n\x10validation_query\x18\x04 \x01(\t\x12\x37\n\x07options\x18\x05 \x01(\x0b\x32&.finetune.control.v1.FineTuningOptions\x12\x12\n\nrequest_id\x18\x06 \x01(\t\"B\n\x19ListFineTuningJobsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"g\n\x1aListFineTuningJobsResponse\x12\x30\n\x04jobs\x18\x01 \x03(\x0b\x32\".finetune.control.v1.FineTuningJob\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"%\n\x17GetFineTuningJobRequest\x12\n\n\x02id\x18\x01 \x01(\t\"(\n\x1a\x43\x61ncelFineTuningJobRequest\x12\n\n\x02id\x18\x01 \x01(\t\"\'\n\x19WatchFineTuningJobRequest\x12\n\n\x02id\x18\x01 \x01(\t\"\xac\x01\n\x1c\x45stimateFineTuningJobRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x12\n\nbase_model\x18\x02 \x01(\t\x12\x16\n\x0etraining_query\x18\x03 \x01(\t\x12\x18\n\x10validation_query\x18\x04 \x01(\t\x12\x37\n\x07options\x18\x05 \x01(\x0b\x32&.finetune.control.v1.FineTuningOptions\"\xaa\x03\n\x15\x46ineTuningJobEstimate\x12\x12\n\nbase_model\x18\x01 \x01(\t\x12\x37\n\x07options\x18\x02 \x01(\x0b\x32&.finetune.control.v1.FineTuningOptions\x12\x10\n\x08max_rows\x18\x03 \x01(\x03\x12\x33\n\x08training\x18\x04 \x01(\x0b\x32!.finetune.control.v1.DataSnapshot\x12\x35\n\nvalidation\x18\x05 \x01(\x0b\x32!.finetune.control.v1.DataSnapshot\x12@\n\x11validation_source\x18\x06 \x01(\x0e\x32%.finetune.control.v1.ValidationSource\x12\x0e\n\x06\x65pochs\x18\x07 \x01(\x05\x12\x18\n\x10tokens_per_epoch\x18\x08 \x01(\x03\x12\x16\n\x0etrained_tokens\x18\t \x01(\x03\x12\x0f\n\x07\x63redits\x18\n \x01(\x01\x12\"\n\x1a\x63redits_per_million_tokens\x18\x0b \x01(\x01\x12\r\n\x05notes\x18\x0c \x03(\t\"\xfc\x01\n\x08JobEvent\x12\n\n\x02id\x18\x01 \x01(\x03\x12(\n\x04time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\x05level\x18\x03 \x01(\x0e\x32\x1f.finetune.control.v1.EventLevel\x12\x0c\n\x04type\x18\x04 \x01(\t\x12\x0f\n\x07message\x18\x05 \x01(\t\x12;\n\x07metrics\x18\x06 \x03(\x0b\x32*.finetune.control.v1.JobEvent.MetricsEntry\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"i\n\x1eListFineTuningJobEventsRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\x12\x14\n\x0cnewest_first\x18\x04 \x01(\x08\"i\n\x1fListFineTuningJobEventsResponse\x12-\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x1d.finetune.control.v1.JobEvent\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t*l\n\tJobStatus\x12\x1a\n\x16JOB_STATUS_UNSPECIFIED\x10\x00\x12\x0b\n\x07PENDING\x10\x01\x12\x0f\n\x0bIN_PROGRESS\x10\x02\x12\x0b\n\x07SUCCESS\x10\x03\x12\t\n\x05\x45RROR\x10\x04\x12\r\n\tCANCELLED\x10\x05*[\n\x08TaskType\x12\x19\n\x15TASK_TYPE_UNSPECIFIED\x10\x00\x12\x0f\n\x0bINSTRUCTION\x10\x01\x12\x08\n\x04\x43HAT\x10\x02\x12\x19\n\x15\x43ONTINUED_PRETRAINING\x10\x03*k\n\x10ValidationSource\x12!\n\x1dVALIDATION_SOURCE_UNSPECIFIED\x10\x00\x12\x14\n\x10VALIDATION_QUERY\x10\x01\x12\x0b\n\x07HOLDOUT\x10\x02\x12\x11\n\rNO_VALIDATION\x10\x03*]\n\nEventLevel\x12\x1b\n\x17\x45VENT_LEVEL_UNSPECIFIED\x10\x00\x12\x0e\n\nEVENT_INFO\x10\x01\x12\x11\n\rEVENT_WARNING\x10\x02\x12\x0f\n\x0b\x45VENT_ERROR\x10\x03\x32\xb3\x06\n\x11\x46ineTuningService\x12j\n\x13\x43reateFineTuningJob\x12/.finetune.control.v1.CreateFineTuningJobRequest\x1a\".finetune.control.v1.FineTuningJob\x12u\n\x12ListFineTuningJobs\x12..finetune.control.v1.ListFineTuningJobsRequest\x1a/.finetune.control.v1.ListFineTuningJobsResponse\x12\x64\n\x10GetFineTuningJob\x12,.finetune.control.v1.GetFineTuningJobRequest\x1a\".finetune.control.v1.FineTuningJob\x12j\n\x13\x43\x61ncelFineTuningJob\x12/.finetune.control.v1.CancelFineTuningJobRequest\x1a\".finetune.control.v1.FineTuningJob\x12j\n\x12WatchFineTuningJob\x12..finetune.control.v1.WatchFineTuningJobRequest\x1a\".finetune.control.v1.FineTuningJob0\x01\x12v\n\x15\x45stimateFineTuningJob\x12\x31.finetune.control.v1.EstimateFineTuningJobRequest\x1a*.finetune.control.v1.FineTuningJobEstimate\x12\x84\x01\n\x17ListFineTuningJobEvents\x12\x33.finetune.control.v1.ListFineTuningJobEventsRequest\x1a\x34.finetune.control.v1.ListFineTuningJobEventsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1e\x66inetune/control/v1/jobs.proto\x12\x13\x66inetune.control.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a%finetune/control/v1/evaluations.proto\"\x90\x03\n\x11\x46ineTuningOptions\x12\x12\n\nmax_epochs\x18\x01 \x01(\x05\x12\x15\n\rlearning_rate\x18\x02 \x01(\x01\x12\x12\n\nbatch_size\x18\x03 \x01(\x05\x12\x11\n\tlora_rank\x18\x04 \x01(\x05\x12\x12\n\nlora_alpha\x18\x05 \x01(\x05\x12\x14\n\x0clora_dropout\x18\x06 \x01(\x01\x12\x16\n\x0etarget_modules\x18\x07 \x03(\t\x12\x0c\n\x04seed\x18\x08 \x01(\x03\x12\x30\n\ttask_type\x18\t \x01(\x0e\x32\x1d.finetune.control.v1.TaskType\x12\x12\n\nfrom_model\x18\n \x01(\t\x12\x13\n\x0bnum_workers\x18\x0b \x01(\x05\x12=\n\nevaluation\x18\x0c \x01(\x0b\x32).finetune.control.v1.JobEvaluationOptions\x12\x1e\n\x16\x63heckpoint_every_steps\x18\r \x01(\x05\x12\x1f\n\x17\x65\x61rly_stopping_patience\x18\x0e \x01(\x05\"\x83\x01\n\x0c\x44\x61taSnapshot\x12\x0b\n\x03uri\x18\x01 \x01(\t\x12\x0c\n\x04rows\x18\x02 \x01(\x03\x12\x0e\n\x06sha256\x18\x03 \x01(\t\x12\x15\n\rprompt_tokens\x18\x04 \x01(\x03\x12\x19\n\x11\x63ompletion_tokens\x18\x05 \x01(\x03\x12\x16\n\x0etruncated_rows\x18\x06 \x01(\x03\")\n\x08JobError\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\"]\n\x0eTrainingResult\x12\x15\n\rtraining_loss\x18\x01 \x01(\x01\x12\x17\n\x0fvalidation_loss\x18\x02 \x01(\x01\x12\x1b\n\x13has_validation_loss\x18\x03 \x01(\x08\"\xcf\x07\n\rFineTuningJob\x12\n\n\x02id\x18\x01 \x01(\t\x12.\n\x06status\x18\x02 \x01(\x0e\x32\x1e.finetune.control.v1.JobStatus\x12\x10\n\x08progress\x18\x03 \x01(\x01\x12,\n\x05\x65rror\x18\x04 \x01(\x0b\x32\x1d.finetune.control.v1.JobError\x12\x12\n\nbase_model\x18\x05 \x01(\t\x12.\n\ncreated_on\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nstarted_on\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x66inished_on\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05model\x18\t \x01(\t\x12\x15\n\rtraining_data\x18\n \x01(\t\x12\x17\n\x0fvalidation_data\x18\x0b \x01(\t\x12\x16\n\x0etrained_tokens\x18\x0c \x01(\x03\x12<\n\x0ftraining_result\x18\r \x01(\x0b\x32#.finetune.control.v1.TrainingResult\x12\x37\n\x07options\x18\x0e \x01(\x0b\x32&.finetune.control.v1.FineTuningOptions\x12\x15\n\rtraining_rows\x18\x0f \x01(\x03\x12\x17\n\x0fvalidation_rows\x18\x10 \x01(\x03\x12\x16\n\x0etruncated_rows\x18\x11 \x01(\x03\x12\r\n\x05\x65poch\x18\x12 \x01(\x05\x12\x0c\n\x04step\x18\x13 \x01(\x03\x12\x13\n\x0btotal_steps\x18\x14 \x01(\x03\x12<\n\x11training_snapshot\x18\x15 \x01(\x0b\x32!.finetune.control.v1.DataSnapshot\x12>\n\x13validation_snapshot\x18\x16 \x01(\x0b\x32!.finetune.control.v1.DataSnapshot\x12@\n\x11validation_source\x18\x17 \x01(\x0e\x32%.finetune.control.v1.ValidationSource\x12 \n\x18\x65stimated_trained_tokens\x18\x18 \x01(\x03\x12\x38\n\x0f\x62\x61se_evaluation\x18\x19 \x01(\x0b\x32\x1f.finetune.control.v1.Evaluation\x12\x39\n\x10tuned_evaluation\x18\x1a \x01(\x0b\x32\x1f.finetune.control.v1.Evaluation\"\xbe\x01\n\x1a\x43reateFineTuningJobRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x12\n\nbase_model\x18\x02 \x01(\t\x12\x16\n\x0etraining_query\x18\x03 \x01(\t\x12\x18\n\x10validation_query\x18\x04 \x01(\t\x12\x37\n\x07options\x18\x05 \x01(\x0b\x32&.finetune.control.v1.FineTuningOptions\x12\x12\n\nrequest_id\x18\x06 \x01(\t\"B\n\x19ListFineTuningJobsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"g\n\x1aListFineTuningJobsResponse\x12\x30\n\x04jobs\x18\x01 \x03(\x0b\x32\".finetune.control.v1.FineTuningJob\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"%\n\x17GetFineTuningJobRequest\x12\n\n\x02id\x18\x01 \x01(\t\"(\n\x1a\x43\x61ncelFineTuningJobRequest\x12\n\n\x02id\x18\x01 \x01(\t\"\'\n\x19WatchFineTuningJobRequest\x12\n\n\x02id\x18\x01 \x01(\t\"\xac\x01\n\x1c\x45stimateFineTuningJobRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x12\n\nbase_model\x18\x02 \x01(\t\x12\x16\n\x0etraining_query\x18\x03 \x01(\t\x12\x18\n\x10validation_query\x18\x04 \x01(\t\x12\x37\n\x07options\x18\x05 \x01(\x0b\x32&.finetune.control.v1.FineTuningOptions\"\xaa\x03\n\x15\x46ineTuningJobEstimate\x12\x12\n\nbase_model\x18\x01 \x01(\t\x12\x37\n\x07options\x18\x02 \x01(\x0b\x32&.finetune.control.v1.FineTuningOptions\x12\x10\n\x08max_rows\x18\x03 \x01(\x03\x12\x33\n\x08training\x18\x04 \x01(\x0b\x32!.finetune.control.v1.DataSnapshot\x12\x35\n\nvalidation\x18\x05 \x01(\x0b\x32!.finetune.control.v1.DataSnapshot\x12@\n\x11validation_source\x18\x06 \x01(\x0e\x32%.finetune.control.v1.ValidationSource\x12\x0e\n\x06\x65pochs\x18\x07 \x01(\x05\x12\x18\n\x10tokens_per_epoch\x18\x08 \x01(\x03\x12\x16\n\x0etrained_tokens\x18\t \x01(\x03\x12\x0f\n\x07\x63redits\x18\n \x01(\x01\x12\"\n\x1a\x63redits_per_million_tokens\x18\x0b \x01(\x01\x12\r\n\x05notes\x18\x0c \x03(\t\"\xfc\x01\n\x08JobEvent\x12\n\n\x02id\x18\x01 \x01(\x03\x12(\n\x04time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\x05level\x18\x03 \x01(\x0e\x32\x1f.finetune.control.v1.EventLevel\x12\x0c\n\x04type\x18\x04 \x01(\t\x12\x0f\n\x07message\x18\x05 \x01(\t\x12;\n\x07metrics\x18\x06 \x03(\x0b\x32*.finetune.control.v1.JobEvent.MetricsEntry\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"i\n\x1eListFineTuningJobEventsRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\x12\x14\n\x0cnewest_first\x18\x04 \x01(\x08\"i\n\x1fListFineTuningJobEventsResponse\x12-\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x1d.finetune.control.v1.JobEvent\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t*l\n\tJobStatus\x12\x1a\n\x16JOB_STATUS_UNSPECIFIED\x10\x00\x12\x0b\n\x07PENDING\x10\x01\x12\x0f\n\x0bIN_PROGRESS\x10\x02\x12\x0b\n\x07SUCCESS\x10\x03\x12\t\n\x05\x45RROR\x10\x04\x12\r\n\tCANCELLED\x10\x05*[\n\x08TaskType\x12\x19\n\x15TASK_TYPE_UNSPECIFIED\x10\x00\x12\x0f\n\x0bINSTRUCTION\x10\x01\x12\x08\n\x04\x43HAT\x10\x02\x12\x19\n\x15\x43ONTINUED_PRETRAINING\x10\x03*k\n\x10ValidationSource\x12!\n\x1dVALIDATION_SOURCE_UNSPECIFIED\x10\x00\x12\x14\n\x10VALIDATION_QUERY\x10\x01\x12\x0b\n\x07HOLDOUT\x10\x02\x12\x11\n\rNO_VALIDATION\x10\x03*]\n\nEventLevel\x12\x1b\n\x17\x45VENT_LEVEL_UNSPECIFIED\x10\x00\x12\x0e\n\nEVENT_INFO\x10\x01\x12\x11\n\rEVENT_WARNING\x10\x02\x12\x0f\n\x0b\x45VENT_ERROR\x10\x03\x32\xb3\x06\n\x11\x46ineTuningService\x12j\n\x13\x43reateFineTuningJob\x12/.finetune.control.v1.CreateFineTuningJobRequest\x1a\".finetune.control.v1.FineTuningJob\x12u\n\x12ListFineTuningJobs\x12..finetune.control.v1.ListFineTuningJobsRequest\x1a/.finetune.control.v1.ListFineTuningJobsResponse\x12\x64\n\x10GetFineTuningJob\x12,.finetune.control.v1.GetFineTuningJobRequest\x1a\".finetune.control.v1.FineTuningJob\x12j\n\x13\x43\x61ncelFineTuningJob\x12/.finetune.control.v1.CancelFineTuningJobRequest\x1a\".finetune.control.v1.FineTuningJob\x12j\n\x12WatchFineTuningJob\x12..finetune.control.v1.WatchFineTuningJobRequest\x1a\".finetune.control.v1.FineTuningJob0\x01\x12v\n\x15\x45stimateFineTuningJob\x12\x31.finetune.control.v1.EstimateFineTuningJobRequest\x1a*.finetune.control.v1.FineTuningJobEstimate\x12\x84\x01\n\x17ListFineTuningJobEvents\x12\x33.finetune.control.v1.ListFineTuningJobEventsRequest\x1a\x34.finetune.control.v1.ListFineTuningJobEventsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,48 +35,48 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_JOBEVENT_METRICSENTRY']._loaded_options = None
   _globals['_JOBEVENT_METRICSENTRY']._serialized_options = b'8\001'
-  _globals['_JOBSTATUS']._serialized_start=3276
-  _globals['_JOBSTATUS']._serialized_end=3384
-  _globals['_TASKTYPE']._serialized_start=3386
-  _globals['_TASKTYPE']._serialized_end=3477
-  _globals['_VALIDATIONSOURCE']._serialized_start=3479
-  _globals['_VALIDATIONSOURCE']._serialized_end=3586
-  _globals['_EVENTLEVEL']._serialized_start=3588
-  _globals['_EVENTLEVEL']._serialized_end=3681
+  _globals['_JOBSTATUS']._serialized_start=3341
+  _globals['_JOBSTATUS']._serialized_end=3449
+  _globals['_TASKTYPE']._serialized_start=3451
+  _globals['_TASKTYPE']._serialized_end=3542
+  _globals['_VALIDATIONSOURCE']._serialized_start=3544
+  _globals['_VALIDATIONSOURCE']._serialized_end=3651
+  _globals['_EVENTLEVEL']._serialized_start=3653
+  _globals['_EVENTLEVEL']._serialized_end=3746
   _globals['_FINETUNINGOPTIONS']._serialized_start=128
-  _globals['_FINETUNINGOPTIONS']._serialized_end=463
-  _globals['_DATASNAPSHOT']._serialized_start=466
-  _globals['_DATASNAPSHOT']._serialized_end=597
-  _globals['_JOBERROR']._serialized_start=599
-  _globals['_JOBERROR']._serialized_end=640
-  _globals['_TRAININGRESULT']._serialized_start=642
-  _globals['_TRAININGRESULT']._serialized_end=735
-  _globals['_FINETUNINGJOB']._serialized_start=738
-  _globals['_FINETUNINGJOB']._serialized_end=1713
-  _globals['_CREATEFINETUNINGJOBREQUEST']._serialized_start=1716
-  _globals['_CREATEFINETUNINGJOBREQUEST']._serialized_end=1906
-  _globals['_LISTFINETUNINGJOBSREQUEST']._serialized_start=1908
-  _globals['_LISTFINETUNINGJOBSREQUEST']._serialized_end=1974
-  _globals['_LISTFINETUNINGJOBSRESPONSE']._serialized_start=1976
-  _globals['_LISTFINETUNINGJOBSRESPONSE']._serialized_end=2079
-  _globals['_GETFINETUNINGJOBREQUEST']._serialized_start=2081
-  _globals['_GETFINETUNINGJOBREQUEST']._serialized_end=2118
-  _globals['_CANCELFINETUNINGJOBREQUEST']._serialized_start=2120
-  _globals['_CANCELFINETUNINGJOBREQUEST']._serialized_end=2160
-  _globals['_WATCHFINETUNINGJOBREQUEST']._serialized_start=2162
-  _globals['_WATCHFINETUNINGJOBREQUEST']._serialized_end=2201
-  _globals['_ESTIMATEFINETUNINGJOBREQUEST']._serialized_start=2204
-  _globals['_ESTIMATEFINETUNINGJOBREQUEST']._serialized_end=2376
-  _globals['_FINETUNINGJOBESTIMATE']._serialized_start=2379
-  _globals['_FINETUNINGJOBESTIMATE']._serialized_end=2805
-  _globals['_JOBEVENT']._serialized_start=2808
-  _globals['_JOBEVENT']._serialized_end=3060
-  _globals['_JOBEVENT_METRICSENTRY']._serialized_start=3014
-  _globals['_JOBEVENT_METRICSENTRY']._serialized_end=3060
-  _globals['_LISTFINETUNINGJOBEVENTSREQUEST']._serialized_start=3062
-  _globals['_LISTFINETUNINGJOBEVENTSREQUEST']._serialized_end=3167
-  _globals['_LISTFINETUNINGJOBEVENTSRESPONSE']._serialized_start=3169
-  _globals['_LISTFINETUNINGJOBEVENTSRESPONSE']._serialized_end=3274
-  _globals['_FINETUNINGSERVICE']._serialized_start=3684
-  _globals['_FINETUNINGSERVICE']._serialized_end=4503
+  _globals['_FINETUNINGOPTIONS']._serialized_end=528
+  _globals['_DATASNAPSHOT']._serialized_start=531
+  _globals['_DATASNAPSHOT']._serialized_end=662
+  _globals['_JOBERROR']._serialized_start=664
+  _globals['_JOBERROR']._serialized_end=705
+  _globals['_TRAININGRESULT']._serialized_start=707
+  _globals['_TRAININGRESULT']._serialized_end=800
+  _globals['_FINETUNINGJOB']._serialized_start=803
+  _globals['_FINETUNINGJOB']._serialized_end=1778
+  _globals['_CREATEFINETUNINGJOBREQUEST']._serialized_start=1781
+  _globals['_CREATEFINETUNINGJOBREQUEST']._serialized_end=1971
+  _globals['_LISTFINETUNINGJOBSREQUEST']._serialized_start=1973
+  _globals['_LISTFINETUNINGJOBSREQUEST']._serialized_end=2039
+  _globals['_LISTFINETUNINGJOBSRESPONSE']._serialized_start=2041
+  _globals['_LISTFINETUNINGJOBSRESPONSE']._serialized_end=2144
+  _globals['_GETFINETUNINGJOBREQUEST']._serialized_start=2146
+  _globals['_GETFINETUNINGJOBREQUEST']._serialized_end=2183
+  _globals['_CANCELFINETUNINGJOBREQUEST']._serialized_start=2185
+  _globals['_CANCELFINETUNINGJOBREQUEST']._serialized_end=2225
+  _globals['_WATCHFINETUNINGJOBREQUEST']._serialized_start=2227
+  _globals['_WATCHFINETUNINGJOBREQUEST']._serialized_end=2266
+  _globals['_ESTIMATEFINETUNINGJOBREQUEST']._serialized_start=2269
+  _globals['_ESTIMATEFINETUNINGJOBREQUEST']._serialized_end=2441
+  _globals['_FINETUNINGJOBESTIMATE']._serialized_start=2444
+  _globals['_FINETUNINGJOBESTIMATE']._serialized_end=2870
+  _globals['_JOBEVENT']._serialized_start=2873
+  _globals['_JOBEVENT']._serialized_end=3125
+  _globals['_JOBEVENT_METRICSENTRY']._serialized_start=3079
+  _globals['_JOBEVENT_METRICSENTRY']._serialized_end=3125
+  _globals['_LISTFINETUNINGJOBEVENTSREQUEST']._serialized_start=3127
+  _globals['_LISTFINETUNINGJOBEVENTSREQUEST']._serialized_end=3232
+  _globals['_LISTFINETUNINGJOBEVENTSRESPONSE']._serialized_start=3234
+  _globals['_LISTFINETUNINGJOBEVENTSRESPONSE']._serialized_end=3339
+  _globals['_FINETUNINGSERVICE']._serialized_start=3749
+  _globals['_FINETUNINGSERVICE']._serialized_end=4568
 # @@protoc_insertion_point(module_scope)

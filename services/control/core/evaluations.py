@@ -1,0 +1,312 @@
+"""ML.EVALUATE: start an evaluation (validated and its rows frozen synchronously, run in the
+background by `EvaluationRunner`), describe, list, cancel, and download its results.
+
+Synchronous (database, DuckDB and the artifact store block): the servicer calls these methods in
+worker threads.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Callable, Iterator, Mapping
+
+from sqlalchemy.exc import IntegrityError
+
+from services.common.artifacts import ArtifactStore
+from services.common.base_models import BaseModelSpec
+from services.common.errors import FailedPrecondition, InvalidArgument, NotFound
+from services.control.core import paging
+from services.control.core.authorization import Authorizer, load_access
+from services.control.core.clock import Clock, utc_now
+from services.control.core.events import JobEvents
+from services.control.data.catalog import DataCatalog
+from services.control.data.evaluation_data import (DATA_FILE, METRICS_FILE, RESULT_FILES,
+                                                   evaluation_uri, result_chunks, snapshot_rows)
+from services.control.data.sandbox import ReadScope
+from services.control.domain.evaluations import (Evaluation, EvaluationRole, EvaluationStatus,
+                                                 EvaluationTask, JobEvaluation,
+                                                 RequestedGeneration, check_min_improvement,
+                                                 new_evaluation_id, resolve_generation,
+                                                 resolve_task)
+from services.control.domain.jobs import Job
+from services.control.domain.models import RegisteredModel
+from services.control.domain.names import qualified_name
+from services.control.domain.principals import Principal
+from services.control.domain.privileges import Access, Privilege, SecurableObject
+from services.control.store.database import Store, Tx
+
+log = logging.getLogger(__name__)
+
+NO_INFERENCE = ("no inference service configured: start control with --inference <address> "
+                "(or FINETUNE_INFERENCE_ADDRESS)")
+MODEL_EVALUATIONS_SHOWN = 20   # Model.evaluations in GetModel: the newest ones
+
+
+@dataclass(frozen=True)
+class EvaluateModel:
+    model: str
+    query: str
+    task: EvaluationTask | None = None
+    generation: RequestedGeneration = RequestedGeneration()
+    request_id: str = ""
+
+
+@dataclass(frozen=True)
+class JobEvaluationRequest:
+    """FineTuningOptions.evaluation as CREATE receives it."""
+
+    query: str
+    task: EvaluationTask | None = None
+    generation: RequestedGeneration = RequestedGeneration()
+    min_improvement: float | None = None
+
+
+@dataclass(frozen=True)
+class EvaluationPage:
+    evaluations: list[Evaluation]
+    next_page_token: str
+
+
+@dataclass(frozen=True)
+class _Target:
+    name: str
+    base_model: str
+    model: RegisteredModel | None     # None for a base model
+
+
+class Evaluations:
+    def __init__(self, store: Store, catalog: DataCatalog, artifacts: ArtifactStore,
+                 base_models: Mapping[str, BaseModelSpec], authorizer: Authorizer,
+                 events: JobEvents, *, inference_configured: bool, max_rows: int = 5000,
+                 clock: Clock = utc_now):
+        self._store = store
+        self._catalog = catalog
+        self._artifacts = artifacts
+        self._base_models = base_models
+        self._authorizer = authorizer
+        self._events = events
+        self._inference_configured = inference_configured
+        self._max_rows = max_rows
+        self._clock = clock
+        # Set by the runner: a new evaluation to start, or one to stop now.
+        self.on_created: Callable[[], None] = lambda: None
+        self.on_cancelled: Callable[[str], None] = lambda evaluation_id: None
+
+    def _require_inference(self) -> None:
+        if not self._inference_configured:
+            raise FailedPrecondition(NO_INFERENCE)
+
+    # -- EvaluateModel --------------------------------------------------------------------
+
+    def create(self, principal: Principal, request: EvaluateModel) -> Evaluation:
+        """Validate, run the query (with the caller's privileges as they are now) into the
+        evaluation's data file, record it PENDING and hand it to the runner."""
+        account = principal.account_id
+        access = self._authorizer.access(principal)
+        access.require(Privilege.FINETUNE, SecurableObject.account())
+        request_id = request.request_id.strip() or None
+        if request_id:
+            existing = self._store.run(lambda tx: tx.evaluations.by_request_id(account,
+                                                                                request_id))
+            if existing is not None:
+                return self.get(principal, existing.id)
+        self._require_inference()
+        task = resolve_task(request.task)
+        generation = resolve_generation(request.generation, task)
+        if not request.query.strip():
+            raise InvalidArgument("query is required")
+        target = self._store.run(lambda tx: self._target(tx, access, request.model))
+        evaluation_id = new_evaluation_id()
+        data_uri = evaluation_uri(self._artifacts, evaluation_id, DATA_FILE)
+        rows = snapshot_rows(self._catalog, self._artifacts, account, request.query, data_uri,
+                             self._max_rows, access)
+        evaluation = Evaluation(
+            id=evaluation_id, account_id=account, user_id=principal.user_id,
+            model=target.name, base_model=target.base_model, task=task,
+            query=request.query, generation=generation, created_on=self._clock(),
+            model_version=target.model.version if target.model else 0,
+            adapter_id=target.model.id if target.model else 0, rows=rows,
+            request_id=request_id, data_uri=data_uri)
+        try:
+            added = self._store.run(lambda tx: tx.evaluations.add(evaluation))
+        except IntegrityError:
+            self._artifacts.delete(evaluation_uri(self._artifacts, evaluation_id))
+            if request_id:  # a concurrent retry with the same request id won
+                existing = self._store.run(
+                    lambda tx: tx.evaluations.by_request_id(account, request_id))
+                if existing is not None:
+                    return self.get(principal, existing.id)
+            raise
+        except BaseException:
+            self._artifacts.delete(evaluation_uri(self._artifacts, evaluation_id))
+            raise
+        log.info("evaluation %s of %s created (%d rows, %s)", added.id, added.model, rows,
+                 task.value)
+        self.on_created()
+        return added
+
+    def _target(self, tx: Tx, access: Access, name: str) -> _Target:
+        name = (name or "").strip()
+        if not name:
+            raise InvalidArgument("model is required")
+        if name in self._base_models:
+            return _Target(name, name, None)
+        canonical = str(qualified_name(name, "model"))
+        access.require(Privilege.USAGE, SecurableObject.model(canonical))  # before existence
+        model = tx.models.get(access.account_id, canonical)
+        if model is None:
+            raise NotFound(f"model {canonical} does not exist")
+        if not model.ready:
+            raise FailedPrecondition(f"model {canonical} is being evaluated by job "
+                                     f"{model.job_id} and is not registered yet")
+        if model.base_model not in self._base_models:
+            raise FailedPrecondition(f"model {canonical} needs base model {model.base_model}, "
+                                     "which this deployment no longer serves")
+        return _Target(canonical, model.base_model, model)
+
+    # -- a fine-tuning job's evaluation ---------------------------------------------------
+
+    def prepare_job_evaluation(self, account_id: str, request: JobEvaluationRequest,
+                               scope: ReadScope, data_uri: str) -> JobEvaluation:
+        """CREATE's synchronous checks of FineTuningOptions.evaluation; its query's rows are
+        frozen into `data_uri` (removed again if CREATE fails later: it is in the job's
+        folder)."""
+        self._require_inference()
+        task = resolve_task(request.task)
+        generation = resolve_generation(request.generation, task)
+        minimum = None if request.min_improvement is None else \
+            check_min_improvement(request.min_improvement)
+        rows = snapshot_rows(self._catalog, self._artifacts, account_id, request.query,
+                             data_uri, self._max_rows, scope, what="evaluation query")
+        return JobEvaluation(query=request.query, task=task, generation=generation,
+                             min_improvement=minimum, data_uri=data_uri, rows=rows)
+
+    # -- GetEvaluation / ListEvaluations --------------------------------------------------
+
+    def get(self, principal: Principal, evaluation_id: str) -> Evaluation:
+        return self._store.run(lambda tx: _visible(tx, principal, evaluation_id))
+
+    def list(self, principal: Principal, model: str = "", page_size: int = 0,
+             page_token: str = "") -> EvaluationPage:
+        """A model's evaluations (USAGE on it, as GetModel) or, without a model, every
+        evaluation of the account the caller may see; newest first."""
+        size = paging.page_size(page_size)
+        after = _decode_token(page_token) if page_token else None
+        model = model.strip()
+
+        def work(tx: Tx) -> list[Evaluation]:
+            access = load_access(tx, principal.account_id, principal.user_id)
+            access.require(Privilege.FINETUNE, SecurableObject.account())
+            name = None
+            if model:
+                name = model if model in self._base_models else \
+                    str(qualified_name(model, "model"))
+                if name not in self._base_models:
+                    access.require(Privilege.USAGE, SecurableObject.model(name))
+            found: list[Evaluation] = []
+            position = after
+            while len(found) <= size:
+                batch = tx.evaluations.page(principal.account_id, size + 1, name, position)
+                found += [e for e in batch if name is not None or _may_see(tx, access, e)]
+                if len(batch) <= size:
+                    break
+                position = (batch[-1].created_on, batch[-1].id)
+            return found
+
+        found = self._store.run(work)
+        token = ""
+        if len(found) > size:
+            found = found[:size]
+            token = paging.encode_token([found[-1].created_on.isoformat(), found[-1].id])
+        return EvaluationPage(found, token)
+
+    def for_model(self, model: RegisteredModel,
+                  limit: int = MODEL_EVALUATIONS_SHOWN) -> list[Evaluation]:
+        """Model.evaluations: this version's (the caller's USAGE on it is already checked;
+        ListEvaluations by name shows earlier versions' too)."""
+        return self._store.run(lambda tx: tx.evaluations.page(
+            model.account_id, limit, model.name, adapter_id=model.id))
+
+    def for_job(self, job_id: str) -> dict[str, Evaluation]:
+        """A job's evaluations by role (for the job's DESCRIBE, already authorized)."""
+        return {e.role: e for e in self._store.run(lambda tx: tx.evaluations.for_job(job_id))
+                if e.role}
+
+    # -- CancelEvaluation -----------------------------------------------------------------
+
+    def cancel(self, principal: Principal, evaluation_id: str) -> Evaluation:
+        def work(tx: Tx) -> Evaluation:
+            evaluation = _visible(tx, principal, evaluation_id)
+            evaluation.cancel(self._clock(), f"cancelled by {principal.user_name}")
+            return tx.evaluations.save(evaluation)
+
+        cancelled = self._store.run(work)
+        self._events.publish(cancelled.id)
+        self.on_cancelled(cancelled.id)
+        log.info("evaluation %s cancelled", cancelled.id)
+        return cancelled
+
+    # -- GetEvaluationResults -------------------------------------------------------------
+
+    def result_chunks(self, principal: Principal, evaluation_id: str,
+                      file: str = "") -> Iterator[bytes]:
+        name = file.strip() or METRICS_FILE
+        if name not in RESULT_FILES:
+            raise InvalidArgument(f"file must be one of {', '.join(RESULT_FILES)} (got {file!r})")
+        evaluation = self.get(principal, evaluation_id)
+        if evaluation.status is not EvaluationStatus.SUCCEEDED:
+            raise FailedPrecondition(f"evaluation {evaluation.id} is "
+                                     f"{evaluation.status.value}: results exist once it has "
+                                     "SUCCEEDED")
+        return result_chunks(self._artifacts, evaluation.id, name)
+
+
+def job_evaluations(job: Job, spec: JobEvaluation, candidate: RegisteredModel,
+                    now: datetime) -> list[Evaluation]:
+    """The base model's and the candidate's evaluations a job runs once training is done, on
+    the rows frozen at CREATE, for the job's creator."""
+    def one(role: str, model: str, version: int, adapter_id: int) -> Evaluation:
+        return Evaluation(
+            id=new_evaluation_id(), account_id=job.account_id, user_id=job.user_id,
+            model=model, base_model=job.base_model, task=spec.task, query=spec.query,
+            generation=spec.generation, created_on=now, model_version=version,
+            adapter_id=adapter_id, rows=spec.rows, job_id=job.id, role=role,
+            data_uri=spec.data_uri)
+
+    return [one(EvaluationRole.BASE, job.base_model, 0, 0),
+            one(EvaluationRole.TUNED, candidate.name, candidate.version, candidate.id)]
+
+
+def _may_see(tx: Tx, access: Access, evaluation: Evaluation) -> bool:
+    """Whoever may see the model (USAGE, as GetModel), or the job that ran it."""
+    if evaluation.job_id:
+        job = tx.jobs.get(evaluation.job_id, evaluation.account_id)
+        if job is not None and access.owns(job.owner_role_id):
+            return True
+    if evaluation.adapter_id:
+        return access.allows(Privilege.USAGE, SecurableObject.model(evaluation.model))
+    return True   # a base model: every FINETUNE_USER may use it
+
+
+def _visible(tx: Tx, principal: Principal, evaluation_id: str) -> Evaluation:
+    """The evaluation if the caller may see it: FINETUNE_USER first (PERMISSION_DENIED
+    whether or not it exists), then its existence in the caller's account, then the model."""
+    access = load_access(tx, principal.account_id, principal.user_id)
+    access.require(Privilege.FINETUNE, SecurableObject.account())
+    evaluation = tx.evaluations.get(evaluation_id, principal.account_id)
+    if evaluation is None:
+        raise NotFound(f"evaluation {evaluation_id} does not exist")
+    if not _may_see(tx, access, evaluation):
+        access.require(Privilege.USAGE, SecurableObject.model(evaluation.model))
+    return evaluation
+
+
+def _decode_token(token: str) -> tuple[datetime, str]:
+    position = paging.decode_token(token)
+    try:
+        created_on, evaluation_id = position
+        return datetime.fromisoformat(created_on), str(evaluation_id)
+    except (ValueError, TypeError):
+        raise InvalidArgument("invalid page_token") from None

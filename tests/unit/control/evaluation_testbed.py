@@ -1,0 +1,54 @@
+"""The evaluation tests' test bed: a fake inference service behind the CompletionClient
+Protocol, and control wired to it. (Imported by the evaluation test modules.)"""
+
+from __future__ import annotations
+
+from control_testbed import SERVICE_TOKEN, word_tokenizers
+
+from services.control.app import build_components
+from services.control.config import load_config
+from services.control.core.evaluation_runner import RunnerSettings
+from services.control.dispatch.inference import CompletionAnswer
+
+CODES = {"apple": "FRUIT", "tiger": "ANIMAL", "red": "COLOUR", "hammer": "TOOL"}
+
+
+def labelled_rows(n: int = 4) -> list[dict]:
+    words = list(CODES)
+    return [{"prompt": f"code of {words[i % 4]}", "label": CODES[words[i % 4]], "n": i}
+            for i in range(n)]
+
+
+class FakeCompletions:
+    """Answers by prompt (or by model and prompt); `errors` raise instead; `before` runs first
+    (an async hook the tests use to look at the store mid-run, or to cancel)."""
+
+    def __init__(self):
+        self.calls = []
+        self.answers: dict = {}
+        self.errors: dict = {}
+        self.before = None
+
+    async def complete(self, call):
+        self.calls.append(call)
+        if self.before is not None:
+            await self.before(call)
+        for key in ((call.model, call.prompt), call.prompt, call.model):
+            error = self.errors.get(key)
+            if error is not None:
+                raise error
+        text = self.answers.get((call.model, call.prompt), self.answers.get(call.prompt,
+                                                                             "no idea"))
+        return CompletionAnswer(text, prompt_tokens=5, completion_tokens=2)
+
+
+def build_control(home, tiny_base, dispatcher, completions, *extra_args):
+    config = load_config(["--home", str(home), "--port", "50999",
+                          "--max-evaluation-rows", "20", *extra_args],
+                         environ={"FINETUNE_SERVICE_TOKEN": SERVICE_TOKEN})
+    return build_components(config, dispatcher=dispatcher,
+                            base_models={tiny_base.name: tiny_base},
+                            provision=lambda spec: spec.path, tokenizers=word_tokenizers(),
+                            completions=completions,
+                            runner_settings=RunnerSettings(flush_interval_s=0.0,
+                                                           retry_backoff_s=0.0))
