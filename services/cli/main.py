@@ -15,7 +15,7 @@ from services.cli.access_commands import access_app
 from services.cli.client import FinetuneClient, evaluation_task_value
 from services.cli.data_commands import data_app
 from services.cli.evaluation_commands import evaluate as _evaluate, evaluations_app
-from services.cli.job_commands import jobs_app
+from services.cli.job_commands import TASKS, jobs_app
 from services.cli.settings import Endpoints, default_home
 from services.cli.usage_commands import usage_app
 from services.common.base_models import DEFAULT_BASE_MODEL
@@ -162,7 +162,15 @@ def create(model: str = typer.Argument(..., help="output model: name or db.schem
            epochs: int = typer.Option(0, help="max_epochs 1-10 (0: base model default)"),
            learning_rate: float = typer.Option(0.0), batch_size: int = typer.Option(0),
            lora_rank: int = typer.Option(0), lora_alpha: int = typer.Option(0),
+           lora_dropout: float = typer.Option(0.0, help="0: base model default"),
            seed: int = typer.Option(0), num_workers: int = typer.Option(0),
+           task: str = typer.Option("instruction", help=", ".join(TASKS)),
+           from_model: str = typer.Option("", help="continue training this fine-tuned model"),
+           early_stopping_patience: int = typer.Option(
+               0, help="with validation data: stop after this many epochs without improvement "
+                       "(0: off); the best epoch becomes the model either way"),
+           checkpoint_every_steps: int = typer.Option(
+               0, help="optimizer steps between checkpoints (0: every quarter epoch)"),
            request_id: str = typer.Option("", help="idempotency key"),
            eval_query: str = typer.Option(
                "", help="evaluate base and tuned model on this query (prompt, label) at the end"),
@@ -182,12 +190,18 @@ def create(model: str = typer.Argument(..., help="output model: name or db.schem
             has_min_improvement=min_improvement is not None)
     elif min_improvement is not None:
         raise ValueError("--min-improvement needs --eval-query")
+    if task not in TASKS:
+        raise ValueError(f"unknown task {task!r}: {', '.join(TASKS)}")
     with _client() as client:
         job = client.create_job(model, base_model, training_query, validation_query,
                                 request_id=request_id or None, max_epochs=epochs,
                                 learning_rate=learning_rate, batch_size=batch_size,
-                                lora_rank=lora_rank, lora_alpha=lora_alpha, seed=seed,
-                                num_workers=num_workers, evaluation=evaluation)
+                                lora_rank=lora_rank, lora_alpha=lora_alpha,
+                                lora_dropout=lora_dropout, seed=seed, num_workers=num_workers,
+                                task_type=TASKS[task], from_model=from_model,
+                                early_stopping_patience=early_stopping_patience,
+                                checkpoint_every_steps=checkpoint_every_steps,
+                                evaluation=evaluation)
         console.print(f"created {job.id} ({views.status_name(job)})")
         if wait:
             _follow(client, job)

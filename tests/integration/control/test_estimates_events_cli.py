@@ -96,6 +96,34 @@ async def test_events_lineage_and_describe_through_the_cli(client, run, cluster)
     assert "more than the limit of 10 rows for 10 epochs" in over.output
 
 
+async def test_create_through_the_cli_passes_every_option(client, control_server, api_key,
+                                                          tmp_path):
+    await asyncio.to_thread(client.load_rows, "train", ROWS)
+
+    async def create(*args):
+        return await asyncio.to_thread(
+            CliRunner().invoke, main.app,
+            ["--control", control_server.address, "--api-key", api_key, "--home",
+             str(tmp_path), "create", *args], env={"COLUMNS": "250"})
+
+    made = await create("cli_options_model", "tiny-base", "SELECT prompt, completion FROM train",
+                        "--epochs", "3", "--lora-dropout", "0.1", "--early-stopping-patience",
+                        "2", "--checkpoint-every-steps", "5", "--task", "instruction")
+    assert made.exit_code == 0, made.output
+    job = (await asyncio.to_thread(client.list_jobs)).jobs[0]
+    o = job.options
+    assert (o.max_epochs, o.early_stopping_patience, o.checkpoint_every_steps) == (3, 2, 5)
+    assert o.lora_dropout == pytest.approx(0.1)
+    # The task's columns are checked at CREATE: a chat job needs `messages`.
+    chat = await create("cli_chat_model", "tiny-base", "SELECT prompt, completion FROM train",
+                        "--task", "chat")
+    assert chat.exit_code == 1 and "INVALID_ARGUMENT" in chat.output, chat.output
+    assert "messages" in chat.output
+    unknown = await create("cli_other_model", "tiny-base", "SELECT prompt, completion FROM train",
+                           "--task", "poetry")
+    assert unknown.exit_code != 0 and "poetry" in unknown.output
+
+
 async def test_data_definitions_through_the_cli(client, run):
     await asyncio.to_thread(client.load_rows, "sales.public.t", ROWS[:3])
     assert (await run("data", "create-schema", "sales.staging")).exit_code == 0
