@@ -67,22 +67,28 @@ def run(args) -> dict:
             for r in sample(args.dataset / "test.csv", args.eval_per_intent, args.seed + 1)]
     options = {k: v for k, v in {"learning_rate": args.lr, "max_epochs": args.epochs,
                                  "batch_size": args.batch_size, "lora_rank": args.rank,
-                                 "lora_alpha": args.alpha}.items() if v}
+                                 "lora_alpha": args.alpha,
+                                 "lora_dropout": args.dropout}.items() if v}
     home = Path(args.home or tempfile.mkdtemp(prefix="banking77-"))
     load_before = os.getloadavg()
     with LocalStack(StackConfig(home=home)) as stack, \
             FinetuneClient(stack.control_address, stack.inference_address,
                            stack.admin_key()) as client:
-        client.load_rows(TRAIN_TABLE, train, replace=True)
-        client.load_rows(EVAL_TABLE, test, replace=True)
-        evaluation = evaluations_pb2.JobEvaluationOptions(
-            query=f"SELECT prompt, label FROM {EVAL_TABLE}", task=evaluations_pb2.CLASSIFICATION,
-            generation=evaluations_pb2.GenerationOptions(max_tokens=16))
         started = time.monotonic()
-        job = client.create_job(MODEL, DEFAULT_BASE_MODEL, f"SELECT prompt, completion FROM "
-                                f"{TRAIN_TABLE}", evaluation=evaluation, **options)
-        console.print(f"job {job.id}: {len(train)} training rows, {len(test)} evaluation rows, "
-                      f"options {dict(options) or 'defaults'}")
+        if args.attach:   # a job an earlier run of this script started, in the same --home
+            job = client.get_job(args.attach)
+            console.print(f"following job {job.id} again")
+        else:
+            client.load_rows(TRAIN_TABLE, train, replace=True)
+            client.load_rows(EVAL_TABLE, test, replace=True)
+            evaluation = evaluations_pb2.JobEvaluationOptions(
+                query=f"SELECT prompt, label FROM {EVAL_TABLE}",
+                task=evaluations_pb2.CLASSIFICATION,
+                generation=evaluations_pb2.GenerationOptions(max_tokens=16))
+            job = client.create_job(MODEL, DEFAULT_BASE_MODEL, f"SELECT prompt, completion FROM "
+                                    f"{TRAIN_TABLE}", evaluation=evaluation, **options)
+            console.print(f"job {job.id}: {len(train)} training rows, {len(test)} evaluation "
+                          f"rows, options {dict(options) or 'defaults'}")
         job = views.follow_job(client.watch_job(job.id), job)
         job = client.get_job(job.id)
         wall_s = time.monotonic() - started
@@ -137,11 +143,14 @@ def main() -> None:
     p.add_argument("--eval-per-intent", type=int, default=4)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--home", default="", help="stack home (default: a new temp folder)")
+    p.add_argument("--attach", default="", help="follow this job of --home's stack instead of "
+                   "starting one (after the stack was stopped: control picks the job up again)")
     p.add_argument("--lr", type=float, default=0.0)
     p.add_argument("--epochs", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=0)
     p.add_argument("--rank", type=int, default=0)
     p.add_argument("--alpha", type=int, default=0)
+    p.add_argument("--dropout", type=float, default=0.0)
     p.add_argument("--output", type=Path, default=RESULTS / "banking77.json")
     args = p.parse_args()
     result = run(args)

@@ -41,9 +41,14 @@ class RunnerSettings:
     poll_interval_s: float = 2.0      # a backstop: new evaluations wake the runner at once
     flush_interval_s: float = 1.0     # progress writes, at most this often
     max_running: int = 2              # evaluations at once (each with its own concurrency)
-    max_call_attempts: int = 6        # per row, on UNAVAILABLE / RESOURCE_EXHAUSTED
-    retry_backoff_s: float = 1.0      # doubling each time (1, 2, 4, 8, 16 s: ~30 s in all)
-    max_backoff_s: float = 30.0
+    # A row's call is retried on UNAVAILABLE / RESOURCE_EXHAUSTED at least this many times and
+    # for at least `retry_window_s` after its first failure: an inference service that is
+    # (re)starting its engine answers UNAVAILABLE for a minute or more, which must not fail
+    # an evaluation (nor the fine-tuning job waiting on it).
+    max_call_attempts: int = 6
+    retry_window_s: float = 300.0
+    retry_backoff_s: float = 1.0      # doubling each time, up to max_backoff_s
+    max_backoff_s: float = 10.0
 
 
 class _Stopped(Exception):
@@ -265,15 +270,19 @@ class EvaluationRunner:
             user_id=evaluation.user_id, max_tokens=g.max_tokens, temperature=g.temperature,
             top_p=g.top_p, stop=g.stop, seed=g.seed,
             request_id=f"{evaluation.id}/{evaluation.attempts}/{index}")
-        attempt = 0
+        attempt, first_failure = 0, None
         while True:
             attempt += 1
             try:
                 return await self._client.complete(call)
             except (Unavailable, ResourceExhausted) as exc:
-                if attempt >= self._settings.max_call_attempts:
+                now = self._monotonic()
+                first_failure = now if first_failure is None else first_failure
+                if attempt >= self._settings.max_call_attempts and \
+                        now - first_failure >= self._settings.retry_window_s:
                     raise Unavailable(f"row {index + 1}: the inference service failed "
-                                      f"{attempt} times: {exc.message}") from None
+                                      f"{attempt} times in {now - first_failure:.0f} s: "
+                                      f"{exc.message}") from None
                 await asyncio.sleep(min(self._settings.max_backoff_s,
                                         self._settings.retry_backoff_s * 2 ** (attempt - 1)))
             except FinetuneError as exc:

@@ -51,4 +51,5 @@ def build_control(home, tiny_base, dispatcher, completions, *extra_args):
                             provision=lambda spec: spec.path, tokenizers=word_tokenizers(),
                             completions=completions,
                             runner_settings=RunnerSettings(flush_interval_s=0.0,
-                                                           retry_backoff_s=0.0))
+                                                           retry_backoff_s=0.0,
+                                                           retry_window_s=0.0))

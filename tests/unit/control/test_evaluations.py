@@ -5,6 +5,8 @@ import asyncio
 import csv
 import io
 
+from dataclasses import replace
+
 import pytest
 from control_testbed import SERVICE_TOKEN, load_rows, new_account, new_user, succeed
 from evaluation_testbed import CODES, FakeCompletions, build_control, labelled_rows
@@ -157,6 +159,23 @@ async def test_a_failing_inference_service_fails_after_the_retries(control, admi
     fake.errors["code of red"] = Unavailable("inference is down")
     failed = await evaluate_and_run(control, admin, table)
     assert failed.status is EvaluationStatus.FAILED and "failed 6 times" in failed.error
+
+
+async def test_an_inference_service_that_is_starting_is_waited_for(control, admin, table,
+                                                                   fake):
+    """More failures than max_call_attempts, all inside the retry window: the evaluation waits
+    (vLLM answers UNAVAILABLE while its engine starts) instead of failing."""
+    runner = control.evaluation_runner
+    runner._settings = replace(runner._settings, retry_window_s=60.0)
+    failures = iter([Unavailable("the inference engine is starting")] * 9)
+
+    async def starting(call):
+        if (error := next(failures, None)) is not None:
+            raise error
+    fake.before = starting
+    done = await evaluate_and_run(control, admin, table)
+    assert done.status is EvaluationStatus.SUCCEEDED, done.error
+    assert len(fake.calls) == 9 + done.rows
 
 
 async def evaluate_and_run(control, admin, table):
