@@ -186,3 +186,37 @@ def test_a_job_that_cannot_beat_its_base_registers_no_model(client, trained_job)
     with pytest.raises(grpc.RpcError) as err:
         client.get_model(name)
     assert err.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+NEW_CODE, NEW_WORDS = "TX-29", ["oak", "pine", "birch", "maple"]
+
+
+def test_continued_training_starts_from_the_fine_tuned_model(client, trained_job):
+    """from_model: a new category is taught to the fine-tuned model. The job starts from its
+    adapter (the old rows' loss is near zero from the first epoch on, where a fresh adapter
+    starts high) and the continued model answers the new code."""
+    rows = [{"prompt": f"Which code goes with the word '{w}'?", "completion": NEW_CODE}
+            for w in NEW_WORDS]
+    old = [r for r in word_rows() if r["split"] == "train"][:4]
+    client.load_rows("e2e.public.more_codes", rows + [{k: r[k] for k in ("prompt", "completion")}
+                                                      for r in old], replace=True)
+    name = "e2e.public.word_code_model_more"
+    job = client.create_job(name, "smollm2-135m-instruct",
+                            "SELECT prompt, completion FROM e2e.public.more_codes",
+                            seed=1, max_epochs=6, batch_size=2, learning_rate=0.001,
+                            from_model=MODEL)
+    assert job.options.from_model == MODEL
+    done = client.wait_job(job.id, timeout=1500)
+    assert done.status == jobs_pb2.SUCCESS, done.error
+
+    def first_epoch_loss(model):
+        text = client.download_artifact(model, "training_results.csv").decode()
+        losses = [float(r["training_loss"]) for r in csv.DictReader(io.StringIO(text))
+                  if r["epoch"] == "1"]
+        return sum(losses) / len(losses)
+
+    # Half of the rows are ones the parent already answers: well below a fresh start.
+    assert first_epoch_loss(name) < 0.5 * first_epoch_loss(MODEL)
+    answers = [client.complete(name, r["prompt"], max_tokens=12).text.strip() for r in rows]
+    assert sum(a == NEW_CODE for a in answers) >= 3, answers
+    assert client.get_model(name).trained_tokens == done.trained_tokens

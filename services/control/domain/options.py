@@ -24,7 +24,7 @@ FALLBACK_DEFAULTS = {
     "batch_size": AUTO,
     "lora_rank": 16,
     "lora_alpha": 32,
-    "lora_dropout": 0.05,
+    "lora_dropout": 0.0,
     "seed": 42,
 }
 

@@ -17,7 +17,7 @@ def smollm():
 def test_defaults_come_from_the_catalog_entry(smollm):
     o = resolve_options(RequestedOptions(), smollm, WorkerLimits(default_num_workers=2))
     assert o.learning_rate == 0.001 and o.auto == ("max_epochs", "batch_size")
-    assert (o.lora_rank, o.lora_alpha, o.lora_dropout) == (16, 32, 0.05)
+    assert (o.lora_rank, o.lora_alpha, o.lora_dropout) == (16, 32, 0.0)
     assert o.target_modules == smollm.target_modules
     assert o.seed == 42 and o.num_workers == 2 and o.task_type is TaskType.INSTRUCTION
     assert o.from_model is None
