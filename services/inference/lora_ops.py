@@ -5,7 +5,8 @@ vLLM CPU's own ops (vllm/lora/ops/torch_ops/lora_ops.py) gather one adapter matr
 marker -1 as the last adapter slot, so base-model rows batched with adapter rows get an adapter
 applied. These keep the same signatures and semantics but skip -1 rows (as vLLM's GPU kernels
 do) and never copy weights per token:
-- one adapter in the batch: one matrix product for the whole batch;
+- one adapter in the batch: one matrix product for the whole batch (with base rows: and a row
+  mask);
 - several, in a large batch (prefill): one matrix product per adapter over its rows;
 - several, in a small batch (decode): one product against all slots stacked, keeping each row's
   own slot through a one-hot mask. It does slots-times the (tiny) arithmetic but a fixed handful
@@ -38,6 +39,16 @@ def _uniform(indices: torch.Tensor) -> int | None:
     """The one slot every row uses (NO_LORA included), or None when rows differ."""
     first = int(indices[0])
     return first if bool((indices == first).all()) else None
+
+
+def _single(indices: torch.Tensor) -> int | None:
+    """The one adapter slot of a batch that mixes it only with base rows (-1), else None:
+    the common "a fine-tuned model and its base" traffic, done as one product and a row mask
+    instead of the several-adapter paths (at decode sizes every torch call counts)."""
+    top = int(indices.max())
+    if top == NO_LORA or not bool(((indices == top) | (indices == NO_LORA)).all()):
+        return None
+    return top
 
 
 def _dense(indices: torch.Tensor, slots: int) -> bool:
@@ -82,6 +93,12 @@ def bgmv_shrink(inputs: torch.Tensor, lora_a_weights: torch.Tensor,
         else:
             out.copy_(torch.mm(inputs[:n].to(COMPUTE), weights[first].to(COMPUTE).t())
                       .mul_(scaling))
+        return
+    single = _single(indices)
+    if single is not None:
+        mask = (indices == single).to(COMPUTE).unsqueeze(1)
+        out.copy_(torch.mm(inputs[:n].to(COMPUTE), weights[single].to(COMPUTE).t())
+                  .mul_(mask).mul_(scaling))
         return
     if _dense(indices, slots):
         every = inputs[:n].to(COMPUTE) @ weights.to(COMPUTE).reshape(slots * rank, -1).t()
@@ -131,6 +148,15 @@ def _expand_into(inputs, weights, output_tensor, indices, offset, size, add_inpu
         if first != NO_LORA:
             y = torch.mm(inputs[:n].to(COMPUTE), weights[first, :size].to(COMPUTE).t())
             target.add_(y) if add_inputs else target.copy_(y)
+        return
+    single = _single(indices)
+    if single is not None:
+        y = torch.mm(inputs[:n].to(COMPUTE), weights[single, :size].to(COMPUTE).t())
+        applied = (indices == single).unsqueeze(1)
+        if add_inputs:
+            target.add_(y.mul_(applied))  # base rows add exact zeros
+        else:
+            target.copy_(torch.where(applied, y, target))
         return
     slots, out_features, rank = weights.shape
     if _dense(indices, slots):

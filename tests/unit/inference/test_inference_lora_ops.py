@@ -46,7 +46,8 @@ INDICES = [
     [0, 0, 0, 0, 0],           # one adapter: the whole-batch path
     [-1, -1, -1],              # base only: nothing applied
     [-1, 0, 1, -1, 2, 0, -1],  # mixed, base rows interleaved
-    [2, -1],
+    [2, -1],                   # one adapter and base rows: one product and a mask
+    [-1, 1, 1, -1, 1, -1],
 ]
 
 
