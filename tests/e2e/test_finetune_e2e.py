@@ -193,8 +193,8 @@ NEW_CODE, NEW_WORDS = "TX-29", ["oak", "pine", "birch", "maple"]
 
 def test_continued_training_starts_from_the_fine_tuned_model(client, trained_job):
     """from_model: a new category is taught to the fine-tuned model. The job starts from its
-    adapter (the old rows' loss is near zero from the first epoch on, where a fresh adapter
-    starts high) and the continued model answers the new code."""
+    adapter (old rows are at a near-zero loss in the first epoch, where a fresh adapter starts
+    high) and the continued model answers the new code."""
     rows = [{"prompt": f"Which code goes with the word '{w}'?", "completion": NEW_CODE}
             for w in NEW_WORDS]
     old = [r for r in word_rows() if r["split"] == "train"][:4]
@@ -209,14 +209,14 @@ def test_continued_training_starts_from_the_fine_tuned_model(client, trained_job
     done = client.wait_job(job.id, timeout=1500)
     assert done.status == jobs_pb2.SUCCESS, done.error
 
-    def first_epoch_loss(model):
+    def first_epoch_losses(model):
         text = client.download_artifact(model, "training_results.csv").decode()
-        losses = [float(r["training_loss"]) for r in csv.DictReader(io.StringIO(text))
-                  if r["epoch"] == "1"]
-        return sum(losses) / len(losses)
+        return [float(r["training_loss"]) for r in csv.DictReader(io.StringIO(text))
+                if r["epoch"] == "1"]
 
-    # Half of the rows are ones the parent already answers: well below a fresh start.
-    assert first_epoch_loss(name) < 0.5 * first_epoch_loss(MODEL)
+    # A first-epoch batch of rows the parent learnt already is at a loss a fresh adapter only
+    # reaches after several epochs (0.0014 against the parent's first-epoch best of 1.3, once).
+    assert min(first_epoch_losses(name)) < 0.1 * min(first_epoch_losses(MODEL))
     answers = [client.complete(name, r["prompt"], max_tokens=12).text.strip() for r in rows]
     assert sum(a == NEW_CODE for a in answers) >= 3, answers
     assert client.get_model(name).trained_tokens == done.trained_tokens
