@@ -32,7 +32,7 @@ demo: $(VENV)/.installed
 	$(VENV)/bin/finetune demo
 
 test: $(VENV)/.installed check-protos
-	$(PY) -m pytest -v -p no:cacheprovider
+	$(PY) -m pytest -v -p no:cacheprovider --durations=30
 
 test-unit: $(VENV)/.installed
 	$(PY) -m pytest -v tests/unit

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from services.common.waiting import run_for, wait_event
 from services.inference.accounting import Usage, UsageRecord, UsageRejected, UsageReporter
 
 log = logging.getLogger(__name__)
@@ -188,10 +189,7 @@ class UsageOutbox:
                 if failed or not sent:
                     return
 
-        try:
-            await asyncio.wait_for(rounds(), timeout_s)
-        except asyncio.TimeoutError:
-            pass
+        await run_for(rounds(), timeout_s)
         live, _ = await asyncio.to_thread(self._store.counts)
         return live
 
@@ -220,10 +218,7 @@ class UsageOutbox:
                 self._wake.clear()
                 next_at = await asyncio.to_thread(self._store.next_attempt_at)
                 timeout = None if next_at is None else max(0.0, next_at - self._clock())
-                try:
-                    await asyncio.wait_for(self._wake.wait(), timeout)
-                except asyncio.TimeoutError:
-                    pass
+                await wait_event(self._wake, timeout)
             except asyncio.CancelledError:
                 raise
             except Exception:  # noqa: BLE001 - e.g. the disk: keep the loop alive, retry later

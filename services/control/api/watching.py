@@ -8,6 +8,7 @@ from typing import AsyncIterator, Awaitable, Callable, TypeVar
 
 from google.protobuf.message import Message
 
+from services.common.waiting import wait_event
 from services.control.core.events import JobEvents
 
 T = TypeVar("T")
@@ -28,9 +29,6 @@ async def watch(events: JobEvents, resource_id: str, load: Callable[[], T],
                 last = message
             if terminal(current):
                 return
-            try:
-                await asyncio.wait_for(changed.wait(), poll_s)
-            except TimeoutError:
-                pass
+            await wait_event(changed, poll_s)
             changed.clear()
             current = await asyncio.to_thread(load)

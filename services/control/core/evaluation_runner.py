@@ -18,6 +18,7 @@ from typing import Callable
 
 from services.common.artifacts import ArtifactStore
 from services.common.errors import FinetuneError, ResourceExhausted, Unavailable
+from services.common.waiting import wait_event
 from services.control.core.authorization import load_access
 from services.control.core.clock import Clock, utc_now
 from services.control.core.events import JobEvents
@@ -93,8 +94,7 @@ class EvaluationRunner:
                     await self.start_pending()
                 except Exception:  # noqa: BLE001 - one bad round must not stop the runner
                     log.exception("starting evaluations failed")
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wakeup.wait(), self._settings.poll_interval_s)
+                await wait_event(self._wakeup, self._settings.poll_interval_s)
                 self._wakeup.clear()
         finally:
             tasks = list(self._running.values())
