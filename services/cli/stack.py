@@ -15,6 +15,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -65,6 +66,7 @@ class LocalStack:
         self.inference_address = ""
         # Unix socket paths must stay under 107 bytes: Ray's temp dir lives under /tmp.
         self._ray_tmp = Path(tempfile.mkdtemp(prefix="ft-ray-", dir="/tmp"))
+        self._previous_sigterm = None
 
     @property
     def admin_key_file(self) -> Path:
@@ -78,6 +80,7 @@ class LocalStack:
     def start(self, inference: bool = True) -> "LocalStack":
         self.home.mkdir(parents=True, exist_ok=True)
         (self.home / "logs").mkdir(exist_ok=True)
+        self._stop_on_sigterm()
         try:
             self._start_ray()
             # Control calls inference for evaluations: its address is fixed before either runs.
@@ -91,6 +94,8 @@ class LocalStack:
         return self
 
     def stop(self) -> None:
+        if self._previous_sigterm is not None:   # a second SIGTERM must not cut this short
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
         for proc in reversed(self.procs):
             if proc.popen.poll() is None:
                 proc.popen.send_signal(signal.SIGTERM)
@@ -104,6 +109,22 @@ class LocalStack:
                 proc.popen.wait()
         self.procs.clear()
         shutil.rmtree(self._ray_tmp, ignore_errors=True)
+        if self._previous_sigterm is not None:
+            signal.signal(signal.SIGTERM, self._previous_sigterm)
+            self._previous_sigterm = None
+
+    def _stop_on_sigterm(self) -> None:
+        """The children run in their own sessions (so that Ctrl-C reaches only this process,
+        which stops them in order), so a SIGTERM to this process alone (`timeout`, `kill`, a
+        supervisor) would leave them running: turn it into SystemExit, which unwinds through
+        `stop()`. Only where the default handler would have killed us outright."""
+        if threading.current_thread() is not threading.main_thread() or \
+                signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+            return
+
+        def exit_cleanly(signum, frame):
+            raise SystemExit(128 + signum)
+        self._previous_sigterm = signal.signal(signal.SIGTERM, exit_cleanly)
 
     def __enter__(self) -> "LocalStack":
         return self.start()

@@ -1,0 +1,70 @@
+"""A launcher of the local stack (the CLI's `demo`, a benchmark) that gets SIGTERM stops its
+children: they run in their own sessions, so nothing else would."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+LAUNCHER = """
+import json, sys, time
+from pathlib import Path
+from services.cli.stack import LocalStack, StackConfig
+stack = LocalStack(StackConfig(home=Path(sys.argv[1]), base_model=sys.argv[2]))
+stack.start(inference=False)
+try:
+    print(json.dumps({"pids": [p.popen.pid for p in stack.procs],
+                      "ray_tmp": str(stack._ray_tmp)}), flush=True)
+    time.sleep(600)
+finally:
+    stack.stop()
+"""
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    status = Path(f"/proc/{pid}/stat")
+    return status.exists() and status.read_text().split(") ")[-1][0] != "Z"
+
+
+def processes_mentioning(text: str) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and entry.name != str(os.getpid()):
+            try:
+                if text in (entry / "cmdline").read_bytes().decode(errors="replace"):
+                    found.append(int(entry.name))
+            except OSError:
+                pass
+    return [pid for pid in found if alive(pid)]
+
+
+def test_sigterm_to_the_launcher_stops_ray_and_control(tmp_path, base_model_spec):
+    launcher = subprocess.Popen(
+        [sys.executable, "-c", LAUNCHER, str(tmp_path / "home"), base_model_spec.name],
+        stdout=subprocess.PIPE, text=True, cwd=Path(__file__).parents[3])
+    try:
+        started = json.loads(launcher.stdout.readline())
+        assert len(started["pids"]) == 2 and all(alive(pid) for pid in started["pids"])
+        assert processes_mentioning(started["ray_tmp"]), "Ray's own processes were not found"
+        launcher.send_signal(signal.SIGTERM)
+        assert launcher.wait(timeout=120) == 128 + signal.SIGTERM
+        assert not [pid for pid in started["pids"] if alive(pid)]
+        deadline = time.monotonic() + 60      # raylet and GCS exit after `ray start --block`
+        while processes_mentioning(started["ray_tmp"]) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert not processes_mentioning(started["ray_tmp"])
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()
+            launcher.wait()
