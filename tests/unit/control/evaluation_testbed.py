@@ -1,8 +1,10 @@
 """The evaluation tests' test bed: a fake inference service behind the CompletionClient
-Protocol, and control wired to it. (Imported by the evaluation test modules.)"""
+Protocol, and control wired to it. (Imported by the evaluation test modules; `fake` and
+`control` are fixtures they import, `control` replacing conftest's with one wired to `fake`.)"""
 
 from __future__ import annotations
 
+import pytest
 from control_testbed import SERVICE_TOKEN, word_tokenizers
 
 from services.control.app import build_components
@@ -53,3 +55,15 @@ def build_control(home, tiny_base, dispatcher, completions, *extra_args):
                             runner_settings=RunnerSettings(flush_interval_s=0.0,
                                                            retry_backoff_s=0.0,
                                                            retry_window_s=0.0))
+
+
+@pytest.fixture
+def fake():
+    return FakeCompletions()
+
+
+@pytest.fixture
+def control(tmp_path, tiny_base, dispatcher, fake):
+    components = build_control(tmp_path / "home", tiny_base, dispatcher, fake)
+    yield components
+    components.store.close()

@@ -9,7 +9,8 @@ from dataclasses import replace
 
 import pytest
 from control_testbed import SERVICE_TOKEN, load_rows, new_account, new_user, succeed
-from evaluation_testbed import CODES, FakeCompletions, build_control, labelled_rows
+from evaluation_testbed import (CODES, build_control, control, fake,  # noqa: F401
+                                labelled_rows)
 
 from services.common.errors import (FailedPrecondition, InvalidArgument, NotFound,
                                     PermissionDenied, Unavailable)
@@ -19,18 +20,6 @@ from services.control.core.evaluations import EvaluateModel
 from services.control.core.jobs import CreateJob
 from services.control.domain.evaluations import (EvaluationStatus, EvaluationTask,
                                                  RequestedGeneration)
-
-
-@pytest.fixture
-def fake():
-    return FakeCompletions()
-
-
-@pytest.fixture
-def control(tmp_path, tiny_base, dispatcher, fake):
-    components = build_control(tmp_path / "home", tiny_base, dispatcher, fake)
-    yield components
-    components.store.close()
 
 
 @pytest.fixture

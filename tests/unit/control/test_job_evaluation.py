@@ -4,7 +4,8 @@ model that does not beat its base; a failed evaluation or a cancel leaves no mod
 
 import pytest
 from control_testbed import SERVICE_TOKEN, load_rows, succeed
-from evaluation_testbed import CODES, FakeCompletions, build_control, labelled_rows
+from evaluation_testbed import (CODES, build_control, control, fake,  # noqa: F401
+                                labelled_rows)
 
 from services.common.errors import FailedPrecondition, InvalidArgument, NotFound
 from services.control.core.evaluations import JobEvaluationRequest
@@ -14,18 +15,6 @@ from services.control.domain.jobs import ErrorCode, JobStatus
 from services.control.domain.models import ModelState
 
 MODEL = "public.public.tuned"
-
-
-@pytest.fixture
-def fake():
-    return FakeCompletions()
-
-
-@pytest.fixture
-def control(tmp_path, tiny_base, dispatcher, fake):
-    components = build_control(tmp_path / "home", tiny_base, dispatcher, fake)
-    yield components
-    components.store.close()
 
 
 @pytest.fixture
