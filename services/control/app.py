@@ -143,9 +143,11 @@ def build_components(config: ControlConfig, dispatcher: JobDispatcher | None = N
     submit_env = {"FINETUNE_SERVICE_TOKEN": config.service_token}
     if completions is None and config.inference_address:
         completions = GrpcCompletionClient(config.inference_address, config.service_token)
+    tokenizers = tokenizers or Tokenizers()
     evaluations = Evaluations(store, catalog, artifacts, base_models, authorizer, events,
                               inference_configured=completions is not None,
-                              max_rows=config.max_evaluation_rows)
+                              max_rows=config.max_evaluation_rows,
+                              tokenizer_for=lambda base: tokenizers(base, str(provision(base))))
     runner = EvaluationRunner(store, artifacts, completions, events, runner_settings or
                               RunnerSettings(max_running=config.max_running_evaluations))
     evaluations.on_created = runner.wake
@@ -155,7 +157,7 @@ def build_components(config: ControlConfig, dispatcher: JobDispatcher | None = N
         store, catalog, artifacts, dispatcher, events, base_models, provision,
         lambda: box[0].control_address(), submit_env,
         WorkerLimits(config.default_num_workers, config.max_num_workers),
-        authorizer=authorizer, prices=prices, tokenizers=tokenizers or Tokenizers(),
+        authorizer=authorizer, prices=prices, tokenizers=tokenizers,
         scratch_dir=catalog.spool_dir, evaluations=evaluations)
     reconciler = Reconciler(store, dispatcher, artifacts, events, submit_env,
                             ReconcilerSettings(interval_s=config.reconcile_interval_s,

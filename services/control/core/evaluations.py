@@ -10,13 +10,14 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Callable, Iterator, Mapping
+from typing import Any, Callable, Iterable, Iterator, Mapping
 
 from sqlalchemy.exc import IntegrityError
 
 from services.common.artifacts import ArtifactStore
 from services.common.base_models import BaseModelSpec
-from services.common.errors import FailedPrecondition, InvalidArgument, NotFound
+from services.common.chat_format import completion_token_ids
+from services.common.errors import FailedPrecondition, FinetuneError, InvalidArgument, NotFound
 from services.control.core import paging
 from services.control.core.authorization import Authorizer, load_access
 from services.control.core.clock import Clock, utc_now
@@ -26,10 +27,10 @@ from services.control.data.evaluation_data import (DATA_FILE, METRICS_FILE, RESU
                                                    evaluation_uri, result_chunks, snapshot_rows)
 from services.control.data.sandbox import ReadScope
 from services.control.domain.evaluations import (Evaluation, EvaluationRole, EvaluationStatus,
-                                                 EvaluationTask, JobEvaluation,
+                                                 EvaluationTask, Generation, JobEvaluation,
                                                  RequestedGeneration, check_min_improvement,
-                                                 new_evaluation_id, resolve_generation,
-                                                 resolve_task)
+                                                 fit_max_tokens, new_evaluation_id,
+                                                 resolve_generation, resolve_task)
 from services.control.domain.jobs import Job
 from services.control.domain.models import RegisteredModel
 from services.control.domain.names import qualified_name
@@ -80,8 +81,10 @@ class Evaluations:
     def __init__(self, store: Store, catalog: DataCatalog, artifacts: ArtifactStore,
                  base_models: Mapping[str, BaseModelSpec], authorizer: Authorizer,
                  events: JobEvents, *, inference_configured: bool, max_rows: int = 5000,
+                 tokenizer_for: Callable[[BaseModelSpec], Any] | None = None,
                  clock: Clock = utc_now):
         self._store = store
+        self._tokenizer_for = tokenizer_for   # a base model's tokenizer (sizes max_tokens)
         self._catalog = catalog
         self._artifacts = artifacts
         self._base_models = base_models
@@ -120,8 +123,11 @@ class Evaluations:
         target = self._store.run(lambda tx: self._target(tx, access, request.model))
         evaluation_id = new_evaluation_id()
         data_uri = evaluation_uri(self._artifacts, evaluation_id, DATA_FILE)
-        rows = snapshot_rows(self._catalog, self._artifacts, account, request.query, data_uri,
-                             self._max_rows, access)
+        snapshot = snapshot_rows(self._catalog, self._artifacts, account, request.query,
+                                 data_uri, self._max_rows, access)
+        rows = snapshot.rows
+        generation = self._fit(generation, request.generation, task, snapshot.references,
+                               self._base_models[target.base_model])
         evaluation = Evaluation(
             id=evaluation_id, account_id=account, user_id=principal.user_id,
             model=target.name, base_model=target.base_model, task=task,
@@ -169,7 +175,8 @@ class Evaluations:
     # -- a fine-tuning job's evaluation ---------------------------------------------------
 
     def prepare_job_evaluation(self, account_id: str, request: JobEvaluationRequest,
-                               scope: ReadScope, data_uri: str) -> JobEvaluation:
+                               scope: ReadScope, data_uri: str,
+                               base: BaseModelSpec) -> JobEvaluation:
         """CREATE's synchronous checks of FineTuningOptions.evaluation; its query's rows are
         frozen into `data_uri` (removed again if CREATE fails later: it is in the job's
         folder)."""
@@ -178,10 +185,26 @@ class Evaluations:
         generation = resolve_generation(request.generation, task)
         minimum = None if request.min_improvement is None else \
             check_min_improvement(request.min_improvement)
-        rows = snapshot_rows(self._catalog, self._artifacts, account_id, request.query,
-                             data_uri, self._max_rows, scope, what="evaluation query")
+        snapshot = snapshot_rows(self._catalog, self._artifacts, account_id, request.query,
+                                 data_uri, self._max_rows, scope, what="evaluation query")
+        generation = self._fit(generation, request.generation, task, snapshot.references, base)
         return JobEvaluation(query=request.query, task=task, generation=generation,
-                             min_improvement=minimum, data_uri=data_uri, rows=rows)
+                             min_improvement=minimum, data_uri=data_uri, rows=snapshot.rows)
+
+    def _fit(self, generation: Generation, requested: RequestedGeneration,
+             task: EvaluationTask, references: Iterable[str], base: BaseModelSpec) -> Generation:
+        """max_tokens from the longest reference in the base model's tokens (as the model
+        writes it: the text, then end of turn), unless the caller set it."""
+        if requested.max_tokens or self._tokenizer_for is None:
+            return generation
+        try:
+            tokenizer = self._tokenizer_for(base)
+        except (FinetuneError, OSError, ValueError) as exc:   # it runs with the task's default
+            log.warning("max_tokens stays %d (the references' lengths are unknown): %s",
+                        generation.max_tokens, exc)
+            return generation
+        longest = max((len(completion_token_ids(tokenizer, r)) for r in references), default=0)
+        return fit_max_tokens(generation, requested, task, longest)
 
     # -- GetEvaluation / ListEvaluations --------------------------------------------------
 

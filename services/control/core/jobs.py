@@ -195,7 +195,7 @@ class FineTuning:
                 plan: _Plan, layout: JobLayout, owner_role_id: str) -> Job:
         """Snapshot the queries, write spec.json, insert the job PENDING with its first
         events."""
-        evaluation = self._job_evaluation(principal, request, layout)
+        evaluation = self._job_evaluation(principal, request, layout, plan.base)
         snaps = self._snapshots(principal, request, plan, self._artifacts, layout)
         options = plan.options.scheduled(snaps.training.rows, plan.base)
         spec = trainer_spec(layout, plan.base, plan.base_path, options,
@@ -232,7 +232,8 @@ class FineTuning:
             return added
         return self._store.run(insert)
 
-    def _job_evaluation(self, principal: Principal, request: CreateJob, layout: JobLayout):
+    def _job_evaluation(self, principal: Principal, request: CreateJob, layout: JobLayout,
+                        base: BaseModelSpec):
         """FineTuningOptions.evaluation checked (task, options, the query's columns and rows,
         USAGE on what it reads) and its rows frozen in the job's folder; None without one."""
         if request.evaluation is None:
@@ -241,7 +242,7 @@ class FineTuning:
             raise FailedPrecondition(NO_INFERENCE)
         return self._evaluations.prepare_job_evaluation(
             principal.account_id, request.evaluation, self._authorizer.access(principal),
-            layout.uri("data", "evaluation.jsonl"))
+            layout.uri("data", "evaluation.jsonl"), base)
 
     # -- EstimateFineTuningJob ------------------------------------------------------------
 

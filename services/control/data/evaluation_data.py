@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+from dataclasses import dataclass
 from typing import Iterator, Sequence
 
 from services.common.artifacts import ArtifactStore
@@ -30,14 +31,21 @@ def evaluation_uri(artifacts: ArtifactStore, evaluation_id: str, name: str = "")
     return artifacts.uri("evaluations", evaluation_id, *([name] if name else []))
 
 
+@dataclass(frozen=True)
+class Snapshot:
+    rows: int
+    references: frozenset[str]     # the distinct labels / answers (they size max_tokens)
+
+
 def snapshot_rows(catalog: DataCatalog, artifacts: ArtifactStore, account_id: str, sql: str,
                   uri: str, max_rows: int, scope: ReadScope | None,
-                  what: str = "evaluation query") -> int:
+                  what: str = "evaluation query") -> Snapshot:
     """Run `sql` in the sandbox (with the caller's read scope), check its columns and row count,
-    and write its rows to `uri`; returns the row count. Nothing is left behind on failure."""
+    and write its rows to `uri`. Nothing is left behind on failure."""
     if not sql.strip():
         raise InvalidArgument(f"{what} is required")
     rows = 0
+    references: set[str] = set()
     try:
         with catalog.query(account_id, sql, scope) as result, artifacts.open(uri, "wb") as out:
             columns = evaluation_columns(result.column_names, what)
@@ -46,6 +54,7 @@ def snapshot_rows(catalog: DataCatalog, artifacts: ArtifactStore, account_id: st
                     rows += 1
                     if rows <= max_rows:
                         record = evaluation_record(columns, row, rows, what)
+                        references.add(record["reference"])
                         out.write(json.dumps(record, ensure_ascii=False).encode() + b"\n")
         if rows == 0:
             raise InvalidArgument(f"{what} returned 0 rows; at least 1 is needed")
@@ -55,7 +64,7 @@ def snapshot_rows(catalog: DataCatalog, artifacts: ArtifactStore, account_id: st
     except BaseException:
         artifacts.delete(uri)
         raise
-    return rows
+    return Snapshot(rows, frozenset(references))
 
 
 def read_rows(artifacts: ArtifactStore, uri: str) -> list[dict]:

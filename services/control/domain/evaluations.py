@@ -12,7 +12,7 @@ import enum
 import math
 import re
 import uuid
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime
 from typing import Sequence
 
@@ -40,12 +40,17 @@ PRIMARY_METRIC = {
     EvaluationTask.QUESTION_ANSWERING: "exact_match",
 }
 
-# Short answers are all classification and QA need; generation gets room for a sentence.
+# Used only where the references' lengths are unknown (their tokenizer cannot be loaded).
 DEFAULT_MAX_TOKENS = {
     EvaluationTask.CLASSIFICATION: 16,
     EvaluationTask.TEXT_GENERATION: 128,
     EvaluationTask.QUESTION_ANSWERING: 16,
 }
+# Otherwise max_tokens defaults to the longest reference (with end of turn) plus this margin
+# (a label tokenizes a little differently inside an answer): a longer answer cannot be right,
+# and a base model that never stops costs no more than the longest label. Generation gets at
+# least its default, room for a sentence.
+REFERENCE_MARGIN_TOKENS = 4
 
 
 class EvaluationStatus(enum.Enum):
@@ -169,6 +174,17 @@ def resolve_generation(requested: RequestedGeneration, task: EvaluationTask) -> 
         seed=requested.seed,
         concurrency=requested.concurrency or DEFAULT_CONCURRENCY,
     )
+
+
+def fit_max_tokens(generation: Generation, requested: RequestedGeneration,
+                   task: EvaluationTask, longest_reference_tokens: int | None) -> Generation:
+    """`generation` with max_tokens sized to the references, unless the caller chose it."""
+    if requested.max_tokens or longest_reference_tokens is None:
+        return generation
+    fitted = longest_reference_tokens + REFERENCE_MARGIN_TOKENS
+    if task is EvaluationTask.TEXT_GENERATION:
+        fitted = max(fitted, DEFAULT_MAX_TOKENS[task])
+    return replace(generation, max_tokens=max(1, min(MAX_TOKENS_LIMIT, fitted)))
 
 
 # -- the query's columns ---------------------------------------------------------------------

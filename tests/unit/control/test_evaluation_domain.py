@@ -7,9 +7,10 @@ import pytest
 
 from services.common.errors import FailedPrecondition, InvalidArgument
 from services.control.domain.evaluations import (
-    DEFAULT_CONCURRENCY, Evaluation, EvaluationStatus, EvaluationTask, Generation,
-    JobEvaluation, RequestedGeneration, answer_key, evaluation_columns, evaluation_record,
-    judge, label_key, new_evaluation_id, prediction_text, resolve_generation, resolve_task)
+    DEFAULT_CONCURRENCY, MAX_TOKENS_LIMIT, Evaluation, EvaluationStatus, EvaluationTask,
+    Generation, JobEvaluation, RequestedGeneration, answer_key, evaluation_columns,
+    evaluation_record, fit_max_tokens, judge, label_key, new_evaluation_id, prediction_text,
+    resolve_generation, resolve_task)
 
 NOW = datetime(2025, 4, 1, tzinfo=timezone.utc)
 
@@ -81,6 +82,22 @@ def test_generation_defaults_are_greedy_with_max_tokens_by_task():
                                 EvaluationTask.CLASSIFICATION)
     assert chosen == Generation(5, 0.7, 0.9, ("\n",), 3, 2)
     assert Generation.from_dict(chosen.to_dict()) == chosen
+
+
+def test_max_tokens_fit_the_references():
+    requested = RequestedGeneration()
+    for task, longest, expected in ((EvaluationTask.CLASSIFICATION, 7, 11),
+                                    (EvaluationTask.QUESTION_ANSWERING, 40, 44),
+                                    (EvaluationTask.TEXT_GENERATION, 7, 128),
+                                    (EvaluationTask.TEXT_GENERATION, 300, 304),
+                                    (EvaluationTask.CLASSIFICATION, 10**6, MAX_TOKENS_LIMIT)):
+        generation = resolve_generation(requested, task)
+        assert fit_max_tokens(generation, requested, task, longest).max_tokens == expected
+    chosen = RequestedGeneration(max_tokens=5)
+    generation = resolve_generation(chosen, EvaluationTask.CLASSIFICATION)
+    assert fit_max_tokens(generation, chosen, EvaluationTask.CLASSIFICATION, 40) == generation
+    default = resolve_generation(requested, EvaluationTask.CLASSIFICATION)
+    assert fit_max_tokens(default, requested, EvaluationTask.CLASSIFICATION, None) == default
 
 
 def test_bad_generation_options_are_all_listed():

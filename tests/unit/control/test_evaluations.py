@@ -56,7 +56,8 @@ async def test_a_base_model_evaluation_runs_to_metrics_and_csvs(control, admin, 
     assert (done.prompt_tokens, done.completion_tokens) == (20, 8)
     call = fake.calls[0]
     assert (call.account_id, call.user_id) == (admin.account_id, admin.user_id)
-    assert (call.max_tokens, call.temperature, call.model) == (16, 0.0, "tiny-base")
+    # max_tokens: the longest label (one word + end of turn here) and the margin
+    assert (call.max_tokens, call.temperature, call.model) == (2 + 4, 0.0, "tiny-base")
 
     metrics = csv_rows(control, admin, done, "")   # metrics.csv by default
     assert list(metrics[0]) == ["type", "name", "value", "precision", "recall", "f1", "support"]
@@ -203,6 +204,40 @@ async def test_the_background_loop_runs_what_is_created(control, admin, table, f
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
+
+
+def test_max_tokens_fit_the_longest_reference_unless_chosen(control, admin):
+    long_label = " ".join(["word"] * 30)
+    load_rows(control, admin.account_id, "long", [{"prompt": "p", "label": "short"},
+                                                  {"prompt": "q", "label": long_label}])
+    query = "SELECT prompt, label FROM long"
+    assert evaluate(control, admin, query).generation.max_tokens == 30 + 1 + 4
+    assert evaluate(control, admin, query, task=EvaluationTask.QUESTION_ANSWERING) \
+        .generation.max_tokens == 35
+    assert evaluate(control, admin, query, task=EvaluationTask.TEXT_GENERATION) \
+        .generation.max_tokens == 128          # at least room for a sentence
+    assert evaluate(control, admin, query, generation=RequestedGeneration(max_tokens=3)) \
+        .generation.max_tokens == 3
+
+
+def test_max_tokens_keep_the_default_when_the_tokenizer_cannot_load(tmp_path, tiny_base,
+                                                                    dispatcher, fake):
+    def broken(base, path):
+        raise FailedPrecondition(f"cannot load the tokenizer of base model {base.name}")
+    config = load_config(["--home", str(tmp_path / "home"), "--port", "50999"],
+                         environ={"FINETUNE_SERVICE_TOKEN": SERVICE_TOKEN})
+    control = build_components(config, dispatcher=dispatcher,
+                               base_models={tiny_base.name: tiny_base},
+                               provision=lambda spec: spec.path, tokenizers=broken,
+                               completions=fake)
+    try:
+        admin = control.store.run(lambda tx: tx.accounts.authenticate(
+            config.bootstrap_key_file.read_text().strip()))
+        load_rows(control, admin.account_id, "evals", labelled_rows(4))
+        assert evaluate(control, admin, "SELECT prompt, label FROM evals") \
+            .generation.max_tokens == 16
+    finally:
+        control.store.close()
 
 
 def test_the_query_must_return_prompt_and_label(control, admin):

@@ -57,6 +57,7 @@ async def test_a_model_that_beats_its_base_is_registered(control, admin, admin_k
                                                          dispatcher, fake):
     job = create(control, admin, min_improvement=0.5)
     assert job.evaluation["rows"] == 4 and job.evaluation["min_improvement"] == 0.5
+    assert job.evaluation["generation"]["max_tokens"] == 2 + 4   # the longest label + margin
     assert control.artifacts.exists(job.evaluation["data_uri"])
     succeed(control, dispatcher, job)
 
