@@ -20,6 +20,20 @@ log = logging.getLogger(__name__)
 GiB = 1 << 30
 
 
+def engine_dtype(requested: str) -> str:
+    """`serving_dtype` for the platform vLLM runs on (imports vLLM)."""
+    from vllm.platforms import current_platform
+
+    from services.common.hardware import cpu_has_fast_bf16
+    from services.inference.config import serving_dtype
+
+    on_cpu = current_platform.is_cpu()
+    dtype = serving_dtype(requested, on_cpu, on_cpu and cpu_has_fast_bf16())
+    if dtype != requested:
+        log.info("serving in %s (dtype %s on a CPU without AMX)", dtype, requested)
+    return dtype
+
+
 @dataclass(frozen=True)
 class Sampling:
     """Validated sampling settings of one request (see completions.parse_sampling)."""
@@ -91,7 +105,7 @@ class VllmEngine:
             max_lora_rank=config.max_lora_rank,
             max_model_len=config.max_model_len,
             max_num_seqs=config.max_num_seqs,
-            dtype=config.dtype,
+            dtype=engine_dtype(config.dtype),
             gpu_memory_utilization=config.gpu_memory_utilization,
             # The explicit size is what VLLM_CPU_KVCACHE_SPACE sets on CPU; without it vLLM sizes
             # the cache from free memory and refuses to start when other processes use it.

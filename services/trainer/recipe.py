@@ -30,6 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from services.common.hardware import cpu_flags as _cpu_flags
+from services.common.hardware import cpu_has_fast_bf16
 from services.trainer import schedule
 from services.trainer.data import (IGNORE_INDEX, Example, collate, micro_batches, plan_epoch,
                                    shard, steps_per_epoch)
@@ -139,20 +141,13 @@ def pick_dtype(precision: str, device: torch.device) -> torch.dtype:
     else:
         supported = torch.backends.mkldnn.is_available() and \
             torch.ops.mkldnn._is_mkldnn_bf16_supported()
-        fast = supported and "amx_bf16" in _cpu_flags()
+        fast = supported and cpu_has_fast_bf16(_cpu_flags())
     if precision == "bf16":
         if supported:
             return torch.bfloat16
         log.warning("bf16 requested but not supported on this %s: using fp32", device.type)
         return torch.float32
     return torch.bfloat16 if fast else torch.float32
-
-
-def _cpu_flags() -> set[str]:
-    try:
-        return set(Path("/proc/cpuinfo").read_text().split())
-    except OSError:
-        return set()
 
 
 def build_model(spec: JobSpec, dtype: torch.dtype, adapter_dir: str | None) -> nn.Module:

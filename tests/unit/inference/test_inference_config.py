@@ -65,3 +65,15 @@ def test_the_structured_output_backend_can_be_chosen():
 def test_bad_settings_stop_the_start(argv, env, capsys):
     with pytest.raises(SystemExit):
         parse_config(argv, env)
+
+
+def test_auto_dtype_is_float32_on_a_cpu_without_amx():
+    from services.common.hardware import cpu_has_fast_bf16
+    from services.inference.config import serving_dtype
+
+    assert serving_dtype("auto", on_cpu=True, fast_bf16=False) == "float32"
+    assert serving_dtype("auto", on_cpu=True, fast_bf16=True) == "auto"
+    assert serving_dtype("auto", on_cpu=False, fast_bf16=False) == "auto"   # a GPU decides
+    assert serving_dtype("bfloat16", on_cpu=True, fast_bf16=False) == "bfloat16"  # as asked
+    assert cpu_has_fast_bf16({"avx512f", "avx512_bf16"}) is False
+    assert cpu_has_fast_bf16({"avx512f", "amx_bf16", "amx_tile"}) is True
