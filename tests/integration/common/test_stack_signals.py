@@ -53,6 +53,7 @@ def test_sigterm_to_the_launcher_stops_ray_and_control(tmp_path, base_model_spec
     launcher = subprocess.Popen(
         [sys.executable, "-c", LAUNCHER, str(tmp_path / "home"), base_model_spec.name],
         stdout=subprocess.PIPE, text=True, cwd=Path(__file__).parents[3])
+    started = {"pids": [], "ray_tmp": "/nonexistent"}
     try:
         started = json.loads(launcher.stdout.readline())
         assert len(started["pids"]) == 2 and all(alive(pid) for pid in started["pids"])
@@ -64,7 +65,10 @@ def test_sigterm_to_the_launcher_stops_ray_and_control(tmp_path, base_model_spec
         while processes_mentioning(started["ray_tmp"]) and time.monotonic() < deadline:
             time.sleep(0.5)
         assert not processes_mentioning(started["ray_tmp"])
-    finally:
+    finally:   # whatever failed, leave nothing running
         if launcher.poll() is None:
             launcher.kill()
             launcher.wait()
+        for pid in [*started["pids"], *processes_mentioning(started["ray_tmp"])]:
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)
