@@ -31,7 +31,7 @@ def evaluate(model: str = typer.Argument(..., help="fine-tuned or base model"),
              query: str = typer.Argument(..., help="SELECT with prompt and label (or completion)"),
              task: str = typer.Option("classification", help=TASK_HELP),
              compare: Optional[str] = typer.Option(None, help="a second model, side by side"),
-             max_tokens: int = typer.Option(0, help="0: the task's default"),
+             max_tokens: int = typer.Option(0, help="0: the longest label or answer + 4 tokens"),
              concurrency: int = typer.Option(0, help="requests in flight (0: service default)"),
              labels: bool = typer.Option(False, help="also per-label metrics"),
              wait: bool = typer.Option(True, help="show progress and the results")):
