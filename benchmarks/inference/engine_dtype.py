@@ -13,6 +13,7 @@ import argparse
 import asyncio
 import gc
 import logging
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -21,6 +22,8 @@ import torch
 
 from benchmarks.inference.common import base_model, engine_config, machine, write_result
 from benchmarks.inference.lora_mix import measure, rates, start_plain_engine, warm_up
+from services.common.precision import ProbeCache, choose_serving
+from services.inference.engine import cpu_compute_threads
 
 DTYPES = ("bfloat16", "float32")
 
@@ -52,6 +55,14 @@ async def main_async(args) -> None:
                     gc.collect()
     result["engine_start_s"] = started
     result["engines"] = {dtype: rates(runs[dtype]) for dtype in DTYPES}
+    # What `auto` would pick: the precision probe, measured now (a fresh cache), with the
+    # engine's thread count, beside the engines it is meant to predict.
+    with tempfile.TemporaryDirectory(prefix="bench-probe-") as tmp:
+        choice = choose_serving(str(base.path), cpu_compute_threads(os.environ),
+                                ProbeCache(Path(tmp) / "precision.json"))
+    result["probe"] = {"choice": choice.dtype,
+                       "seconds": {t.dtype: t.seconds for t in choice.timings},
+                       "error": {t.dtype: t.error for t in choice.timings}}
     result["machine_after"] = machine()
     write_result("engine_dtype", result)
 

@@ -33,7 +33,7 @@ import torch
 
 from benchmarks.inference.common import (base_model, engine_config, machine, random_adapter,
                                          write_result)
-from services.inference.engine import GiB, VllmEngine, engine_dtype
+from services.inference.engine import GiB, VllmEngine, configured_dtype
 
 
 def start_plain_engine(config):
@@ -45,7 +45,7 @@ def start_plain_engine(config):
     args = AsyncEngineArgs(
         model=str(config.base_model.path), served_model_name=[config.base_model.name],
         enable_lora=False, max_model_len=config.max_model_len, max_num_seqs=config.max_num_seqs,
-        dtype=engine_dtype(config.dtype), gpu_memory_utilization=config.gpu_memory_utilization,
+        dtype=configured_dtype(config)[0], gpu_memory_utilization=config.gpu_memory_utilization,
         kv_cache_memory_bytes=int(config.kv_cache_gib * GiB), enforce_eager=True,
         disable_log_stats=True)
     return AsyncLLM.from_engine_args(args)
@@ -233,7 +233,7 @@ async def main_async(args) -> None:
 
     vocab = AutoConfig.from_pretrained(base.path).vocab_size
     result = {"benchmark": "lora_mix", "machine_before": machine(),
-              "settings": vars(args) | {"dtype": engine_dtype("auto"),
+              "settings": vars(args) | {"dtype": configured_dtype(engine_config(base, Path(tempfile.gettempdir())))[0],
                                         "max_loras": 8, "lora_rank": 8}}
     kinds = ("no LoRA", "grouped ops", "stock ops")
     with tempfile.TemporaryDirectory(prefix="bench-lora-") as tmp:

@@ -49,9 +49,9 @@ def sample(path: Path, per_label: int, seed: int) -> list[dict]:
 
 
 def machine() -> dict:
-    from services.trainer.recipe import _cpu_flags
+    from services.common.hardware import cpu_flags
 
-    flags = _cpu_flags()
+    flags = cpu_flags()
     cpu = next((line.split(":", 1)[1].strip() for line in
                 Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), "")

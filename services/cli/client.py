@@ -229,6 +229,10 @@ class FinetuneClient:
         return self.inference.CompleteStream(_complete_request(model, prompt, messages, options),
                                              timeout=timeout)
 
+    def engine(self, timeout: float | None = None) -> inference_pb2.Engine:
+        """The inference engine behind this client's address: base model, dtype, probe figures."""
+        return self.inference.GetEngine(inference_pb2.GetEngineRequest(), timeout=timeout)
+
     # -- access and usage (users, roles, keys, grants; usage history) ------------------------
     # Privileges and object types are given by name: "USAGE", "CREATE MODEL", "schema", ...
 

@@ -318,6 +318,19 @@ def artifact(model: str, name: str = typer.Argument("training_results.csv"),
 
 @app.command()
 @_rpc
+def engine():
+    """The inference engine: its base model and the precision it serves in (and why)."""
+    with _client() as client:
+        info = client.engine()
+    console.print(f"{info.base_model}: {info.dtype} ({info.precision_source}), "
+                  f"max_model_len {info.max_model_len}, max_loras {info.max_loras}")
+    for t in info.probe:
+        console.print(f"  probe {t.dtype}: {t.seconds * 1e3:.1f} ms per step, "
+                      f"error {t.error:.2g} against fp32")
+
+
+@app.command()
+@_rpc
 def complete(model: str, prompt: str, max_tokens: int = typer.Option(128),
              temperature: float = typer.Option(0.0), stream: bool = typer.Option(False)):
     """COMPLETE: generate with a base or fine-tuned model."""

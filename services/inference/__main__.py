@@ -49,7 +49,7 @@ async def serve(config: InferenceConfig) -> None:
         engine = await asyncio.to_thread(VllmEngine.start, config)
         resolver = GrpcModelResolver(channel, config.service_token,
                                      config.resolution_timeout_s)
-        servicer.attach(build_completions(config, engine, resolver, usage))
+        servicer.attach(build_completions(config, engine, resolver, usage), engine.info)
         if not stop.is_set():
             await server.set_serving()
             log.info("inference SERVING %s on %s", config.base_model.name, server.address)

@@ -183,6 +183,10 @@ class Completions:
     def in_flight(self) -> int:
         return self._in_flight
 
+    async def check_caller(self, api_key: str, base_model: str) -> None:
+        """The caller's key must be able to use the engine's base model (control decides)."""
+        await self._resolver.resolve(api_key, base_model, "")
+
     async def complete(self, api_key: str, inp: CompletionInput) -> Completion:
         parts: list[str] = []
         last = Chunk("")

@@ -46,7 +46,8 @@ class InferenceConfig:
     gpu_memory_utilization: float = 0.1  # on CPU: the fraction of the NUMA node's memory
     kv_cache_gib: float = 1.0
     max_num_seqs: int = 32
-    dtype: str = "auto"                # see serving_dtype
+    dtype: str = "auto"                # auto: measured on this machine (engine.engine_dtype)
+    precision_cache: Path | None = None   # the precision probe's cache (default ~/.cache/finetune)
     grouped_lora_ops: bool = True      # replace vLLM CPU's per-token LoRA ops (see lora_ops.py)
     structured_output_backend: str = "xgrammar"   # response_format grammars: xgrammar | guidance
     # serving
@@ -95,17 +96,6 @@ class InferenceConfig:
         return self.state_dir / "usage-outbox.sqlite3"
 
 
-def serving_dtype(requested: str, on_cpu: bool, fast_bf16: bool) -> str:
-    """The engine's dtype. `auto` is the model folder's (bfloat16 for the default model) except
-    on a CPU without AMX, where bf16 GEMMs run below the fp32 rate: float32 served the default
-    model 5.9x faster at prefill and 2.9x at decode on an AMD EPYC with AVX2
-    (benchmarks/inference/engine_dtype.py). The trainer makes the same choice
-    (trainer.recipe.pick_dtype)."""
-    if requested == "auto" and on_cpu and not fast_bf16:
-        return "float32"
-    return requested
-
-
 def parse_config(argv: Sequence[str] | None = None,
                  environ: Mapping[str, str] | None = None) -> InferenceConfig:
     """Build the config from command-line flags, with environment variables as defaults."""
@@ -129,7 +119,10 @@ def parse_config(argv: Sequence[str] | None = None,
     p.add_argument("--kv-cache-gib", type=float,
                    default=float(env.get("VLLM_CPU_KVCACHE_SPACE") or 1))
     p.add_argument("--max-num-seqs", type=int, default=32)
-    p.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float16", "float32"])
+    p.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float16", "float32"],
+                   help="auto: the faster of bfloat16 and float32, measured once per machine")
+    p.add_argument("--precision-cache", default=env.get("FINETUNE_PRECISION_CACHE"),
+                   help="the precision probe's cache file (default ~/.cache/finetune/...)")
     p.add_argument("--no-grouped-lora-ops", action="store_true",
                    help="keep vLLM CPU's own LoRA ops (slow, wrong for mixed batches)")
     p.add_argument("--structured-output-backend", default="xgrammar",
@@ -172,6 +165,8 @@ def parse_config(argv: Sequence[str] | None = None,
             kv_cache_gib=args.kv_cache_gib,
             max_num_seqs=args.max_num_seqs,
             dtype=args.dtype,
+            precision_cache=Path(args.precision_cache).expanduser() if args.precision_cache
+            else None,
             grouped_lora_ops=not args.no_grouped_lora_ops,
             structured_output_backend=args.structured_output_backend,
             max_queued_requests=args.max_queued_requests,

@@ -7,9 +7,11 @@ imported lazily inside `VllmEngine.start`: importing this module never loads vLL
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, AsyncIterator, Protocol
+from typing import TYPE_CHECKING, Any, AsyncIterator, Mapping, Protocol
 
+from services.common import precision
 from services.common.errors import InvalidArgument, ResourceExhausted, Unavailable
 
 if TYPE_CHECKING:
@@ -20,18 +22,50 @@ log = logging.getLogger(__name__)
 GiB = 1 << 30
 
 
-def engine_dtype(requested: str) -> str:
-    """`serving_dtype` for the platform vLLM runs on (imports vLLM)."""
+VLLM_DTYPES = {precision.FP32: "float32", precision.BF16: "bfloat16"}
+
+
+@dataclass(frozen=True)
+class EngineInfo:
+    """What a client may read about the engine (InferenceService.GetEngine)."""
+
+    base_model: str
+    dtype: str                   # what vLLM computes in
+    precision: precision.Choice  # how that was decided, with the probe's figures
+    max_model_len: int
+    max_loras: int
+
+
+def engine_dtype(requested: str, model_path: str, compute_threads: int,
+                 cache: precision.ProbeCache | None = None) -> tuple[str, precision.Choice]:
+    """The dtype vLLM runs in. `auto` on a CPU is measured (services.common.precision: the
+    products of a prefill and a decode step, with the engine's thread count); on a GPU it is
+    the model's own dtype. Imports vLLM."""
     from vllm.platforms import current_platform
 
-    from services.common.hardware import cpu_has_fast_bf16
-    from services.inference.config import serving_dtype
+    if requested != "auto":
+        return requested, precision.Choice(requested, precision.SERVING, "requested")
+    if not current_platform.is_cpu():
+        return requested, precision.Choice(requested, precision.SERVING, "platform")
+    choice = precision.choose_serving(model_path, compute_threads, cache)
+    dtype = VLLM_DTYPES[choice.dtype]
+    log.info("serving in %s: %s", dtype, choice.summary())
+    return dtype, choice
 
-    on_cpu = current_platform.is_cpu()
-    dtype = serving_dtype(requested, on_cpu, on_cpu and cpu_has_fast_bf16())
-    if dtype != requested:
-        log.info("serving in %s (dtype %s on a CPU without AMX)", dtype, requested)
-    return dtype
+
+def configured_dtype(config: "InferenceConfig") -> tuple[str, precision.Choice]:
+    """`engine_dtype` for a service's configuration."""
+    return engine_dtype(config.dtype, str(config.base_model.path),
+                        cpu_compute_threads(os.environ),
+                        precision.ProbeCache(config.precision_cache))
+
+
+def cpu_compute_threads(environ: Mapping[str, str]) -> int:
+    """The cores vLLM CPU computes on: those this process may use, less the ones it reserves
+    (VLLM_CPU_NUM_OF_RESERVED_CPU, one by default)."""
+    cores = len(os.sched_getaffinity(0))
+    reserved = int(environ.get("VLLM_CPU_NUM_OF_RESERVED_CPU") or 1)
+    return max(1, cores - reserved)
 
 
 @dataclass(frozen=True)
@@ -83,8 +117,9 @@ class CompletionEngine(Protocol):
 class VllmEngine:
     """CompletionEngine on vLLM's AsyncLLM with LoRA enabled (adapters swapped per request)."""
 
-    def __init__(self, llm: Any):
+    def __init__(self, llm: Any, info: EngineInfo):
         self._llm = llm
+        self.info = info
         self._max_model_len = llm.model_config.max_model_len
         self._tokenizer = llm.get_tokenizer()  # thread-safe pool of the base model's tokenizer
         self._lora_requests: dict[int, Any] = {}
@@ -96,6 +131,9 @@ class VllmEngine:
         from vllm.config import StructuredOutputsConfig
         from vllm.v1.engine.async_llm import AsyncLLM
 
+        dtype, choice = configured_dtype(config)
+        info = EngineInfo(config.base_model.name, dtype, choice, config.max_model_len,
+                          config.max_loras)
         args = AsyncEngineArgs(
             model=str(config.base_model.path),
             served_model_name=[config.base_model.name],
@@ -105,7 +143,7 @@ class VllmEngine:
             max_lora_rank=config.max_lora_rank,
             max_model_len=config.max_model_len,
             max_num_seqs=config.max_num_seqs,
-            dtype=engine_dtype(config.dtype),
+            dtype=dtype,
             gpu_memory_utilization=config.gpu_memory_utilization,
             # The explicit size is what VLLM_CPU_KVCACHE_SPACE sets on CPU; without it vLLM sizes
             # the cache from free memory and refuses to start when other processes use it.
@@ -125,7 +163,7 @@ class VllmEngine:
         # No local name for the engine: something in vLLM's start-up keeps this frame alive, and
         # a local would keep the engine past shutdown() to interpreter exit, where its __del__
         # fails noisily.
-        return cls(AsyncLLM.from_engine_args(args))
+        return cls(AsyncLLM.from_engine_args(args), info)
 
     @property
     def async_llm(self) -> Any:

@@ -9,18 +9,20 @@ from services.common.errors import Unavailable
 from services.common.interceptors import current_principal
 from services.inference.accounting import Usage
 from services.inference.completions import CompletionInput, Completions
+from services.inference.engine import EngineInfo
 
 SERVICE_NAME = inference_pb2.DESCRIPTOR.services_by_name["InferenceService"].full_name
 ON_BEHALF_OF_HEADER = "x-finetune-on-behalf-of"
 
 
 class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
-    def __init__(self, completions: Completions | None = None):
+    def __init__(self, completions: Completions | None = None, info: EngineInfo | None = None):
         self._completions = completions
+        self._info = info
 
-    def attach(self, completions: Completions) -> None:
+    def attach(self, completions: Completions, info: EngineInfo | None = None) -> None:
         """Start answering: called once the engine is ready."""
-        self._completions = completions
+        self._completions, self._info = completions, info
 
     def _ready(self) -> Completions:
         if self._completions is None:
@@ -44,6 +46,22 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
                 yield inference_pb2.CompleteStreamResponse(
                     delta=chunk.delta, finish_reason=chunk.finish_reason or "",
                     usage=to_proto(chunk.usage) if chunk.usage else None)
+
+
+    async def GetEngine(self, request, context):
+        completions = self._ready()
+        if self._info is None:
+            raise Unavailable("the inference engine is starting")
+        await completions.check_caller(current_principal(), self._info.base_model)
+        return to_engine_proto(self._info)
+
+
+def to_engine_proto(info: EngineInfo) -> inference_pb2.Engine:
+    return inference_pb2.Engine(
+        base_model=info.base_model, dtype=info.dtype, precision_source=info.precision.source,
+        probe=[inference_pb2.PrecisionTiming(dtype=t.dtype, seconds=t.seconds, error=t.error)
+               for t in info.precision.timings],
+        max_model_len=info.max_model_len, max_loras=info.max_loras)
 
 
 def on_behalf_of(context) -> str:

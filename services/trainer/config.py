@@ -13,7 +13,8 @@ PRECISIONS = ("auto", "bf16", "fp32")
 class TrainerConfig:
     spec_uri: str
     service_token: str = ""          # for JobReportingService; empty: reports go unauthenticated
-    precision: str = "auto"          # auto: bf16 where the hardware has it natively, else fp32
+    precision: str = "auto"          # auto: the faster of bf16 and fp32, measured per machine
+    precision_cache: str | None = None   # the precision probe's cache file (per worker machine)
     micro_batch_tokens: int = 4096   # padded tokens per forward pass (memory vs. speed)
     max_failures: int = 2            # worker-group restarts (from the last checkpoint) per run
     log_level: str = "INFO"
@@ -37,6 +38,7 @@ def parse_config(argv: Sequence[str] | None, environ: Mapping[str, str]) -> Trai
         spec_uri=args.spec,
         service_token=environ.get("FINETUNE_SERVICE_TOKEN", ""),
         precision=args.precision,
+        precision_cache=environ.get("FINETUNE_PRECISION_CACHE") or None,
         micro_batch_tokens=args.micro_batch_tokens,
         max_failures=args.max_failures,
         log_level=args.log_level,

@@ -70,6 +70,7 @@ def run_training(spec: JobSpec, train: Sequence[Example], validation: Sequence[E
     from services.trainer.workers import train_loop_per_worker
 
     recipe_config = RecipeConfig(spec=spec, pad_id=pad_id, precision=config.precision,
+                                 precision_cache=config.precision_cache,
                                  micro_batch_tokens=config.micro_batch_tokens,
                                  threads=None if plan.use_gpu else plan.cpus_per_worker)
     trainer = TorchTrainer(

@@ -1,6 +1,7 @@
 """The training recipe run by every worker: LoRA on a causal LM, data parallel.
 
-    seed -> model (bf16 base + fp32 LoRA, or fp32) -> resume from the latest checkpoint if any
+    seed -> precision (measured once per machine, agreed by all workers)
+    -> model (bf16 base + fp32 LoRA, or fp32) -> resume from the latest checkpoint if any
     -> for each epoch: global batches of `batch_size` examples split across workers, gradient
        accumulation over micro-batches, AdamW with linear warmup/decay, one gradient all-reduce
        per optimizer step, a checkpoint every `checkpoint_every_steps` -> validation loss ->
@@ -30,8 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from services.common.hardware import cpu_flags as _cpu_flags
-from services.common.hardware import cpu_has_fast_bf16
+from services.common import precision as precision_probe
 from services.trainer import schedule
 from services.trainer.data import (IGNORE_INDEX, Example, collate, micro_batches, plan_epoch,
                                    shard, steps_per_epoch)
@@ -53,7 +53,8 @@ OPTIMIZER_FILE = "optimizer.pt"
 class RecipeConfig:
     spec: JobSpec
     pad_id: int
-    precision: str = "auto"          # auto | bf16 | fp32
+    precision: str = "auto"          # auto (measured, see pick_dtype) | bf16 | fp32
+    precision_cache: str | None = None   # the probe's cache file (default: ~/.cache/finetune)
     micro_batch_tokens: int = 4096   # padded tokens per forward pass
     threads: int | None = None       # torch threads per worker
     adapter_dir: str | None = None   # local copy of spec.from_adapter_uri
@@ -127,27 +128,34 @@ class TargetLoss(nn.Module):
 
 # ---------------------------------------------------------------------------------- setup
 
-def pick_dtype(precision: str, device: torch.device) -> torch.dtype:
+def pick_dtype(precision: str, device: torch.device, model_path: str,
+               cache: precision_probe.ProbeCache | None = None) -> precision_probe.Choice:
     """The dtype of the frozen base weights (LoRA weights stay float32, under autocast).
 
-    auto: bf16 on GPUs that support it and on CPUs with AMX tiles. On CPUs with AVX512-BF16 but
-    no AMX (this project's build machine) oneDNN's bf16 matmuls ran at 0.6x the fp32 rate and
-    the bf16 attention backward 7x slower, so a training step was about 1.5x faster in fp32.
+    auto: measured on this machine by the precision probe (services.common.precision), cached
+    per machine and model; bf16 and fp32 force a dtype (bf16 falls back to fp32 where the
+    hardware cannot run it at all).
     """
     if precision == "fp32":
-        return torch.float32
-    if device.type == "cuda":
-        fast = supported = torch.cuda.is_bf16_supported()
-    else:
-        supported = torch.backends.mkldnn.is_available() and \
-            torch.ops.mkldnn._is_mkldnn_bf16_supported()
-        fast = supported and cpu_has_fast_bf16(_cpu_flags())
+        return precision_probe.Choice(precision_probe.FP32, precision_probe.TRAINING, "requested")
     if precision == "bf16":
+        supported = torch.cuda.is_bf16_supported() if device.type == "cuda" \
+            else precision_probe.cpu_bf16_supported()
         if supported:
-            return torch.bfloat16
+            return precision_probe.Choice(precision_probe.BF16, precision_probe.TRAINING,
+                                          "requested")
         log.warning("bf16 requested but not supported on this %s: using fp32", device.type)
-        return torch.float32
-    return torch.bfloat16 if fast else torch.float32
+        return precision_probe.Choice(precision_probe.FP32, precision_probe.TRAINING,
+                                      "unsupported")
+    return precision_probe.choose_training(model_path, device, cache)
+
+
+def agree_on_dtype(choice: precision_probe.Choice, ctx: "WorkerContext") -> torch.dtype:
+    """Every worker trains in the same dtype: bf16 only where all of them chose it (workers on
+    different machines can measure differently)."""
+    votes = ctx.all_reduce_sum(torch.tensor([float(choice.dtype == precision_probe.BF16)],
+                                            dtype=torch.float64))
+    return torch.bfloat16 if votes[0].item() >= ctx.world_size else torch.float32
 
 
 def build_model(spec: JobSpec, dtype: torch.dtype, adapter_dir: str | None) -> nn.Module:
@@ -196,7 +204,9 @@ def train(cfg: RecipeConfig, train_examples: Sequence[Example],
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(opts.seed)  # identical LoRA init on every worker
-    dtype = pick_dtype(cfg.precision, ctx.device)
+    choice = pick_dtype(cfg.precision, ctx.device, str(spec.base_model.path),
+                        precision_probe.ProbeCache(cfg.precision_cache))
+    dtype = agree_on_dtype(choice, ctx)
     autocast = (lambda: torch.autocast(ctx.device.type, dtype=dtype)) \
         if dtype != torch.float32 else nullcontext
     model = build_model(spec, dtype, cfg.adapter_dir)
@@ -229,6 +239,10 @@ def train(cfg: RecipeConfig, train_examples: Sequence[Example],
         log.info("training %s: %d examples, %d steps, %d workers, %s, %d trainable params, "
                  "a checkpoint every %d steps", spec.job_id, len(train_examples), total_steps,
                  ctx.world_size, dtype, sum(p.numel() for p in params), interval)
+    precision_note = choice.summary() if dtype == _torch_dtype(choice.dtype) else \
+        f"{choice.summary()}; training in {_dtype_name(dtype)}, as every worker agreed"
+    reporter.report(Progress(state.step / total_steps, state.epoch, state.step, total_steps,
+                             state.trained_tokens, message=precision_note), force=True)
     if opts.early_stopping_patience and not validation_examples and ctx.rank == 0:
         log.warning("early stopping asked for, but there is no validation data: it is off")
 
@@ -308,7 +322,17 @@ def train(cfg: RecipeConfig, train_examples: Sequence[Example],
 
     # Rank 0's return value reaches the driver (Ray Train's Result.return_value).
     return {**_metrics(state, "cancelled" if cancelled else "completed"),
-            "loop_seconds": time.perf_counter() - loop_started}  # this attempt, checkpoints too
+            "loop_seconds": time.perf_counter() - loop_started,  # this attempt, checkpoints too
+            "precision": _dtype_name(dtype), "precision_source": choice.source,
+            "precision_probe": {t.dtype: t.seconds for t in choice.timings}}
+
+
+def _torch_dtype(name: str) -> torch.dtype:
+    return torch.bfloat16 if name == precision_probe.BF16 else torch.float32
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return precision_probe.BF16 if dtype == torch.bfloat16 else precision_probe.FP32
 
 
 def _accumulate(parallel: nn.Module, examples: Sequence[Example], share: list[int],

@@ -63,6 +63,23 @@ def test_describe_shows_success_with_tokens_and_losses(trained_job):
     assert job.training_rows == 20 and job.validation_rows == 4
 
 
+def test_the_job_and_the_engine_run_in_the_measured_precision(client, trained_job):
+    """auto: the trainer and the engine both time bf16 against fp32 on this machine (or reuse
+    what an earlier run measured here) and say what they chose."""
+    events = [e.message for e in client.list_job_events(trained_job.id).events]
+    note = next(m for m in events if m.startswith("training precision"))
+    assert "fp32" in note and ("measured" in note or "unsupported" in note), note
+    engine = client.engine(timeout=30)
+    assert engine.base_model == "smollm2-135m-instruct"
+    assert engine.dtype in ("float32", "bfloat16")
+    assert engine.precision_source in ("probe", "cache", "unsupported")
+    if engine.precision_source != "unsupported":
+        probed = {t.dtype: t.seconds for t in engine.probe}
+        assert set(probed) == {"fp32", "bf16"} and all(v > 0 for v in probed.values())
+        faster = min(probed, key=probed.get)
+        assert engine.dtype == {"fp32": "float32", "bf16": "bfloat16"}[faster]
+
+
 def test_show_lists_the_job(client, trained_job):
     assert trained_job.id in [j.id for j in client.list_jobs().jobs]
 

@@ -257,7 +257,7 @@ async def inference(engine, control, base_model_spec, tmp_path_factory):
     server = build_server(config, servicer)
     await server.start(serving=False)
     servicer.attach(build_completions(config, engine, GrpcModelResolver(channel, SERVICE_TOKEN),
-                                      usage))
+                                      usage), engine.info)
     await server.set_serving()
     yield Inference(server.address, server, usage, engine, control)
     await server.stop(0)

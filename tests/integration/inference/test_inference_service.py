@@ -278,3 +278,19 @@ async def test_control_unreachable_is_unavailable(names):
         with pytest.raises(Unavailable, match="retry later"):
             await resolver.resolve("key-alice", MODEL_A)
 
+
+
+async def test_get_engine_tells_the_base_model_and_its_precision(inference, base_model_spec):
+    async with inference.channel() as ch:
+        stub = inference_pb2_grpc.InferenceServiceStub(ch)
+        engine = await stub.GetEngine(inference_pb2.GetEngineRequest(),
+                                      metadata=inference.metadata(), timeout=30)
+        # The test engine asks for float32 (see conftest): a request is not measured.
+        assert (engine.base_model, engine.dtype, engine.precision_source) == (
+            base_model_spec.name, "float32", "requested")
+        assert engine.max_model_len == 2048 and engine.max_loras == 2
+        assert list(engine.probe) == []
+        for key in ("key-nobody", None):
+            code, _ = await code_of(stub.GetEngine(inference_pb2.GetEngineRequest(),
+                                                   metadata=inference.metadata(key), timeout=30))
+            assert code == grpc.StatusCode.UNAUTHENTICATED

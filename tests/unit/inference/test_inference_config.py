@@ -67,13 +67,19 @@ def test_bad_settings_stop_the_start(argv, env, capsys):
         parse_config(argv, env)
 
 
-def test_auto_dtype_is_float32_on_a_cpu_without_amx():
-    from services.common.hardware import cpu_has_fast_bf16
-    from services.inference.config import serving_dtype
+def test_precision_cache_and_dtype_come_from_flags_and_env():
+    env = {"FINETUNE_SERVICE_TOKEN": "s", "FINETUNE_PRECISION_CACHE": "/tmp/p.json"}
+    config = parse_config([], env)
+    assert (config.dtype, str(config.precision_cache)) == ("auto", "/tmp/p.json")
+    assert parse_config(["--dtype", "float32"], env).dtype == "float32"
+    assert parse_config([], {"FINETUNE_SERVICE_TOKEN": "s"}).precision_cache is None
 
-    assert serving_dtype("auto", on_cpu=True, fast_bf16=False) == "float32"
-    assert serving_dtype("auto", on_cpu=True, fast_bf16=True) == "auto"
-    assert serving_dtype("auto", on_cpu=False, fast_bf16=False) == "auto"   # a GPU decides
-    assert serving_dtype("bfloat16", on_cpu=True, fast_bf16=False) == "bfloat16"  # as asked
-    assert cpu_has_fast_bf16({"avx512f", "avx512_bf16"}) is False
-    assert cpu_has_fast_bf16({"avx512f", "amx_bf16", "amx_tile"}) is True
+
+def test_engine_threads_leave_out_the_reserved_cores():
+    import os
+
+    from services.inference.engine import cpu_compute_threads
+
+    cores = len(os.sched_getaffinity(0))
+    assert cpu_compute_threads({}) == max(1, cores - 1)
+    assert cpu_compute_threads({"VLLM_CPU_NUM_OF_RESERVED_CPU": "0"}) == cores

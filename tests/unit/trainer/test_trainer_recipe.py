@@ -10,6 +10,7 @@ from trainer_testbed import CancellingReporter, FakeContext, make_spec, syntheti
 
 from services.trainer import recipe
 from services.trainer.data import collate
+from services.common import precision
 from services.trainer.recipe import RecipeConfig, TargetLoss, build_model, lr_factor, train
 
 
@@ -139,7 +140,7 @@ def test_resume_continues_after_the_checkpointed_epoch(tiny_model_dir, tmp_path)
 def test_cancellation_stops_training_without_a_checkpoint(tiny_model_dir, tmp_path):
     spec = make_spec(tiny_model_dir, max_epochs=3, batch_size=4, checkpoint_every_steps=100)
     ctx = FakeContext(tmp_path)
-    reporter = CancellingReporter(after=2)
+    reporter = CancellingReporter(after=3)   # the precision note, then steps 1 and 2
     metrics = train(config(spec), synthetic_examples(16), [], ctx, reporter)
     assert metrics["status"] == "cancelled"
     # Control said so in the response to step 2's report; workers agree on it with step 3's
@@ -154,6 +155,8 @@ def test_rank_zero_reports_progress_with_validation_at_epoch_ends(tiny_model_dir
     train(config(spec), synthetic_examples(8), synthetic_examples(2, seed=5),
           FakeContext(tmp_path), reporter)
     forced = [u for u, force in reporter.updates if force]
+    assert forced[0].message.startswith("training precision") and forced[0].step == 0
+    forced = forced[1:]
     assert [u.epoch for u in forced] == [1, 2]
     assert all(u.validation_loss is not None for u in forced)
     steps = [u.step for u, force in reporter.updates if not force]
@@ -171,14 +174,44 @@ def test_only_rank_zero_reports(tiny_model_dir, tmp_path):
     assert ctx.reports[0][1] is None   # rank 1 reports metrics, never a checkpoint
 
 
-def test_pick_dtype_honours_fp32_and_never_picks_unsupported_bf16(monkeypatch):
+def test_pick_dtype_honours_a_request_and_measures_auto(monkeypatch, tmp_path):
     cpu = torch.device("cpu")
-    assert recipe.pick_dtype("fp32", cpu) == torch.float32
-    monkeypatch.setattr(recipe, "_cpu_flags", lambda: {"avx512f"})
-    assert recipe.pick_dtype("auto", cpu) == torch.float32
-    monkeypatch.setattr(recipe, "_cpu_flags", lambda: {"avx512f", "amx_bf16"})
-    supported = torch.ops.mkldnn._is_mkldnn_bf16_supported()
-    assert recipe.pick_dtype("auto", cpu) == (torch.bfloat16 if supported else torch.float32)
+    assert recipe.pick_dtype("fp32", cpu, "unused").dtype == "fp32"
+    monkeypatch.setattr(precision, "cpu_bf16_supported", lambda: False)
+    forced = recipe.pick_dtype("bf16", cpu, "unused")
+    assert (forced.dtype, forced.source) == ("fp32", "unsupported")
+    asked = []
+    monkeypatch.setattr(precision, "choose_training",
+                        lambda path, device, cache: asked.append(path) or
+                        precision.Choice("bf16", "training", "probe"))
+    assert recipe.pick_dtype("auto", cpu, "/models/m").dtype == "bf16"
+    assert asked == ["/models/m"]
+
+
+def test_workers_train_in_bf16_only_when_every_one_chose_it(tmp_path):
+    bf16 = precision.Choice("bf16", "training", "probe")
+    fp32 = precision.Choice("fp32", "training", "probe")
+
+    class Votes(FakeContext):
+        def __init__(self, others: float):
+            super().__init__(tmp_path, rank=0, world_size=2)
+            self.others = others
+
+        def all_reduce_sum(self, tensor):
+            return tensor + self.others
+
+    assert recipe.agree_on_dtype(bf16, Votes(others=1.0)) == torch.bfloat16
+    assert recipe.agree_on_dtype(bf16, Votes(others=0.0)) == torch.float32
+    assert recipe.agree_on_dtype(fp32, Votes(others=1.0)) == torch.float32
+
+
+def test_the_job_reports_its_precision(tiny_model_dir, tmp_path):
+    spec = make_spec(tiny_model_dir, max_epochs=1, batch_size=4)
+    reporter = CancellingReporter(after=10**6)
+    metrics = train(config(spec), synthetic_examples(8), [], FakeContext(tmp_path), reporter)
+    assert metrics["precision"] == "fp32" and metrics["precision_source"] == "requested"
+    assert any("training precision fp32 (requested)" in update.message
+               for update, _ in reporter.updates)
 
 
 def test_continue_training_from_an_earlier_adapter(tiny_model_dir, tmp_path):
@@ -304,12 +337,15 @@ def test_without_validation_the_last_epoch_is_exported(tiny_model_dir, tmp_path)
 
 
 def test_pick_dtype_on_cuda_follows_the_device(monkeypatch):
-    """The GPU path cannot run here: bf16 where the GPU supports it, fp32 where it does not."""
+    """The GPU path cannot run here: a bf16 request holds where the GPU supports bf16, falls back
+    to fp32 where it does not; auto measures on the GPU."""
     cuda = torch.device("cuda")
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
-    assert recipe.pick_dtype("auto", cuda) == torch.bfloat16
-    assert recipe.pick_dtype("bf16", cuda) == torch.bfloat16
-    assert recipe.pick_dtype("fp32", cuda) == torch.float32
+    assert recipe.pick_dtype("bf16", cuda, "unused").dtype == "bf16"
+    assert recipe.pick_dtype("fp32", cuda, "unused").dtype == "fp32"
+    monkeypatch.setattr(precision, "choose_training",
+                        lambda path, device, cache: precision.Choice(
+                            "bf16" if device.type == "cuda" else "fp32", "training", "probe"))
+    assert recipe.pick_dtype("auto", cuda, "unused").dtype == "bf16"
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
-    assert recipe.pick_dtype("auto", cuda) == torch.float32
-    assert recipe.pick_dtype("bf16", cuda) == torch.float32
+    assert recipe.pick_dtype("bf16", cuda, "unused").dtype == "fp32"

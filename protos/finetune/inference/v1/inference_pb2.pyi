@@ -83,3 +83,33 @@ class CompleteStreamResponse(_message.Message):
     finish_reason: str
     usage: Usage
     def __init__(self, delta: _Optional[str] = ..., finish_reason: _Optional[str] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ...) -> None: ...
+
+class GetEngineRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class PrecisionTiming(_message.Message):
+    __slots__ = ("dtype", "seconds", "error")
+    DTYPE_FIELD_NUMBER: _ClassVar[int]
+    SECONDS_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    dtype: str
+    seconds: float
+    error: float
+    def __init__(self, dtype: _Optional[str] = ..., seconds: _Optional[float] = ..., error: _Optional[float] = ...) -> None: ...
+
+class Engine(_message.Message):
+    __slots__ = ("base_model", "dtype", "precision_source", "probe", "max_model_len", "max_loras")
+    BASE_MODEL_FIELD_NUMBER: _ClassVar[int]
+    DTYPE_FIELD_NUMBER: _ClassVar[int]
+    PRECISION_SOURCE_FIELD_NUMBER: _ClassVar[int]
+    PROBE_FIELD_NUMBER: _ClassVar[int]
+    MAX_MODEL_LEN_FIELD_NUMBER: _ClassVar[int]
+    MAX_LORAS_FIELD_NUMBER: _ClassVar[int]
+    base_model: str
+    dtype: str
+    precision_source: str
+    probe: _containers.RepeatedCompositeFieldContainer[PrecisionTiming]
+    max_model_len: int
+    max_loras: int
+    def __init__(self, base_model: _Optional[str] = ..., dtype: _Optional[str] = ..., precision_source: _Optional[str] = ..., probe: _Optional[_Iterable[_Union[PrecisionTiming, _Mapping]]] = ..., max_model_len: _Optional[int] = ..., max_loras: _Optional[int] = ...) -> None: ...

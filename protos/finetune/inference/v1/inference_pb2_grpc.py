@@ -45,6 +45,11 @@ class InferenceServiceStub:
                 request_serializer=finetune_dot_inference_dot_v1_dot_inference__pb2.CompleteRequest.SerializeToString,
                 response_deserializer=finetune_dot_inference_dot_v1_dot_inference__pb2.CompleteStreamResponse.FromString,
                 _registered_method=True)
+        self.GetEngine = channel.unary_unary(
+                '/finetune.inference.v1.InferenceService/GetEngine',
+                request_serializer=finetune_dot_inference_dot_v1_dot_inference__pb2.GetEngineRequest.SerializeToString,
+                response_deserializer=finetune_dot_inference_dot_v1_dot_inference__pb2.Engine.FromString,
+                _registered_method=True)
 
 
 class InferenceServiceServicer:
@@ -63,6 +68,13 @@ class InferenceServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetEngine(self, request, context):
+        """The engine behind this address: its base model and the precision it computes in.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_InferenceServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -75,6 +87,11 @@ def add_InferenceServiceServicer_to_server(servicer, server):
                     servicer.CompleteStream,
                     request_deserializer=finetune_dot_inference_dot_v1_dot_inference__pb2.CompleteRequest.FromString,
                     response_serializer=finetune_dot_inference_dot_v1_dot_inference__pb2.CompleteStreamResponse.SerializeToString,
+            ),
+            'GetEngine': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetEngine,
+                    request_deserializer=finetune_dot_inference_dot_v1_dot_inference__pb2.GetEngineRequest.FromString,
+                    response_serializer=finetune_dot_inference_dot_v1_dot_inference__pb2.Engine.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -132,6 +149,33 @@ class InferenceService:
             '/finetune.inference.v1.InferenceService/CompleteStream',
             finetune_dot_inference_dot_v1_dot_inference__pb2.CompleteRequest.SerializeToString,
             finetune_dot_inference_dot_v1_dot_inference__pb2.CompleteStreamResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetEngine(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/finetune.inference.v1.InferenceService/GetEngine',
+            finetune_dot_inference_dot_v1_dot_inference__pb2.GetEngineRequest.SerializeToString,
+            finetune_dot_inference_dot_v1_dot_inference__pb2.Engine.FromString,
             options,
             channel_credentials,
             insecure,
