@@ -44,6 +44,7 @@ class TrainingSummary:
     truncated_rows: int
     best_epoch: int | None = None    # the exported epoch (lowest validation loss), if validated
     stop_reason: str | None = None   # why training stopped before max_epochs (early stopping)
+    precision: str | None = None     # the base weights' dtype the workers trained in
 
 
 def results_csv(history: Sequence[StepRecord]) -> str:
@@ -97,6 +98,7 @@ def manifest(summary: TrainingSummary, files: Sequence[str]) -> dict:
         "truncated_rows": summary.truncated_rows,
         "best_epoch": summary.best_epoch,
         "stop_reason": summary.stop_reason,
+        "precision": summary.precision,
         "files": list(files),
     }
 

@@ -97,6 +97,7 @@ def run(spec: JobSpec, config: TrainerConfig, reporter: reporting.ProgressSink) 
             truncated_rows=prepared.train.truncated_rows + prepared.validation.truncated_rows,
             best_epoch=state.best_epoch,
             stop_reason=state.stop_reason,
+            precision=metrics.get("precision"),
         )
         manifest = export.write_outputs(store, spec.output_uri,
                                         recipe.export_adapter_dir(folder),

@@ -241,6 +241,11 @@ def test_job_trains_exports_and_reports(trained, base_model_spec):
     assert manifest["best_epoch"] == 1 + validation.index(min(validation))
     assert manifest["validation_loss"] == pytest.approx(min(validation), rel=1e-4, abs=1e-6)
     assert manifest["stop_reason"] is None
+    # auto precision: the workers measured bf16 against fp32 here (or reused what an earlier
+    # run measured) and said so in a progress message; the manifest names the dtype.
+    note = next(r.message for r in reports if r.message.startswith("training precision"))
+    assert manifest["precision"] in ("fp32", "bf16")
+    assert note.startswith(f"training precision {manifest['precision']} "), note
 
     # Progress reached control, authenticated, with validation at epoch ends and 1.0 at the end.
     assert reports and all(r.job_id == "ft_train" for r in reports)

@@ -30,10 +30,12 @@ def test_manifest_fields():
     assert m == {"job_id": "ft_1", "trained_tokens": 1234, "training_loss": 1.375,
                  "validation_loss": 1.4, "epochs": 2, "steps": 4, "training_rows": 8,
                  "validation_rows": 2, "truncated_rows": 1, "best_epoch": None,
-                 "stop_reason": None, "files": ["a"]}
+                 "stop_reason": None, "precision": None, "files": ["a"]}
     stopped = manifest(TrainingSummary(**{**SUMMARY.__dict__, "best_epoch": 1,
                                           "stop_reason": "early stopping: ..."}), [])
     assert (stopped["best_epoch"], stopped["stop_reason"]) == (1, "early stopping: ...")
+    assert manifest(TrainingSummary(**{**SUMMARY.__dict__, "precision": "bf16"}), [])[
+        "precision"] == "bf16"
     assert json.loads(json.dumps(manifest(
         TrainingSummary(**{**SUMMARY.__dict__, "validation_loss": None}), [])))[
         "validation_loss"] is None
