@@ -29,6 +29,7 @@ class BaseModelSpec:
     max_lora_rank: int
     target_modules: tuple[str, ...]
     defaults: dict = field(default_factory=dict)
+    chat_template: Path | None = None   # written into a provisioned folder (see ensure_model)
 
     def max_rows(self, epochs: int) -> int:
         """The Cortex row limit: rows per epoch divided by the number of epochs."""
@@ -59,6 +60,8 @@ def load_catalog(path: str | os.PathLike | None = None,
             max_lora_rank=int(entry.get("max_lora_rank", 64)),
             target_modules=tuple(entry.get("target_modules", ())),
             defaults=dict(entry.get("defaults", {})),
+            chat_template=(path.parent / entry["chat_template"]) if entry.get("chat_template")
+            else None,
         )
     return catalog
 
@@ -68,13 +71,34 @@ def is_provisioned(folder: Path) -> bool:
 
 
 def ensure_model(spec: BaseModelSpec) -> Path:
-    """Make sure the model folder exists; provision it from its source once if not."""
+    """Make sure the model folder exists; provision it from its source once if not.
+
+    A folder this project provisions (gguf-package) also gets the catalog's chat template, on
+    every call, so a folder provisioned before the catalog changed follows it. Trainer, control
+    and inference all format prompts with the folder's template, so they always agree."""
+    if spec.source.startswith("gguf-package:"):
+        if not is_provisioned(spec.path):
+            _provision_from_gguf_package(spec.source.removeprefix("gguf-package:"), spec.path)
+        if spec.chat_template is not None:
+            install_chat_template(spec.path, spec.chat_template)
+        return spec.path
     if is_provisioned(spec.path):
         return spec.path
-    if spec.source.startswith("gguf-package:"):
-        _provision_from_gguf_package(spec.source.removeprefix("gguf-package:"), spec.path)
-        return spec.path
     raise FileNotFoundError(f"base model {spec.name}: no model folder at {spec.path}")
+
+
+def install_chat_template(folder: Path, template: Path) -> bool:
+    """Make `template` the folder's chat template (transformers reads chat_template.jinja);
+    True when it changed. Written to a temporary file and renamed: readers never see half."""
+    text = template.read_text()
+    target = folder / "chat_template.jinja"
+    if target.is_file() and target.read_text() == text:
+        return False
+    tmp = folder / f".chat_template.jinja.{os.getpid()}"
+    tmp.write_text(text)
+    tmp.replace(target)
+    log.info("%s: chat template from %s", folder, template)
+    return True
 
 
 def _provision_from_gguf_package(ref: str, dest: Path) -> None:

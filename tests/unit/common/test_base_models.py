@@ -30,3 +30,44 @@ rows_per_epoch = 100
     spec = load_catalog(catalog)["mine"]
     with pytest.raises(FileNotFoundError, match="no model folder"):
         ensure_model(spec)
+
+
+def test_a_provisioned_folder_follows_the_catalog_chat_template(tmp_path):
+    folder = tmp_path / "cache" / "mine"
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text("{}")
+    (folder / "model.safetensors").write_bytes(b"")
+    (folder / "chat_template.jinja").write_text("{{ 'old' }}")
+    (tmp_path / "templates").mkdir()
+    (tmp_path / "templates" / "new.jinja").write_text("{{ 'new' }}")
+    catalog = tmp_path / "catalog.toml"
+    catalog.write_text("""
+[models.mine]
+source = "gguf-package:nothing/x.gguf"
+context_window = 1024
+prompt_tokens = 768
+completion_tokens = 256
+rows_per_epoch = 100
+chat_template = "templates/new.jinja"
+""")
+    spec = load_catalog(catalog, model_cache=tmp_path / "cache")["mine"]
+    assert spec.chat_template == tmp_path / "templates" / "new.jinja"
+    assert ensure_model(spec) == folder          # provisioned already: only the template
+    assert (folder / "chat_template.jinja").read_text() == "{{ 'new' }}"
+    assert ensure_model(spec) == folder          # idempotent
+    assert [p.name for p in folder.iterdir() if p.name.startswith(".")] == []
+
+
+def test_the_default_model_prompt_has_no_persona_line(base_model_spec):
+    """The catalog's template drops the system turn SmolLM2 adds by default; a system message
+    the caller sends is kept."""
+    from transformers import AutoTokenizer
+
+    from services.common.chat_format import prompt_token_ids
+
+    tokenizer = AutoTokenizer.from_pretrained(base_model_spec.path)
+    text = tokenizer.decode(prompt_token_ids(tokenizer, prompt="hello"))
+    assert text == "<|im_start|>user\nhello<|im_end|>\n<|im_start|>assistant\n"
+    text = tokenizer.decode(prompt_token_ids(tokenizer, messages=[
+        {"role": "system", "content": "Be brief."}, {"role": "user", "content": "hello"}]))
+    assert text.startswith("<|im_start|>system\nBe brief.<|im_end|>\n")
