@@ -11,7 +11,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -24,14 +23,9 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from services.common.base_models import DEFAULT_BASE_MODEL
+from services.common.ports import free_port, free_ports
 
 log = logging.getLogger(__name__)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass
@@ -155,10 +149,10 @@ class LocalStack:
         return proc
 
     def _start_ray(self) -> None:
-        ports = {flag: free_port() for flag in (
-            "--port", "--dashboard-port", "--ray-client-server-port", "--node-manager-port",
-            "--object-manager-port", "--dashboard-agent-listen-port", "--dashboard-agent-grpc-port",
-            "--runtime-env-agent-port", "--metrics-export-port")}
+        flags = ("--port", "--dashboard-port", "--ray-client-server-port", "--node-manager-port",
+                 "--object-manager-port", "--dashboard-agent-listen-port",
+                 "--dashboard-agent-grpc-port", "--runtime-env-agent-port", "--metrics-export-port")
+        ports = dict(zip(flags, free_ports(len(flags))))
         argv = [str(Path(sys.executable).with_name("ray")), "start", "--head", "--block",
                 "--include-dashboard=true", "--dashboard-host", self.config.host,
                 "--node-ip-address", self.config.host, "--temp-dir", str(self._ray_tmp),

@@ -9,7 +9,6 @@ import contextlib
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -22,6 +21,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from services.common.base_models import BaseModelSpec
+from services.common.ports import free_port, free_ports  # noqa: F401 - free_port for the tests
 from services.control.dispatch.protocol import ClusterJob, ClusterJobStatus
 
 
@@ -60,12 +60,6 @@ def with_tokenizer(folder, source_model: BaseModelSpec):
     return folder
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 # -- a local Ray head ----------------------------------------------------------------------------
 
 @contextlib.contextmanager
@@ -75,16 +69,18 @@ def ray_head(num_cpus: int, dashboard_port: int | None = None):
     whole cluster (its process group) at the end, never with `ray stop`, which would stop
     every Ray on the machine."""
     temp_dir = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # short: unix socket path limit
-    dashboard_port = dashboard_port or free_port()
     ray = os.path.join(os.path.dirname(sys.executable), "ray")
-    ports = {name: free_port() for name in (
-        "port", "ray-client-server-port", "node-manager-port", "object-manager-port",
-        "dashboard-agent-listen-port", "dashboard-agent-grpc-port", "metrics-export-port",
-        "runtime-env-agent-port")}
+    names = ("port", "ray-client-server-port", "node-manager-port", "object-manager-port",
+             "dashboard-agent-listen-port", "dashboard-agent-grpc-port", "metrics-export-port",
+             "runtime-env-agent-port", "dashboard-port")
+    ports = dict(zip(names, free_ports(len(names))))
+    if dashboard_port:
+        ports["dashboard-port"] = dashboard_port
+    dashboard_port = ports["dashboard-port"]
     command = [ray, "start", "--head", "--block", f"--num-cpus={num_cpus}",
                "--disable-usage-stats", "--include-dashboard=true",
-               "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard_port}",
-               f"--temp-dir={temp_dir}", *[f"--{name}={port}" for name, port in ports.items()]]
+               "--dashboard-host=127.0.0.1", f"--temp-dir={temp_dir}",
+               *[f"--{name}={port}" for name, port in ports.items()]]
     log_path = os.path.join(temp_dir, "head.log")
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(command, start_new_session=True, stdout=log,

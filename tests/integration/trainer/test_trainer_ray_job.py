@@ -12,7 +12,6 @@ import random
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -26,6 +25,7 @@ import pytest
 
 from finetune.control.v1 import internal_pb2, internal_pb2_grpc
 from services.common.artifacts import ArtifactStore
+from services.common.ports import free_port, free_ports
 
 pytestmark = pytest.mark.integration
 
@@ -33,26 +33,19 @@ SERVICE_TOKEN = "trainer-test-token"
 TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def ray_cluster():
     """A Ray head with 2 CPUs and a dashboard (Jobs API) on free ports, in its own temp dir."""
     temp_dir = tempfile.mkdtemp(prefix="rtr", dir="/tmp")  # short: unix socket path limit
-    dashboard_port = free_port()
-    ports = {name: free_port() for name in (
-        "port", "ray-client-server-port", "node-manager-port", "object-manager-port",
-        "dashboard-agent-listen-port", "dashboard-agent-grpc-port", "metrics-export-port",
-        "runtime-env-agent-port")}
+    names = ("port", "ray-client-server-port", "node-manager-port", "object-manager-port",
+             "dashboard-agent-listen-port", "dashboard-agent-grpc-port", "metrics-export-port",
+             "runtime-env-agent-port", "dashboard-port")
+    ports = dict(zip(names, free_ports(len(names))))
     ray = os.path.join(os.path.dirname(sys.executable), "ray")
     command = [ray, "start", "--head", "--block", "--num-cpus=2", "--disable-usage-stats",
                "--include-dashboard=true", "--dashboard-host=127.0.0.1",
-               f"--dashboard-port={dashboard_port}", f"--temp-dir={temp_dir}",
-               *[f"--{name}={port}" for name, port in ports.items()]]
+               f"--temp-dir={temp_dir}", *[f"--{name}={port}" for name, port in ports.items()]]
+    dashboard_port = ports["dashboard-port"]
     # Its own session, so the whole cluster stops with one signal to its process group
     # (never `ray stop`, which would stop every Ray on the machine).
     proc = subprocess.Popen(command, start_new_session=True, stdout=subprocess.DEVNULL,
