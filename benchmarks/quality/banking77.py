@@ -36,7 +36,8 @@ from services.cli.client import FinetuneClient
 from services.cli.stack import LocalStack, StackConfig
 from services.common.base_models import DEFAULT_BASE_MODEL
 
-DATASET = Path(__file__).resolve().parents[3] / "shared" / "datasets" / "banking77"
+# A copy of the data set (CC BY 4.0, LICENSE and README.md beside it) so a clone runs alone.
+DATASET = Path(__file__).resolve().parents[1] / "data" / "banking77"
 RESULTS = Path(__file__).resolve().parent / "results"
 TRAIN_TABLE = "banking77.public.train"
 EVAL_TABLE = "banking77.public.test_sample"
@@ -54,6 +55,33 @@ def sample(path: Path, per_label: int, seed: int) -> list[dict]:
     rows = [r for label in sorted(by_label) for r in rng.sample(by_label[label], per_label)]
     rng.shuffle(rows)
     return rows
+
+
+def _noting_first_step(updates, first_step: list[float]):
+    """The Watch stream as it is, noting when the first optimizer step was reported (progress
+    reports are rate-limited to one a second, so this is within a second)."""
+    for update in updates:
+        if update.step >= 1 and not first_step:
+            first_step.append(time.monotonic())
+        yield update
+
+
+def cpu() -> dict:
+    """The CPU as lscpu names it, and the flags that decide bf16 against fp32 on it."""
+    from services.common.hardware import cpu_flags
+
+    model = next((line.split(":", 1)[1].strip() for line in
+                  Path("/proc/cpuinfo").read_text().splitlines()
+                  if line.startswith("model name")), platform.machine())
+    flags = cpu_flags()
+    return {"cpu": model, "flags": sorted(f for f in flags if f.startswith(("avx512_bf16",
+                                                                           "amx", "avx2")))}
+
+
+def validation_by_epoch(results_csv: str) -> list[float]:
+    """The validation loss after each epoch, from the job's training_results.csv."""
+    rows = csv.DictReader(results_csv.splitlines())
+    return [round(float(r["validation_loss"]), 4) for r in rows if r.get("validation_loss")]
 
 
 def metric(evaluation, name: str) -> float | None:
@@ -75,6 +103,8 @@ def run(args) -> dict:
             FinetuneClient(stack.control_address, stack.inference_address,
                            stack.admin_key()) as client:
         started = time.monotonic()
+        first_step: list[float] = []   # when a Watch update first showed step 1 (T3)
+        created_at = None
         if args.attach:   # a job an earlier run of this script started, in the same --home
             job = client.get_job(args.attach)
             console.print(f"following job {job.id} again")
@@ -83,23 +113,25 @@ def run(args) -> dict:
             client.load_rows(EVAL_TABLE, test, replace=True)
             evaluation = evaluations_pb2.JobEvaluationOptions(
                 query=f"SELECT prompt, label FROM {EVAL_TABLE}",
-                task=evaluations_pb2.CLASSIFICATION,
-                generation=evaluations_pb2.GenerationOptions(max_tokens=16))
+                task=evaluations_pb2.CLASSIFICATION)   # generation: the service's defaults
+            created_at = time.monotonic()
             job = client.create_job(MODEL, DEFAULT_BASE_MODEL, f"SELECT prompt, completion FROM "
                                     f"{TRAIN_TABLE}", evaluation=evaluation, **options)
             console.print(f"job {job.id}: {len(train)} training rows, {len(test)} evaluation "
                           f"rows, options {dict(options) or 'defaults'}")
-        job = views.follow_job(client.watch_job(job.id), job)
+        job = views.follow_job(_noting_first_step(client.watch_job(job.id), first_step), job)
         job = client.get_job(job.id)
         wall_s = time.monotonic() - started
         events = list(client.job_events(job.id))
+        results_csv = client.download_artifact(MODEL, "training_results.csv").decode() \
+            if job.status == jobs_pb2.SUCCESS else ""
     base, tuned = job.base_evaluation, job.tuned_evaluation
     # Training ends with the trainer's last progress report; the job-end evaluation follows.
     trained_at = [e.time.ToDatetime() for e in events if e.type == "training.progress"][-1:]
     o = job.options
     return {
         "benchmark": "banking77",
-        "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+        "machine": {**cpu(), "cores": os.cpu_count(),
                     "load_average_start": [round(x, 2) for x in load_before],
                     "load_average_end": [round(x, 2) for x in os.getloadavg()]},
         "data": {"training_rows": len(train), "evaluation_rows": len(test),
@@ -111,12 +143,19 @@ def run(args) -> dict:
                                     1) if trained_at and job.started_on.seconds else None,
                 "evaluation_s": round((job.finished_on.ToDatetime() - trained_at[0])
                                       .total_seconds(), 1) if trained_at else None,
+                "create_to_first_step_s": round(first_step[0] - created_at, 1)
+                if first_step and created_at is not None else None,
                 "trained_tokens": job.trained_tokens,
                 "training_loss": job.training_result.training_loss,
                 "options": {"max_epochs": o.max_epochs, "batch_size": o.batch_size,
                             "learning_rate": o.learning_rate, "lora_rank": o.lora_rank,
                             "lora_alpha": o.lora_alpha, "lora_dropout": o.lora_dropout},
-                "explicit_options": options},
+                "explicit_options": options,
+                "validation_loss_by_epoch": validation_by_epoch(results_csv),
+                "precision": next((e.message for e in events
+                                   if e.message.startswith("training precision")), None),
+                "stop_reason": next((e.message for e in events
+                                     if "early stopping" in e.message), None)},
         "base": {"accuracy": metric(base, "accuracy"), "macro_f1": metric(base, "macro_f1"),
                  "weighted_f1": metric(base, "weighted_f1")},
         "tuned": {"accuracy": metric(tuned, "accuracy"), "macro_f1": metric(tuned, "macro_f1"),

@@ -62,10 +62,13 @@ class RequestedOptions:
     early_stopping_patience: int = 0
 
 
-# The automatic schedule (max_epochs / batch_size left to the service): enough optimizer steps
-# for a small table to be learnt (a 20-row table at 3 epochs x batch 8 got 9 steps and learnt
-# nothing), no more passes than that over a large one, batches that grow with the table.
-AUTO_TARGET_STEPS = 150
+# The automatic schedule (max_epochs / batch_size left to the service). Epochs: train until the
+# validation loss stops improving (early stopping with AUTO_PATIENCE, the best epoch exported),
+# within about AUTO_MAX_STEPS optimizer steps and MAX_EPOCHS, so a small table gets enough steps
+# to be learnt (a 20-row table at 3 epochs x batch 8 got 9 steps and learnt nothing) and a
+# large one no more passes than that. Batches grow with the table.
+AUTO_MAX_STEPS = 350
+AUTO_PATIENCE = 1                # with automatic epochs and no patience asked for
 AUTO_ROWS_PER_BATCH_ROW = 40     # one example per batch for every 40 rows ...
 AUTO_BATCH_RANGE = (2, 16)       # ... as a power of two in this range
 PROVISIONAL = {"max_epochs": 1, "batch_size": AUTO_BATCH_RANGE[1]}  # until the rows are known
@@ -81,7 +84,7 @@ def auto_schedule(rows: int, base: BaseModelSpec, epochs: int = 0,
                                               - 1)))
     if not epochs:
         steps_per_epoch = math.ceil(rows / batch_size)
-        epochs = max(1, min(MAX_EPOCHS, math.ceil(AUTO_TARGET_STEPS / steps_per_epoch),
+        epochs = max(1, min(MAX_EPOCHS, math.ceil(AUTO_MAX_STEPS / steps_per_epoch),
                             base.rows_per_epoch // rows or 1))
     return epochs, batch_size
 
@@ -188,7 +191,8 @@ def resolve_options(requested: RequestedOptions, base: BaseModelSpec,
         task_type=requested.task_type or TaskType.INSTRUCTION,
         from_model=requested.from_model or None,
         checkpoint_every_steps=int(requested.checkpoint_every_steps),
-        early_stopping_patience=int(requested.early_stopping_patience),
+        early_stopping_patience=int(requested.early_stopping_patience
+                                    or (AUTO_PATIENCE if "max_epochs" in auto else 0)),
         auto=auto,
     )
 

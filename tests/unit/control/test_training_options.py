@@ -4,7 +4,7 @@ import pytest
 
 from services.common.base_models import DEFAULT_BASE_MODEL, load_catalog
 from services.common.errors import InvalidArgument
-from services.control.domain.options import (AUTO_TARGET_STEPS, MAX_EPOCHS, RequestedOptions,
+from services.control.domain.options import (AUTO_MAX_STEPS, AUTO_PATIENCE, MAX_EPOCHS, RequestedOptions,
                                              TaskType, TrainingOptions, WorkerLimits,
                                              auto_schedule, resolve_options)
 
@@ -75,21 +75,32 @@ def test_trainer_options_match_the_spec_contract(tiny_base):
 
 @pytest.mark.parametrize("rows,expected", [
     (20, (10, 2)),       # 10 steps an epoch, capped at MAX_EPOCHS
-    (40, (8, 2)),
-    (200, (3, 4)),       # 50 steps an epoch
-    (770, (4, 16)),      # BANKING77, 10 examples per intent: 49 steps an epoch
-    (5000, (1, 16)),     # enough steps in one pass
+    (40, (10, 2)),
+    (200, (7, 4)),       # 50 steps an epoch
+    (693, (8, 16)),      # BANKING77, 10 examples per intent less the holdout: 44 steps an epoch
+    (5000, (2, 16)),
+    (20000, (1, 16)),    # enough steps in one pass
 ])
 def test_auto_schedule_gives_small_tables_enough_steps(smollm, rows, expected):
     epochs, batch = auto_schedule(rows, smollm)
     assert (epochs, batch) == expected
     steps = epochs * -(-rows // batch)
-    assert steps >= AUTO_TARGET_STEPS or epochs == MAX_EPOCHS or epochs == 1
+    assert steps >= AUTO_MAX_STEPS or epochs == MAX_EPOCHS or epochs == 1
+    assert (epochs - 1) * -(-rows // batch) < AUTO_MAX_STEPS   # no epoch past the budget
+
+
+def test_automatic_epochs_stop_at_the_validation_plateau(smollm):
+    """Epochs left to the service run until the validation loss stops improving; a patience or
+    epoch count the caller gives is kept."""
+    assert resolve_options(RequestedOptions(), smollm).early_stopping_patience == AUTO_PATIENCE
+    assert resolve_options(RequestedOptions(early_stopping_patience=3),
+                           smollm).early_stopping_patience == 3
+    assert resolve_options(RequestedOptions(max_epochs=3), smollm).early_stopping_patience == 0
 
 
 def test_auto_schedule_keeps_what_the_caller_chose(smollm):
     assert auto_schedule(770, smollm, epochs=2) == (2, 16)
-    assert auto_schedule(770, smollm, batch_size=4) == (1, 4)
+    assert auto_schedule(770, smollm, batch_size=4) == (2, 4)
 
 
 def test_auto_schedule_respects_the_row_limit(smollm):
