@@ -71,14 +71,18 @@ class ProgressReporter:
         self.cancelled = False
 
     def report(self, update: Progress, force: bool = False) -> None:
-        """Send now if forced (epoch ends, the final result) or if the rate limit allows."""
+        """Send now if forced (epoch ends, the final result) or if the rate limit allows.
+
+        A forced report does not open a rate-limit window: the step right after one (the
+        first step after the precision note, say) still goes out, and with it a cancellation.
+        """
         now = self._clock()
         if not force:
             if now < self._paused_until:
                 return
             if self._last_sent is not None and now - self._last_sent < self._min_interval:
                 return
-        self._last_sent = now
+            self._last_sent = now
         try:
             response = self._send(to_request(self._job_id, update))
         except Exception as exc:  # noqa: BLE001 - reporting must never stop training

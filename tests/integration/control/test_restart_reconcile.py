@@ -35,9 +35,11 @@ def status(job) -> str:
     return jobs_pb2.JobStatus.Name(job.status)
 
 
-def wait_for(client, job_id, done, what, timeout_s=900):
-    """Poll DESCRIBE until `done(job)`; a hang guard, not a timing assertion."""
+def wait_for(client, job_id, done, what, timeout_s=900, control=None, ray_address=None):
+    """Poll DESCRIBE until `done(job)`; a hang guard, not a timing assertion. On a hang it
+    says what the job, control and Ray last showed."""
     deadline = time.monotonic() + timeout_s
+    job = None
     while True:
         try:
             job = client.get_job(job_id)
@@ -50,8 +52,25 @@ def wait_for(client, job_id, done, what, timeout_s=900):
             if err.code() is not grpc.StatusCode.UNAVAILABLE:
                 raise
         if time.monotonic() > deadline:
-            pytest.fail(f"job {job_id} never reached {what}")
+            pytest.fail(f"job {job_id} never reached {what}; "
+                        f"{diagnosis(job_id, job, control, ray_address)}")
         time.sleep(0.5)
+
+
+def diagnosis(job_id, job, control, ray_address) -> str:
+    seen = [f"last DESCRIBE: {status(job)} step {job.step}/{job.total_steps} "
+            f"progress {job.progress:.2f}" if job is not None else "no DESCRIBE"]
+    if control is not None:
+        seen.append(f"control log:\n{control.log.read_text(errors='replace')[-3000:]}")
+    if ray_address is not None:
+        from ray.job_submission import JobSubmissionClient
+        try:
+            ray = JobSubmissionClient(ray_address)
+            seen.append(f"Ray says {ray.get_job_status(job_id)}; its log:\n"
+                        f"{ray.get_job_logs(job_id)[-3000:]}")
+        except Exception as exc:  # noqa: BLE001 - a diagnosis must not hide the failure
+            seen.append(f"Ray did not answer: {exc}")
+    return "\n".join(seen)
 
 
 def count(db, sql, *params) -> int:
@@ -75,7 +94,8 @@ def test_control_crash_mid_training(tmp_path, base_model_spec, ray_address):
                                         batch_size=4, lora_rank=4, num_workers=1)
             running = wait_for(client, trained.id,
                                lambda j: status(j) == "IN_PROGRESS" and j.step >= 1,
-                               "its first training step")
+                               "its first training step", control=control,
+                               ray_address=ray_address)
 
         control.kill()
         killed_at_step = running.step
@@ -84,7 +104,8 @@ def test_control_crash_mid_training(tmp_path, base_model_spec, ray_address):
         control.start()   # same home, same port: the trainer reaches it again
         with FinetuneClient(control.address, "127.0.0.1:1", key) as client:
             done = wait_for(client, trained.id, lambda j: status(j) == "SUCCESS",
-                            "SUCCESS after the restart")
+                            "SUCCESS after the restart", control=control,
+                            ray_address=ray_address)
             events = list(client.job_events(trained.id))
             model = client.get_model("survivor")
     finally:

@@ -51,6 +51,17 @@ def test_reports_are_rate_limited_but_forced_ones_always_go():
     assert not control.requests[0].has_validation_loss
 
 
+def test_a_forced_report_does_not_hold_back_the_next_step():
+    control, clock = FakeControl(), FakeClock()
+    reporter = make(control, clock)
+    reporter.report(Progress(0.0, message="training precision bf16"), force=True)
+    clock.now += 0.1
+    reporter.report(Progress(0.1, step=1))
+    clock.now += 0.1
+    reporter.report(Progress(0.2, step=2))                 # dropped: 0.1 s after step 1
+    assert [r.step for r in control.requests] == [0, 1]
+
+
 def test_request_carries_every_field():
     control, clock = FakeControl(), FakeClock()
     make(control, clock).report(Progress(1.7, epoch=2, step=9, total_steps=10, trained_tokens=512,
