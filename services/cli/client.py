@@ -1,8 +1,8 @@
 """The Python client: one object for the control and inference APIs, with the API key attached.
 
-    from services.cli.client import FinetuneClient
-    with FinetuneClient("127.0.0.1:50051", "127.0.0.1:50052", api_key) as ft:
-        ft.load_table("support.public.tickets", "tickets.csv")
+    from finetune.client import Client      # services.cli.client: the old path, one more release
+    with Client("127.0.0.1:50051", "127.0.0.1:50052", api_key) as ft:
+        ft.load_table("support.public.tickets", "deploy/samples/support_tickets.csv")
         job = ft.create_job("support.public.router", "smollm2-135m-instruct",
                             "SELECT prompt, completion FROM support.public.tickets")
         for update in ft.watch_job(job.id): ...
@@ -14,13 +14,22 @@ from __future__ import annotations
 import os
 import uuid
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Iterable, Iterator, cast
 
 import grpc
 
-from finetune.control.v1 import (access_pb2, access_pb2_grpc, data_pb2, data_pb2_grpc,
-                                 evaluations_pb2, evaluations_pb2_grpc, jobs_pb2, jobs_pb2_grpc,
-                                 models_pb2, models_pb2_grpc)
+from finetune.control.v1 import (
+    access_pb2,
+    access_pb2_grpc,
+    data_pb2,
+    data_pb2_grpc,
+    evaluations_pb2,
+    evaluations_pb2_grpc,
+    jobs_pb2,
+    jobs_pb2_grpc,
+    models_pb2,
+    models_pb2_grpc,
+)
 from finetune.inference.v1 import inference_pb2, inference_pb2_grpc
 
 CHUNK_BYTES = 1 << 20
@@ -86,7 +95,7 @@ class FinetuneClient:
     # -- data --------------------------------------------------------------------------------
 
     def load_table(self, table: str, path: str | os.PathLike, replace: bool = False,
-                   file_format: int | None = None) -> data_pb2.Table:
+                   file_format: data_pb2.FileFormat | None = None) -> data_pb2.Table:
         """Streams a CSV, JSONL or Parquet file into `table` without reading it whole."""
         path = Path(path)
         fmt = file_format or _FORMATS.get(path.suffix.lower())
@@ -135,14 +144,16 @@ class FinetuneClient:
     def get_job(self, job_id: str) -> jobs_pb2.FineTuningJob:
         return self.jobs.GetFineTuningJob(jobs_pb2.GetFineTuningJobRequest(id=job_id))
 
-    def list_jobs(self, page_size: int = 0, page_token: str = "") -> jobs_pb2.ListFineTuningJobsResponse:
+    def list_jobs(self, page_size: int = 0,
+                  page_token: str = "") -> jobs_pb2.ListFineTuningJobsResponse:
         return self.jobs.ListFineTuningJobs(jobs_pb2.ListFineTuningJobsRequest(
             page_size=page_size, page_token=page_token))
 
     def cancel_job(self, job_id: str) -> jobs_pb2.FineTuningJob:
         return self.jobs.CancelFineTuningJob(jobs_pb2.CancelFineTuningJobRequest(id=job_id))
 
-    def watch_job(self, job_id: str, timeout: float | None = None) -> Iterator[jobs_pb2.FineTuningJob]:
+    def watch_job(self, job_id: str,
+                  timeout: float | None = None) -> Iterator[jobs_pb2.FineTuningJob]:
         return self.jobs.WatchFineTuningJob(jobs_pb2.WatchFineTuningJobRequest(id=job_id),
                                             timeout=timeout)
 
@@ -386,37 +397,37 @@ class FinetuneClient:
             name=name, if_exists=if_exists)).dropped
 
 
-def privilege_value(name: str) -> int:
+def privilege_value(name: str) -> access_pb2.Privilege:
     """ "CREATE MODEL", "create_model" -> access_pb2.CREATE_MODEL."""
     key = name.strip().upper().replace(" ", "_").replace("-", "_")
     try:
-        return access_pb2.Privilege.Value(key)
+        return cast(access_pb2.Privilege, access_pb2.Privilege.Value(key))
     except ValueError:
         raise ValueError(f"unknown privilege {name!r}: USAGE, OWNERSHIP, CREATE MODEL, "
                          "CREATE TABLE or CREATE DATABASE") from None
 
 
-def evaluation_task_value(name: str | int) -> int:
+def evaluation_task_value(name: str | int) -> evaluations_pb2.EvaluationTask:
     """CLASSIFICATION | TEXT_GENERATION | QUESTION_ANSWERING (any case, - or _) -> the enum."""
     if isinstance(name, int):
-        return name
+        return cast(evaluations_pb2.EvaluationTask, name)
     key = name.strip().upper().replace("-", "_")
     try:
-        return evaluations_pb2.EvaluationTask.Value(key)
+        return cast(evaluations_pb2.EvaluationTask, evaluations_pb2.EvaluationTask.Value(key))
     except ValueError:
         raise ValueError(f"unknown evaluation task {name!r} (use classification, "
                          "text_generation or question_answering)") from None
 
 
-def object_type_value(name: str) -> int:
+def object_type_value(name: str) -> access_pb2.ObjectType:
     try:
-        return access_pb2.ObjectType.Value(name.strip().upper())
+        return cast(access_pb2.ObjectType, access_pb2.ObjectType.Value(name.strip().upper()))
     except ValueError:
         raise ValueError(f"unknown object type {name!r}: ACCOUNT, DATABASE, SCHEMA or MODEL") \
             from None
 
 
-def _grantee(user: str, role: str) -> tuple[int, str]:
+def _grantee(user: str, role: str) -> tuple[access_pb2.GranteeType, str]:
     if bool(user) == bool(role):
         raise ValueError("name exactly one grantee: a user or a role")
     return (access_pb2.TO_USER, user) if user else (access_pb2.TO_ROLE, role)

@@ -37,8 +37,8 @@ def rpc_errors(fn):
             return fn(*args, **kwargs)
         except grpc.RpcError as err:
             console.print(f"[red]error: {err.code().name}: {err.details()}")
-            raise typer.Exit(1)
+            raise typer.Exit(1) from None
         except ValueError as err:
             console.print(f"[red]error: {err}")
-            raise typer.Exit(2)
+            raise typer.Exit(2) from None
     return wrapper

@@ -14,7 +14,8 @@ import typer
 from rich.table import Table
 
 from services.cli import views
-from services.cli.connection import client as _client, rpc_errors as _rpc
+from services.cli.connection import client as _client
+from services.cli.connection import rpc_errors as _rpc
 
 console = views.console
 

@@ -17,7 +17,8 @@ from typing import Optional
 import typer
 
 from services.cli import views
-from services.cli.connection import client as _client, rpc_errors as _rpc
+from services.cli.connection import client as _client
+from services.cli.connection import rpc_errors as _rpc
 
 console = views.console
 

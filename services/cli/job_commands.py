@@ -16,7 +16,8 @@ from rich.table import Table
 
 from finetune.control.v1 import jobs_pb2
 from services.cli import views
-from services.cli.connection import client as _client, rpc_errors as _rpc
+from services.cli.connection import client as _client
+from services.cli.connection import rpc_errors as _rpc
 
 console = views.console
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 from typing import Optional
@@ -14,7 +13,8 @@ from services.cli import connection, views
 from services.cli.access_commands import access_app
 from services.cli.client import FinetuneClient, evaluation_task_value
 from services.cli.data_commands import data_app
-from services.cli.evaluation_commands import evaluate as _evaluate, evaluations_app
+from services.cli.evaluation_commands import evaluate as _evaluate
+from services.cli.evaluation_commands import evaluations_app
 from services.cli.job_commands import TASKS, jobs_app
 from services.cli.settings import Endpoints, default_home
 from services.cli.usage_commands import usage_app
@@ -305,7 +305,8 @@ def model(name: str, labels: bool = typer.Option(False, help="per-label metrics 
 @app.command()
 @_rpc
 def artifact(model: str, name: str = typer.Argument("training_results.csv"),
-             output: Optional[Path] = typer.Option(None, "-o", help="file to write (default: stdout)")):
+             output: Optional[Path] = typer.Option(None, "-o",
+                                                   help="file to write (default: stdout)")):
     """Download a model artifact (training_results.csv, loss_curve.png, adapter files)."""
     with _client() as client:
         data = client.download_artifact(model, name)

@@ -38,7 +38,9 @@ def resolve_endpoints(control: str | None, inference: str | None, api_key: str |
     if path.exists():
         saved = json.loads(path.read_text())
     return Endpoints(
-        control=control or os.environ.get("FINETUNE_CONTROL") or saved.get("control", "127.0.0.1:50051"),
-        inference=inference or os.environ.get("FINETUNE_INFERENCE") or saved.get("inference", "127.0.0.1:50052"),
+        control=(control or os.environ.get("FINETUNE_CONTROL")
+                 or saved.get("control", "127.0.0.1:50051")),
+        inference=(inference or os.environ.get("FINETUNE_INFERENCE")
+                   or saved.get("inference", "127.0.0.1:50052")),
         api_key=api_key or os.environ.get("FINETUNE_API_KEY") or saved.get("api_key", ""),
     )

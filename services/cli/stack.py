@@ -18,6 +18,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -60,7 +61,7 @@ class LocalStack:
         self.inference_address = ""
         # Unix socket paths must stay under 107 bytes: Ray's temp dir lives under /tmp.
         self._ray_tmp = Path(tempfile.mkdtemp(prefix="ft-ray-", dir="/tmp"))
-        self._previous_sigterm = None
+        self._previous_sigterm: Any = None   # what signal.signal returned
 
     @property
     def admin_key_file(self) -> Path:
@@ -152,7 +153,7 @@ class LocalStack:
         flags = ("--port", "--dashboard-port", "--ray-client-server-port", "--node-manager-port",
                  "--object-manager-port", "--dashboard-agent-listen-port",
                  "--dashboard-agent-grpc-port", "--runtime-env-agent-port", "--metrics-export-port")
-        ports = dict(zip(flags, free_ports(len(flags))))
+        ports = dict(zip(flags, free_ports(len(flags)), strict=True))
         argv = [str(Path(sys.executable).with_name("ray")), "start", "--head", "--block",
                 "--include-dashboard=true", "--dashboard-host", self.config.host,
                 "--node-ip-address", self.config.host, "--temp-dir", str(self._ray_tmp),

@@ -139,7 +139,9 @@ def metrics_side_by_side(evaluations) -> Table:
         values = [e.metrics[name] if name in e.metrics else None for e in evaluations]
         cells = [f"{v:.4f}" if v is not None else "-" for v in values]
         if len(values) == 2:
-            cells.append(f"{values[1] - values[0]:+.4f}" if None not in values else "-")
+            first, second = values
+            cells.append(f"{second - first:+.4f}"
+                         if first is not None and second is not None else "-")
         style = "bold" if any(name == e.primary_metric for e in evaluations) else None
         table.add_row(name, *cells, style=style)
     table.add_row("rows", *(str(e.rows) for e in evaluations))

@@ -119,7 +119,7 @@ def _provision_from_gguf_package(ref: str, dest: Path) -> None:
                                                  dtype=torch.bfloat16)
     # The weights are dequantized now: a leftover GGUF quantization config would make vLLM and
     # peft treat the folder as quantized.
-    model.hf_quantizer = None
+    model.hf_quantizer = None  # type: ignore[assignment]  # Module.__setattr__'s typing
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     dest.parent.mkdir(parents=True, exist_ok=True)

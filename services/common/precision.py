@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import hashlib
 import json
 import logging
@@ -75,8 +76,9 @@ class Choice:
             return f"{self.workload} precision {self.dtype} ({self.source})"
         parts = ", ".join(f"{t.dtype} {t.seconds * 1e3:.1f} ms" + ("" if t.sound else
                           f" (unsound: error {t.error:.3g})") for t in self.timings)
-        return (f"{self.workload} precision {self.dtype} (measured{' earlier' if self.source == 'cache' else ''} "
-                f"on this machine: {parts} per probe step)")
+        when = " earlier" if self.source == "cache" else ""
+        return (f"{self.workload} precision {self.dtype} (measured{when} on this machine: "
+                f"{parts} per probe step)")
 
     def to_json(self) -> dict[str, Any]:
         return {"dtype": self.dtype, "workload": self.workload,
@@ -277,14 +279,7 @@ def training_probe(model_path: str, device=None, tokens: int = 1024, sequence: i
                 else contextlib.nullcontext()
             inputs = x.clone().requires_grad_(True)
             out: dict[str, Any] = {}
-
-            def step() -> None:
-                inputs.grad = None
-                with autocast:
-                    hidden = decoder(inputs_embeds=inputs, use_cache=False).last_hidden_state
-                (hidden.float() * direction).sum().backward()
-                out["y"], out["g"] = hidden.detach(), inputs.grad
-
+            step = functools.partial(_layer_step, decoder, inputs, direction, autocast, out)
             seconds = _best_seconds(step, repeats, _sync(device))
             if reference is None:
                 reference = (out["y"], out["g"])
@@ -294,6 +289,27 @@ def training_probe(model_path: str, device=None, tokens: int = 1024, sequence: i
         return timings
 
     return probe
+
+
+def _layer_step(decoder, inputs, direction, autocast, out: dict[str, Any]) -> None:
+    """Forward and backward of the decoder; `out` gets its output and the input gradient."""
+    inputs.grad = None
+    with autocast:
+        hidden = decoder(inputs_embeds=inputs, use_cache=False).last_hidden_state
+    (hidden.float() * direction).sum().backward()
+    out["y"], out["g"] = hidden.detach(), inputs.grad
+
+
+def _products_step(weights, prefill: dict, decode: dict, head, out: list[Any]) -> None:
+    """Each weight times the prefill and the decode rows, then the LM head on the decode rows."""
+    import torch.nn.functional as F
+
+    out.clear()
+    for w in weights:
+        k = w.shape[1]
+        out.append(F.linear(prefill[k], w))
+        out.append(F.linear(decode[k], w))
+    out.append(F.linear(decode[head.shape[1]], head))
 
 
 def serving_probe(model_path: str, prefill_tokens: int = 512, decode_batch: int = 16,
@@ -323,15 +339,7 @@ def serving_probe(model_path: str, prefill_tokens: int = 512, decode_batch: int 
             xs = {k: v.to(dtype) for k, v in inputs.items()}
             ds = {k: v.to(dtype) for k, v in decode.items()}
             out: list[Any] = []
-
-            def step() -> None:
-                out.clear()
-                for w in ws:
-                    k = w.shape[1]
-                    out.append(torch.nn.functional.linear(xs[k], w))
-                    out.append(torch.nn.functional.linear(ds[k], w))
-                out.append(torch.nn.functional.linear(ds[hidden], h))
-
+            step = functools.partial(_products_step, ws, xs, ds, h, out)
             seconds = _best_seconds(step, repeats, lambda: None)
             flat = torch.cat([o.float().flatten() for o in out])
             if reference is None:

@@ -10,6 +10,8 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2] / "protos"
+# What protoc writes, removed before each run; hand-written files (finetune/client.py) stay.
+GENERATED = "*_pb2*.py*"
 
 
 def main() -> int:
@@ -18,7 +20,7 @@ def main() -> int:
 
     protos = sorted(str(p.relative_to(ROOT)) for p in ROOT.rglob("*.proto"))
     include = str(Path(grpc_tools.__file__).parent / "_proto")
-    for stale in ROOT.rglob("*_pb2*.py*"):
+    for stale in ROOT.rglob(GENERATED):
         stale.unlink()
     rc = protoc.main(["protoc", f"-I{ROOT}", f"-I{include}", f"--python_out={ROOT}",
                       f"--pyi_out={ROOT}", f"--grpc_python_out={ROOT}", *protos])

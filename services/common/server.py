@@ -29,7 +29,8 @@ class Registration:
 
 
 class GrpcServer:
-    """A grpc.aio server whose health is NOT_SERVING until `set_serving()` and again while it stops."""
+    """A grpc.aio server whose health is NOT_SERVING until `set_serving()` and again while it
+    stops."""
 
     def __init__(self, address: str, registrations: Sequence[Registration],
                  interceptors: Iterable[grpc.aio.ServerInterceptor] = ()):

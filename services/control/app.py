@@ -10,9 +10,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from finetune.control.v1 import (access_pb2_grpc, data_pb2_grpc, evaluations_pb2_grpc,
-                                 internal_pb2_grpc, jobs_pb2_grpc, models_pb2_grpc,
-                                 usage_pb2_grpc)
+from finetune.control.v1 import (
+    access_pb2_grpc,
+    data_pb2_grpc,
+    evaluations_pb2_grpc,
+    internal_pb2_grpc,
+    jobs_pb2_grpc,
+    models_pb2_grpc,
+    usage_pb2_grpc,
+)
 from services.common.artifacts import ArtifactStore
 from services.common.base_models import BaseModelSpec, ensure_model, load_catalog
 from services.common.interceptors import AuthInterceptor

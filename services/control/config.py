@@ -118,7 +118,8 @@ def load_config(argv: Sequence[str] | None = None,
             try:
                 values[name] = kind(environ[env])
             except ValueError:
-                raise SystemExit(f"{env}={environ[env]!r} is not a valid {kind.__name__}")
+                raise SystemExit(
+                    f"{env}={environ[env]!r} is not a valid {kind.__name__}") from None
     home = Path(values.pop("home", None) or "~/.finetune").expanduser().resolve()
     defaults = {
         "host": "127.0.0.1",

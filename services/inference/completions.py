@@ -13,7 +13,7 @@ import math
 import uuid
 from contextlib import aclosing
 from dataclasses import dataclass
-from typing import AsyncIterator
+from typing import AsyncGenerator
 
 from services.common.chat_format import prompt_token_ids
 from services.common.errors import InvalidArgument, ResourceExhausted, Unavailable
@@ -84,7 +84,7 @@ def check_input(inp: CompletionInput) -> None:
     if inp.prompt and inp.messages:
         raise InvalidArgument("give either prompt or messages, not both")
     if inp.messages:
-        for role, content in inp.messages:
+        for role, _ in inp.messages:
             if role not in ROLES:
                 raise InvalidArgument(f"message role must be one of {', '.join(ROLES)}, "
                                       f"not {role!r}")
@@ -203,7 +203,7 @@ class Completions:
                           finish_reason=last.finish_reason, usage=last.usage)
 
     async def stream(self, api_key: str, inp: CompletionInput,
-                     usage_id: str | None = None) -> AsyncIterator[Chunk]:
+                     usage_id: str | None = None) -> AsyncGenerator[Chunk, None]:
         check_input(inp)
         if self._in_flight >= self._limits.max_in_flight:
             raise ResourceExhausted(
@@ -219,7 +219,7 @@ class Completions:
             self._in_flight -= 1
 
     async def _generate(self, api_key: str, inp: CompletionInput,
-                        engine_request_id: str) -> AsyncIterator[Chunk]:
+                        engine_request_id: str) -> AsyncGenerator[Chunk, None]:
         # Our own id for the engine and the usage record: unique per generation even when a
         # caller reuses its request_id, so a retry is neither merged nor aborted with another.
         resolved = await self._resolver.resolve(api_key, inp.model, inp.on_behalf_of)

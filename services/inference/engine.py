@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, AsyncIterator, Mapping, Protocol
+from typing import TYPE_CHECKING, Any, AsyncGenerator, Mapping, Protocol
 
 from services.common import precision
 from services.common.errors import InvalidArgument, ResourceExhausted, Unavailable
@@ -109,7 +109,7 @@ class CompletionEngine(Protocol):
     def max_model_len(self) -> int: ...
 
     def generate(self, request_id: str, prompt_token_ids: list[int], sampling: Sampling,
-                 lora: LoraAdapter | None) -> AsyncIterator[GenerationDelta]: ...
+                 lora: LoraAdapter | None) -> AsyncGenerator[GenerationDelta, None]: ...
 
     async def abort(self, request_id: str) -> None: ...
 
@@ -140,10 +140,10 @@ class VllmEngine:
             enable_lora=True,
             max_loras=config.max_loras,
             max_cpu_loras=config.max_cpu_loras,
-            max_lora_rank=config.max_lora_rank,
+            max_lora_rank=config.max_lora_rank,  # type: ignore[arg-type]  # checked in config
             max_model_len=config.max_model_len,
             max_num_seqs=config.max_num_seqs,
-            dtype=dtype,
+            dtype=dtype,  # type: ignore[arg-type]  # one of --dtype's choices
             gpu_memory_utilization=config.gpu_memory_utilization,
             # The explicit size is what VLLM_CPU_KVCACHE_SPACE sets on CPU; without it vLLM sizes
             # the cache from free memory and refuses to start when other processes use it.
@@ -154,7 +154,8 @@ class VllmEngine:
             # (or freshly fine-tuned) model can emit newlines until max_tokens and never close
             # the document. vLLM allows this only with a named backend, not "auto".
             structured_outputs_config=StructuredOutputsConfig(
-                backend=config.structured_output_backend, disable_any_whitespace=True),
+                backend=config.structured_output_backend,  # type: ignore[arg-type]  # config's
+                disable_any_whitespace=True),
             # Imported by every worker process before the model loads: installs the grouped
             # LoRA ops there (a patch applied only in this process would not reach the worker).
             worker_extension_cls=("services.inference.vllm_worker.GroupedLoraOpsExtension"
@@ -194,7 +195,7 @@ class VllmEngine:
         return request
 
     async def generate(self, request_id: str, prompt_token_ids: list[int], sampling: Sampling,
-                       lora: LoraAdapter | None) -> AsyncIterator[GenerationDelta]:
+                       lora: LoraAdapter | None) -> AsyncGenerator[GenerationDelta, None]:
         from vllm import SamplingParams
         from vllm.exceptions import GracefulHTTPError, VLLMClientError
         from vllm.inputs import tokens_input

@@ -232,7 +232,8 @@ class UsageOutbox:
             if not rows:
                 return 0, 0
             errors = await asyncio.gather(*(self._send(r) for r in rows))
-            delivered = [r.record.request_id for r, e in zip(rows, errors) if e is None]
+            delivered = [r.record.request_id
+                         for r, e in zip(rows, errors, strict=True) if e is None]
             await asyncio.to_thread(self._store.delete, delivered)
             self.delivered += len(delivered)
             failed = [e for e in errors if e is not None]

@@ -71,9 +71,9 @@ def loss_curve_png(history: Sequence[StepRecord]) -> bytes:
     ax = fig.add_subplot()
     ax.plot([r.step for r in history], [r.training_loss for r in history],
             label="training loss", linewidth=1.2)
-    val = [r for r in history if r.validation_loss is not None]
+    val = [(r.step, r.validation_loss) for r in history if r.validation_loss is not None]
     if val:
-        ax.plot([r.step for r in val], [r.validation_loss for r in val], "o-",
+        ax.plot([step for step, _ in val], [loss for _, loss in val], "o-",
                 label="validation loss (end of epoch)")
     ax.set_xlabel("step")
     ax.set_ylabel("loss")

@@ -74,7 +74,8 @@ def run_training(spec: JobSpec, train: Sequence[Example], validation: Sequence[E
                                  micro_batch_tokens=config.micro_batch_tokens,
                                  threads=None if plan.use_gpu else plan.cpus_per_worker)
     trainer = TorchTrainer(
-        train_loop_per_worker,
+        # Ray's annotation says None, but rank 0's return value is the Result's return_value.
+        train_loop_per_worker,  # type: ignore[arg-type]
         train_loop_config={
             "recipe": recipe_config,
             # Tokenized once by the driver; workers read the same arrays from the object store.

@@ -33,8 +33,15 @@ from torch import nn
 
 from services.common import precision as precision_probe
 from services.trainer import schedule
-from services.trainer.data import (IGNORE_INDEX, Example, collate, micro_batches, plan_epoch,
-                                   shard, steps_per_epoch)
+from services.trainer.data import (
+    IGNORE_INDEX,
+    Example,
+    collate,
+    micro_batches,
+    plan_epoch,
+    shard,
+    steps_per_epoch,
+)
 from services.trainer.export import StepRecord
 from services.trainer.reporting import NullReporter, Progress, ProgressSink
 from services.trainer.spec import JobSpec
@@ -117,7 +124,7 @@ class TargetLoss(nn.Module):
         self.model = model  # a peft model
 
     def forward(self, input_ids, attention_mask, labels) -> torch.Tensor:
-        lm = self.model.get_base_model()
+        lm = self.model.get_base_model()  # type: ignore[operator]  # peft's, not a tensor
         hidden = lm.get_decoder()(input_ids=input_ids, attention_mask=attention_mask,
                                   use_cache=False).last_hidden_state
         targets = labels[:, 1:]
@@ -181,7 +188,7 @@ def build_model(spec: JobSpec, dtype: torch.dtype, adapter_dir: str | None) -> n
         # Under autocast peft's cast of every input to the fp32 adapter dtype is a wasted copy.
         for module in model.modules():
             if isinstance(module, BaseTunerLayer):
-                module.cast_input_dtype_enabled = False
+                module.cast_input_dtype_enabled = False  # type: ignore[assignment]
     return model
 
 
@@ -352,7 +359,8 @@ def _accumulate(parallel: nn.Module, examples: Sequence[Example], share: list[in
     total = 0.0
     for k, group in enumerate(groups):
         last = k == len(groups) - 1
-        sync = nullcontext() if last or not hasattr(parallel, "no_sync") else parallel.no_sync()
+        sync = nullcontext() if last or not hasattr(parallel, "no_sync") \
+            else parallel.no_sync()  # type: ignore[operator]  # DDP's, found by hasattr
         batch = {name: t.to(ctx.device)
                  for name, t in collate([examples[i] for i in group], cfg.pad_id).items()}
         with sync:

@@ -10,8 +10,14 @@ from finetune.control.v1 import evaluations_pb2, jobs_pb2
 from services.common.errors import InvalidArgument
 from services.control.api.messages import timestamp
 from services.control.core.evaluations import EvaluateModel, JobEvaluationRequest
-from services.control.domain.evaluations import (Evaluation, EvaluationRole, EvaluationTask,
-                                                 Generation, JobEvaluation, RequestedGeneration)
+from services.control.domain.evaluations import (
+    Evaluation,
+    EvaluationRole,
+    EvaluationTask,
+    Generation,
+    JobEvaluation,
+    RequestedGeneration,
+)
 
 _TASKS = {
     evaluations_pb2.CLASSIFICATION: EvaluationTask.CLASSIFICATION,
@@ -21,7 +27,7 @@ _TASKS = {
 _TASK_PROTOS = {v: k for k, v in _TASKS.items()}
 
 
-def task(value: int) -> EvaluationTask | None:
+def task(value: evaluations_pb2.EvaluationTask) -> EvaluationTask | None:
     if value == evaluations_pb2.EVALUATION_TASK_UNSPECIFIED:
         return None
     if value not in _TASKS:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime, timezone
+from typing import Sequence
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
@@ -17,8 +18,7 @@ from services.control.domain.jobs import Job, SnapshotInfo, ValidationSource
 from services.control.domain.models import RegisteredModel
 from services.control.domain.options import RequestedOptions, TaskType, TrainingOptions
 from services.control.domain.principals import ApiKeyInfo, Role, User
-from services.control.domain.privileges import (GrantRecord, ObjectType, Privilege,
-                                                SecurableObject)
+from services.control.domain.privileges import GrantRecord, ObjectType, Privilege, SecurableObject
 from services.control.domain.usage import FineTuningUsage, Grouping, InferenceUsage, UsageGroup
 
 _TASK_TYPES = {
@@ -165,7 +165,8 @@ def base_model_message(spec: BaseModelSpec) -> models_pb2.BaseModel:
         max_lora_rank=spec.max_lora_rank)
 
 
-def model_message(model: RegisteredModel, artifacts: list[str] = ()) -> models_pb2.Model:
+def model_message(model: RegisteredModel,
+                  artifacts: Sequence[str] = ()) -> models_pb2.Model:
     return models_pb2.Model(
         name=model.name, base_model=model.base_model, job_id=model.job_id,
         version=model.version, created_on=timestamp(model.created_on),
@@ -173,7 +174,7 @@ def model_message(model: RegisteredModel, artifacts: list[str] = ()) -> models_p
         validation_loss=model.validation_loss or 0.0, artifacts=list(artifacts))
 
 
-def file_format(value: int) -> FileFormat | None:
+def file_format(value: data_pb2.FileFormat) -> FileFormat | None:
     return _FILE_FORMATS.get(value)
 
 
@@ -189,7 +190,7 @@ def preview_message(preview: Preview) -> data_pb2.PreviewQueryResponse:
     return data_pb2.PreviewQueryResponse(
         columns=[data_pb2.Column(name=n, type=t) for n, t in preview.columns],
         # A SQL NULL is an absent key: proto maps cannot hold nulls.
-        rows=[data_pb2.Row(values={n: v for n, v in zip(names, row) if v is not None})
+        rows=[data_pb2.Row(values={n: v for n, v in zip(names, row, strict=True) if v is not None})
               for row in preview.rows])
 
 
@@ -216,20 +217,20 @@ _GROUPINGS = {usage_pb2.GROUP_BY_MODEL: Grouping.MODEL, usage_pb2.GROUP_BY_USER:
               usage_pb2.GROUP_BY_DAY: Grouping.DAY}
 
 
-def privilege(value: int) -> Privilege:
+def privilege(value: access_pb2.Privilege) -> Privilege:
     if value not in _PRIVILEGES:
         raise InvalidArgument("privilege is required (USAGE, OWNERSHIP, CREATE_MODEL, "
                               "CREATE_TABLE or CREATE_DATABASE)")
     return _PRIVILEGES[value]
 
 
-def securable(object_type: int, name: str) -> SecurableObject:
+def securable(object_type: access_pb2.ObjectType, name: str) -> SecurableObject:
     if object_type not in _OBJECT_TYPES:
         raise InvalidArgument("object_type must be ACCOUNT, DATABASE, SCHEMA or MODEL")
     return SecurableObject.parse(_OBJECT_TYPES[object_type], name)
 
 
-def grantee_type(value: int) -> str:
+def grantee_type(value: access_pb2.GranteeType) -> str:
     if value not in _GRANTEE_TYPES:
         raise InvalidArgument("grantee_type must be TO_USER or TO_ROLE")
     return _GRANTEE_TYPES[value]

@@ -5,8 +5,13 @@ from __future__ import annotations
 
 from services.common.errors import FailedPrecondition
 from services.control.domain.principals import Principal
-from services.control.domain.privileges import (PUBLIC, Access, Privilege, SecurableObject,
-                                                inherited_roles)
+from services.control.domain.privileges import (
+    PUBLIC,
+    Access,
+    Privilege,
+    SecurableObject,
+    inherited_roles,
+)
 from services.control.store.database import Store, Tx
 
 

@@ -18,8 +18,12 @@ from services.control.core.authorization import Authorizer
 from services.control.core.clock import Clock, utc_now
 from services.control.data.catalog import TABLE, DataCatalog, Preview, TableInfo
 from services.control.data.uploads import SpooledUpload
-from services.control.domain.names import (DEFAULT_DATABASE, QualifiedName, identifier,
-                                           qualified_name)
+from services.control.domain.names import (
+    DEFAULT_DATABASE,
+    QualifiedName,
+    identifier,
+    qualified_name,
+)
 from services.control.domain.principals import Principal
 from services.control.domain.privileges import Access, Privilege, SecurableObject
 from services.control.store.database import Store

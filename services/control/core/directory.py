@@ -19,17 +19,27 @@ from typing import Callable
 
 from sqlalchemy.exc import IntegrityError
 
-from services.common.errors import (AlreadyExists, FailedPrecondition, InvalidArgument,
-                                    NotFound)
+from services.common.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from services.control.core.authorization import load_access
 from services.control.core.clock import Clock, utc_now
 from services.control.domain.names import DEFAULT_DATABASE
 from services.control.domain.principals import ApiKeyInfo, Principal, Role, User
-from services.control.domain.privileges import (ACCOUNTADMIN, FINETUNE_USER, PUBLIC,
-                                                SYSTEM_ROLES, Access, GrantRecord, ObjectType,
-                                                Privilege, SecurableObject, check_grantable,
-                                                creates_cycle, inherited_roles, role_name,
-                                                user_name)
+from services.control.domain.privileges import (
+    ACCOUNTADMIN,
+    FINETUNE_USER,
+    PUBLIC,
+    SYSTEM_ROLES,
+    Access,
+    GrantRecord,
+    ObjectType,
+    Privilege,
+    SecurableObject,
+    check_grantable,
+    creates_cycle,
+    inherited_roles,
+    role_name,
+    user_name,
+)
 from services.control.store.access import ROLE, USER
 from services.control.store.database import Store, Tx
 
@@ -118,7 +128,9 @@ class AccountDirectory:
             if found is not None and found.name != PUBLIC:
                 tx.access.grant_role(principal.account_id, found.id, USER, user_id,
                                      principal.user_name, now)
-            return tx.accounts.user_by_id(user_id)
+            created = tx.accounts.user_by_id(user_id)
+            assert created is not None   # written in this transaction
+            return created
         return self._run(principal, work)
 
     def list_users(self, principal: Principal) -> list[User]:
@@ -140,7 +152,9 @@ class AccountDirectory:
             if found.id not in load_access(tx, principal.account_id, user.id).role_ids:
                 raise FailedPrecondition(f"user {name} does not hold role {role}")
             tx.accounts.set_default_role(user.id, found.id)
-            return tx.accounts.user_by_id(user.id)
+            updated = tx.accounts.user_by_id(user.id)
+            assert updated is not None   # found above, in this transaction
+            return updated
         return self._run(principal, work)
 
     # -- roles ----------------------------------------------------------------------------
@@ -281,7 +295,9 @@ class AccountDirectory:
                 access.require(Privilege.MANAGE_ACCESS, ACCOUNT)
             user = self._user(tx, principal.account_id, name)
             key_id, key = tx.accounts.create_key(user.id, self._clock())
-            return tx.accounts.key(principal.account_id, key_id), key
+            info = tx.accounts.key(principal.account_id, key_id)
+            assert info is not None   # written in this transaction
+            return info, key
         return self._run(principal, work)
 
     def list_keys(self, principal: Principal, name: str = "",
@@ -310,7 +326,9 @@ class AccountDirectory:
                 raise NotFound(f"API key {key_id} does not exist")
             tx.accounts.revoke_key(key.id, self._clock())
             self._require_an_administrator(tx, principal.account_id)
-            return tx.accounts.key(principal.account_id, key.id)
+            revoked = tx.accounts.key(principal.account_id, key.id)
+            assert revoked is not None   # found above, in this transaction
+            return revoked
         return self._run(principal, work)
 
     # -- lookups and invariants -----------------------------------------------------------

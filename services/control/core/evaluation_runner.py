@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 from services.common.artifacts import ArtifactStore
 from services.common.errors import FinetuneError, ResourceExhausted, Unavailable
@@ -22,12 +23,21 @@ from services.common.waiting import wait_event
 from services.control.core.authorization import load_access
 from services.control.core.clock import Clock, utc_now
 from services.control.core.events import JobEvents
-from services.control.data.evaluation_data import (METRICS_FILE, PREDICTIONS_FILE,
-                                                   evaluation_uri, metrics_csv, predictions_csv,
-                                                   read_rows)
+from services.control.data.evaluation_data import (
+    METRICS_FILE,
+    PREDICTIONS_FILE,
+    evaluation_uri,
+    metrics_csv,
+    predictions_csv,
+    read_rows,
+)
 from services.control.dispatch.inference import CompletionCall, CompletionClient
-from services.control.domain.evaluations import (Evaluation, EvaluationStatus,
-                                                 IllegalEvaluationTransition, prediction_text)
+from services.control.domain.evaluations import (
+    Evaluation,
+    EvaluationStatus,
+    IllegalEvaluationTransition,
+    prediction_text,
+)
 from services.control.domain.metrics import compute_metrics
 from services.control.domain.privileges import Privilege, SecurableObject
 from services.control.store.database import Store, Tx
@@ -151,10 +161,10 @@ class EvaluationRunner:
                 continue
             task = asyncio.create_task(self.run_one(evaluation.id), name=evaluation.id)
             self._running[evaluation.id] = task
-            task.add_done_callback(lambda t, i=evaluation.id: self._done(i))
+            task.add_done_callback(functools.partial(self._done, evaluation.id))
             free -= 1
 
-    def _done(self, evaluation_id: str) -> None:
+    def _done(self, evaluation_id: str, _: asyncio.Task) -> None:
         self._running.pop(evaluation_id, None)
         if self._wakeup is not None:
             self._wakeup.set()   # a slot is free
@@ -173,6 +183,7 @@ class EvaluationRunner:
             if self._client is None:
                 raise Unavailable("no inference service configured")
             await asyncio.to_thread(self._check_access, evaluation)
+            assert evaluation.data_uri is not None   # set when the evaluation was created
             rows = await asyncio.to_thread(read_rows, self._artifacts, evaluation.data_uri)
             tally = _Tally()
             predictions = await self._generate(evaluation, rows, tally, stop)
@@ -246,7 +257,7 @@ class EvaluationRunner:
                    for _ in range(min(evaluation.generation.concurrency, len(rows)) or 1)]
         stopper = asyncio.create_task(stop.wait())
         try:
-            pending = set(workers)
+            pending: set[asyncio.Task[Any]] = set(workers)
             while pending:
                 done, pending = await asyncio.wait(pending | {stopper},
                                                    return_when=asyncio.FIRST_COMPLETED)
@@ -270,6 +281,7 @@ class EvaluationRunner:
             user_id=evaluation.user_id, max_tokens=g.max_tokens, temperature=g.temperature,
             top_p=g.top_p, stop=g.stop, seed=g.seed,
             request_id=f"{evaluation.id}/{evaluation.attempts}/{index}")
+        assert self._client is not None   # run_one refuses to start without one
         attempt, first_failure = 0, None
         while True:
             attempt += 1

@@ -7,10 +7,11 @@ worker threads.
 
 from __future__ import annotations
 
+import builtins
 import logging
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Callable, Iterable, Iterator, Mapping
+from typing import Any, Callable, Generator, Iterable, Mapping
 
 from sqlalchemy.exc import IntegrityError
 
@@ -23,14 +24,29 @@ from services.control.core.authorization import Authorizer, load_access
 from services.control.core.clock import Clock, utc_now
 from services.control.core.events import JobEvents
 from services.control.data.catalog import DataCatalog
-from services.control.data.evaluation_data import (DATA_FILE, METRICS_FILE, RESULT_FILES,
-                                                   evaluation_uri, result_chunks, snapshot_rows)
+from services.control.data.evaluation_data import (
+    DATA_FILE,
+    METRICS_FILE,
+    RESULT_FILES,
+    evaluation_uri,
+    result_chunks,
+    snapshot_rows,
+)
 from services.control.data.sandbox import ReadScope
-from services.control.domain.evaluations import (Evaluation, EvaluationRole, EvaluationStatus,
-                                                 EvaluationTask, Generation, JobEvaluation,
-                                                 RequestedGeneration, check_min_improvement,
-                                                 fit_max_tokens, new_evaluation_id,
-                                                 resolve_generation, resolve_task)
+from services.control.domain.evaluations import (
+    Evaluation,
+    EvaluationRole,
+    EvaluationStatus,
+    EvaluationTask,
+    Generation,
+    JobEvaluation,
+    RequestedGeneration,
+    check_min_improvement,
+    fit_max_tokens,
+    new_evaluation_id,
+    resolve_generation,
+    resolve_task,
+)
 from services.control.domain.jobs import Job
 from services.control.domain.models import RegisteredModel
 from services.control.domain.names import qualified_name
@@ -246,7 +262,7 @@ class Evaluations:
         return EvaluationPage(found, token)
 
     def for_model(self, model: RegisteredModel,
-                  limit: int = MODEL_EVALUATIONS_SHOWN) -> list[Evaluation]:
+                  limit: int = MODEL_EVALUATIONS_SHOWN) -> builtins.list[Evaluation]:
         """Model.evaluations: this version's (the caller's USAGE on it is already checked;
         ListEvaluations by name shows earlier versions' too)."""
         return self._store.run(lambda tx: tx.evaluations.page(
@@ -274,7 +290,7 @@ class Evaluations:
     # -- GetEvaluationResults -------------------------------------------------------------
 
     def result_chunks(self, principal: Principal, evaluation_id: str,
-                      file: str = "") -> Iterator[bytes]:
+                      file: str = "") -> Generator[bytes, None, None]:
         name = file.strip() or METRICS_FILE
         if name not in RESULT_FILES:
             raise InvalidArgument(f"file must be one of {', '.join(RESULT_FILES)} (got {file!r})")

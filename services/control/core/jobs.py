@@ -18,8 +18,13 @@ from sqlalchemy.exc import IntegrityError
 
 from services.common.artifacts import ArtifactStore
 from services.common.base_models import BaseModelSpec
-from services.common.errors import (AlreadyExists, FailedPrecondition, InvalidArgument,
-                                    NotFound, PermissionDenied)
+from services.common.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+)
 from services.control.core import paging
 from services.control.core.authorization import Authorizer, load_access
 from services.control.core.clock import Clock, utc_now
@@ -31,13 +36,24 @@ from services.control.data.snapshots import SnapshotRequest, Snapshots, take_sna
 from services.control.data.tokenizers import Tokenizers
 from services.control.dispatch.protocol import DispatchError, JobDispatcher
 from services.control.domain.estimates import JobEstimate
-from services.control.domain.events import (EventLevel, EventType, JobEvent, NewEvent,
-                                            data_events, progress_event, transition_events)
+from services.control.domain.events import (
+    EventLevel,
+    EventType,
+    JobEvent,
+    NewEvent,
+    data_events,
+    progress_event,
+    transition_events,
+)
 from services.control.domain.jobs import Job, JobStatus, Progress, new_job_id
-from services.control.domain.names import qualified_name
 from services.control.domain.models import RegisteredModel
-from services.control.domain.options import (RequestedOptions, TrainingOptions, WorkerLimits,
-                                             resolve_options)
+from services.control.domain.names import qualified_name
+from services.control.domain.options import (
+    RequestedOptions,
+    TrainingOptions,
+    WorkerLimits,
+    resolve_options,
+)
 from services.control.domain.prices import PriceTable
 from services.control.domain.principals import Principal
 from services.control.domain.privileges import SecurableObject
@@ -300,6 +316,7 @@ class FineTuning:
 
     def _submit(self, job: Job) -> None:
         """Hand the job to the cluster. A failure leaves it PENDING: the reconciler retries."""
+        assert job.spec_uri is not None   # written before the job is stored
         error = None
         try:
             self._dispatcher.submit(job.id, job.spec_uri, self._env)

@@ -3,14 +3,15 @@ their account, and the files of a model's output folder."""
 
 from __future__ import annotations
 
+import builtins
 from dataclasses import dataclass
-from typing import Callable, Iterator, Mapping
+from typing import Callable, Generator, Mapping
 
 from services.common.artifacts import ArtifactStore
 from services.common.base_models import BaseModelSpec
 from services.common.errors import InvalidArgument, NotFound
-from services.control.core.clock import Clock, utc_now
 from services.control.core import paging
+from services.control.core.clock import Clock, utc_now
 from services.control.domain.models import RegisteredModel
 from services.control.domain.names import qualified_name
 from services.control.domain.principals import Principal
@@ -44,8 +45,9 @@ class ModelRegistry:
         after = str(paging.decode_token(page_token)[0]) if page_token else None
         models: list[RegisteredModel] = []
         while len(models) <= size:
-            batch = self._store.run(lambda tx: tx.models.page(principal.account_id, size + 1,
-                                                              after))
+            # run() calls the lambda at once, so it sees this round's `after`
+            batch = self._store.run(
+                lambda tx: tx.models.page(principal.account_id, size + 1, after))  # noqa: B023
             models += [m for m in batch if visible(m)]
             if len(batch) <= size:
                 break
@@ -63,7 +65,7 @@ class ModelRegistry:
             raise NotFound(f"model {canonical} does not exist")
         return model
 
-    def artifacts(self, model: RegisteredModel) -> list[str]:
+    def artifacts(self, model: RegisteredModel) -> builtins.list[str]:
         return self._artifacts.list(model.adapter_uri)
 
     def delete(self, principal: Principal, name: str) -> None:
@@ -83,7 +85,8 @@ class ModelRegistry:
         if self._store.run(work) is None:
             raise NotFound(f"model {canonical} does not exist")
 
-    def artifact_chunks(self, principal: Principal, name: str, artifact: str) -> Iterator[bytes]:
+    def artifact_chunks(self, principal: Principal, name: str,
+                        artifact: str) -> Generator[bytes, None, None]:
         if not artifact or "/" in artifact or "\\" in artifact or artifact in (".", ".."):
             raise InvalidArgument("artifact must be a plain file name such as "
                                   "training_results.csv")

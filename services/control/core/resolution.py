@@ -70,6 +70,7 @@ class ModelResolution:
     def resolve(self, api_key: str, model: str, on_behalf_of_account_id: str = "",
                 on_behalf_of_user_id: str = "") -> Resolved:
         delegated = bool(on_behalf_of_account_id or on_behalf_of_user_id)
+        principal: Principal | None
         if delegated:
             principal = self._delegated(api_key, on_behalf_of_account_id, on_behalf_of_user_id)
         else:
@@ -105,12 +106,13 @@ class ModelResolution:
             base = self._base_models[model]
             return Resolved(principal.account_id, principal.user_id, base.name, base, None)
         canonical = adapter.name
-        base = self._base_models.get(adapter.base_model)
-        if base is None:
+        adapter_base = self._base_models.get(adapter.base_model)
+        if adapter_base is None:
             raise FailedPrecondition(
                 f"model {canonical} needs base model {adapter.base_model}, which this "
                 "deployment no longer serves")
-        return Resolved(principal.account_id, principal.user_id, canonical, base, adapter)
+        return Resolved(principal.account_id, principal.user_id, canonical, adapter_base,
+                        adapter)
 
     def report_usage(self, usage: Usage) -> bool:
         """Record one request's tokens; False if that request id was already recorded."""

@@ -20,8 +20,13 @@ from services.control.domain.names import qualified_name
 from services.control.domain.prices import PriceTable, parse_prices
 from services.control.domain.principals import Principal
 from services.control.domain.privileges import Privilege, SecurableObject, user_name
-from services.control.domain.usage import (FineTuningUsage, Grouping, InferenceUsage,
-                                           UsageFilter, UsageGroup)
+from services.control.domain.usage import (
+    FineTuningUsage,
+    Grouping,
+    InferenceUsage,
+    UsageFilter,
+    UsageGroup,
+)
 from services.control.store.database import Store, Tx
 
 log = logging.getLogger(__name__)
@@ -51,6 +56,7 @@ def record_fine_tuning_usage(tx: Tx, job: Job, prices: PriceTable) -> bool:
         return False
     if job.status is not JobStatus.SUCCESS and job.trained_tokens <= 0:
         return False
+    assert job.finished_on is not None   # set by every terminal transition
     tx.usage.add_fine_tuning(
         account_id=job.account_id, job_id=job.id, user_id=job.user_id, model=job.model_name,
         base_model=job.base_model, status=job.status.value, trained_tokens=job.trained_tokens,
@@ -141,7 +147,7 @@ def _position(token: str) -> tuple[datetime, int] | None:
         raise InvalidArgument("invalid page_token") from None
 
 
-def _page(rows: list[tuple[FineTuningUsage | InferenceUsage, tuple[datetime, int]]],
+def _page(rows: Sequence[tuple[FineTuningUsage | InferenceUsage, tuple[datetime, int]]],
           size: int) -> UsagePage:
     token = ""
     if len(rows) > size:

@@ -13,13 +13,32 @@ import duckdb
 
 from services.common.errors import AlreadyExists, FinetuneError, InvalidArgument, NotFound
 from services.control.data.locks import AccountLocks
-from services.control.data.sandbox import (QueryResult, ReadScope, SandboxLimits, check_query,
-                                           display_value, lock_configuration, locked_down,
-                                           quote, quote_literal, run_sql, sandboxed_query,
-                                           single_select, syntax_tree, table_references)
-from services.control.data.views import (ViewName, delete_views, expand_views,
-                                         is_hidden_schema, load_views, save_view, view_sql)
+from services.control.data.sandbox import (
+    QueryResult,
+    ReadScope,
+    SandboxLimits,
+    check_query,
+    display_value,
+    lock_configuration,
+    locked_down,
+    quote,
+    quote_literal,
+    run_sql,
+    sandboxed_query,
+    single_select,
+    syntax_tree,
+    table_references,
+)
 from services.control.data.uploads import FileFormat, SpooledUpload
+from services.control.data.views import (
+    ViewName,
+    delete_views,
+    expand_views,
+    is_hidden_schema,
+    load_views,
+    save_view,
+    view_sql,
+)
 from services.control.domain.names import DEFAULT_DATABASE, QualifiedName, identifier
 
 DB_SUFFIX = ".duckdb"

@@ -12,14 +12,13 @@ import csv
 import io
 import json
 from dataclasses import dataclass
-from typing import Iterator, Sequence
+from typing import Generator, Sequence
 
 from services.common.artifacts import ArtifactStore
 from services.common.errors import InvalidArgument
 from services.control.data.catalog import DataCatalog
 from services.control.data.sandbox import ReadScope
-from services.control.domain.evaluations import (LabelMetric, evaluation_columns,
-                                                 evaluation_record)
+from services.control.domain.evaluations import LabelMetric, evaluation_columns, evaluation_record
 
 DATA_FILE = "data.jsonl"
 METRICS_FILE = "metrics.csv"
@@ -90,11 +89,11 @@ def predictions_csv(rows: Sequence[dict], predictions: Sequence[str],
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(["prompt", "reference", "prediction", "correct"])
-    for row, prediction, ok in zip(rows, predictions, correct):
+    for row, prediction, ok in zip(rows, predictions, correct, strict=True):
         writer.writerow([row["prompt"], row["reference"], prediction, "true" if ok else "false"])
     return out.getvalue().encode()
 
 
 def result_chunks(artifacts: ArtifactStore, evaluation_id: str, name: str,
-                  chunk_size: int = 1 << 20) -> Iterator[bytes]:
+                  chunk_size: int = 1 << 20) -> Generator[bytes, None, None]:
     return artifacts.iter_chunks(evaluation_uri(artifacts, evaluation_id, name), chunk_size)

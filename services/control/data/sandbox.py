@@ -23,10 +23,13 @@ from typing import Callable, Iterator, Protocol
 
 import duckdb
 
-from services.common.errors import (DeadlineExceeded, InvalidArgument, PermissionDenied,
-                                    ResourceExhausted)
+from services.common.errors import (
+    DeadlineExceeded,
+    InvalidArgument,
+    PermissionDenied,
+    ResourceExhausted,
+)
 from services.control.domain.names import DEFAULT_DATABASE, DEFAULT_SCHEMA
-
 
 NOT_USABLE = ("the query reads a database, schema or table that does not exist or that you "
               "may not use (USAGE on its database and schema is required)")
@@ -198,7 +201,7 @@ def _check_plan(connection, query: str, scope: ReadScope | None) -> None:
         for node in _plan_nodes(json.loads(text)):
             info = node.get("extra_info") or {}
             if isinstance(info.get("Table"), str):
-                if not restricted:
+                if scope is None:   # unrestricted
                     continue
                 parts = _identifiers(info["Table"])
                 # Fail closed: a name this parser does not understand is not readable.

@@ -79,9 +79,9 @@ def take_snapshots(catalog: DataCatalog, artifacts: ArtifactStore, request: Snap
         exported = _export(catalog, artifacts, request, request.training_query,
                            request.scratch_uri, "training query", scope)
         held_out = holdout_rows(exported.rows, request.seed)
-        training, validation = _split(artifacts, request, held_out, count_row)
+        split_training, split_validation = _split(artifacts, request, held_out, count_row)
         artifacts.delete(request.scratch_uri)
-        return Snapshots(training, validation,
+        return Snapshots(split_training, split_validation,
                          ValidationSource.HOLDOUT if held_out else ValidationSource.NONE,
                          exported.rows)
     except BaseException:
@@ -160,7 +160,9 @@ def _split(artifacts: ArtifactStore, request: SnapshotRequest, held_out: frozens
             validation = _HashingWriter(validation_out) if validation_out else None
             for number, line in enumerate(_lines(artifacts, request.scratch_uri)):
                 target = 1 if number in held_out else 0
-                (validation if target else train).write_line(line)
+                writer = validation if target else train
+                assert writer is not None   # rows are held out only into a validation file
+                writer.write_line(line)
                 tallies[target].add(count_row(json.loads(line)))
         finally:
             if validation_out is not None:

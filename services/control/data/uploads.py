@@ -8,7 +8,7 @@ import os
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping
+from typing import Mapping, Sequence
 
 from services.common.errors import InvalidArgument, ResourceExhausted
 
@@ -60,7 +60,7 @@ class TableUpload:
             raise InvalidArgument("the header must name the file format (CSV, JSONL or PARQUET)")
         self._write(data)
 
-    def add_rows(self, rows: list[Mapping[str, str]]) -> None:
+    def add_rows(self, rows: Sequence[Mapping[str, str]]) -> None:
         self._expect("rows")
         lines = []
         for row in rows:
@@ -78,6 +78,7 @@ class TableUpload:
             raise InvalidArgument("the LoadTable stream carried no data")
         if self._kind == "rows":
             return SpooledUpload(self._path, FileFormat.JSONL, list(self._columns))
+        assert self._format is not None   # add_chunk refused chunks without one
         return SpooledUpload(self._path, self._format)
 
     def discard(self) -> None:

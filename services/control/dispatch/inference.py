@@ -68,7 +68,7 @@ class GrpcCompletionClient:
         self._token = service_token
         self._timeout_s = timeout_s
         self._channel: grpc.aio.Channel | None = None
-        self._stub = None
+        self._stub: inference_pb2_grpc.InferenceServiceStub | None = None
 
     def _ready(self):
         if self._stub is None:

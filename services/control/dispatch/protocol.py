@@ -1,5 +1,6 @@
 """What control needs from a cluster that runs training jobs. Ray implements it
-(`ray_jobs.RayJobDispatcher`); unit tests use a fake. Methods block: call them off the event loop."""
+(`ray_jobs.RayJobDispatcher`); unit tests use a fake. Methods block: call them off the event
+loop."""
 
 from __future__ import annotations
 

@@ -5,10 +5,14 @@ from __future__ import annotations
 import logging
 import shlex
 import threading
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
-from services.control.dispatch.protocol import (ClusterJob, ClusterJobStatus, ClusterUnavailable,
-                                                DispatchError)
+from services.control.dispatch.protocol import (
+    ClusterJob,
+    ClusterJobStatus,
+    ClusterUnavailable,
+    DispatchError,
+)
 
 log = logging.getLogger(__name__)
 
@@ -23,7 +27,7 @@ class RayJobDispatcher:
     def __init__(self, address: str, python: str):
         self._address = address
         self._python = python
-        self._client = None
+        self._client: Any = None   # a JobSubmissionClient, made on first use
         self._lock = threading.Lock()
 
     def _connect(self):

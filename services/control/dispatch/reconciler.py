@@ -19,17 +19,26 @@ from sqlalchemy.exc import IntegrityError
 
 from services.common.artifacts import ArtifactStore
 from services.control.core.clock import Clock, utc_now
-from services.control.core.events import JobEvents
 from services.control.core.evaluations import job_evaluations
+from services.control.core.events import JobEvents
 from services.control.core.jobs import drop_candidate, submit_event
 from services.control.core.usage import record_fine_tuning_usage
-from services.control.dispatch.protocol import (ClusterJob, ClusterJobStatus, ClusterUnavailable,
-                                                DispatchError, JobDispatcher)
-from services.control.domain.evaluations import (Evaluation, EvaluationRole, EvaluationStatus,
-                                                 JobEvaluation, judge)
+from services.control.dispatch.protocol import (
+    ClusterJob,
+    ClusterJobStatus,
+    ClusterUnavailable,
+    DispatchError,
+    JobDispatcher,
+)
+from services.control.domain.evaluations import (
+    Evaluation,
+    EvaluationRole,
+    EvaluationStatus,
+    JobEvaluation,
+    judge,
+)
 from services.control.domain.events import EventLevel, EventType, NewEvent, transition_events
-from services.control.domain.jobs import (TRAINED_PROGRESS, ErrorCode, Job, JobStatus,
-                                          TrainingResult)
+from services.control.domain.jobs import TRAINED_PROGRESS, ErrorCode, Job, JobStatus, TrainingResult
 from services.control.domain.models import ModelState
 from services.control.domain.prices import PriceTable
 from services.control.domain.privileges import Privilege, SecurableObject
@@ -170,6 +179,7 @@ class Reconciler:
     def _resubmit(self, job: Job) -> bool:
         """A PENDING job the cluster does not know: control stopped between recording it and
         submitting it, or the submission failed. Submit again (idempotent on the job id)."""
+        assert job.spec_uri is not None   # written before the job is stored
         error = None
         try:
             self._dispatcher.submit(job.id, job.spec_uri, self._env)
@@ -241,6 +251,7 @@ class Reconciler:
         and tuned evaluations (first round); follow their progress (later rounds); then
         register the model or refuse it (the round that sees both finished). Every step is one
         transaction on the job, so a restart anywhere in between picks up from the DB."""
+        assert job.evaluation is not None   # only jobs created with an evaluation come here
         spec = JobEvaluation.from_dict(job.evaluation)
         candidate, evaluations = self._store.run(
             lambda tx: (tx.models.by_job(job.id), tx.evaluations.for_job(job.id)))
@@ -283,6 +294,7 @@ class Reconciler:
 
         def register(j: Job, tx: Tx) -> list[NewEvent]:
             model = tx.models.by_job(j.id)
+            assert model is not None   # the candidate registered in the first round
             tx.models.set_state(model.id, ModelState.READY)
             return [_evaluation_event(base, tuned, f"evaluation finished: {verdict.message}"),
                     NewEvent(EventType.MODEL_REGISTERED,
@@ -329,8 +341,8 @@ class Reconciler:
                     evaluation.cancel(self._clock(), f"the fine-tuning job ended: {code}")
                     tx.evaluations.save(evaluation)
             if len(evaluations) == 2:
-                return [_evaluation_event(*evaluations, f"evaluation finished: {message}",
-                                          EventLevel.ERROR)]
+                return [_evaluation_event(evaluations[0], evaluations[1],
+                                          f"evaluation finished: {message}", EventLevel.ERROR)]
             return []
 
         changed = self._update(job_id, lambda j, tx: j.fail(code, message, self._clock()), drop)

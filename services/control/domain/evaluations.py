@@ -211,7 +211,7 @@ def evaluation_columns(columns: Sequence[str], what: str = "evaluation query") -
     reference = next((c for c in REFERENCE_COLUMNS if c in by_name), None)
     if reference is None:
         missing.append("label (or completion)")
-    if missing:
+    if missing or reference is None:
         raise InvalidArgument(
             f"{what} must return column{'s' if len(missing) > 1 else ''} "
             f"{' and '.join(missing)} (it returns: {', '.join(columns) or 'no columns'})")

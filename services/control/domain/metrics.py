@@ -10,8 +10,7 @@ from dataclasses import dataclass, field
 from typing import Sequence
 
 from services.common.errors import InvalidArgument
-from services.control.domain.evaluations import (EvaluationTask, LabelMetric, answer_key,
-                                                 label_key)
+from services.control.domain.evaluations import EvaluationTask, LabelMetric, answer_key, label_key
 
 
 @dataclass(frozen=True)
@@ -61,8 +60,8 @@ def classification_metrics(references: Sequence[str], predictions: Sequence[str]
         metrics[f"{average}_recall"] = float(r)
     labels = [LabelMetric(label=shown[k], precision=float(p), recall=float(r), f1=float(f),
                           support=int(s))
-              for k, p, r, f, s in zip(keys, precision, recall, f1, support)]
-    return TaskMetrics(metrics, labels, [t == p for t, p in zip(y_true, y_pred)])
+              for k, p, r, f, s in zip(keys, precision, recall, f1, support, strict=True)]
+    return TaskMetrics(metrics, labels, [t == p for t, p in zip(y_true, y_pred, strict=True)])
 
 
 def text_generation_metrics(references: Sequence[str],
@@ -74,7 +73,7 @@ def text_generation_metrics(references: Sequence[str],
 
     bleu = sacrebleu.corpus_bleu(list(predictions), [list(references)]).score / 100.0
     scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
-    scores = [scorer.score(r, p)["rougeL"] for r, p in zip(references, predictions)]
+    scores = [scorer.score(r, p)["rougeL"] for r, p in zip(references, predictions, strict=True)]
     n = len(scores)
     metrics = {
         "bleu": float(bleu),
@@ -83,11 +82,11 @@ def text_generation_metrics(references: Sequence[str],
         "rougeL_f1": sum(s.fmeasure for s in scores) / n,
     }
     return TaskMetrics(metrics, [], [label_key(r) == label_key(p)
-                                     for r, p in zip(references, predictions)])
+                                     for r, p in zip(references, predictions, strict=True)])
 
 
 def question_answering_metrics(references: Sequence[str],
                                predictions: Sequence[str]) -> TaskMetrics:
     """Exact match after SQuAD's normalisation (case, punctuation, articles, whitespace)."""
-    correct = [answer_key(r) == answer_key(p) for r, p in zip(references, predictions)]
+    correct = [answer_key(r) == answer_key(p) for r, p in zip(references, predictions, strict=True)]
     return TaskMetrics({"exact_match": sum(correct) / len(correct)}, [], correct)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Iterable, Mapping
 
 from services.common.errors import InvalidArgument, PermissionDenied
@@ -215,7 +216,7 @@ class GrantRecord:
     """One row of SHOW GRANTS: a privilege on an object, or a role (privilege USAGE on ROLE r),
     granted to a role or a user."""
 
-    created_on: object
+    created_on: datetime | None
     privilege: str
     granted_on: str        # ACCOUNT, DATABASE, SCHEMA, MODEL or ROLE
     name: str

@@ -5,14 +5,14 @@ from __future__ import annotations
 import secrets
 from collections import defaultdict
 from datetime import datetime
+from typing import cast
 
-from sqlalchemy import and_, delete, or_, select, update
+from sqlalchemy import CursorResult, and_, delete, or_, select, update
 from sqlalchemy.orm import Session
 
 from services.control.domain.principals import Role
-from services.control.domain.privileges import (GrantRecord, ObjectType, Privilege,
-                                                SecurableObject)
-from services.control.store.tables import (PrivilegeGrantRow, RoleGrantRow, RoleRow, UserRow)
+from services.control.domain.privileges import GrantRecord, ObjectType, Privilege, SecurableObject
+from services.control.store.tables import PrivilegeGrantRow, RoleGrantRow, RoleRow, UserRow
 
 USER = "USER"
 ROLE = "ROLE"
@@ -161,7 +161,7 @@ class AccessRepository:
             PrivilegeGrantRow.object_type == obj.type.value,
             PrivilegeGrantRow.object_name == obj.name))
         self._s.flush()
-        return result.rowcount or 0
+        return cast(CursorResult, result).rowcount or 0
 
     def delete_schema_grants_in(self, account_id: str, database: str) -> int:
         """A dropped database's schemas go with it, and so do the grants on them."""
@@ -170,7 +170,7 @@ class AccessRepository:
             PrivilegeGrantRow.object_type == ObjectType.SCHEMA.value,
             PrivilegeGrantRow.object_name.startswith(f"{database}.", autoescape=True)))
         self._s.flush()
-        return result.rowcount or 0
+        return cast(CursorResult, result).rowcount or 0
 
     # -- SHOW GRANTS ----------------------------------------------------------------------
 

@@ -71,7 +71,7 @@ class AccountRepository:
         return self._s.scalar(select(UserRow.default_role_id).where(UserRow.id == user_id))
 
     def set_default_role(self, user_id: str, role_id: str | None) -> None:
-        self._s.get(UserRow, user_id).default_role_id = role_id
+        self._s.get_one(UserRow, user_id).default_role_id = role_id
         self._s.flush()
 
     # -- keys -----------------------------------------------------------------------------
@@ -103,7 +103,7 @@ class AccountRepository:
         return found[0] if found else None
 
     def revoke_key(self, key_id: str, now: datetime) -> None:
-        row = self._s.get(ApiKeyRow, key_id)
+        row = self._s.get_one(ApiKeyRow, key_id)
         if row.revoked_on is None:
             row.revoked_on = now
             self._s.flush()

@@ -8,8 +8,14 @@ from sqlalchemy import and_, or_, select
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.exc import StaleDataError
 
-from services.control.domain.evaluations import (ACTIVE, Evaluation, EvaluationStatus,
-                                                 EvaluationTask, Generation, LabelMetric)
+from services.control.domain.evaluations import (
+    ACTIVE,
+    Evaluation,
+    EvaluationStatus,
+    EvaluationTask,
+    Generation,
+    LabelMetric,
+)
 from services.control.store.tables import EvaluationRow
 
 _PLAIN = ("account_id", "user_id", "request_id", "model", "base_model", "model_version",

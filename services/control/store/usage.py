@@ -4,13 +4,18 @@ fine-tuning records, one per finished job."""
 from __future__ import annotations
 
 from datetime import date, datetime
-from typing import Sequence
+from typing import Any, Sequence
 
 from sqlalchemy import and_, func, or_, select, true
 from sqlalchemy.orm import Session
 
-from services.control.domain.usage import (FineTuningUsage, Grouping, InferenceUsage,
-                                           UsageFilter, UsageGroup)
+from services.control.domain.usage import (
+    FineTuningUsage,
+    Grouping,
+    InferenceUsage,
+    UsageFilter,
+    UsageGroup,
+)
 from services.control.store.tables import FineTuningUsageRow, UsageRow, UserRow
 
 
@@ -80,7 +85,7 @@ class UsageRepository:
                          group_by: Sequence[Grouping]) -> list[UsageGroup]:
         keys = {Grouping.MODEL: UsageRow.model, Grouping.USER: UsageRow.user_id,
                 Grouping.DAY: func.date(UsageRow.created_on)}
-        columns = [keys[g].label(g.value) for g in group_by]
+        columns: list[Any] = [keys[g].label(g.value) for g in group_by]
         query = select(*columns, func.count(UsageRow.id),
                        func.coalesce(func.sum(UsageRow.prompt_tokens), 0),
                        func.coalesce(func.sum(UsageRow.completion_tokens), 0),
@@ -94,7 +99,7 @@ class UsageRepository:
             else set())
         groups = []
         for row in rows:
-            values = dict(zip(group_by, row[:len(group_by)]))
+            values = dict(zip(group_by, row[:len(group_by)], strict=True))
             requests, prompt, completion, credits = row[len(group_by):]
             if not requests:  # no rows at all: an ungrouped aggregate still returns one
                 continue

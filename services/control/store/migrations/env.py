@@ -24,6 +24,7 @@ if connection is not None:
 else:
     url = context.get_x_argument(as_dictionary=True).get("url") or \
         context.config.get_main_option("sqlalchemy.url")
+    assert url, "give -x url=... or sqlalchemy.url"
     engine = create_engine(url)
     with engine.begin() as conn:
         _run(conn)
