@@ -1,14 +1,29 @@
-"""The artifact store: job snapshots, adapters, results. A local folder by default, any fsspec URL
-in production (s3://, gs://, ...). Control and the data planes address artifacts by URI."""
+"""The artifact store: job snapshots, adapters, results, evaluations. A local folder by default,
+any fsspec URL in production (s3://bucket/prefix, gs://...). Control and the data planes address
+artifacts by URI and share nothing else: the trainer downloads what it reads and uploads what it
+writes, inference copies an adapter version into its own cache before vLLM loads it.
+
+Object-store connections are configured the way the store's own tools are, in each process that
+opens the store (control, every Ray node, inference), never in job specs: for s3:// the standard
+AWS settings that botocore reads (AWS_ENDPOINT_URL for MinIO, Ceph or another S3-compatible
+server, AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or a role, AWS_REGION), which Ray Train's
+checkpoints through pyarrow honour as well; fsspec's FSSPEC_<PROTOCOL>_<OPTION> variables for
+other protocols.
+"""
 
 from __future__ import annotations
 
+import builtins
 import os
 from pathlib import Path
-from typing import IO, Iterator
+from typing import IO, Generator
 
 import fsspec
 from fsspec.core import url_to_fs
+
+# Object stores: other processes (the trainer, another control) write under the same prefixes,
+# so a cached listing would hide their files.
+_REMOTE_OPTIONS = {"use_listings_cache": False}
 
 
 class ArtifactStore:
@@ -16,7 +31,9 @@ class ArtifactStore:
         if "://" not in root:
             root = "file://" + str(Path(root).expanduser().resolve())
         self.root = root.rstrip("/")
-        self.fs, self._root_path = url_to_fs(self.root)
+        protocol = self.root.split("://", 1)[0]
+        options = {} if protocol in ("file", "local") else _REMOTE_OPTIONS
+        self.fs, self._root_path = url_to_fs(self.root, **options)
         if self.is_local:
             Path(self._root_path).mkdir(parents=True, exist_ok=True)
 
@@ -30,11 +47,12 @@ class ArtifactStore:
     def _path(self, uri: str) -> str:
         if not uri.startswith(self.root + "/") and uri != self.root:
             raise ValueError(f"{uri} is outside the artifact store {self.root}")
-        return url_to_fs(uri)[1]
+        return self._root_path + uri[len(self.root):]
 
     def open(self, uri: str, mode: str = "rb") -> IO:
         path = self._path(uri)
-        if "w" in mode:
+        if "w" in mode and self.is_local:
+            # Object stores have no folders; asking s3fs for one would even create the bucket.
             self.fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
         return self.fs.open(path, mode)
 
@@ -51,35 +69,46 @@ class ArtifactStore:
 
     def list(self, uri: str) -> list[str]:
         """File names directly under `uri` (empty if it does not exist)."""
-        path = self._path(uri)
-        if not self.fs.exists(path):
-            return []
-        return sorted(p.rsplit("/", 1)[-1] for p in self.fs.ls(path, detail=False)
-                      if self.fs.isfile(p))
+        return sorted(name for name, _ in self._files(self._path(uri)))
 
-    def iter_chunks(self, uri: str, chunk_size: int = 1 << 20) -> Iterator[bytes]:
+    def _files(self, path: str) -> builtins.list[tuple[str, str]]:
+        """(name, path) of each file directly under `path`; one listing call."""
+        try:
+            entries = self.fs.ls(path, detail=True)
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+        return [(e["name"].rstrip("/").rsplit("/", 1)[-1], e["name"]) for e in entries
+                if e.get("type") == "file" and e["name"].rstrip("/") != path.rstrip("/")]
+
+    def iter_chunks(self, uri: str, chunk_size: int = 1 << 20) -> Generator[bytes, None, None]:
         with self.open(uri, "rb") as f:
             while chunk := f.read(chunk_size):
                 yield chunk
 
     def put_dir(self, local_dir: str | os.PathLike, uri: str) -> None:
+        """Upload the files directly inside `local_dir` (not its subfolders) under `uri`."""
         dest = self._path(uri)
-        self.fs.makedirs(dest, exist_ok=True)
+        if self.is_local:
+            self.fs.makedirs(dest, exist_ok=True)
         for item in sorted(Path(local_dir).iterdir()):
             if item.is_file():
                 self.fs.put_file(str(item), f"{dest}/{item.name}")
 
     def get_dir(self, uri: str, local_dir: str | os.PathLike) -> Path:
+        """Download the files directly under `uri` into `local_dir`; FileNotFoundError when
+        there are none (a missing folder on an object store is an empty listing)."""
         local = Path(local_dir)
+        files = self._files(self._path(uri))
+        if not files:
+            raise FileNotFoundError(f"no files at {uri}")
         local.mkdir(parents=True, exist_ok=True)
-        src = self._path(uri)
-        for path in self.fs.ls(src, detail=False):
-            if self.fs.isfile(path):
-                self.fs.get_file(path, str(local / path.rsplit("/", 1)[-1]))
+        for name, path in files:
+            self.fs.get_file(path, str(local / name))
         return local
 
     def local_path(self, uri: str) -> Path | None:
-        """The local filesystem path of `uri` when the store is a local folder."""
+        """The local filesystem path of `uri` when the store is a local folder: a caller on the
+        same machine may read it in place; any other caller downloads (get_dir)."""
         return Path(self._path(uri)) if self.is_local else None
 
     def delete(self, uri: str) -> None:

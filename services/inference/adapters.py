@@ -211,7 +211,7 @@ def validate_adapter(folder: Path, base: BaseModel, max_rank: int,
 
     rank = config.get("r")
     ranks = [rank, *(config.get("rank_pattern") or {}).values()]
-    if not all(isinstance(r, int) and r > 0 for r in ranks):
+    if not isinstance(rank, int) or not all(isinstance(r, int) and r > 0 for r in ranks):
         raise FailedPrecondition("adapter's LoRA rank is missing or not a positive integer")
     if max(ranks) > max_rank:
         raise FailedPrecondition(
@@ -278,7 +278,8 @@ def _check_tensors(weights: Path, supported: set[str], max_rank: int, base: Base
 
 
 def _split_lora_tensor_name(name: str) -> tuple[str | None, str]:
-    """'base_model.model.model.layers.0.mlp.up_proj.lora_A.weight' -> ('model.layers.0.mlp.up_proj', 'A')."""
+    """'base_model.model.model.layers.0.mlp.up_proj.lora_A.weight'
+    -> ('model.layers.0.mlp.up_proj', 'A')."""
     for kind in ("A", "B"):
         suffix = f".lora_{kind}.weight"
         if name.endswith(suffix):
@@ -360,6 +361,8 @@ class AdapterRegistry:
         return folder
 
     def _local_folder(self, uri: str, adapter_id: int) -> Path:
+        """The adapter as a local folder: read in place from a local store, else downloaded
+        once into the cache (vLLM loads LoRA weights from a local path only)."""
         if "://" not in uri:  # a plain path names a local folder
             uri = Path(uri).expanduser().resolve().as_uri()
         uri = uri.rstrip("/")
@@ -374,11 +377,19 @@ class AdapterRegistry:
         dest = self._cache_dir / str(adapter_id)
         if dest.is_dir():  # downloaded before; versions are immutable
             return dest
+        try:
+            return self._download(store, uri, dest)
+        except OSError as exc:
+            # The store is down or refuses us: not a verdict on the adapter, so not cached.
+            raise errors.Unavailable(f"adapter {uri} could not be fetched: {exc}") from exc
+
+    def _download(self, store: ArtifactStore, uri: str, dest: Path) -> Path:
         names = store.list(uri)
         if not names:
             raise FailedPrecondition(f"no adapter files at {uri}")
         self._cache_dir.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{adapter_id}-", dir=self._cache_dir))
+        # Fetched into a temporary sibling and renamed: the cache never holds half a version.
+        tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}-", dir=self._cache_dir))
         try:
             # Pickle files are only listed, never fetched: validation refuses their names.
             for name in names:

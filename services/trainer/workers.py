@@ -15,6 +15,7 @@ import torch.distributed as dist
 from torch import nn
 
 from services.common.artifacts import ArtifactStore
+from services.common.errors import FailedPrecondition
 from services.trainer import recipe, reporting
 
 log = logging.getLogger(__name__)
@@ -99,9 +100,16 @@ def _adapter_copy(cfg: recipe.RecipeConfig) -> Iterator[Path | None]:
     if not cfg.spec.from_adapter_uri:
         yield None
         return
+    # Downloaded on every worker's own node: nothing says the nodes share a disk with control.
     with tempfile.TemporaryDirectory(prefix="ft-adapter-") as tmp:
         store = ArtifactStore(cfg.spec.artifact_root)
-        yield store.get_dir(cfg.spec.from_adapter_uri, tmp)
+        try:
+            folder = store.get_dir(cfg.spec.from_adapter_uri, tmp)
+        except FileNotFoundError:
+            raise FailedPrecondition(
+                f"the adapter to continue from, {cfg.spec.from_adapter_uri}, has no files") \
+                from None
+        yield folder
 
 
 def _log_to_stderr() -> None:

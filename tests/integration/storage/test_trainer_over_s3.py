@@ -1,0 +1,141 @@
+"""The trainer as a Ray job on a real local Ray, with every artifact on S3: the Ray processes
+reach the bucket through their own environment (as pods of a KubeRay cluster do), download the
+snapshot and the adapter to continue from, keep Ray Train's checkpoints in the bucket and upload
+the outputs. No folder is shared with the test beyond the base model."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+import pytest
+
+from services.common.artifacts import ArtifactStore
+from services.common.ports import free_ports
+
+pytestmark = pytest.mark.integration
+
+OUTPUTS = ["adapter_config.json", "adapter_model.safetensors", "loss_curve.png",
+           "manifest.json", "training_results.csv"]
+ROWS = [{"prompt": f"Code for item {i}?", "completion": f"C-{i}"} for i in range(4)]
+
+
+@contextlib.contextmanager
+def ray_head(num_cpus: int):
+    """A Ray head on free ports in its own temp dir and process group (stopped as a group,
+    never with `ray stop`); it inherits this process's environment, the S3 settings included.
+    Yields a Jobs API client."""
+    from ray.job_submission import JobSubmissionClient
+
+    temp_dir = tempfile.mkdtemp(prefix="rs3", dir="/tmp")  # short: unix socket path limit
+    names = ("port", "ray-client-server-port", "node-manager-port", "object-manager-port",
+             "dashboard-agent-listen-port", "dashboard-agent-grpc-port", "metrics-export-port",
+             "runtime-env-agent-port", "dashboard-port")
+    ports = dict(zip(names, free_ports(len(names)), strict=True))
+    ray = os.path.join(os.path.dirname(sys.executable), "ray")
+    log_path = os.path.join(temp_dir, "head.log")
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            [ray, "start", "--head", "--block", f"--num-cpus={num_cpus}",
+             "--disable-usage-stats", "--include-dashboard=true", "--dashboard-host=127.0.0.1",
+             f"--temp-dir={temp_dir}", *[f"--{n}={p}" for n, p in ports.items()]],
+            start_new_session=True, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 180  # a start guard, not an assertion on speed
+        while True:
+            try:
+                client = JobSubmissionClient(f"http://127.0.0.1:{ports['dashboard-port']}")
+                probe = client.submit_job(entrypoint="true")
+                break
+            except Exception:  # noqa: BLE001 - not up yet
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    with open(log_path, errors="replace") as log:
+                        pytest.fail(f"the local Ray head did not start:\n{log.read()[-3000:]}")
+                time.sleep(0.5)
+        wait(client, probe, 120)
+        yield client
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            pass
+        with contextlib.suppress(ProcessLookupError):  # stragglers of the group
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def wait(client, job_id: str, limit_s: float = 900) -> str:
+    deadline = time.monotonic() + limit_s  # a hang guard, not an assertion on speed
+    while time.monotonic() < deadline:
+        status = str(client.get_job_status(job_id)).rsplit(".", 1)[-1]
+        if status in ("SUCCEEDED", "FAILED", "STOPPED"):
+            return status
+        time.sleep(1)
+    pytest.fail(f"job {job_id} did not finish; logs:\n{client.get_job_logs(job_id)[-3000:]}")
+
+
+def write_job(store: ArtifactStore, job_id: str, base, from_adapter_uri: str | None,
+              lora_rank: int) -> str:
+    folder = store.uri("jobs", job_id)
+    store.write_bytes(f"{folder}/data/training.jsonl",
+                      "".join(json.dumps(r) + "\n" for r in ROWS).encode())
+    spec = {
+        "job_id": job_id, "task_type": "INSTRUCTION",
+        "base_model": {"name": base.name, "path": str(base.path),
+                       "context_window": base.context_window,
+                       "prompt_tokens": base.prompt_tokens,
+                       "completion_tokens": base.completion_tokens},
+        "training_data_uri": f"{folder}/data/training.jsonl", "validation_data_uri": None,
+        "output_uri": f"{folder}/output", "checkpoint_uri": f"{folder}/checkpoints",
+        "artifact_root": store.root, "from_adapter_uri": from_adapter_uri,
+        "options": {"max_epochs": 1, "learning_rate": 0.005, "batch_size": 2,
+                    "lora_rank": lora_rank, "lora_alpha": 16, "lora_dropout": 0.0, "seed": 42,
+                    "num_workers": 2,
+                    "target_modules": list(base.target_modules)},
+        "control_address": "",
+    }
+    store.write_bytes(f"{folder}/spec.json", json.dumps(spec).encode())
+    return f"{folder}/spec.json"
+
+
+def test_a_job_and_its_continuation_train_from_and_into_s3(s3_server, s3_bucket,
+                                                          base_model_spec):
+    store = ArtifactStore(f"s3://{s3_bucket}/artifacts")
+    with ray_head(num_cpus=2) as client:
+        # The continuation asks for rank 4; the adapter it continues (rank 8) wins, if the
+        # workers really downloaded it.
+        for job_id, parent, rank in (
+                ("ft_s3_a", None, 8), ("ft_s3_b", store.uri("jobs", "ft_s3_a", "output"), 4)):
+            spec_uri = write_job(store, job_id, base_model_spec, parent, rank)
+            # As control submits: only the service token travels with the job, not S3 settings.
+            client.submit_job(entrypoint=f"{sys.executable} -m services.trainer.job "
+                                         f"--spec {spec_uri}", submission_id=job_id,
+                              runtime_env={"env_vars": {"FINETUNE_SERVICE_TOKEN": "t"}})
+            status = wait(client, job_id)
+            assert status == "SUCCEEDED", client.get_job_logs(job_id)[-4000:]
+
+    for job_id in ("ft_s3_a", "ft_s3_b"):
+        out = store.uri("jobs", job_id, "output")
+        assert store.list(out) == OUTPUTS
+        manifest = json.loads(store.read_bytes(f"{out}/manifest.json"))
+        assert (manifest["steps"], manifest["training_rows"]) == (2, 4)
+        # Ray Train kept its checkpoints in the bucket too
+        assert any("/checkpoints/" in k for k in s3_server.keys(s3_bucket,
+                                                                 f"artifacts/jobs/{job_id}/"))
+    # the continuation started from the first adapter: its rank, new weights
+    configs = [json.loads(store.read_bytes(store.uri("jobs", j, "output", "adapter_config.json")))
+               for j in ("ft_s3_a", "ft_s3_b")]
+    assert [c["r"] for c in configs] == [8, 8]
+    first, second = (store.read_bytes(store.uri("jobs", j, "output",
+                                                "adapter_model.safetensors"))
+                     for j in ("ft_s3_a", "ft_s3_b"))
+    assert first != second
