@@ -55,8 +55,18 @@ lint: $(VENV)/.installed
 demo: $(VENV)/.installed
 	$(VENV)/bin/finetune demo
 
+# CI's stages: unit tests first, stopping at the first failure; then integration and end-to-end,
+# both run even if one fails (one report shows every failure). Each stage prints its slowest
+# tests and its wall time.
+PYTEST := $(PY) -m pytest -v -p no:cacheprovider --durations=15
 test: $(VENV)/.installed check-protos
-	$(PY) -m pytest -v -p no:cacheprovider --durations=30
+	@status=0; \
+	for stage in unit integration e2e; do \
+	  start=$$(date +%s); \
+	  if [ $$stage = unit ]; then $(PYTEST) -x tests/unit || exit 1; \
+	  else $(PYTEST) tests/$$stage || status=1; fi; \
+	  echo "== $$stage tests: $$(( $$(date +%s) - start )) s"; \
+	done; exit $$status
 
 test-unit: $(VENV)/.installed
 	$(PY) -m pytest -v tests/unit
