@@ -318,7 +318,8 @@ def train(cfg: RecipeConfig, train_examples: Sequence[Example],
         metrics = _metrics(state, "completed" if finished else "running")
         reporter.report(Progress(state.step / total_steps, epoch, state.step, total_steps,
                                  state.trained_tokens, last.training_loss, validation_loss,
-                                 f"epoch {epoch} of {opts.max_epochs} done"), force=True)
+                                 _epoch_message(epoch, opts.max_epochs, state.stop_reason)),
+                        force=True)
         _save_checkpoint(ctx, model, optimizer, scheduler, state, metrics, best_weights)
         if state.best_epoch == epoch and ctx.rank == 0:
             best_weights = _adapter_weights(model)  # kept for later checkpoints of this run
@@ -332,6 +333,13 @@ def train(cfg: RecipeConfig, train_examples: Sequence[Example],
             "loop_seconds": time.perf_counter() - loop_started,  # this attempt, checkpoints too
             "precision": _dtype_name(dtype), "precision_source": choice.source,
             "precision_probe": {t.dtype: t.seconds for t in choice.timings}}
+
+
+def _epoch_message(epoch: int, max_epochs: int, stop_reason: str | None) -> str:
+    """The epoch-end progress message; it says when and why training stops early, so that the
+    job's events tell it (DESCRIBE shows the shortened step count)."""
+    done = f"epoch {epoch} of {max_epochs} done"
+    return f"{done}; {stop_reason}" if stop_reason else done
 
 
 def _torch_dtype(name: str) -> torch.dtype:

@@ -378,6 +378,11 @@ def test_early_stopping_exports_the_best_epoch(ray_cluster, control, base_model_
     epochs = manifest["epochs"]
     assert manifest["stop_reason"] and "early stopping" in manifest["stop_reason"], logs[-3000:]
     assert epochs < 8 and len(validation) == epochs
+    # ... and control heard it with the last epoch's report, so the job's events say why.
+    with reporting.lock:
+        said = [r.message for r in reporting.requests
+                if r.job_id == "ft_early" and "early stopping" in r.message]
+    assert said == [f"epoch {epochs} of 8 done; {manifest['stop_reason']}"]
     assert manifest["best_epoch"] == epochs - 1 == 1 + validation.index(min(validation))
     assert manifest["validation_loss"] == pytest.approx(min(validation), rel=1e-4, abs=1e-6)
     # Every step trained is listed; trained tokens count the epochs actually run.

@@ -349,3 +349,9 @@ def test_pick_dtype_on_cuda_follows_the_device(monkeypatch):
     assert recipe.pick_dtype("auto", cuda, "unused").dtype == "bf16"
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
     assert recipe.pick_dtype("bf16", cuda, "unused").dtype == "fp32"
+
+
+def test_the_last_epoch_report_says_why_training_stopped_early():
+    assert recipe._epoch_message(2, 8, None) == "epoch 2 of 8 done"
+    assert recipe._epoch_message(6, 8, "early stopping: no better after epoch 5") == \
+        "epoch 6 of 8 done; early stopping: no better after epoch 5"
