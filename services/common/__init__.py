@@ -1,0 +1,1 @@
+"""Shared by every service (errors, keys, gRPC server, catalog); imports no other package."""

@@ -7,12 +7,13 @@ import sys
 
 from services.common.server import configure_logging
 from services.control.app import serve
-from services.control.config import load_config
+from services.control.config import ensure_service_token, load_config
 
 
 def main(argv: list[str] | None = None) -> int:
     config = load_config(argv)
     configure_logging(config.log_level)
+    config = ensure_service_token(config)
     asyncio.run(serve(config))
     return 0
 

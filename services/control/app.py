@@ -1,4 +1,10 @@
-"""Wiring: config -> store, catalog, dispatcher, use cases, servicers, gRPC server, reconciler."""
+"""Wiring: config -> store, catalog, dispatcher, use cases, servicers, gRPC server, reconciler.
+
+Each part is built after what it needs and handed it in its constructor (no callbacks set
+afterwards). The one value known only later is the port the server binds (the configured one
+may be 0): the trainer's control address is a `ControlAddress`, built first and told the port
+by ControlApp once the server has bound it.
+"""
 
 from __future__ import annotations
 
@@ -31,17 +37,21 @@ from services.control.api.jobs import FineTuningServicer
 from services.control.api.models import ModelServicer
 from services.control.api.usage import UsageServicer
 from services.control.config import ControlConfig
-from services.control.core.access import Authenticator, bootstrap_admin
+from services.control.core.access_control import AccountDirectory
+from services.control.core.authentication import Authenticator, bootstrap_admin
 from services.control.core.authorization import Authorizer
 from services.control.core.databases import Databases
-from services.control.core.directory import AccountDirectory
 from services.control.core.evaluation_runner import EvaluationRunner, RunnerSettings
 from services.control.core.evaluations import Evaluations
-from services.control.core.events import JobEvents
 from services.control.core.jobs import FineTuning
 from services.control.core.models import ModelRegistry
+from services.control.core.notifier import ChangeNotifier
 from services.control.core.resolution import ModelResolution
-from services.control.core.usage import UsageHistory, load_price_table
+from services.control.core.usage import (
+    InferenceUsageRecorder,
+    UsageHistory,
+    load_price_table,
+)
 from services.control.data.catalog import DataCatalog
 from services.control.data.sandbox import SandboxLimits
 from services.control.data.tokenizers import Tokenizers
@@ -57,6 +67,26 @@ log = logging.getLogger(__name__)
 PACKAGE = "finetune.control.v1"
 
 
+class ControlAddress:
+    """How the trainer reaches control (spec.json): the advertised address, else the address
+    the server is bound to, whose port is known once it has bound (`bind`)."""
+
+    def __init__(self, config: ControlConfig):
+        self._config = config
+        self._bound_port: int | None = None
+
+    def bind(self, port: int) -> None:
+        self._bound_port = port
+
+    def __call__(self) -> str:
+        if self._config.advertise_address:
+            return self._config.advertise_address
+        host = self._config.host
+        if host in ("0.0.0.0", "::", "[::]", ""):  # a wildcard is not dialable
+            host = "127.0.0.1"
+        return f"{host}:{self._bound_port or self._config.port}"
+
+
 @dataclass
 class Components:
     """The service's parts, wired but not serving (unit tests use them without a server)."""
@@ -65,7 +95,7 @@ class Components:
     store: Store
     artifacts: ArtifactStore
     catalog: DataCatalog
-    events: JobEvents
+    events: ChangeNotifier
     dispatcher: JobDispatcher
     fine_tuning: FineTuning
     registry: ModelRegistry
@@ -76,20 +106,11 @@ class Components:
     directory: AccountDirectory
     databases: Databases
     usage: UsageHistory
+    inference_usage: InferenceUsageRecorder
     evaluations: Evaluations
     evaluation_runner: EvaluationRunner
     base_models: Mapping[str, BaseModelSpec]
-    # Filled in once the server has bound its port (the configured port may be 0).
-    bound_port: int | None = None
-
-    def control_address(self) -> str:
-        """How the trainer reaches control: the advertised address, else the bound one."""
-        if self.config.advertise_address:
-            return self.config.advertise_address
-        host = self.config.host
-        if host in ("0.0.0.0", "::", "[::]", ""):  # a wildcard is not dialable
-            host = "127.0.0.1"
-        return f"{host}:{self.bound_port or self.config.port}"
+    control_address: ControlAddress
 
     def registrations(self) -> list[Registration]:
         return [
@@ -116,7 +137,7 @@ class Components:
                          JobReportingServicer(self.fine_tuning),
                          f"{PACKAGE}.JobReportingService"),
             Registration(internal_pb2_grpc.add_ModelResolutionServiceServicer_to_server,
-                         ModelResolutionServicer(self.resolution,
+                         ModelResolutionServicer(self.resolution, self.inference_usage,
                                                  self.config.resolve_cache_ttl_s),
                          f"{PACKAGE}.ModelResolutionService"),
         ]
@@ -133,6 +154,9 @@ def build_components(config: ControlConfig, dispatcher: JobDispatcher | None = N
     tests (the Ray dispatcher, the catalog file, ensure_model and the base models' own
     tokenizers otherwise), and so are the evaluations' inference client (a gRPC client of
     config.inference_address otherwise) and runner settings."""
+    if not config.service_token:
+        raise ValueError("no service token: configure one, or call "
+                         "services.control.config.ensure_service_token at startup")
     store = Store.open(config.database_url)
     bootstrap_admin(store, config.bootstrap_key_file)
     if base_models is None:
@@ -144,46 +168,43 @@ def build_components(config: ControlConfig, dispatcher: JobDispatcher | None = N
     catalog = DataCatalog(config.data_dir, SandboxLimits(
         memory_limit=config.query_memory_limit, threads=config.query_threads,
         timeout_s=config.query_timeout_s))
-    events = JobEvents()
+    events = ChangeNotifier()
     authorizer = Authorizer(store)
+    control_address = ControlAddress(config)
     submit_env = {"FINETUNE_SERVICE_TOKEN": config.service_token}
     if completions is None and config.inference_address:
         completions = GrpcCompletionClient(config.inference_address, config.service_token)
     tokenizers = tokenizers or Tokenizers()
+    runner = EvaluationRunner(store, artifacts, completions, events, runner_settings or
+                              RunnerSettings(max_running=config.max_running_evaluations))
     evaluations = Evaluations(store, catalog, artifacts, base_models, authorizer, events,
                               inference_configured=completions is not None,
                               max_rows=config.max_evaluation_rows,
-                              tokenizer_for=lambda base: tokenizers(base, str(provision(base))))
-    runner = EvaluationRunner(store, artifacts, completions, events, runner_settings or
-                              RunnerSettings(max_running=config.max_running_evaluations))
-    evaluations.on_created = runner.wake
-    evaluations.on_cancelled = runner.stop
-    box: list[Components] = []
+                              tokenizer_for=lambda base: tokenizers(base, str(provision(base))),
+                              on_created=runner.wake, on_cancelled=runner.stop)
     fine_tuning = FineTuning(
         store, catalog, artifacts, dispatcher, events, base_models, provision,
-        lambda: box[0].control_address(), submit_env,
+        control_address, submit_env,
         WorkerLimits(config.default_num_workers, config.max_num_workers),
         authorizer=authorizer, prices=prices, tokenizers=tokenizers,
         scratch_dir=catalog.spool_dir, evaluations=evaluations)
     reconciler = Reconciler(store, dispatcher, artifacts, events, submit_env,
                             ReconcilerSettings(interval_s=config.reconcile_interval_s,
                                                max_submit_attempts=config.max_submit_attempts),
-                            prices=prices)
-    reconciler.on_evaluations_created = runner.wake
-    components = Components(
+                            prices=prices, on_evaluations_created=runner.wake)
+    return Components(
         config=config, store=store, artifacts=artifacts, catalog=catalog, events=events,
         dispatcher=dispatcher, fine_tuning=fine_tuning,
         registry=ModelRegistry(store, artifacts, base_models),
-        resolution=ModelResolution(store, base_models, prices=prices,
-                                   service_token=config.service_token),
+        resolution=ModelResolution(store, base_models, service_token=config.service_token),
         reconciler=reconciler,
         authenticator=Authenticator(store, config.service_token), authorizer=authorizer,
         directory=AccountDirectory(store, catalog.database_exists),
         databases=Databases(catalog, store, authorizer),
-        usage=UsageHistory(store, authorizer), evaluations=evaluations,
-        evaluation_runner=runner, base_models=base_models)
-    box.append(components)
-    return components
+        usage=UsageHistory(store, authorizer),
+        inference_usage=InferenceUsageRecorder(store, prices=prices),
+        evaluations=evaluations, evaluation_runner=runner, base_models=base_models,
+        control_address=control_address)
 
 
 class ControlApp:
@@ -193,7 +214,7 @@ class ControlApp:
         self.components = components
         self.server = GrpcServer(components.config.address, components.registrations(),
                                  interceptors=[AuthInterceptor(components.authenticator)])
-        components.bound_port = self.server.port
+        components.control_address.bind(self.server.port)
         self._reconcile_task: asyncio.Task | None = None
         self._evaluation_task: asyncio.Task | None = None
 

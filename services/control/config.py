@@ -1,7 +1,9 @@
 """ControlConfig: every setting of the control service, built once from flags and environment.
 
 Precedence: command-line flag, then FINETUNE_* environment variable, then the default (derived
-from --home where it is a path).
+from --home where it is a path). Loading only reads flags and environment: it writes nothing.
+The one setting that may need a file, a local service token, is `ensure_service_token`'s, an
+explicit step at startup.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ import argparse
 import os
 import secrets
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -27,7 +29,7 @@ class ControlConfig:
     artifact_root: str
     bootstrap_key_file: Path
     ray_address: str
-    service_token: str
+    service_token: str                # empty: ensure_service_token provides the local one
     catalog_path: Path | None = None
     model_cache: Path | None = None
     advertise_address: str = ""        # how the trainer reaches control (spec.json)
@@ -129,26 +131,26 @@ def load_config(argv: Sequence[str] | None = None,
         "artifact_root": str(home / "artifacts"),
         "bootstrap_key_file": home / "bootstrap_key",
         "ray_address": "http://127.0.0.1:8265",
+        "service_token": "",   # none configured: ensure_service_token's local one
     }
     merged = {**defaults, **values}
     for name in ("data_dir", "bootstrap_key_file", "catalog_path", "model_cache", "prices_path"):
         if merged.get(name) is not None:
             merged[name] = Path(merged[name]).expanduser()
-    if not merged.get("service_token"):
-        merged["service_token"] = _local_service_token(home)
     return ControlConfig(home=home, **merged)
 
 
-def _local_service_token(home: Path) -> str:
-    """Without a configured token, one generated once and kept in <home>/service_token (0600),
-    where a local launcher can hand it to the trainer and inference."""
-    from services.control.core.access import write_secret
+def ensure_service_token(config: ControlConfig) -> ControlConfig:
+    """Startup step: the config with a service token. Without a configured one, the token kept
+    in <home>/service_token (0600), generated and written there on the first start, where a local
+    launcher can hand it to the trainer and inference."""
+    if config.service_token:
+        return config
+    from services.control.core.authentication import write_secret
 
-    path = home / SERVICE_TOKEN_FILE
-    if path.exists():
-        token = path.read_text().strip()
-        if token:
-            return token
-    token = secrets.token_urlsafe(32)
-    write_secret(path, token)
-    return token
+    path = config.home / SERVICE_TOKEN_FILE
+    token = path.read_text().strip() if path.exists() else ""
+    if not token:
+        token = secrets.token_urlsafe(32)
+        write_secret(path, token)
+    return replace(config, service_token=token)

@@ -17,8 +17,8 @@ from sqlalchemy.exc import IntegrityError
 
 from services.common.errors import InvalidArgument
 from services.control.config import load_config
+from services.control.core.access_control import create_account
 from services.control.core.clock import utc_now
-from services.control.core.directory import create_account
 from services.control.domain.names import identifier
 from services.control.store.database import Store
 

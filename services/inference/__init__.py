@@ -1,1 +1,1 @@
-"""The inference service: COMPLETE on vLLM, hot-swapping LoRA adapters per request."""
+"""The inference service: COMPLETE on vLLM, LoRA adapters per request; control via gRPC only."""

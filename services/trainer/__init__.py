@@ -1,1 +1,1 @@
-"""The trainer: a Ray job that trains a LoRA adapter (see job.py)."""
+"""The trainer: a Ray job training a LoRA adapter (job.py); reports to control via gRPC only."""

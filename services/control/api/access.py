@@ -1,5 +1,5 @@
 """AccessService: who am I, users, roles, API keys, GRANT / REVOKE / SHOW GRANTS. The account
-directory decides who may do what (services/control/core/directory.py)."""
+directory decides who may do what (services/control/core/access_control.py)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import asyncio
 from finetune.control.v1 import access_pb2, access_pb2_grpc
 from services.control.api import messages
 from services.control.api.principals import user
-from services.control.core.directory import AccountDirectory, GrantsQuery
+from services.control.core.access_control import AccountDirectory, GrantsQuery
 
 
 class AccessServicer(access_pb2_grpc.AccessServiceServicer):

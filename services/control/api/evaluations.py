@@ -12,13 +12,13 @@ from services.control.api.principals import authorize, user
 from services.control.api.watching import watch
 from services.control.core.authorization import Authorizer
 from services.control.core.evaluations import Evaluations
-from services.control.core.events import JobEvents
+from services.control.core.notifier import ChangeNotifier
 from services.control.domain.names import qualified_name
 from services.control.domain.privileges import Privilege, SecurableObject
 
 
 class EvaluationServicer(evaluations_pb2_grpc.EvaluationServiceServicer):
-    def __init__(self, evaluations: Evaluations, events: JobEvents, authorizer: Authorizer,
+    def __init__(self, evaluations: Evaluations, events: ChangeNotifier, authorizer: Authorizer,
                  base_models, watch_poll_s: float = 5.0):
         self._evaluations = evaluations
         self._events = events

@@ -6,8 +6,9 @@ import asyncio
 
 from finetune.control.v1 import internal_pb2, internal_pb2_grpc
 from services.control.core.jobs import FineTuning
-from services.control.core.resolution import ModelResolution, Usage
-from services.control.domain.jobs import Progress
+from services.control.core.resolution import ModelResolution
+from services.control.core.usage import InferenceUsageRecorder, InferenceUsageReport
+from services.control.domain.jobs import JobProgress
 
 
 class JobReportingServicer(internal_pb2_grpc.JobReportingServiceServicer):
@@ -15,7 +16,7 @@ class JobReportingServicer(internal_pb2_grpc.JobReportingServiceServicer):
         self._jobs = jobs
 
     async def ReportProgress(self, request, context):
-        progress = Progress(
+        progress = JobProgress(
             progress=request.progress, epoch=request.epoch, step=request.step,
             total_steps=request.total_steps, trained_tokens=request.trained_tokens,
             training_loss=request.training_loss if request.step or request.training_loss
@@ -27,8 +28,10 @@ class JobReportingServicer(internal_pb2_grpc.JobReportingServiceServicer):
 
 
 class ModelResolutionServicer(internal_pb2_grpc.ModelResolutionServiceServicer):
-    def __init__(self, resolution: ModelResolution, cache_ttl_s: int):
+    def __init__(self, resolution: ModelResolution, usage: InferenceUsageRecorder,
+                 cache_ttl_s: int):
         self._resolution = resolution
+        self._usage = usage
         self._cache_ttl_s = cache_ttl_s
 
     async def ResolveModel(self, request, context):
@@ -43,7 +46,7 @@ class ModelResolutionServicer(internal_pb2_grpc.ModelResolutionServiceServicer):
             context_window=r.base.context_window, cache_ttl_seconds=self._cache_ttl_s)
 
     async def ReportUsage(self, request, context):
-        await asyncio.to_thread(self._resolution.report_usage, Usage(
+        await asyncio.to_thread(self._usage.record, InferenceUsageReport(
             request_id=request.request_id, account_id=request.account_id,
             user_id=request.user_id, model=request.model, base_model=request.base_model,
             prompt_tokens=request.prompt_tokens, completion_tokens=request.completion_tokens))

@@ -10,14 +10,14 @@ from services.control.api.principals import authorize, user
 from services.control.api.watching import watch
 from services.control.core.authorization import Authorizer
 from services.control.core.evaluations import Evaluations
-from services.control.core.events import JobEvents
 from services.control.core.jobs import CreateJob, FineTuning
+from services.control.core.notifier import ChangeNotifier
 from services.control.domain.names import qualified_name
 from services.control.domain.privileges import Privilege, SecurableObject
 
 
 class FineTuningServicer(jobs_pb2_grpc.FineTuningServiceServicer):
-    def __init__(self, jobs: FineTuning, events: JobEvents, authorizer: Authorizer,
+    def __init__(self, jobs: FineTuning, events: ChangeNotifier, authorizer: Authorizer,
                  watch_poll_s: float = 5.0, evaluations: Evaluations | None = None):
         self._jobs = jobs
         self._evaluations = evaluations

@@ -9,12 +9,12 @@ from typing import AsyncIterator, Awaitable, Callable, TypeVar
 from google.protobuf.message import Message
 
 from services.common.waiting import wait_event
-from services.control.core.events import JobEvents
+from services.control.core.notifier import ChangeNotifier
 
 T = TypeVar("T")
 
 
-async def watch(events: JobEvents, resource_id: str, load: Callable[[], T],
+async def watch(events: ChangeNotifier, resource_id: str, load: Callable[[], T],
                 to_message: Callable[[T], Awaitable[Message]], terminal: Callable[[T], bool],
                 poll_s: float) -> AsyncIterator[Message]:
     """`load` (blocking, run in a worker thread) re-reads the resource whenever this process

@@ -1,0 +1,1 @@
+"""Use cases: every decision (access, job/evaluation lifecycles, usage); no gRPC messages."""

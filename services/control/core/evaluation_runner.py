@@ -22,7 +22,7 @@ from services.common.errors import FinetuneError, ResourceExhausted, Unavailable
 from services.common.waiting import wait_event
 from services.control.core.authorization import load_access
 from services.control.core.clock import Clock, utc_now
-from services.control.core.events import JobEvents
+from services.control.core.notifier import ChangeNotifier
 from services.control.data.evaluation_data import (
     METRICS_FILE,
     PREDICTIONS_FILE,
@@ -75,7 +75,7 @@ class _Tally:
 
 class EvaluationRunner:
     def __init__(self, store: Store, artifacts: ArtifactStore, client: CompletionClient | None,
-                 events: JobEvents, settings: RunnerSettings = RunnerSettings(),
+                 events: ChangeNotifier, settings: RunnerSettings = RunnerSettings(),
                  clock: Clock = utc_now, monotonic: Callable[[], float] = time.monotonic):
         self._store = store
         self._artifacts = artifacts

@@ -22,7 +22,7 @@ from services.common.errors import FailedPrecondition, FinetuneError, InvalidArg
 from services.control.core import paging
 from services.control.core.authorization import Authorizer, load_access
 from services.control.core.clock import Clock, utc_now
-from services.control.core.events import JobEvents
+from services.control.core.notifier import ChangeNotifier
 from services.control.data.catalog import DataCatalog
 from services.control.data.evaluation_data import (
     DATA_FILE,
@@ -96,9 +96,10 @@ class _Target:
 class Evaluations:
     def __init__(self, store: Store, catalog: DataCatalog, artifacts: ArtifactStore,
                  base_models: Mapping[str, BaseModelSpec], authorizer: Authorizer,
-                 events: JobEvents, *, inference_configured: bool, max_rows: int = 5000,
+                 events: ChangeNotifier, *, inference_configured: bool, max_rows: int = 5000,
                  tokenizer_for: Callable[[BaseModelSpec], Any] | None = None,
-                 clock: Clock = utc_now):
+                 clock: Clock = utc_now, on_created: Callable[[], None] = lambda: None,
+                 on_cancelled: Callable[[str], None] = lambda evaluation_id: None):
         self._store = store
         self._tokenizer_for = tokenizer_for   # a base model's tokenizer (sizes max_tokens)
         self._catalog = catalog
@@ -109,9 +110,9 @@ class Evaluations:
         self._inference_configured = inference_configured
         self._max_rows = max_rows
         self._clock = clock
-        # Set by the runner: a new evaluation to start, or one to stop now.
-        self.on_created: Callable[[], None] = lambda: None
-        self.on_cancelled: Callable[[str], None] = lambda evaluation_id: None
+        # The runner's: a new evaluation to start, or one to stop now.
+        self._on_created = on_created
+        self._on_cancelled = on_cancelled
 
     def _require_inference(self) -> None:
         if not self._inference_configured:
@@ -166,7 +167,7 @@ class Evaluations:
             raise
         log.info("evaluation %s of %s created (%d rows, %s)", added.id, added.model, rows,
                  task.value)
-        self.on_created()
+        self._on_created()
         return added
 
     def _target(self, tx: Tx, access: Access, name: str) -> _Target:
@@ -283,7 +284,7 @@ class Evaluations:
 
         cancelled = self._store.run(work)
         self._events.publish(cancelled.id)
-        self.on_cancelled(cancelled.id)
+        self._on_cancelled(cancelled.id)
         log.info("evaluation %s cancelled", cancelled.id)
         return cancelled
 

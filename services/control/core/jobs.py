@@ -29,7 +29,7 @@ from services.control.core import paging
 from services.control.core.authorization import Authorizer, load_access
 from services.control.core.clock import Clock, utc_now
 from services.control.core.evaluations import NO_INFERENCE, Evaluations, JobEvaluationRequest
-from services.control.core.events import JobEvents
+from services.control.core.notifier import ChangeNotifier
 from services.control.core.usage import record_fine_tuning_usage
 from services.control.data.catalog import DataCatalog
 from services.control.data.snapshots import SnapshotRequest, Snapshots, take_snapshots
@@ -45,7 +45,7 @@ from services.control.domain.events import (
     progress_event,
     transition_events,
 )
-from services.control.domain.jobs import Job, JobStatus, Progress, new_job_id
+from services.control.domain.jobs import Job, JobProgress, JobStatus, new_job_id
 from services.control.domain.models import RegisteredModel
 from services.control.domain.names import qualified_name
 from services.control.domain.options import (
@@ -58,7 +58,7 @@ from services.control.domain.prices import PriceTable
 from services.control.domain.principals import Principal
 from services.control.domain.privileges import SecurableObject
 from services.control.domain.spec import JobLayout, trainer_spec
-from services.control.domain.tokens import TokenLimits, row_tokens
+from services.control.domain.tokens import TruncationLimits, row_tokens
 from services.control.store.database import Store, Tx
 
 log = logging.getLogger(__name__)
@@ -102,7 +102,7 @@ TokenizerSource = Callable[[BaseModelSpec, str], Any]
 
 class FineTuning:
     def __init__(self, store: Store, catalog: DataCatalog, artifacts: ArtifactStore,
-                 dispatcher: JobDispatcher, events: JobEvents,
+                 dispatcher: JobDispatcher, events: ChangeNotifier,
                  base_models: Mapping[str, BaseModelSpec],
                  provision: Callable[[BaseModelSpec], Path],
                  control_address: Callable[[], str], submit_env: Mapping[str, str],
@@ -194,7 +194,7 @@ class FineTuning:
         scope = self._authorizer.access(principal)
         options = plan.options
         tokenizer = self._tokenizers(plan.base, plan.base_path)
-        limits = TokenLimits.of(plan.base)
+        limits = TruncationLimits.of(plan.base)
 
         def count(record: dict):
             return row_tokens(tokenizer, options.task_type, record, limits)
@@ -406,7 +406,7 @@ class FineTuning:
 
     # -- progress from the trainer --------------------------------------------------------
 
-    def report_progress(self, job_id: str, progress: Progress) -> bool:
+    def report_progress(self, job_id: str, progress: JobProgress) -> bool:
         """Record a progress report; True when the trainer should stop (job cancelled)."""
         def work(tx) -> tuple[bool, bool]:
             job = tx.jobs.get(job_id)

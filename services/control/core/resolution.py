@@ -1,4 +1,4 @@
-"""Model resolution and usage records for the inference service.
+"""Model resolution for the inference service (its usage reports: core.usage).
 
 Inference presents the end user's key with every COMPLETE; control authenticates it, decides
 whether that user may use the model (FINETUNE_USER, and USAGE on a fine-tuned model), and says
@@ -11,16 +11,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Mapping
 
-from sqlalchemy.exc import IntegrityError
-
 from services.common.base_models import BaseModelSpec
 from services.common.errors import FailedPrecondition, InvalidArgument, NotFound, Unauthenticated
 from services.common.keys import tokens_equal
 from services.control.core.authorization import load_access
-from services.control.core.clock import Clock, utc_now
 from services.control.domain.models import RegisteredModel
 from services.control.domain.names import qualified_name
-from services.control.domain.prices import PriceTable
 from services.control.domain.principals import Principal
 from services.control.domain.privileges import Privilege, SecurableObject
 from services.control.store.database import Store
@@ -35,25 +31,11 @@ class Resolved:
     adapter: RegisteredModel | None   # None for a base model
 
 
-@dataclass(frozen=True)
-class Usage:
-    request_id: str
-    account_id: str
-    user_id: str
-    model: str
-    base_model: str
-    prompt_tokens: int
-    completion_tokens: int
-
-
 class ModelResolution:
     def __init__(self, store: Store, base_models: Mapping[str, BaseModelSpec],
-                 clock: Clock = utc_now, prices: PriceTable = PriceTable(),
                  service_token: str = ""):
         self._store = store
         self._base_models = base_models
-        self._clock = clock
-        self._prices = prices
         self._service_token = service_token
 
     def _delegated(self, api_key: str, account_id: str, user_id: str) -> Principal:
@@ -113,28 +95,3 @@ class ModelResolution:
                 "deployment no longer serves")
         return Resolved(principal.account_id, principal.user_id, canonical, adapter_base,
                         adapter)
-
-    def report_usage(self, usage: Usage) -> bool:
-        """Record one request's tokens; False if that request id was already recorded."""
-        if not usage.request_id.strip():
-            raise InvalidArgument("request_id is required")
-        if usage.prompt_tokens < 0 or usage.completion_tokens < 0:
-            raise InvalidArgument("token counts must not be negative")
-
-        def work(tx) -> bool:
-            if not tx.accounts.exists(usage.account_id):
-                raise NotFound(f"account {usage.account_id} does not exist")
-            if tx.usage.exists(usage.account_id, usage.request_id):
-                return False
-            tx.usage.add(request_id=usage.request_id, account_id=usage.account_id,
-                         user_id=usage.user_id, model=usage.model, base_model=usage.base_model,
-                         prompt_tokens=usage.prompt_tokens,
-                         completion_tokens=usage.completion_tokens, created_on=self._clock(),
-                         credits=self._prices.inference_credits(
-                             usage.base_model, usage.prompt_tokens + usage.completion_tokens))
-            return True
-
-        try:
-            return self._store.run(work)
-        except IntegrityError:  # the same request reported concurrently: counted once
-            return False

@@ -1,6 +1,6 @@
-"""Usage history: fine-tuning usage written once per finished job, inference usage per request,
-and the views UsageService serves. Administrators see their account's usage; other users their
-own."""
+"""Usage history: fine-tuning usage written once per finished job, inference usage recorded
+per request as inference reports it (ModelResolutionService.ReportUsage), and the views
+UsageService serves. Administrators see their account's usage; other users their own."""
 
 from __future__ import annotations
 
@@ -12,9 +12,12 @@ from datetime import datetime
 from pathlib import Path
 from typing import Sequence
 
+from sqlalchemy.exc import IntegrityError
+
 from services.common.errors import InvalidArgument, NotFound
 from services.control.core import paging
 from services.control.core.authorization import Authorizer
+from services.control.core.clock import Clock, utc_now
 from services.control.domain.jobs import Job, JobStatus
 from services.control.domain.names import qualified_name
 from services.control.domain.prices import PriceTable, parse_prices
@@ -63,6 +66,53 @@ def record_fine_tuning_usage(tx: Tx, job: Job, prices: PriceTable) -> bool:
         credits=prices.training_credits(job.base_model, job.trained_tokens),
         start_time=job.started_on, end_time=job.finished_on)
     return True
+
+
+@dataclass(frozen=True)
+class InferenceUsageReport:
+    """One COMPLETE's tokens as inference reports them (idempotent on request_id)."""
+
+    request_id: str
+    account_id: str
+    user_id: str
+    model: str
+    base_model: str
+    prompt_tokens: int
+    completion_tokens: int
+
+
+class InferenceUsageRecorder:
+    """Records inference's usage reports, priced with the price table, each request once."""
+
+    def __init__(self, store: Store, clock: Clock = utc_now, prices: PriceTable = PriceTable()):
+        self._store = store
+        self._clock = clock
+        self._prices = prices
+
+    def record(self, usage: InferenceUsageReport) -> bool:
+        """Record one request's tokens; False if that request id was already recorded."""
+        if not usage.request_id.strip():
+            raise InvalidArgument("request_id is required")
+        if usage.prompt_tokens < 0 or usage.completion_tokens < 0:
+            raise InvalidArgument("token counts must not be negative")
+
+        def work(tx) -> bool:
+            if not tx.accounts.exists(usage.account_id):
+                raise NotFound(f"account {usage.account_id} does not exist")
+            if tx.usage.exists(usage.account_id, usage.request_id):
+                return False
+            tx.usage.add(request_id=usage.request_id, account_id=usage.account_id,
+                         user_id=usage.user_id, model=usage.model, base_model=usage.base_model,
+                         prompt_tokens=usage.prompt_tokens,
+                         completion_tokens=usage.completion_tokens, created_on=self._clock(),
+                         credits=self._prices.inference_credits(
+                             usage.base_model, usage.prompt_tokens + usage.completion_tokens))
+            return True
+
+        try:
+            return self._store.run(work)
+        except IntegrityError:  # the same request reported concurrently: counted once
+            return False
 
 
 @dataclass(frozen=True)

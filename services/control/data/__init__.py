@@ -1,0 +1,1 @@
+"""Users' tables in DuckDB, sandboxed queries, snapshots, tokenizers; no metadata database."""

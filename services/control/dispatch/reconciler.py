@@ -20,8 +20,8 @@ from sqlalchemy.exc import IntegrityError
 from services.common.artifacts import ArtifactStore
 from services.control.core.clock import Clock, utc_now
 from services.control.core.evaluations import job_evaluations
-from services.control.core.events import JobEvents
 from services.control.core.jobs import drop_candidate, submit_event
+from services.control.core.notifier import ChangeNotifier
 from services.control.core.usage import record_fine_tuning_usage
 from services.control.dispatch.protocol import (
     ClusterJob,
@@ -66,9 +66,10 @@ class ReconcilerSettings:
 
 class Reconciler:
     def __init__(self, store: Store, dispatcher: JobDispatcher, artifacts: ArtifactStore,
-                 events: JobEvents, submit_env: Mapping[str, str],
+                 events: ChangeNotifier, submit_env: Mapping[str, str],
                  settings: ReconcilerSettings = ReconcilerSettings(), clock: Clock = utc_now,
-                 prices: PriceTable = PriceTable()):
+                 prices: PriceTable = PriceTable(),
+                 on_evaluations_created: Callable[[], None] = lambda: None):
         self._store = store
         self._prices = prices
         self._dispatcher = dispatcher
@@ -77,8 +78,8 @@ class Reconciler:
         self._env = dict(submit_env)
         self._settings = settings
         self._clock = clock
-        # Set by the app to the evaluation runner's wake-up: a job's evaluations were created.
-        self.on_evaluations_created: Callable[[], None] = lambda: None
+        # The evaluation runner's wake-up: a job's evaluations were created.
+        self._on_evaluations_created = on_evaluations_created
 
     async def run(self) -> None:
         """Reconcile forever, every `interval_s` (the cluster client blocks: worker thread)."""
@@ -266,7 +267,7 @@ class Reconciler:
                                   f"model {job.model_name} could not be registered: the name "
                                   "is taken")
             if changed:
-                self.on_evaluations_created()
+                self._on_evaluations_created()
             return changed
         by_role = {e.role: e for e in evaluations}
         base, tuned = by_role.get(EvaluationRole.BASE), by_role.get(EvaluationRole.TUNED)

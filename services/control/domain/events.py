@@ -12,7 +12,7 @@ from typing import Mapping
 
 from services.common.base_models import BaseModelSpec
 from services.control.domain.datasets import HOLDOUT_FRACTION, MIN_ROWS_FOR_HOLDOUT
-from services.control.domain.jobs import Job, JobStatus, Progress, SnapshotInfo, ValidationSource
+from services.control.domain.jobs import Job, JobProgress, JobStatus, SnapshotInfo, ValidationSource
 
 
 class EventLevel(enum.Enum):
@@ -128,7 +128,7 @@ def data_events(base: BaseModelSpec, seed: int, query_rows: int, training: Snaps
     return events
 
 
-def progress_event(report: Progress, message: str) -> NewEvent | None:
+def progress_event(report: JobProgress, message: str) -> NewEvent | None:
     """The trainer's milestones (its messages: data prepared, an epoch done, adapter exported)
     go into the log; its per-step reports only update the job."""
     message = message.strip()

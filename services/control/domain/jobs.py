@@ -120,8 +120,9 @@ class TrainingResult:
 
 
 @dataclass(frozen=True)
-class Progress:
-    """One progress report from the trainer."""
+class JobProgress:
+    """One progress report from the trainer on a job, as control applies it (the trainer's
+    own, sent over ReportProgress, is services.trainer.reporting.Progress)."""
 
     progress: float
     epoch: int
@@ -241,7 +242,7 @@ class Job:
         if self.status is JobStatus.PENDING:
             self._move(JobStatus.IN_PROGRESS, now)
 
-    def report(self, p: Progress, now: datetime) -> None:
+    def report(self, p: JobProgress, now: datetime) -> None:
         if self.terminal:
             raise IllegalTransition(f"job {self.id} is {self.status.value}")
         self.start(now)

@@ -19,13 +19,16 @@ from services.control.domain.options import TaskType
 
 
 @dataclass(frozen=True)
-class TokenLimits:
+class TruncationLimits:
+    """A base model's token allocations that a row is truncated to (the same three numbers as
+    the trainer's services.trainer.data.TokenLimits, which formats the rows for training)."""
+
     prompt_tokens: int
     completion_tokens: int
     context_window: int
 
     @classmethod
-    def of(cls, base: BaseModelSpec) -> "TokenLimits":
+    def of(cls, base: BaseModelSpec) -> "TruncationLimits":
         return cls(base.prompt_tokens, base.completion_tokens, base.context_window)
 
 
@@ -62,7 +65,7 @@ class TokenTally:
 
 
 def row_tokens(tokenizer: Any, task_type: TaskType, record: Mapping,
-               limits: TokenLimits) -> RowTokens:
+               limits: TruncationLimits) -> RowTokens:
     """The tokens of one snapshot record ({"prompt", "completion"}, {"messages"} or {"text"})."""
     if task_type is TaskType.CONTINUED_PRETRAINING:
         # Texts are joined with end-of-text and cut into full windows: nothing is truncated.
@@ -77,7 +80,7 @@ def row_tokens(tokenizer: Any, task_type: TaskType, record: Mapping,
                      min(completion, limits.completion_tokens), truncated)
 
 
-def _chat_tokens(tokenizer: Any, messages: list[dict], limits: TokenLimits) -> RowTokens:
+def _chat_tokens(tokenizer: Any, messages: list[dict], limits: TruncationLimits) -> RowTokens:
     """Loss on every assistant turn (each cut to the completion allocation), its context
     rendered by the chat template; the whole conversation keeps its end within the context
     window. A row counts as truncated when any part of it is cut."""

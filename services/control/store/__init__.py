@@ -1,0 +1,1 @@
+"""Metadata database: tables, repositories of domain types, migrations; no access decisions."""

@@ -30,7 +30,7 @@ from finetune.control.v1 import (access_pb2, access_pb2_grpc, data_pb2, data_pb2
 from services.common.base_models import BaseModelSpec
 from services.control.app import ControlApp, build_components
 from services.control.config import load_config
-from services.control.core.directory import create_account
+from services.control.core.access_control import create_account
 from services.control.dispatch.protocol import ClusterJob, ClusterJobStatus
 
 pytestmark = pytest.mark.integration

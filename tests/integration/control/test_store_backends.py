@@ -17,7 +17,7 @@ from services.common.base_models import BaseModelSpec
 from services.control.app import build_components
 from services.control.config import load_config
 from services.control.core.jobs import CreateJob
-from services.control.core.resolution import Usage
+from services.control.core.usage import InferenceUsageReport
 from services.control.data.uploads import TableUpload
 from services.control.dispatch.protocol import ClusterJob, ClusterJobStatus
 from services.control.domain.events import EventLevel, NewEvent
@@ -209,7 +209,7 @@ def test_usage_is_counted_once_and_aggregated_by_day(control):
     admin = control.store.run(lambda tx: tx.accounts.authenticate(
         control.config.bootstrap_key_file.read_text().strip()))
     for request_id in ("r1", "r2", "r1"):   # a retried report is counted once
-        control.resolution.report_usage(Usage(
+        control.inference_usage.record(InferenceUsageReport(
             request_id=request_id, account_id=admin.account_id, user_id=admin.user_id,
             model="tiny-base", base_model="tiny-base", prompt_tokens=10, completion_tokens=5))
     groups = control.usage.aggregate_inference(admin, [Grouping.DAY, Grouping.MODEL])

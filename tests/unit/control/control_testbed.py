@@ -13,7 +13,7 @@ from pathlib import Path
 from services.common import interceptors
 
 from services.control.app import Components
-from services.control.core.directory import create_account
+from services.control.core.access_control import create_account
 from services.control.data.uploads import FileFormat, TableUpload
 from services.control.dispatch.protocol import ClusterJob, ClusterJobStatus
 from services.control.domain.names import qualified_name

@@ -9,7 +9,7 @@ from services.common.errors import (AlreadyExists, FailedPrecondition, InvalidAr
                                     NotFound, PermissionDenied)
 from services.common.keys import hash_key
 from services.control.api.access import AccessServicer
-from services.control.core.directory import GrantsQuery
+from services.control.core.access_control import GrantsQuery
 from services.control.core.jobs import CreateJob
 from services.control.domain.privileges import Privilege, SecurableObject
 from services.control.store.tables import ApiKeyRow

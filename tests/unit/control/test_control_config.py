@@ -2,7 +2,7 @@
 
 import stat
 
-from services.control.config import load_config
+from services.control.config import ensure_service_token, load_config
 
 
 def test_defaults_live_under_home(tmp_path):
@@ -22,8 +22,19 @@ def test_flags_beat_environment(tmp_path):
     assert c.home == tmp_path and c.database_url == "postgresql://db/finetune"
 
 
+def test_loading_writes_nothing(tmp_path):
+    c = load_config(["--home", str(tmp_path / "home")], environ={})
+    assert c.service_token == "" and not (tmp_path / "home").exists()
+
+
 def test_a_missing_service_token_is_generated_once_and_kept_private(tmp_path):
-    first = load_config(["--home", str(tmp_path)], environ={})
-    second = load_config(["--home", str(tmp_path)], environ={})
+    first = ensure_service_token(load_config(["--home", str(tmp_path)], environ={}))
+    second = ensure_service_token(load_config(["--home", str(tmp_path)], environ={}))
     assert first.service_token and first.service_token == second.service_token
     assert stat.S_IMODE((tmp_path / "service_token").stat().st_mode) == 0o600
+
+
+def test_a_configured_service_token_needs_no_file(tmp_path):
+    c = ensure_service_token(load_config(["--home", str(tmp_path)],
+                                         environ={"FINETUNE_SERVICE_TOKEN": "tok"}))
+    assert c.service_token == "tok" and not (tmp_path / "service_token").exists()

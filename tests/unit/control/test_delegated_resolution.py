@@ -55,7 +55,7 @@ def test_privileges_are_the_users_as_of_now(control, admin, model):
 
 
 async def test_the_servicer_passes_the_fields(control, admin, model):
-    servicer = ModelResolutionServicer(control.resolution, 30)
+    servicer = ModelResolutionServicer(control.resolution, control.inference_usage, 30)
     answer = await servicer.ResolveModel(internal_pb2.ResolveModelRequest(
         api_key=SERVICE_TOKEN, model="m", on_behalf_of_account_id=admin.account_id,
         on_behalf_of_user_id=admin.user_id), None)

@@ -30,7 +30,7 @@ def models(control):
 
 @pytest.fixture
 def resolver(control):
-    return ModelResolutionServicer(control.resolution, cache_ttl_s=30)
+    return ModelResolutionServicer(control.resolution, control.inference_usage, cache_ttl_s=30)
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ import pytest
 
 from services.common.errors import FailedPrecondition
 from services.control.domain.jobs import (TERMINAL, TRANSITIONS, IllegalTransition, Job,
-                                          JobStatus, Progress, TrainingResult, can_move,
+                                          JobProgress, JobStatus, TrainingResult, can_move,
                                           new_job_id)
 
 T0 = datetime(2025, 1, 1, tzinfo=timezone.utc)
@@ -71,7 +71,7 @@ def test_terminal_jobs_refuse_every_change(final):
     with pytest.raises(IllegalTransition):
         j.succeed(RESULT, T1)
     with pytest.raises(IllegalTransition):
-        j.report(Progress(0.5, 1, 1, 2, 10), T1)
+        j.report(JobProgress(0.5, 1, 1, 2, 10), T1)
     j.start(T1)  # a late RUNNING from the cluster is ignored, not applied
     assert j.status is final
 
@@ -83,13 +83,13 @@ def test_cancel_of_a_terminal_job_is_failed_precondition():
 
 def test_report_starts_a_pending_job_and_clamps_progress():
     j = job()
-    j.report(Progress(progress=1.7, epoch=1, step=3, total_steps=6, trained_tokens=99,
-                      training_loss=1.5), T1)
+    j.report(JobProgress(progress=1.7, epoch=1, step=3, total_steps=6, trained_tokens=99,
+                         training_loss=1.5), T1)
     assert j.status is JobStatus.IN_PROGRESS and j.started_on == T1
     assert j.progress == 1.0 and (j.epoch, j.step, j.total_steps) == (1, 3, 6)
     assert j.training_loss == 1.5 and j.validation_loss is None
-    j.report(Progress(progress=-1, epoch=1, step=4, total_steps=6, trained_tokens=120,
-                      validation_loss=1.9), T1)
+    j.report(JobProgress(progress=-1, epoch=1, step=4, total_steps=6, trained_tokens=120,
+                         validation_loss=1.9), T1)
     assert j.progress == 0.0 and j.training_loss == 1.5 and j.validation_loss == 1.9
 
 

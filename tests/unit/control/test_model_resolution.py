@@ -13,7 +13,7 @@ from services.control.core.jobs import CreateJob
 
 @pytest.fixture
 def resolver(control):
-    return ModelResolutionServicer(control.resolution, cache_ttl_s=30)
+    return ModelResolutionServicer(control.resolution, control.inference_usage, cache_ttl_s=30)
 
 
 @pytest.fixture

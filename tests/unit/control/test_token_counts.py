@@ -5,9 +5,9 @@ from control_testbed import WordTokenizer
 
 from services.control.domain.datasets import holdout_rows
 from services.control.domain.options import TaskType
-from services.control.domain.tokens import RowTokens, TokenLimits, TokenTally, row_tokens
+from services.control.domain.tokens import RowTokens, TokenTally, TruncationLimits, row_tokens
 
-LIMITS = TokenLimits(prompt_tokens=6, completion_tokens=4, context_window=12)
+LIMITS = TruncationLimits(prompt_tokens=6, completion_tokens=4, context_window=12)
 
 
 def words(n, word="w"):
@@ -38,7 +38,8 @@ def test_chat_counts_context_and_each_assistant_turn():
                 {"role": "assistant", "content": "hello"},
                 {"role": "user", "content": "bye"},
                 {"role": "assistant", "content": "ciao"}]
-    counted = row_tokens(tok, TaskType.CHAT, {"messages": messages}, TokenLimits(100, 100, 100))
+    counted = row_tokens(tok, TaskType.CHAT, {"messages": messages},
+                         TruncationLimits(100, 100, 100))
     # Without a chat template each context is BOS + all earlier contents, so it does not
     # extend the previous ids (which hold an EOS): the second turn's context starts over.
     assert counted.completion == 2 and counted.prompt == 5 and not counted.truncated

@@ -16,7 +16,7 @@ from services.control.config import load_config
 from services.control.core.jobs import CreateJob
 from services.control.core.usage import load_price_table
 from services.control.dispatch.protocol import ClusterJobStatus
-from services.control.domain.jobs import Progress
+from services.control.domain.jobs import JobProgress
 from services.control.store.tables import FineTuningUsageRow
 
 PRICES = """
@@ -87,10 +87,10 @@ async def test_a_successful_job_is_counted_once_with_its_credits(control, usage,
 
 async def test_jobs_that_end_otherwise_count_what_they_trained(control, admin, dispatcher):
     cancelled = new_job(control, admin, "c")
-    control.fine_tuning.report_progress(cancelled.id, Progress(0.5, 1, 2, 4, 1000))
+    control.fine_tuning.report_progress(cancelled.id, JobProgress(0.5, 1, 2, 4, 1000))
     control.fine_tuning.cancel(admin, cancelled.id)
     failed = new_job(control, admin, "f")
-    control.fine_tuning.report_progress(failed.id, Progress(0.5, 1, 2, 4, 500))
+    control.fine_tuning.report_progress(failed.id, JobProgress(0.5, 1, 2, 4, 500))
     dispatcher.set(failed.id, ClusterJobStatus.FAILED, "boom")
     never_ran = new_job(control, admin, "n")
     control.fine_tuning.cancel(admin, never_ran.id)
@@ -104,7 +104,7 @@ async def test_jobs_that_end_otherwise_count_what_they_trained(control, admin, d
 
 
 async def report(control, request_id, principal, model="tiny-base", prompt=10, completion=5):
-    await ModelResolutionServicer(control.resolution, 30).ReportUsage(
+    await ModelResolutionServicer(control.resolution, control.inference_usage, 30).ReportUsage(
         internal_pb2.ReportUsageRequest(
             request_id=request_id, account_id=principal.account_id, user_id=principal.user_id,
             model=model, base_model="tiny-base", prompt_tokens=prompt,
@@ -115,7 +115,7 @@ async def report(control, request_id, principal, model="tiny-base", prompt=10, c
 def clock(control, monkeypatch):
     """A settable clock for usage records."""
     now = [datetime(2025, 3, 1, 10, 0, tzinfo=timezone.utc)]
-    monkeypatch.setattr(control.resolution, "_clock", lambda: now[0])
+    monkeypatch.setattr(control.inference_usage, "_clock", lambda: now[0])
     return now
 
 

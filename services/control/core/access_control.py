@@ -1,5 +1,9 @@
-"""The account directory behind AccessService: accounts, users, roles, API keys, GRANT, REVOKE
-and SHOW GRANTS.
+"""Access control: the account directory behind AccessService (accounts, users, roles, API
+keys, GRANT, REVOKE and SHOW GRANTS), deciding who may change who may do what.
+
+Named for what it decides, not for what it stores: services.control.store.accounts and
+store.access are the tables' persistence (no rules), core.authentication checks keys on each
+RPC, and core.authorization answers "may this principal do this" for the other services.
 
 Each operation runs in one transaction and decides with the caller's access read in that same
 transaction. Who may do what:

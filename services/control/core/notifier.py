@@ -1,8 +1,10 @@
-"""Job change notifications inside one control process, for WatchFineTuningJob.
+"""In-process change notifications for WatchFineTuningJob and WatchEvaluation: "job (or
+evaluation) X changed" within one control process. Not the stored event log a job keeps
+(services.control.domain.events, ListFineTuningJobEvents): nothing here is persisted.
 
-Changes happen in worker threads (RPC handlers, the reconciler); watchers wait on the event
-loop. A watcher only learns "this job changed" and re-reads it, so bursts coalesce and a
-watcher never sees a stale state.
+Changes happen in worker threads (RPC handlers, the reconciler, the evaluation runner);
+watchers wait on the event loop. A watcher only learns "this resource changed" and re-reads it,
+so bursts coalesce and a watcher never sees a stale state.
 """
 
 from __future__ import annotations
@@ -14,7 +16,9 @@ from contextlib import contextmanager
 from typing import Iterator
 
 
-class JobEvents:
+class ChangeNotifier:
+    """Subscribers per resource id (a job's or an evaluation's); publish from any thread."""
+
     def __init__(self):
         self._lock = threading.Lock()
         self._waiters: dict[str, set[tuple[asyncio.AbstractEventLoop, asyncio.Event]]] = \

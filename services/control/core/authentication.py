@@ -11,8 +11,8 @@ from sqlalchemy.exc import IntegrityError
 
 from services.common.errors import Unauthenticated
 from services.common.keys import tokens_equal
+from services.control.core.access_control import create_account
 from services.control.core.clock import Clock, utc_now
-from services.control.core.directory import create_account
 from services.control.domain.principals import Principal, ServicePrincipal
 from services.control.store.database import Store
 
