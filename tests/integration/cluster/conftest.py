@@ -9,15 +9,12 @@ tests start (and kill) their own worker nodes, see cluster_processes.py."""
 from __future__ import annotations
 
 import importlib.util
-import sys
 import uuid
 from pathlib import Path
 
 import pytest
 
-CONTROL_TESTS = Path(__file__).resolve().parents[1] / "control"
-if str(CONTROL_TESTS) not in sys.path:   # control_processes: ControlProcess, free_port
-    sys.path.insert(0, str(CONTROL_TESTS))
+CONTROL_TESTS = Path(__file__).resolve().parents[1] / "control"  # on sys.path: ../conftest.py
 
 
 def _control_conftest():

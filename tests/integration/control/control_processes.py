@@ -104,7 +104,7 @@ def ray_head(num_cpus: int, dashboard_port: int | None = None):
                 if proc.poll() is not None or time.monotonic() > deadline:
                     failed("the local Ray head did not start")
                 time.sleep(0.5)
-        while str(client.get_job_status(probe)) not in ("SUCCEEDED", "FAILED", "STOPPED"):
+        while str(client.get_job_status(probe)).rsplit(".", 1)[-1] not in RAY_TERMINAL:
             if time.monotonic() > deadline:
                 failed("the local Ray head does not run jobs")
             time.sleep(0.5)
@@ -119,6 +119,21 @@ def ray_head(num_cpus: int, dashboard_port: int | None = None):
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
         shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+RAY_TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
+
+
+def wait_for_ray_job(client, job_id: str, limit_s: float = 900) -> str:
+    """Poll the Jobs API until the Ray job ends; its status name. A hang guard (the job's log
+    tail on a hang), not an assertion on speed."""
+    deadline = time.monotonic() + limit_s
+    while time.monotonic() < deadline:
+        status = str(client.get_job_status(job_id)).rsplit(".", 1)[-1]
+        if status in RAY_TERMINAL:
+            return status
+        time.sleep(1)
+    pytest.fail(f"job {job_id} did not finish; logs:\n{client.get_job_logs(job_id)[-3000:]}")
 
 
 class ControlProcess:

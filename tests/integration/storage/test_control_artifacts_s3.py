@@ -16,7 +16,7 @@ from pathlib import Path
 
 import grpc
 import pytest
-from scripted_cluster import ScriptedCluster
+from control_processes import ScriptedCluster
 
 from finetune.control.v1 import (
     data_pb2,

@@ -5,82 +5,20 @@ the outputs. No folder is shared with the test beyond the base model."""
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import shutil
-import signal
-import subprocess
 import sys
-import tempfile
-import time
 
 import pytest
+from control_processes import ray_head, wait_for_ray_job
+from ray.job_submission import JobSubmissionClient
 
 from services.common.artifacts import ArtifactStore
-from services.common.ports import free_ports
 
 pytestmark = pytest.mark.integration
 
 OUTPUTS = ["adapter_config.json", "adapter_model.safetensors", "loss_curve.png",
            "manifest.json", "training_results.csv"]
 ROWS = [{"prompt": f"Code for item {i}?", "completion": f"C-{i}"} for i in range(4)]
-
-
-@contextlib.contextmanager
-def ray_head(num_cpus: int):
-    """A Ray head on free ports in its own temp dir and process group (stopped as a group,
-    never with `ray stop`); it inherits this process's environment, the S3 settings included.
-    Yields a Jobs API client."""
-    from ray.job_submission import JobSubmissionClient
-
-    temp_dir = tempfile.mkdtemp(prefix="rs3", dir="/tmp")  # short: unix socket path limit
-    names = ("port", "ray-client-server-port", "node-manager-port", "object-manager-port",
-             "dashboard-agent-listen-port", "dashboard-agent-grpc-port", "metrics-export-port",
-             "runtime-env-agent-port", "dashboard-port")
-    ports = dict(zip(names, free_ports(len(names)), strict=True))
-    ray = os.path.join(os.path.dirname(sys.executable), "ray")
-    log_path = os.path.join(temp_dir, "head.log")
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(
-            [ray, "start", "--head", "--block", f"--num-cpus={num_cpus}",
-             "--disable-usage-stats", "--include-dashboard=true", "--dashboard-host=127.0.0.1",
-             f"--temp-dir={temp_dir}", *[f"--{n}={p}" for n, p in ports.items()]],
-            start_new_session=True, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 180  # a start guard, not an assertion on speed
-        while True:
-            try:
-                client = JobSubmissionClient(f"http://127.0.0.1:{ports['dashboard-port']}")
-                probe = client.submit_job(entrypoint="true")
-                break
-            except Exception:  # noqa: BLE001 - not up yet
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    with open(log_path, errors="replace") as log:
-                        pytest.fail(f"the local Ray head did not start:\n{log.read()[-3000:]}")
-                time.sleep(0.5)
-        wait(client, probe, 120)
-        yield client
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            pass
-        with contextlib.suppress(ProcessLookupError):  # stragglers of the group
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-        shutil.rmtree(temp_dir, ignore_errors=True)
-
-
-def wait(client, job_id: str, limit_s: float = 900) -> str:
-    deadline = time.monotonic() + limit_s  # a hang guard, not an assertion on speed
-    while time.monotonic() < deadline:
-        status = str(client.get_job_status(job_id)).rsplit(".", 1)[-1]
-        if status in ("SUCCEEDED", "FAILED", "STOPPED"):
-            return status
-        time.sleep(1)
-    pytest.fail(f"job {job_id} did not finish; logs:\n{client.get_job_logs(job_id)[-3000:]}")
 
 
 def write_job(store: ArtifactStore, job_id: str, base, from_adapter_uri: str | None,
@@ -110,7 +48,8 @@ def write_job(store: ArtifactStore, job_id: str, base, from_adapter_uri: str | N
 def test_a_job_and_its_continuation_train_from_and_into_s3(s3_server, s3_bucket,
                                                           base_model_spec):
     store = ArtifactStore(f"s3://{s3_bucket}/artifacts")
-    with ray_head(num_cpus=2) as client:
+    with ray_head(num_cpus=2) as address:   # it inherits the S3 settings of this process
+        client = JobSubmissionClient(address)
         # The continuation asks for rank 4; the adapter it continues (rank 8) wins, if the
         # workers really downloaded it.
         for job_id, parent, rank in (
@@ -120,7 +59,7 @@ def test_a_job_and_its_continuation_train_from_and_into_s3(s3_server, s3_bucket,
             client.submit_job(entrypoint=f"{sys.executable} -m services.trainer.job "
                                          f"--spec {spec_uri}", submission_id=job_id,
                               runtime_env={"env_vars": {"FINETUNE_SERVICE_TOKEN": "t"}})
-            status = wait(client, job_id)
+            status = wait_for_ray_job(client, job_id)
             assert status == "SUCCEEDED", client.get_job_logs(job_id)[-4000:]
 
     for job_id in ("ft_s3_a", "ft_s3_b"):

@@ -10,11 +10,8 @@ import json
 import os
 import random
 import re
-import shutil
 import signal
-import subprocess
 import sys
-import tempfile
 import threading
 import time
 from concurrent import futures
@@ -22,10 +19,11 @@ from pathlib import Path
 
 import grpc
 import pytest
+from control_processes import ray_head, wait_for_ray_job
 
 from finetune.control.v1 import internal_pb2, internal_pb2_grpc
 from services.common.artifacts import ArtifactStore
-from services.common.ports import free_port, free_ports
+from services.common.ports import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -36,44 +34,10 @@ TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
 @pytest.fixture(scope="module")
 def ray_cluster():
     """A Ray head with 2 CPUs and a dashboard (Jobs API) on free ports, in its own temp dir."""
-    temp_dir = tempfile.mkdtemp(prefix="rtr", dir="/tmp")  # short: unix socket path limit
-    names = ("port", "ray-client-server-port", "node-manager-port", "object-manager-port",
-             "dashboard-agent-listen-port", "dashboard-agent-grpc-port", "metrics-export-port",
-             "runtime-env-agent-port", "dashboard-port")
-    ports = dict(zip(names, free_ports(len(names))))
-    ray = os.path.join(os.path.dirname(sys.executable), "ray")
-    command = [ray, "start", "--head", "--block", "--num-cpus=2", "--disable-usage-stats",
-               "--include-dashboard=true", "--dashboard-host=127.0.0.1",
-               f"--temp-dir={temp_dir}", *[f"--{name}={port}" for name, port in ports.items()]]
-    dashboard_port = ports["dashboard-port"]
-    # Its own session, so the whole cluster stops with one signal to its process group
-    # (never `ray stop`, which would stop every Ray on the machine).
-    proc = subprocess.Popen(command, start_new_session=True, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    address = f"http://127.0.0.1:{dashboard_port}"
-    try:
-        from ray.job_submission import JobSubmissionClient
+    from ray.job_submission import JobSubmissionClient
 
-        deadline = time.monotonic() + 180  # a start guard, not an assertion on speed
-        while True:
-            try:
-                client = JobSubmissionClient(address)
-                break
-            except Exception:  # noqa: BLE001 - not up yet
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail("the local Ray head did not start")
-                time.sleep(0.5)
-        yield client, address
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            pass
-        with contextlib.suppress(ProcessLookupError):  # stragglers of the group
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-        shutil.rmtree(temp_dir, ignore_errors=True)
+    with ray_head(num_cpus=2) as address:
+        yield JobSubmissionClient(address), address
 
 
 class RecordingReporting(internal_pb2_grpc.JobReportingServiceServicer):
@@ -169,14 +133,7 @@ def submit(client, job_id: str, spec_uri: str) -> None:
 
 
 def wait(client, job_id: str, limit_s: float = 900) -> str:
-    deadline = time.monotonic() + limit_s  # a hang guard, not an assertion on speed
-    while time.monotonic() < deadline:
-        status = str(client.get_job_status(job_id))
-        status = status.rsplit(".", 1)[-1]
-        if status in TERMINAL:
-            return status
-        time.sleep(1)
-    pytest.fail(f"job {job_id} did not finish; logs:\n{client.get_job_logs(job_id)[-3000:]}")
+    return wait_for_ray_job(client, job_id, limit_s)
 
 
 def read_csv(store: ArtifactStore, uri: str) -> list[dict]:
