@@ -72,6 +72,22 @@ AUTO_PATIENCE = 1                # with automatic epochs and no patience asked f
 AUTO_ROWS_PER_BATCH_ROW = 40     # one example per batch for every 40 rows ...
 AUTO_BATCH_RANGE = (2, 16)       # ... as a power of two in this range
 PROVISIONAL = {"max_epochs": 1, "batch_size": AUTO_BATCH_RANGE[1]}  # until the rows are known
+# A learning rate left to the service follows the batch: the catalog's `learning_rate` is the
+# rate for its `learning_rate_batch` examples per step, scaled by sqrt(batch / that batch)
+# (square-root scaling keeps the update's noise level as the batch grows). Measured through
+# the service on BANKING77 at batch 16: 2e-3 gave 77.3% accuracy against 73.4% at 1e-3, and
+# 3e-3 fell back to 66.9%; the demo (batch 4) is best at 1e-3 (88.9% against 79.2% at 2e-3).
+# A catalog entry without `learning_rate_batch` keeps its rate at every batch.
+
+
+def batch_learning_rate(base: BaseModelSpec, batch_size: int) -> float:
+    """The default learning rate of `base` at `batch_size` examples per step."""
+    defaults = {**FALLBACK_DEFAULTS, **base.defaults}
+    rate = float(defaults["learning_rate"])
+    reference = defaults.get("learning_rate_batch")
+    if not reference:
+        return rate
+    return float(f"{rate * math.sqrt(batch_size / float(reference)):.6g}")
 
 
 def auto_schedule(rows: int, base: BaseModelSpec, epochs: int = 0,
@@ -135,7 +151,9 @@ class TrainingOptions:
         epochs, batch = auto_schedule(
             rows, base, 0 if "max_epochs" in self.auto else self.max_epochs,
             0 if "batch_size" in self.auto else self.batch_size)
-        return replace(self, max_epochs=epochs, batch_size=batch)
+        rate = batch_learning_rate(base, batch) if "learning_rate" in self.auto \
+            else self.learning_rate
+        return replace(self, max_epochs=epochs, batch_size=batch, learning_rate=rate)
 
     def trainer_options(self) -> dict:
         """The `options` object of the trainer's spec.json."""
@@ -171,10 +189,16 @@ def resolve_options(requested: RequestedOptions, base: BaseModelSpec,
 
     auto = tuple(n for n in ("max_epochs", "batch_size")
                  if not getattr(requested, n) and defaults.get(n) == AUTO)
+    if not requested.learning_rate and defaults.get("learning_rate_batch"):
+        auto += ("learning_rate",)
 
     def pick(name):
         value = getattr(requested, name)
-        return value if value else PROVISIONAL[name] if name in auto else defaults[name]
+        if value:
+            return value
+        if name == "learning_rate":
+            return batch_learning_rate(base, int(pick("batch_size")))
+        return PROVISIONAL[name] if name in auto else defaults[name]
 
     target_modules = tuple(requested.target_modules) or tuple(
         defaults.get("target_modules", ()) or base.target_modules)

@@ -16,7 +16,8 @@ def smollm():
 
 def test_defaults_come_from_the_catalog_entry(smollm):
     o = resolve_options(RequestedOptions(), smollm, WorkerLimits(default_num_workers=2))
-    assert o.learning_rate == 0.001 and o.auto == ("max_epochs", "batch_size")
+    assert o.auto == ("max_epochs", "batch_size", "learning_rate")
+    assert o.learning_rate == 0.002   # the catalog's 1e-3 at batch 4, at the provisional 16
     assert (o.lora_rank, o.lora_alpha, o.lora_dropout) == (16, 32, 0.0)
     assert o.target_modules == smollm.target_modules
     assert o.seed == 42 and o.num_workers == 2 and o.task_type is TaskType.INSTRUCTION
@@ -110,9 +111,10 @@ def test_auto_schedule_respects_the_row_limit(smollm):
 
 def test_scheduled_options_fit_the_table_and_survive_storage(smollm):
     o = resolve_options(RequestedOptions(max_epochs=2), smollm)
-    assert o.auto == ("batch_size",)
+    assert o.auto == ("batch_size", "learning_rate")
     fitted = o.scheduled(770, smollm)
-    assert (fitted.max_epochs, fitted.batch_size, fitted.auto) == (2, 16, ("batch_size",))
+    assert (fitted.max_epochs, fitted.batch_size, fitted.learning_rate) == (2, 16, 0.002)
+    assert fitted.auto == ("batch_size", "learning_rate")
     assert TrainingOptions.from_dict(fitted.to_dict()) == fitted
     assert "auto" not in fitted.trainer_options()
     explicit = resolve_options(RequestedOptions(max_epochs=3, batch_size=8), smollm)
@@ -147,3 +149,24 @@ def test_checkpoint_and_early_stopping_options_cross_the_api(tiny_base):
                                                              early_stopping_patience=2))
     message = options_message(resolve_options(requested, tiny_base))
     assert (message.checkpoint_every_steps, message.early_stopping_patience) == (7, 2)
+
+
+@pytest.mark.parametrize("rows,batch,rate", [
+    (200, 4, 0.001),       # the catalog's reference batch: its rate as written
+    (693, 16, 0.002),      # BANKING77: sqrt(16 / 4) = 2x
+    (20, 2, 0.000707107),
+])
+def test_a_learning_rate_left_to_the_service_follows_the_batch(smollm, rows, batch, rate):
+    fitted = resolve_options(RequestedOptions(), smollm).scheduled(rows, smollm)
+    assert (fitted.batch_size, fitted.learning_rate) == (batch, rate)
+    assert TrainingOptions.from_dict(fitted.to_dict()) == fitted
+
+
+def test_a_requested_learning_rate_or_batch_is_kept(smollm, tiny_base):
+    asked = resolve_options(RequestedOptions(learning_rate=0.003), smollm)
+    assert "learning_rate" not in asked.auto
+    assert asked.scheduled(693, smollm).learning_rate == 0.003
+    batch8 = resolve_options(RequestedOptions(batch_size=8), smollm).scheduled(693, smollm)
+    assert (batch8.batch_size, batch8.learning_rate) == (8, 0.00141421)
+    # A catalog entry without learning_rate_batch keeps its rate at any batch.
+    assert resolve_options(RequestedOptions(batch_size=64), tiny_base).learning_rate == 0.001
