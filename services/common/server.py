@@ -38,7 +38,11 @@ class GrpcServer:
         self.server = grpc.aio.server(
             interceptors=[*interceptors, ErrorMappingInterceptor()],
             options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-                     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES)],
+                     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+                     # gRPC binds with SO_REUSEPORT by default: a port another gRPC server
+                     # holds (Ray's agents pick theirs at random) would be shared silently and
+                     # half the calls answered UNIMPLEMENTED by the other process. Refuse it.
+                     ("grpc.so_reuseport", 0)],
         )
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
