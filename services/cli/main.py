@@ -49,19 +49,26 @@ app.add_typer(evaluations_app, name="evaluations")
 @app.command()
 def up(base_model: str = typer.Option(DEFAULT_BASE_MODEL, help="base model to serve"),
        control_port: int = typer.Option(50051), inference_port: int = typer.Option(50052),
+       metrics_port: int = typer.Option(50061, help="control's Prometheus /metrics"),
+       http_port: int = typer.Option(50062, help="inference's OpenAI-compatible API and "
+                                                 "/metrics"),
        no_inference: bool = typer.Option(False, help="start Ray and control only")):
     """Start a local Ray head, control and inference; stop them all on Ctrl-C or SIGTERM."""
     import asyncio
 
     from services.common.server import wait_for_signal
 
-    stack = _start_stack(base_model, control_port, inference_port, not no_inference)
+    stack = _start_stack(base_model, control_port, inference_port, not no_inference,
+                         metrics_port, http_port)
     try:
         console.print("[bold]finetune is up[/]   (Ctrl-C stops everything)")
         console.print(f"  Ray dashboard  {stack.ray_dashboard_url}")
         console.print(f"  control        {stack.control_address}")
+        console.print(f"    metrics      {stack.control_metrics_url}")
         if stack.inference_address:
             console.print(f"  inference      {stack.inference_address}")
+            console.print(f"    OpenAI API   {stack.http_url}/v1")
+            console.print(f"    metrics      {stack.http_url}/metrics")
         console.print(f"  admin API key  {stack.admin_key()}")
         console.print(f"  logs           {stack.home / 'logs'}")
         asyncio.run(wait_for_signal())
@@ -70,7 +77,8 @@ def up(base_model: str = typer.Option(DEFAULT_BASE_MODEL, help="base model to se
         stack.stop()
 
 
-def _start_stack(base_model: str, control_port: int, inference_port: int, inference: bool):
+def _start_stack(base_model: str, control_port: int, inference_port: int, inference: bool,
+                 metrics_port: int = 0, http_port: int = 0):
     from services.cli.stack import LocalStack, StackConfig
     from services.common.base_models import ensure_model, load_catalog
 
@@ -82,7 +90,8 @@ def _start_stack(base_model: str, control_port: int, inference_port: int, infere
     with console.status(f"provisioning base model {base_model} (once)"):
         ensure_model(catalog[base_model])
     stack = LocalStack(StackConfig(home=home, base_model=base_model, control_port=control_port,
-                                   inference_port=inference_port))
+                                   inference_port=inference_port,
+                                   control_metrics_port=metrics_port, http_port=http_port))
     with console.status("starting Ray, control" + (" and inference (vLLM takes ~1 min)"
                                                     if inference else "")):
         stack.start(inference=inference)

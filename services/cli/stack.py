@@ -36,6 +36,8 @@ class StackConfig:
     host: str = "127.0.0.1"
     control_port: int = 0            # 0 = pick a free port
     inference_port: int = 0
+    control_metrics_port: int = 0    # control's /metrics
+    http_port: int = 0               # inference's OpenAI-compatible API and /metrics
     ray_cpus: int = 0                # 0 = Ray's own count
     start_timeout_s: float = 300.0
     extra_env: dict[str, str] = field(default_factory=dict)
@@ -59,6 +61,8 @@ class LocalStack:
         self.ray_dashboard_url = ""
         self.control_address = ""
         self.inference_address = ""
+        self.control_metrics_url = ""   # http://host:port/metrics
+        self.http_url = ""              # http://host:port: /v1 (OpenAI-compatible), /metrics
         # Unix socket paths must stay under 107 bytes: Ray's temp dir lives under /tmp.
         self._ray_tmp = Path(tempfile.mkdtemp(prefix="ft-ray-", dir="/tmp"))
         self._previous_sigterm: Any = None   # what signal.signal returned
@@ -168,25 +172,31 @@ class LocalStack:
 
     def _start_control(self, inference_port: int = 0) -> None:
         port = self.config.control_port or free_port()
+        metrics_port = self.config.control_metrics_port or free_port()
         argv = [sys.executable, "-m", "services.control", "--host", self.config.host,
-                "--port", str(port), "--home", str(self.home),
+                "--port", str(port), "--metrics-port", str(metrics_port),
+                "--home", str(self.home),
                 "--ray-address", self.ray_dashboard_url,
                 "--bootstrap-key-file", str(self.admin_key_file)]
         if inference_port:
             argv += ["--inference", f"{self.config.host}:{inference_port}"]
         proc = self._spawn("control", argv)
         self.control_address = f"{self.config.host}:{port}"
+        self.control_metrics_url = f"http://{self.config.host}:{metrics_port}/metrics"
         self._wait_serving(proc, self.control_address)
 
     def _start_inference(self, port: int = 0) -> None:
         port = port or self.config.inference_port or free_port()
+        http_port = self.config.http_port or free_port()
         proc = self._spawn("inference", [
             sys.executable, "-m", "services.inference", "--host", self.config.host,
-            "--port", str(port), "--control", self.control_address,
+            "--port", str(port), "--http-port", str(http_port),
+            "--control", self.control_address,
             "--base-model", self.config.base_model,
             # Each stack its own usage outbox, so two stacks on one machine never share records.
             "--state-dir", str(self.home / "inference")])
         self.inference_address = f"{self.config.host}:{port}"
+        self.http_url = f"http://{self.config.host}:{http_port}"
         self._wait_serving(proc, self.inference_address)
 
     # -- readiness ------------------------------------------------------------------------------

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import inspect
 import logging
+import time
 from typing import Any, Awaitable, Callable
 
 import grpc
 
 from services.common.errors import FinetuneError, Unauthenticated
+from services.common.metrics import RpcMetrics
 
 log = logging.getLogger(__name__)
 
@@ -109,9 +112,17 @@ class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
         return _wrap_handler(handler, wrap)
 
 
-def _is_cancel(exc: BaseException) -> bool:
-    import asyncio
+async def _relay(result):
+    """A streaming handler's messages: its async generator's, or none for a handler written
+    with context.write() (a coroutine)."""
+    if inspect.isasyncgen(result):
+        async for item in result:
+            yield item
+    else:
+        await result
 
+
+def _is_cancel(exc: BaseException) -> bool:
     return isinstance(exc, (asyncio.CancelledError, KeyboardInterrupt, SystemExit))
 
 
@@ -146,17 +157,61 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
             if streaming_out:
                 async def stream(request, context):
                     _principal.set(await check(context))
-                    result = behaviour(request, context)
-                    if inspect.isasyncgen(result):
-                        async for item in result:
-                            yield item
-                    else:  # a handler written with context.write()
-                        await result
+                    async for item in _relay(behaviour(request, context)):
+                        yield item
                 return stream
 
             async def unary(request, context):
                 _principal.set(await check(context))
                 return await behaviour(request, context)
+            return unary
+
+        return _wrap_handler(handler, wrap)
+
+
+class MetricsInterceptor(grpc.aio.ServerInterceptor):
+    """Counts each RPC by method and final status code, and times it to its answer (a stream's
+    last message). Installed first, so that calls the auth interceptor refuses count too."""
+
+    def __init__(self, metrics: RpcMetrics):
+        self._metrics = metrics
+
+    async def intercept_service(self, continuation, handler_call_details):
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return None
+        method = handler_call_details.method
+        metrics = self._metrics
+
+        def observe(context, started: float, cancelled: bool) -> None:
+            code = context.code()
+            if code is None:   # nothing set it: a normal return, or the client went away
+                code = grpc.StatusCode.CANCELLED if cancelled else grpc.StatusCode.OK
+            metrics.observe(method, code.name, time.perf_counter() - started)
+
+        def wrap(behaviour, streaming_out):
+            if streaming_out:
+                async def stream(request, context):
+                    started, cancelled = time.perf_counter(), False
+                    try:
+                        async for item in _relay(behaviour(request, context)):
+                            yield item
+                    except (asyncio.CancelledError, GeneratorExit):
+                        cancelled = True
+                        raise
+                    finally:
+                        observe(context, started, cancelled)
+                return stream
+
+            async def unary(request, context):
+                started, cancelled = time.perf_counter(), False
+                try:
+                    return await behaviour(request, context)
+                except asyncio.CancelledError:
+                    cancelled = True
+                    raise
+                finally:
+                    observe(context, started, cancelled)
             return unary
 
         return _wrap_handler(handler, wrap)

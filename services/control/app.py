@@ -27,7 +27,8 @@ from finetune.control.v1 import (
 )
 from services.common.artifacts import ArtifactStore
 from services.common.base_models import BaseModelSpec, ensure_model, load_catalog
-from services.common.interceptors import AuthInterceptor
+from services.common.http_server import HttpServer, metrics_app
+from services.common.interceptors import AuthInterceptor, MetricsInterceptor
 from services.common.server import GrpcServer, Registration, wait_for_signal
 from services.control.api.access import AccessServicer
 from services.control.api.data import DataServicer
@@ -60,6 +61,7 @@ from services.control.dispatch.protocol import JobDispatcher
 from services.control.dispatch.ray_jobs import RayJobDispatcher
 from services.control.dispatch.reconciler import Reconciler, ReconcilerSettings
 from services.control.domain.options import WorkerLimits
+from services.control.metrics import ControlMetrics, MeteredProgress, control_metrics
 from services.control.store.database import Store
 
 log = logging.getLogger(__name__)
@@ -111,6 +113,7 @@ class Components:
     evaluation_runner: EvaluationRunner
     base_models: Mapping[str, BaseModelSpec]
     control_address: ControlAddress
+    metrics: ControlMetrics
 
     def registrations(self) -> list[Registration]:
         return [
@@ -134,7 +137,8 @@ class Components:
             Registration(usage_pb2_grpc.add_UsageServiceServicer_to_server,
                          UsageServicer(self.usage), f"{PACKAGE}.UsageService"),
             Registration(internal_pb2_grpc.add_JobReportingServiceServicer_to_server,
-                         JobReportingServicer(self.fine_tuning),
+                         JobReportingServicer(MeteredProgress(self.fine_tuning,
+                                                              self.metrics.throughput)),
                          f"{PACKAGE}.JobReportingService"),
             Registration(internal_pb2_grpc.add_ModelResolutionServiceServicer_to_server,
                          ModelResolutionServicer(self.resolution, self.inference_usage,
@@ -204,17 +208,23 @@ def build_components(config: ControlConfig, dispatcher: JobDispatcher | None = N
         usage=UsageHistory(store, authorizer),
         inference_usage=InferenceUsageRecorder(store, prices=prices),
         evaluations=evaluations, evaluation_runner=runner, base_models=base_models,
-        control_address=control_address)
+        control_address=control_address, metrics=control_metrics(store))
 
 
 class ControlApp:
-    """The serving control plane: the gRPC server plus the reconciler task."""
+    """The serving control plane: the gRPC server, the reconciler task and, with a metrics
+    port, the /metrics server."""
 
     def __init__(self, components: Components):
         self.components = components
-        self.server = GrpcServer(components.config.address, components.registrations(),
-                                 interceptors=[AuthInterceptor(components.authenticator)])
+        config = components.config
+        self.server = GrpcServer(config.address, components.registrations(),
+                                 interceptors=[MetricsInterceptor(components.metrics.rpc),
+                                               AuthInterceptor(components.authenticator)])
         components.control_address.bind(self.server.port)
+        self.metrics_server = HttpServer(metrics_app(components.metrics.registry),
+                                         config.host, config.metrics_port) \
+            if config.metrics_port >= 0 else None
         self._reconcile_task: asyncio.Task | None = None
         self._evaluation_task: asyncio.Task | None = None
 
@@ -224,6 +234,8 @@ class ControlApp:
 
     async def start(self, reconcile: bool = True, evaluate: bool = True) -> None:
         await self.server.start()
+        if self.metrics_server is not None:
+            await self.metrics_server.start()
         if reconcile:
             self._reconcile_task = asyncio.create_task(self.components.reconciler.run(),
                                                        name="reconciler")
@@ -239,6 +251,8 @@ class ControlApp:
                     await task
         await self.components.evaluation_runner.close()
         await self.server.stop(grace)
+        if self.metrics_server is not None:
+            await self.metrics_server.stop()
         self.components.store.close()
 
 
@@ -251,6 +265,8 @@ async def serve(config: ControlConfig) -> None:
     app = ControlApp(build_components(config))
     await app.start()
     print(f"control listening on {app.address}", flush=True)
+    if app.metrics_server is not None:
+        print(f"control metrics on {app.metrics_server.url}/metrics", flush=True)
     log.info("artifacts in %s, data in %s, Ray at %s", config.artifact_root, config.data_dir,
              config.ray_address)
     try:

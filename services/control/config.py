@@ -17,6 +17,9 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 SERVICE_TOKEN_FILE = "service_token"
+# A free port unless configured: never a clash between processes on one machine; `finetune up`
+# and the deployments name theirs.
+DEFAULT_METRICS_PORT = 0
 
 
 @dataclass(frozen=True)
@@ -51,6 +54,8 @@ class ControlConfig:
     inference_address: str = ""
     max_evaluation_rows: int = 5000    # rows one evaluation's query may return
     max_running_evaluations: int = 2   # evaluations run at once (each `concurrency` calls)
+    # Prometheus /metrics on host:metrics_port (0: a free port, printed at start; -1: off).
+    metrics_port: int = DEFAULT_METRICS_PORT
     log_level: str = "INFO"
 
     @property
@@ -87,6 +92,7 @@ _SETTINGS = {
     "inference_address": ("FINETUNE_INFERENCE_ADDRESS", str),
     "max_evaluation_rows": ("FINETUNE_MAX_EVALUATION_ROWS", int),
     "max_running_evaluations": ("FINETUNE_MAX_RUNNING_EVALUATIONS", int),
+    "metrics_port": ("FINETUNE_METRICS_PORT", int),
     "log_level": ("FINETUNE_LOG_LEVEL", str),
 }
 

@@ -13,6 +13,7 @@ from typing import Protocol
 import grpc
 
 from finetune.control.v1 import internal_pb2, internal_pb2_grpc
+from services.common.metrics import InferenceMetrics
 
 
 @dataclass(frozen=True)
@@ -54,6 +55,20 @@ class UsageCounter:
 class UsageLedger(Protocol):
     async def record(self, record: UsageRecord) -> None:
         """Keep the record; on return it survives a crash of this process."""
+
+
+class MeteredLedger:
+    """A UsageLedger that also counts each record's tokens in the process's metrics. Counted
+    where usage is recorded, so a completion counts once, whichever door it came through."""
+
+    def __init__(self, inner: UsageLedger, metrics: InferenceMetrics):
+        self._inner = inner
+        self._metrics = metrics
+
+    async def record(self, record: UsageRecord) -> None:
+        await self._inner.record(record)
+        self._metrics.count_usage(record.base_model, record.usage.prompt_tokens,
+                                  record.usage.completion_tokens)
 
 
 class UsageRejected(Exception):

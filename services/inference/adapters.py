@@ -29,7 +29,7 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Callable, Mapping, Protocol
+from typing import Awaitable, Callable, Mapping, Protocol
 
 import grpc
 
@@ -38,6 +38,7 @@ from services.common import errors
 from services.common.artifacts import ArtifactStore
 from services.common.errors import FailedPrecondition
 from services.common.keys import hash_key
+from services.common.metrics import InferenceMetrics
 from services.inference.config import BaseModel
 from services.inference.engine import LoraAdapter
 
@@ -298,8 +299,10 @@ class AdapterRegistry:
     """
 
     def __init__(self, base: BaseModel, max_rank: int, cache_dir: Path,
-                 base_shapes: Callable[[], Mapping[str, tuple[int, ...]]] | None = None):
+                 base_shapes: Callable[[], Mapping[str, tuple[int, ...]]] | None = None,
+                 metrics: InferenceMetrics | None = None):
         self._base = base
+        self._metrics = metrics
         self._max_rank = max_rank
         self._cache_dir = Path(cache_dir)
         self._base_shapes_fn = base_shapes or (lambda: base_linear_shapes(base.path))
@@ -345,10 +348,14 @@ class AdapterRegistry:
                 self._invalid[adapter_id] = exc
                 log.warning("adapter %d of %s refused: %s", adapter_id, resolved.model,
                             exc.message)
+                if self._metrics is not None:
+                    self._metrics.adapters_failed_validation.inc()
                 raise
             adapter = LoraAdapter(name=f"{resolved.model}@{adapter_id}", int_id=adapter_id,
                                   path=str(folder))
             self._ready[adapter_id] = adapter
+            if self._metrics is not None:
+                self._metrics.adapters_loaded.inc()
             return adapter
 
     def _prepare(self, resolved: ResolvedModel) -> Path:
@@ -408,3 +415,32 @@ class AdapterRegistry:
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         return dest
+
+
+class AdapterResidency:
+    """Evictions, seen by comparing the adapters the engine holds between samples: vLLM evicts
+    the least recently used adapter on its own and says nothing, so an adapter evicted and
+    loaded again between two samples goes unseen. Sampled periodically and at each scrape."""
+
+    def __init__(self, resident: Callable[[], Awaitable[set[int]]], metrics: InferenceMetrics):
+        self._resident = resident
+        self._metrics = metrics
+        self._seen: set[int] = set()
+        self._lock = asyncio.Lock()   # a scrape and the periodic sample may overlap
+
+    async def sample(self) -> None:
+        async with self._lock:
+            now = set(await self._resident())
+            self._metrics.adapters_evicted.inc(len(self._seen - now))
+            self._metrics.adapters_resident.set(len(now))
+            self._seen = now
+
+    async def run(self, interval_s: float) -> None:
+        while True:
+            try:
+                await self.sample()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # noqa: BLE001 - a failed sample must not end the sampling
+                log.warning("sampling the engine's adapters failed", exc_info=True)
+            await asyncio.sleep(interval_s)

@@ -14,6 +14,10 @@ from services.common.base_models import DEFAULT_BASE_MODEL, BaseModelSpec, load_
 VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 # The grammar backends vLLM can run with compact JSON (StructuredOutputsConfig).
 STRUCTURED_OUTPUT_BACKENDS = ("xgrammar", "guidance")
+# The OpenAI-compatible HTTP API and /metrics (services.openai_api): a free port unless
+# configured, so that processes on one machine never clash (`finetune up` and the deployments
+# name theirs); -1 turns them off.
+DEFAULT_HTTP_PORT = 0
 
 
 @dataclass(frozen=True)
@@ -38,6 +42,11 @@ class InferenceConfig:
     service_token: str
     listen_address: str = "127.0.0.1:50052"
     control_address: str = "127.0.0.1:50051"
+    # The OpenAI-compatible HTTP API and /metrics (host:port, port 0 = a free one); "" = off.
+    http_address: str = ""
+    # Each catalog base model's default learning rate: the unit of the OpenAI API's
+    # learning_rate_multiplier.
+    default_learning_rates: Mapping[str, float] = field(default_factory=dict)
     # vLLM engine
     max_loras: int = 4                 # adapters in one batch
     max_cpu_loras: int = 16            # adapters kept loaded in memory
@@ -104,6 +113,11 @@ def parse_config(argv: Sequence[str] | None = None,
                                 description="finetune inference service (vLLM, LoRA hot-swap)")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=50052)
+    p.add_argument("--http-host", default=None, help="default: --host")
+    p.add_argument("--http-port", type=int,
+                   default=int(env.get("FINETUNE_INFERENCE_HTTP_PORT") or DEFAULT_HTTP_PORT),
+                   help="the OpenAI-compatible HTTP API and /metrics (0, the default: a free "
+                        "port, logged; -1: off; env FINETUNE_INFERENCE_HTTP_PORT)")
     p.add_argument("--control", default=env.get("FINETUNE_CONTROL_ADDRESS", "127.0.0.1:50051"),
                    help="address of the control service (model resolution, usage)")
     p.add_argument("--base-model", default=DEFAULT_BASE_MODEL, help="catalog name")
@@ -151,12 +165,17 @@ def parse_config(argv: Sequence[str] | None = None,
         base = BaseModel(name=base.name, path=Path(args.base_model_path).expanduser(),
                          context_window=base.context_window, max_lora_rank=base.max_lora_rank,
                          target_modules=base.target_modules)
+    if args.http_port < -1:
+        p.error("--http-port must be a port, 0 (a free one) or -1 (off)")
     try:
         return InferenceConfig(
             base_model=base,
             service_token=env.get("FINETUNE_SERVICE_TOKEN", ""),
             listen_address=f"{args.host}:{args.port}",
             control_address=args.control,
+            http_address="" if args.http_port < 0
+            else f"{args.http_host or args.host}:{args.http_port}",
+            default_learning_rates=default_learning_rates(catalog),
             max_loras=args.max_loras,
             max_cpu_loras=args.max_cpu_loras,
             max_lora_rank=args.max_lora_rank,
@@ -180,3 +199,13 @@ def parse_config(argv: Sequence[str] | None = None,
         )
     except ValueError as exc:
         p.error(str(exc))
+
+
+def default_learning_rates(catalog: Mapping[str, BaseModelSpec]) -> dict[str, float]:
+    """The catalog's default learning rate of each base model that has a numeric one."""
+    rates = {}
+    for name, spec in catalog.items():
+        rate = spec.defaults.get("learning_rate")
+        if isinstance(rate, (int, float)) and not isinstance(rate, bool) and rate > 0:
+            rates[name] = float(rate)
+    return rates

@@ -3,16 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Protocol
 
 from finetune.control.v1 import internal_pb2, internal_pb2_grpc
-from services.control.core.jobs import FineTuning
 from services.control.core.resolution import ModelResolution
 from services.control.core.usage import InferenceUsageRecorder, InferenceUsageReport
 from services.control.domain.jobs import JobProgress
 
 
+class ProgressSink(Protocol):
+    """Where progress reports go: FineTuning.report_progress (metered, see control/metrics.py)."""
+
+    def report_progress(self, job_id: str, progress: JobProgress) -> bool: ...
+
+
 class JobReportingServicer(internal_pb2_grpc.JobReportingServiceServicer):
-    def __init__(self, jobs: FineTuning):
+    def __init__(self, jobs: ProgressSink):
         self._jobs = jobs
 
     async def ReportProgress(self, request, context):

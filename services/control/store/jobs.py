@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from datetime import datetime
 
-from sqlalchemy import and_, or_, select
+from sqlalchemy import and_, func, or_, select
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.exc import StaleDataError
 
@@ -87,3 +87,8 @@ class JobRepository:
         query = select(JobRow).where(JobRow.status.in_([s.value for s in ACTIVE])) \
             .order_by(JobRow.created_on)
         return [_to_job(row) for row in self._s.scalars(query)]
+
+    def count_by_status(self) -> dict[JobStatus, int]:
+        """How many jobs of every account are in each state (the metrics' jobs by state)."""
+        query = select(JobRow.status, func.count()).group_by(JobRow.status)
+        return {JobStatus(status): count for status, count in self._s.execute(query)}
