@@ -12,6 +12,7 @@ from control_testbed import SERVICE_TOKEN, load_rows, new_account, new_user, suc
 from evaluation_testbed import (CODES, build_control, control, fake,  # noqa: F401
                                 labelled_rows)
 
+from polling import wait_until_async
 from services.common.errors import (FailedPrecondition, InvalidArgument, NotFound,
                                     PermissionDenied, Unavailable)
 from services.control.app import build_components
@@ -196,10 +197,8 @@ async def test_the_background_loop_runs_what_is_created(control, admin, table, f
     try:
         await asyncio.sleep(0)
         created = evaluate(control, admin, table)
-        for _ in range(2000):
-            if reload(control, created).terminal:
-                break
-            await asyncio.sleep(0.01)
+        await wait_until_async(lambda: reload(control, created).terminal, 20,
+                               "the evaluation to finish", every_s=0.01)
         assert reload(control, created).status is EvaluationStatus.SUCCEEDED
     finally:
         task.cancel()
