@@ -12,7 +12,8 @@ import time
 
 import openai
 import pytest
-from openai_stack import scrape, sdk_for, wait_for
+from openai_stack import scrape, sdk_for
+from polling import wait_until
 
 from finetune.control.v1 import jobs_pb2
 
@@ -137,7 +138,7 @@ def test_usage_is_counted_once_per_completion_either_door(trained, sdk, grpc_cli
                                               stream_options={"include_usage": True}))
     # The gRPC client sends its own request_id; its usage row has the engine's id.
     grpc_reply = grpc_client.complete(MODEL, messages=messages, max_tokens=6)
-    wait_for(lambda: len(_usage_rows(grpc_client)) >= len(before) + 3, 60, "usage delivery")
+    wait_until(lambda: len(_usage_rows(grpc_client)) >= len(before) + 3, 60, "usage delivery")
     time.sleep(3)   # a second record of any of them would have had time to arrive
     new = [u for u in _usage_rows(grpc_client) if u.request_id not in before]
     assert len(new) == 3, new
