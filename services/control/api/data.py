@@ -8,27 +8,21 @@ import asyncio
 from finetune.control.v1 import data_pb2, data_pb2_grpc
 from services.common.errors import InvalidArgument
 from services.control.api import messages
-from services.control.api.principals import authorize, caller_access, user
-from services.control.core.authorization import Authorizer
+from services.control.api.principals import user
 from services.control.core.databases import Databases
 from services.control.data.catalog import TABLE, VIEW
 from services.control.data.uploads import TableUpload
 from services.control.domain.names import qualified_name
-from services.control.domain.privileges import Privilege, SecurableObject
 
 
 class DataServicer(data_pb2_grpc.DataServiceServicer):
-    def __init__(self, databases: Databases, authorizer: Authorizer, spool_dir,
-                 max_upload_bytes: int):
+    def __init__(self, databases: Databases, spool_dir, max_upload_bytes: int):
         self._databases = databases
-        self._authorizer = authorizer
         self._spool_dir = spool_dir
         self._max_upload_bytes = max_upload_bytes
 
     async def CreateDatabase(self, request, context):
-        principal, _ = await authorize(self._authorizer, Privilege.CREATE_DATABASE,
-                                       SecurableObject.account())
-        name = await asyncio.to_thread(self._databases.create_database, principal, request.name)
+        name = await asyncio.to_thread(self._databases.create_database, user(), request.name)
         return data_pb2.CreateDatabaseResponse(name=name)
 
     async def LoadTable(self, request_iterator, context):
@@ -61,21 +55,16 @@ class DataServicer(data_pb2_grpc.DataServiceServicer):
         return messages.table_message(info)
 
     async def ListTables(self, request, context):
-        _, access = await caller_access(self._authorizer)
-        tables = await asyncio.to_thread(self._databases.list_tables, access, request.database)
+        tables = await asyncio.to_thread(self._databases.list_tables, user(), request.database)
         return data_pb2.ListTablesResponse(tables=[messages.table_message(t) for t in tables])
 
     async def PreviewQuery(self, request, context):
-        if request.limit < 0:
-            raise InvalidArgument("limit must not be negative")
-        _, access = await caller_access(self._authorizer)
-        preview = await asyncio.to_thread(self._databases.preview, access, request.query,
+        preview = await asyncio.to_thread(self._databases.preview, user(), request.query,
                                           request.limit)
         return messages.preview_message(preview)
 
     async def ListDatabases(self, request, context):
-        _, access = await caller_access(self._authorizer)
-        databases = await asyncio.to_thread(self._databases.list_databases, access)
+        databases = await asyncio.to_thread(self._databases.list_databases, user())
         return data_pb2.ListDatabasesResponse(databases=[
             data_pb2.Database(name=d.name, schemas=d.schemas) for d in databases])
 

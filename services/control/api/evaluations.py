@@ -1,6 +1,5 @@
-"""EvaluationService: ML.EVALUATE for fine-tuned and base models. EvaluateModel needs
-FINETUNE_USER, USAGE on a fine-tuned model (checked before existence) and USAGE on what the query
-reads (checked when it runs); the other RPCs show an evaluation to whoever may see its model."""
+"""EvaluationService: ML.EVALUATE for fine-tuned and base models (core.evaluations checks the
+caller's privileges)."""
 
 from __future__ import annotations
 
@@ -8,32 +7,21 @@ import asyncio
 
 from finetune.control.v1 import evaluations_pb2, evaluations_pb2_grpc
 from services.control.api import evaluation_messages as messages
-from services.control.api.principals import authorize, user
+from services.control.api.principals import user
 from services.control.api.watching import watch
-from services.control.core.authorization import Authorizer
 from services.control.core.evaluations import Evaluations
 from services.control.core.notifier import ChangeNotifier
-from services.control.domain.names import qualified_name
-from services.control.domain.privileges import Privilege, SecurableObject
 
 
 class EvaluationServicer(evaluations_pb2_grpc.EvaluationServiceServicer):
-    def __init__(self, evaluations: Evaluations, events: ChangeNotifier, authorizer: Authorizer,
-                 base_models, watch_poll_s: float = 5.0):
+    def __init__(self, evaluations: Evaluations, events: ChangeNotifier,
+                 watch_poll_s: float = 5.0):
         self._evaluations = evaluations
         self._events = events
-        self._authorizer = authorizer
-        self._base_models = base_models
         self._watch_poll_s = watch_poll_s
 
     async def EvaluateModel(self, request, context):
-        principal, _ = await authorize(self._authorizer, Privilege.FINETUNE,
-                                       SecurableObject.account())
-        name = request.model.strip()
-        if name and name not in self._base_models:
-            await authorize(self._authorizer, Privilege.USAGE,
-                            SecurableObject.model(str(qualified_name(name, "model"))))
-        evaluation = await asyncio.to_thread(self._evaluations.create, principal,
+        evaluation = await asyncio.to_thread(self._evaluations.create, user(),
                                              messages.evaluate_request(request))
         return messages.evaluation_message(evaluation)
 

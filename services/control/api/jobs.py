@@ -6,40 +6,21 @@ import asyncio
 
 from finetune.control.v1 import jobs_pb2, jobs_pb2_grpc
 from services.control.api import evaluation_messages, messages
-from services.control.api.principals import authorize, user
+from services.control.api.principals import user
 from services.control.api.watching import watch
-from services.control.core.authorization import Authorizer
 from services.control.core.evaluations import Evaluations
 from services.control.core.jobs import CreateJob, FineTuning
 from services.control.core.notifier import ChangeNotifier
-from services.control.domain.names import qualified_name
-from services.control.domain.privileges import Privilege, SecurableObject
 
 
 class FineTuningServicer(jobs_pb2_grpc.FineTuningServiceServicer):
-    def __init__(self, jobs: FineTuning, events: ChangeNotifier, authorizer: Authorizer,
-                 watch_poll_s: float = 5.0, evaluations: Evaluations | None = None):
+    def __init__(self, jobs: FineTuning, events: ChangeNotifier, watch_poll_s: float = 5.0,
+                 evaluations: Evaluations | None = None):
         self._jobs = jobs
         self._evaluations = evaluations
         self._events = events
-        self._authorizer = authorizer
         # Watchers also re-read on this period, for changes made by another control replica.
         self._watch_poll_s = watch_poll_s
-
-    async def _authorize_create(self, request, model_required: bool = True):
-        """FINETUNE_USER, CREATE MODEL on the target schema, OWNERSHIP of from_model; USAGE on
-        what the queries read is checked when they run."""
-        target = qualified_name(request.model, "model name") \
-            if model_required or request.model.strip() else None
-        principal, _ = await authorize(self._authorizer, Privilege.FINETUNE,
-                                       SecurableObject.account())
-        if target is not None:
-            await authorize(self._authorizer, Privilege.CREATE_MODEL,
-                            SecurableObject.schema(f"{target.database}.{target.schema}"))
-        if request.options.from_model.strip():
-            await authorize(self._authorizer, Privilege.OWNERSHIP,
-                            SecurableObject.model(request.options.from_model))
-        return principal
 
     async def _job_message(self, job):
         """The job with its evaluation options and, once they exist, its evaluations."""
@@ -50,7 +31,6 @@ class FineTuningServicer(jobs_pb2_grpc.FineTuningServiceServicer):
         return message
 
     async def CreateFineTuningJob(self, request, context):
-        principal = await self._authorize_create(request)
         create = CreateJob(model=request.model, base_model=request.base_model,
                            training_query=request.training_query,
                            validation_query=request.validation_query,
@@ -58,13 +38,11 @@ class FineTuningServicer(jobs_pb2_grpc.FineTuningServiceServicer):
                            request_id=request.request_id,
                            evaluation=evaluation_messages.job_evaluation_request(
                                request.options))
-        job = await asyncio.to_thread(self._jobs.create, principal, create)
+        job = await asyncio.to_thread(self._jobs.create, user(), create)
         return await self._job_message(job)
 
     async def EstimateFineTuningJob(self, request, context):
-        """What CREATE would need, except CREATE MODEL when no model name is given."""
-        principal = await self._authorize_create(request, model_required=False)
-        estimate = await asyncio.to_thread(self._jobs.estimate, principal, CreateJob(
+        estimate = await asyncio.to_thread(self._jobs.estimate, user(), CreateJob(
             model=request.model, base_model=request.base_model,
             training_query=request.training_query, validation_query=request.validation_query,
             options=messages.requested_options(request.options)))

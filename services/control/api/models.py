@@ -1,5 +1,5 @@
-"""ModelService: base models, fine-tuned models and their artifact files. Describing a model
-needs USAGE on it; its files and deleting it need OWNERSHIP."""
+"""ModelService: base models, fine-tuned models and their artifact files (the registry checks
+the caller's privileges)."""
 
 from __future__ import annotations
 
@@ -7,18 +7,14 @@ import asyncio
 
 from finetune.control.v1 import models_pb2, models_pb2_grpc
 from services.control.api import evaluation_messages, messages
-from services.control.api.principals import authorize, caller_access, user
-from services.control.core.authorization import Authorizer
+from services.control.api.principals import user
 from services.control.core.evaluations import Evaluations
 from services.control.core.models import ModelRegistry
-from services.control.domain.privileges import Privilege, SecurableObject
 
 
 class ModelServicer(models_pb2_grpc.ModelServiceServicer):
-    def __init__(self, registry: ModelRegistry, authorizer: Authorizer,
-                 evaluations: Evaluations | None = None):
+    def __init__(self, registry: ModelRegistry, evaluations: Evaluations | None = None):
         self._registry = registry
-        self._authorizer = authorizer
         self._evaluations = evaluations
 
     async def ListBaseModels(self, request, context):
@@ -27,20 +23,14 @@ class ModelServicer(models_pb2_grpc.ModelServiceServicer):
             base_models=[messages.base_model_message(b) for b in self._registry.base_models()])
 
     async def ListModels(self, request, context):
-        principal, access = await caller_access(self._authorizer)
-
-        def visible(model) -> bool:
-            return access.allows(Privilege.USAGE, SecurableObject.model(model.name))
-
-        page = await asyncio.to_thread(self._registry.list, principal, request.page_size,
-                                       request.page_token, visible)
+        page = await asyncio.to_thread(self._registry.list, user(), request.page_size,
+                                       request.page_token)
         return models_pb2.ListModelsResponse(
             models=[messages.model_message(m) for m in page.models],
             next_page_token=page.next_page_token)
 
     async def GetModel(self, request, context):
-        principal, _ = await authorize(self._authorizer, Privilege.USAGE,
-                                       SecurableObject.model(request.name))
+        principal = user()
 
         def describe():
             model = self._registry.get(principal, request.name)
@@ -55,16 +45,12 @@ class ModelServicer(models_pb2_grpc.ModelServiceServicer):
         return message
 
     async def DeleteModel(self, request, context):
-        principal, _ = await authorize(self._authorizer, Privilege.OWNERSHIP,
-                                       SecurableObject.model(request.name))
-        await asyncio.to_thread(self._registry.delete, principal, request.name)
+        await asyncio.to_thread(self._registry.delete, user(), request.name)
         return models_pb2.DeleteModelResponse()
 
     async def GetModelArtifact(self, request, context):
-        principal, _ = await authorize(self._authorizer, Privilege.OWNERSHIP,
-                                       SecurableObject.model(request.name))
-        chunks = await asyncio.to_thread(self._registry.artifact_chunks, principal,
-                                         request.name, request.artifact)
+        chunks = await asyncio.to_thread(self._registry.artifact_chunks, user(), request.name,
+                                         request.artifact)
         try:
             while (chunk := await asyncio.to_thread(next, chunks, None)) is not None:
                 yield models_pb2.ArtifactChunk(data=chunk)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from services.common.errors import AlreadyExists, NotFound
+from services.common.errors import AlreadyExists, InvalidArgument, NotFound
 from services.control.core.authorization import Authorizer
 from services.control.core.clock import Clock, utc_now
 from services.control.data.catalog import TABLE, DataCatalog, Preview, TableInfo
@@ -49,7 +49,8 @@ class Databases:
         return database == DEFAULT_DATABASE or self._catalog.database_exists(account_id, database)
 
     def create_database(self, principal: Principal, name: str) -> str:
-        """For a caller already holding CREATE DATABASE; its default role owns the result."""
+        """Needs CREATE DATABASE on the account; the caller's default role owns the result."""
+        self._authorizer.authorize(principal, Privilege.CREATE_DATABASE, ACCOUNT)
         name = identifier(name, "database name")
         if name == DEFAULT_DATABASE:  # exists implicitly and belongs to ACCOUNTADMIN
             raise AlreadyExists(f"database {name} already exists")
@@ -79,8 +80,9 @@ class Databases:
                       SecurableObject.database(table.database))
         return info
 
-    def list_tables(self, access: Access, database: str = "") -> list[TableInfo]:
+    def list_tables(self, principal: Principal, database: str = "") -> list[TableInfo]:
         """Tables in the databases and schemas the caller may use."""
+        access = self._authorizer.access(principal)
         if database.strip():
             database = identifier(database, "database name")
             access.require(Privilege.USAGE, SecurableObject.database(database))
@@ -94,8 +96,9 @@ class Databases:
                 visible.append(table)
         return visible
 
-    def list_databases(self, access: Access) -> list[DatabaseInfo]:
+    def list_databases(self, principal: Principal) -> list[DatabaseInfo]:
         """The databases the caller may use, with the schemas it may use in each."""
+        access = self._authorizer.access(principal)
         names = set(self._catalog.databases(access.account_id)) | {DEFAULT_DATABASE}
         found = []
         for name in sorted(names):
@@ -161,7 +164,11 @@ class Databases:
                                                 f"{view.database}.{view.schema}"))
         return self._catalog.create_view(principal.account_id, view, sql, replace, access)
 
-    def preview(self, access: Access, sql: str, limit: int) -> Preview:
+    def preview(self, principal: Principal, sql: str, limit: int) -> Preview:
+        """The query's first rows, read with the caller's USAGE (checked as the query runs)."""
+        if limit < 0:
+            raise InvalidArgument("limit must not be negative")
+        access = self._authorizer.access(principal)
         return self._catalog.preview(access.account_id, sql, limit, access)
 
     def _own(self, principal: Principal, role_id: str, obj: SecurableObject) -> None:

@@ -122,10 +122,15 @@ class Evaluations:
 
     def create(self, principal: Principal, request: EvaluateModel) -> Evaluation:
         """Validate, run the query (with the caller's privileges as they are now) into the
-        evaluation's data file, record it PENDING and hand it to the runner."""
+        evaluation's data file, record it PENDING and hand it to the runner. Needs FINETUNE and
+        USAGE on a fine-tuned model, checked before the model is looked up."""
         account = principal.account_id
         access = self._authorizer.access(principal)
         access.require(Privilege.FINETUNE, SecurableObject.account())
+        name = request.model.strip()
+        if name and name not in self._base_models:   # before anything is looked up
+            access.require(Privilege.USAGE, SecurableObject.model(
+                str(qualified_name(name, "model"))))
         request_id = request.request_id.strip() or None
         if request_id:
             existing = self._store.run(lambda tx: tx.evaluations.by_request_id(account,

@@ -56,7 +56,7 @@ from services.control.domain.options import (
 )
 from services.control.domain.prices import PriceTable
 from services.control.domain.principals import Principal
-from services.control.domain.privileges import SecurableObject
+from services.control.domain.privileges import Privilege, SecurableObject
 from services.control.domain.spec import JobLayout, trainer_spec
 from services.control.domain.tokens import TruncationLimits, row_tokens
 from services.control.store.database import Store, Tx
@@ -133,9 +133,10 @@ class FineTuning:
     def create(self, principal: Principal, request: CreateJob) -> Job:
         """Validate, snapshot the data, write the spec, record the job, submit it.
 
-        The caller's FINETUNE and CREATE MODEL privileges are the servicer's to check; the
+        Needs FINETUNE, CREATE MODEL on the target schema and OWNERSHIP of from_model; the
         queries run with the caller's privileges as they are now (USAGE on what they read),
         and the caller's default role will own the job and its model."""
+        self._authorize_create(principal, request)
         account = principal.account_id
         request_id = request.request_id.strip() or None
         if request_id:
@@ -157,6 +158,19 @@ class FineTuning:
                  job.training_rows)
         self._submit(job)
         return self.get(principal, job.id)
+
+    def _authorize_create(self, principal: Principal, request: CreateJob,
+                          model_required: bool = True) -> None:
+        """Before anything is looked up: FINETUNE on the account, CREATE MODEL on the target
+        schema (when there is a target), OWNERSHIP of from_model."""
+        self._authorizer.authorize(principal, Privilege.FINETUNE, SecurableObject.account())
+        if model_required or request.model.strip():
+            target = qualified_name(request.model, "model name")
+            self._authorizer.authorize(principal, Privilege.CREATE_MODEL, SecurableObject.schema(
+                f"{target.database}.{target.schema}"))
+        if request.options.from_model.strip():
+            self._authorizer.authorize(principal, Privilege.OWNERSHIP,
+                                       SecurableObject.model(request.options.from_model))
 
     def _plan(self, account: str, request: CreateJob, model_required: bool = True) -> _Plan:
         """Every check that needs no data: names, base model, options, the name being free."""
@@ -264,7 +278,8 @@ class FineTuning:
 
     def estimate(self, principal: Principal, request: CreateJob) -> JobEstimate:
         """CREATE's checks and queries, with nothing written but a scratch folder that is gone
-        when this returns."""
+        when this returns. Needs what CREATE needs, except CREATE MODEL without a model name."""
+        self._authorize_create(principal, request, model_required=False)
         plan = self._plan(principal.account_id, request, model_required=False)
         if self._scratch_dir is not None:
             self._scratch_dir.mkdir(parents=True, exist_ok=True)

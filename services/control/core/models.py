@@ -1,21 +1,23 @@
 """The model registry as callers see it: base models from the catalog, fine-tuned models of
-their account, and the files of a model's output folder."""
+their account, and the files of a model's output folder. Listing shows the models the caller
+holds USAGE on; describing one needs USAGE, its files and deleting it need OWNERSHIP."""
 
 from __future__ import annotations
 
 import builtins
 from dataclasses import dataclass
-from typing import Callable, Generator, Mapping
+from typing import Generator, Mapping
 
 from services.common.artifacts import ArtifactStore
 from services.common.base_models import BaseModelSpec
 from services.common.errors import InvalidArgument, NotFound
 from services.control.core import paging
+from services.control.core.authorization import Authorizer
 from services.control.core.clock import Clock, utc_now
 from services.control.domain.models import RegisteredModel
 from services.control.domain.names import qualified_name
 from services.control.domain.principals import Principal
-from services.control.domain.privileges import SecurableObject
+from services.control.domain.privileges import Privilege, SecurableObject
 from services.control.store.database import Store
 
 ARTIFACT_CHUNK_BYTES = 1 << 20
@@ -29,8 +31,10 @@ class ModelPage:
 
 class ModelRegistry:
     def __init__(self, store: Store, artifacts: ArtifactStore,
-                 base_models: Mapping[str, BaseModelSpec], clock: Clock = utc_now):
+                 base_models: Mapping[str, BaseModelSpec], authorizer: Authorizer,
+                 clock: Clock = utc_now):
         self._store = store
+        self._authorizer = authorizer
         self._artifacts = artifacts
         self._base_models = base_models
         self._clock = clock
@@ -38,9 +42,13 @@ class ModelRegistry:
     def base_models(self) -> list[BaseModelSpec]:
         return [self._base_models[name] for name in sorted(self._base_models)]
 
-    def list(self, principal: Principal, page_size: int = 0, page_token: str = "",
-             visible: Callable[[RegisteredModel], bool] = lambda model: True) -> ModelPage:
-        """The account's models the caller may see (`visible`), by name."""
+    def list(self, principal: Principal, page_size: int = 0, page_token: str = "") -> ModelPage:
+        """The account's models the caller holds USAGE on, by name."""
+        access = self._authorizer.access(principal)
+
+        def visible(model: RegisteredModel) -> bool:
+            return access.allows(Privilege.USAGE, SecurableObject.model(model.name))
+
         size = paging.page_size(page_size)
         after = str(paging.decode_token(page_token)[0]) if page_token else None
         models: list[RegisteredModel] = []
@@ -59,6 +67,11 @@ class ModelRegistry:
         return ModelPage(models, token)
 
     def get(self, principal: Principal, name: str) -> RegisteredModel:
+        """Needs USAGE on the model (PERMISSION_DENIED whether or not it exists)."""
+        self._authorizer.authorize(principal, Privilege.USAGE, SecurableObject.model(name))
+        return self._registered(principal, name)
+
+    def _registered(self, principal: Principal, name: str) -> RegisteredModel:
         canonical = str(qualified_name(name, "model name"))
         model = self._store.run(lambda tx: tx.models.get(principal.account_id, canonical))
         if model is None or not model.ready:   # a job's candidate is not registered yet
@@ -70,7 +83,8 @@ class ModelRegistry:
 
     def delete(self, principal: Principal, name: str) -> None:
         """Unregister the model. Its files stay with the job that produced them (a running job
-        may continue from them); its id is never handed out again."""
+        may continue from them); its id is never handed out again. Needs OWNERSHIP."""
+        self._authorizer.authorize(principal, Privilege.OWNERSHIP, SecurableObject.model(name))
         canonical = str(qualified_name(name, "model name"))
 
         def work(tx):
@@ -87,10 +101,12 @@ class ModelRegistry:
 
     def artifact_chunks(self, principal: Principal, name: str,
                         artifact: str) -> Generator[bytes, None, None]:
+        """A file of the model's output folder, in chunks. Needs OWNERSHIP."""
+        self._authorizer.authorize(principal, Privilege.OWNERSHIP, SecurableObject.model(name))
         if not artifact or "/" in artifact or "\\" in artifact or artifact in (".", ".."):
             raise InvalidArgument("artifact must be a plain file name such as "
                                   "training_results.csv")
-        model = self.get(principal, name)
+        model = self._registered(principal, name)
         if artifact not in self.artifacts(model):
             raise NotFound(f"model {model.name} has no artifact {artifact}")
         return self._artifacts.iter_chunks(f"{model.adapter_uri.rstrip('/')}/{artifact}",

@@ -12,7 +12,7 @@ from services.control.domain.privileges import Privilege, SecurableObject
 
 @pytest.fixture
 def servicer(control):
-    return DataServicer(control.databases, control.authorizer, control.catalog.spool_dir,
+    return DataServicer(control.databases, control.catalog.spool_dir,
                         1 << 20)
 
 

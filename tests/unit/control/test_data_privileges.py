@@ -16,7 +16,7 @@ U = Privilege.USAGE
 
 @pytest.fixture
 def servicer(control):
-    return DataServicer(control.databases, control.authorizer, control.catalog.spool_dir,
+    return DataServicer(control.databases, control.catalog.spool_dir,
                         1 << 20)
 
 

@@ -18,7 +18,7 @@ from services.control.dispatch.protocol import ClusterUnavailable
 
 @pytest.fixture
 def servicer(control):
-    return FineTuningServicer(control.fine_tuning, control.events, control.authorizer,
+    return FineTuningServicer(control.fine_tuning, control.events,
                               watch_poll_s=0.2)
 
 

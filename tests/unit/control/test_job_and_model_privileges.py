@@ -19,13 +19,13 @@ U, OWN = Privilege.USAGE, Privilege.OWNERSHIP
 
 @pytest.fixture
 def jobs(control):
-    return FineTuningServicer(control.fine_tuning, control.events, control.authorizer,
+    return FineTuningServicer(control.fine_tuning, control.events,
                               watch_poll_s=0.2)
 
 
 @pytest.fixture
 def models(control):
-    return ModelServicer(control.registry, control.authorizer)
+    return ModelServicer(control.registry)
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ ROWS = [{"prompt": f"question {i}", "completion": f"answer {i}"} for i in range(
 @pytest.fixture
 def servicer(control, admin):
     load_rows(control, admin.account_id, "train", ROWS)
-    return FineTuningServicer(control.fine_tuning, control.events, control.authorizer)
+    return FineTuningServicer(control.fine_tuning, control.events)
 
 
 def two_epochs(**fields):

@@ -18,7 +18,7 @@ TWO_EPOCHS = RequestedOptions(max_epochs=2)   # tiny-base: 30 rows per epoch, so
 
 @pytest.fixture
 def servicer(control):
-    return FineTuningServicer(control.fine_tuning, control.events, control.authorizer,
+    return FineTuningServicer(control.fine_tuning, control.events,
                               watch_poll_s=0.2)
 
 

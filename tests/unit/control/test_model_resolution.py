@@ -18,7 +18,7 @@ def resolver(control):
 
 @pytest.fixture
 def models(control):
-    return ModelServicer(control.registry, control.authorizer)
+    return ModelServicer(control.registry)
 
 
 @pytest.fixture
