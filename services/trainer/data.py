@@ -1,32 +1,30 @@
-"""Training data: rows -> token ids and loss labels, then batches. Pure: no files, no Ray.
+"""Training data: checked records -> token ids and loss labels, then batches. Pure: no files,
+no Ray.
 
-Prompt tokens come from `services.common.chat_format` so that training sees exactly the ids the
-inference service will send to vLLM. Labels are IGNORE_INDEX wherever no loss is taken (prompt,
-padding); the loss module shifts them by one, so a completion's first token is predicted from the
-prompt's last token.
+What a record is and how it becomes ids is `services.common.formatting`, which control also
+uses to count a job's tokens at CREATE; this module turns its output into arrays. Labels are
+IGNORE_INDEX wherever no loss is taken (prompt, padding); the loss module shifts them by one, so
+a completion's first token is predicted from the prompt's last token.
 """
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Iterable, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
 
-from services.common.chat_format import completion_token_ids, prompt_token_ids
+from services.common import formatting
 from services.common.errors import InvalidArgument
+from services.common.formatting import TokenLimits
+
+__all__ = ["IGNORE_INDEX", "Example", "FormattedData", "TokenLimits", "collate", "format_chat",
+           "format_instruction", "format_rows", "micro_batches", "pack_texts", "parse_jsonl",
+           "plan_epoch", "shard", "steps_per_epoch"]
 
 IGNORE_INDEX = -100
-CHAT_ROLES = ("system", "user", "assistant", "tool")
-
-
-@dataclass(frozen=True)
-class TokenLimits:
-    prompt_tokens: int
-    completion_tokens: int
-    context_window: int
 
 
 @dataclass(frozen=True, eq=False)
@@ -55,16 +53,21 @@ class FormattedData:
         return sum(len(e) for e in self.examples)
 
 
-def _example(ids: list[int], labels: list[int], truncated: bool) -> Example:
-    return Example(np.asarray(ids, dtype=np.int32), np.asarray(labels, dtype=np.int32), truncated)
+def _example(formatted: formatting.Formatted) -> Example:
+    labels = [i if t else IGNORE_INDEX for i, t in zip(formatted.ids, formatted.targets,
+                                                       strict=True)]
+    return Example(np.asarray(formatted.ids, dtype=np.int32),
+                   np.asarray(labels, dtype=np.int32), formatted.truncated)
 
 
 # ----------------------------------------------------------------------------------- rows
 
 def parse_jsonl(data: bytes | str, task_type: str) -> list[dict]:
-    """Decode JSON Lines and check each row has the fields its task type needs."""
+    """Decode JSON Lines and check each row as control checked it (formatting.check_record)."""
     if isinstance(data, bytes):
         data = data.decode("utf-8")
+    if task_type not in formatting.TASK_TYPES:
+        raise InvalidArgument(f"unknown task type {task_type!r}")
     rows = []
     for number, line in enumerate(data.splitlines(), start=1):
         if not line.strip():
@@ -75,123 +78,33 @@ def parse_jsonl(data: bytes | str, task_type: str) -> list[dict]:
             raise InvalidArgument(f"row {number}: not valid JSON ({exc.msg})") from None
         if not isinstance(row, dict):
             raise InvalidArgument(f"row {number}: expected a JSON object")
-        rows.append(_check_row(row, task_type, number))
+        rows.append(formatting.check_record(task_type, row, f"row {number}"))
     return rows
-
-
-def _check_row(row: dict, task_type: str, number: int) -> dict:
-    if task_type == "INSTRUCTION":
-        for key in ("prompt", "completion"):
-            if key not in row:
-                raise InvalidArgument(f"row {number}: missing column {key!r}")
-        return {"prompt": _text(row["prompt"]), "completion": _text(row["completion"])}
-    if task_type == "CHAT":
-        messages = row.get("messages")
-        if isinstance(messages, str):  # a JSON column serialized as text
-            try:
-                messages = json.loads(messages)
-            except json.JSONDecodeError:
-                raise InvalidArgument(f"row {number}: messages is not a JSON list") from None
-        if not isinstance(messages, list) or not messages:
-            raise InvalidArgument(f"row {number}: messages must be a non-empty list")
-        checked = []
-        for m in messages:
-            if not isinstance(m, dict) or m.get("role") not in CHAT_ROLES:
-                raise InvalidArgument(f"row {number}: each message needs a role in "
-                                      f"{', '.join(CHAT_ROLES)}")
-            checked.append({"role": m["role"], "content": _text(m.get("content"))})
-        if not any(m["role"] == "assistant" for m in checked):
-            raise InvalidArgument(f"row {number}: no assistant message to learn from")
-        return {"messages": checked}
-    if task_type == "CONTINUED_PRETRAINING":
-        if "text" not in row:
-            raise InvalidArgument(f"row {number}: missing column 'text'")
-        return {"text": _text(row["text"])}
-    raise InvalidArgument(f"unknown task type {task_type!r}")
-
-
-def _text(value) -> str:
-    # SQL NULL arrives as None; numbers and booleans as JSON scalars.
-    if value is None:
-        return ""
-    return value if isinstance(value, str) else json.dumps(value)
 
 
 # ----------------------------------------------------------------------------- formatting
 
 def format_instruction(tokenizer, prompt: str, completion: str, limits: TokenLimits) -> Example:
-    """Prompt (chat template) masked, completion + EOS as the target; each truncated to its share.
-
-    The prompt keeps its END: the question and the assistant header sit there, the template's
-    system preamble does not matter as much. The completion keeps its start.
-    """
-    p = prompt_token_ids(tokenizer, prompt=prompt)
-    c = completion_token_ids(tokenizer, completion)
-    truncated = False
-    if len(p) > limits.prompt_tokens:
-        p, truncated = p[-limits.prompt_tokens:], True
-    if len(c) > limits.completion_tokens:
-        c, truncated = c[:limits.completion_tokens], True
-    return _example(p + c, [IGNORE_INDEX] * len(p) + c, truncated)
+    return _example(formatting.format_instruction(tokenizer, prompt, completion, limits))
 
 
 def format_chat(tokenizer, messages: Sequence[dict], limits: TokenLimits) -> Example:
-    """A conversation with loss on every assistant turn (its content + end of turn).
-
-    Each assistant turn's context is rendered by `prompt_token_ids` on the messages before it,
-    which is what inference sends for that conversation. Chat templates render earlier turns
-    identically, so each context extends the previous ids; where a template does not (it drops
-    history, say), the earlier turns are kept as context only.
-    """
-    ids: list[int] = []
-    labels: list[int] = []
-    for i, message in enumerate(messages):
-        if message["role"] != "assistant":
-            continue
-        context = prompt_token_ids(tokenizer, messages=list(messages[:i]))
-        if context[:len(ids)] == ids:
-            new = context[len(ids):]
-        else:
-            new, ids, labels = context, [], []
-        target = completion_token_ids(tokenizer, message["content"])
-        if len(target) > limits.completion_tokens:
-            target = target[:limits.completion_tokens]
-        ids += new + target
-        labels += [IGNORE_INDEX] * len(new) + target
-    truncated = len(ids) > limits.context_window
-    if truncated:  # keep the end: the last assistant turn and the context right before it
-        ids, labels = ids[-limits.context_window:], labels[-limits.context_window:]
-    return _example(ids, labels, truncated)
+    return _example(formatting.format_chat(tokenizer, messages, limits))
 
 
-def pack_texts(tokenizer, texts: Iterable[str], window: int) -> list[Example]:
-    """Continued pretraining: texts joined with EOS and cut into full context windows."""
-    eos = tokenizer.eos_token_id
-    stream: list[int] = []
-    for text in texts:
-        stream += tokenizer(text, add_special_tokens=False)["input_ids"]
-        if eos is not None:
-            stream.append(eos)
-    examples = []
-    for start in range(0, len(stream), window):
-        chunk = stream[start:start + window]
-        if len(chunk) >= 2:  # a single token predicts nothing
-            examples.append(_example(chunk, chunk, False))
-    return examples
+def pack_texts(tokenizer, texts, window: int) -> list[Example]:
+    """Continued pretraining: every window is all targets."""
+    return [_example(formatting.Formatted(chunk, [True] * len(chunk)))
+            for chunk in formatting.pack_texts(tokenizer, texts, window)]
 
 
 def format_rows(task_type: str, tokenizer, rows: Sequence[dict],
                 limits: TokenLimits) -> FormattedData:
-    if task_type == "CONTINUED_PRETRAINING":
+    if task_type == formatting.CONTINUED_PRETRAINING:
         examples = pack_texts(tokenizer, (r["text"] for r in rows), limits.context_window)
         return FormattedData(examples, rows=len(rows), truncated_rows=0)
-    if task_type == "INSTRUCTION":
-        examples = [format_instruction(tokenizer, r["prompt"], r["completion"], limits)
-                    for r in rows]
-    elif task_type == "CHAT":
-        examples = [format_chat(tokenizer, r["messages"], limits) for r in rows]
-    else:
-        raise InvalidArgument(f"unknown task type {task_type!r}")
+    examples = [_example(formatting.format_record(task_type, tokenizer, r, limits))
+                for r in rows]
     return FormattedData(examples, rows=len(rows),
                          truncated_rows=sum(e.truncated for e in examples))
 

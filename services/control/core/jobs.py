@@ -25,6 +25,7 @@ from services.common.errors import (
     NotFound,
     PermissionDenied,
 )
+from services.common.formatting import TokenLimits, row_tokens
 from services.control.core import paging
 from services.control.core.authorization import Authorizer, load_access
 from services.control.core.clock import Clock, utc_now
@@ -58,7 +59,6 @@ from services.control.domain.prices import PriceTable
 from services.control.domain.principals import Principal
 from services.control.domain.privileges import Privilege, SecurableObject
 from services.control.domain.spec import JobLayout, trainer_spec
-from services.control.domain.tokens import TruncationLimits, row_tokens
 from services.control.store.database import Store, Tx
 
 log = logging.getLogger(__name__)
@@ -208,10 +208,10 @@ class FineTuning:
         scope = self._authorizer.access(principal)
         options = plan.options
         tokenizer = self._tokenizers(plan.base, plan.base_path)
-        limits = TruncationLimits.of(plan.base)
+        limits = TokenLimits.of(plan.base)
 
         def count(record: dict):
-            return row_tokens(tokenizer, options.task_type, record, limits)
+            return row_tokens(tokenizer, options.task_type.value, record, limits)
 
         return take_snapshots(self._catalog, artifacts, SnapshotRequest(
             account_id=principal.account_id, task_type=options.task_type,
@@ -232,7 +232,8 @@ class FineTuning:
                             snaps.validation is not None,
                             plan.parent.adapter_uri if plan.parent else None,
                             self._control_address())
-        self._artifacts.write_bytes(layout.spec_uri, json.dumps(spec, indent=2).encode())
+        self._artifacts.write_bytes(layout.spec_uri,
+                                   json.dumps(spec.to_dict(), indent=2).encode())
         now = self._clock()
         job = Job(
             id=layout.job_id, account_id=principal.account_id, user_id=principal.user_id,

@@ -16,12 +16,13 @@ from typing import IO, Callable, Iterable, Iterator
 
 from services.common.artifacts import ArtifactStore
 from services.common.errors import InvalidArgument
+from services.common.formatting import RowTokens
 from services.control.data.catalog import DataCatalog
 from services.control.data.sandbox import ReadScope
 from services.control.domain.datasets import column_positions, holdout_rows, training_record
 from services.control.domain.jobs import SnapshotInfo, ValidationSource
 from services.control.domain.options import TaskType
-from services.control.domain.tokens import RowTokens, TokenTally
+from services.control.domain.tokens import TokenTally
 
 CountRow = Callable[[dict], RowTokens]
 

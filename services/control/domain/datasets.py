@@ -6,14 +6,12 @@ The trainer reads `{"prompt", "completion"}` (INSTRUCTION), `{"messages"}` (CHAT
 
 from __future__ import annotations
 
-import json
 import random
 from typing import Sequence
 
 from services.common.errors import InvalidArgument
+from services.common.formatting import check_record
 from services.control.domain.options import REQUIRED_COLUMNS, TaskType
-
-CHAT_ROLES = frozenset({"system", "user", "assistant"})
 
 # Without a validation query a job holds out this fraction of its training rows (at least one)
 # for validation, picked by its seed; below MIN_ROWS_FOR_HOLDOUT rows it holds out none, since
@@ -48,37 +46,7 @@ def column_positions(task_type: TaskType, columns: Sequence[str], what: str) -> 
 
 def training_record(task_type: TaskType, positions: dict[str, int], row: Sequence,
                     row_number: int, what: str) -> dict:
-    """The JSONL record of one query row; InvalidArgument names the row and column at fault."""
-    def text(column: str) -> str:
-        value = row[positions[column]]
-        if value is None:
-            raise InvalidArgument(f"{what}: row {row_number} has a NULL {column}")
-        return value if isinstance(value, str) else str(value)
-
-    if task_type is TaskType.CHAT:
-        return {"messages": _messages(row[positions["messages"]], row_number, what)}
-    if task_type is TaskType.CONTINUED_PRETRAINING:
-        return {"text": text("text")}
-    return {"prompt": text("prompt"), "completion": text("completion")}
-
-
-def _messages(value, row_number: int, what: str) -> list[dict]:
-    where = f"{what}: row {row_number}"
-    if isinstance(value, str):
-        try:
-            value = json.loads(value)
-        except json.JSONDecodeError as exc:
-            raise InvalidArgument(f"{where}: messages is not valid JSON ({exc.msg})") from None
-    if not isinstance(value, list) or not value:
-        raise InvalidArgument(f"{where}: messages must be a non-empty list of "
-                              "{role, content} objects")
-    messages = []
-    for m in value:
-        if not isinstance(m, dict) or not isinstance(m.get("content"), str) \
-                or m.get("role") not in CHAT_ROLES:
-            raise InvalidArgument(f"{where}: each message needs a role "
-                                  f"({', '.join(sorted(CHAT_ROLES))}) and a string content")
-        messages.append({"role": m["role"], "content": m["content"]})
-    if messages[-1]["role"] != "assistant":
-        raise InvalidArgument(f"{where}: the last message must be the assistant's answer")
-    return messages
+    """The JSONL record of one query row, checked as the trainer checks it
+    (services.common.formatting); InvalidArgument names the row and column at fault."""
+    return check_record(task_type.value, {c: row[i] for c, i in positions.items()},
+                        f"{what}: row {row_number}")

@@ -8,24 +8,29 @@ from __future__ import annotations
 
 import enum
 import math
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 
 from services.common.base_models import BaseModelSpec
 from services.common.errors import InvalidArgument
+from services.common.formatting import RECORD_FIELDS
+from services.common.job_spec import TrainerOptions
 
 MAX_EPOCHS = 10
 MAX_BATCH_SIZE = 1024
 MAX_LORA_ALPHA = 4096
 
 AUTO = "auto"
+# Where neither the request nor the catalog says: epochs and batch fitted to the data, the rest
+# the trainer's own defaults (one set of numbers, services.common.job_spec).
+_TRAINER = TrainerOptions()
 FALLBACK_DEFAULTS = {
     "max_epochs": AUTO,
-    "learning_rate": 5e-4,
+    "learning_rate": _TRAINER.learning_rate,
     "batch_size": AUTO,
-    "lora_rank": 16,
-    "lora_alpha": 32,
-    "lora_dropout": 0.0,
-    "seed": 42,
+    "lora_rank": _TRAINER.lora_rank,
+    "lora_alpha": _TRAINER.lora_alpha,
+    "lora_dropout": _TRAINER.lora_dropout,
+    "seed": _TRAINER.seed,
 }
 
 
@@ -37,10 +42,7 @@ class TaskType(enum.Enum):
 
 # The columns a task's queries must return (other columns are ignored).
 REQUIRED_COLUMNS: dict[TaskType, tuple[str, ...]] = {
-    TaskType.INSTRUCTION: ("prompt", "completion"),
-    TaskType.CHAT: ("messages",),
-    TaskType.CONTINUED_PRETRAINING: ("text",),
-}
+    task: RECORD_FIELDS[task.value] for task in TaskType}
 
 
 @dataclass(frozen=True)
@@ -155,11 +157,9 @@ class TrainingOptions:
             else self.learning_rate
         return replace(self, max_epochs=epochs, batch_size=batch, learning_rate=rate)
 
-    def trainer_options(self) -> dict:
-        """The `options` object of the trainer's spec.json."""
-        d = self.to_dict()
-        del d["task_type"], d["from_model"], d["auto"]
-        return d
+    def trainer_options(self) -> TrainerOptions:
+        """The `options` of the trainer's spec.json."""
+        return TrainerOptions(**{f.name: getattr(self, f.name) for f in fields(TrainerOptions)})
 
 
 @dataclass

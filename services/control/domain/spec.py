@@ -1,10 +1,12 @@
-"""The trainer's job spec (spec.json): the contract between control and services/trainer."""
+"""Where a job's files live, and the job spec (services.common.job_spec) control writes for the
+trainer."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 from services.common.base_models import BaseModelSpec
+from services.common.job_spec import BaseModelRef, JobSpec
 from services.control.domain.options import TrainingOptions
 
 
@@ -45,23 +47,19 @@ class JobLayout:
 
 def trainer_spec(layout: JobLayout, base: BaseModelSpec, base_path: str,
                  options: TrainingOptions, has_validation: bool,
-                 from_adapter_uri: str | None, control_address: str) -> dict:
-    return {
-        "job_id": layout.job_id,
-        "task_type": options.task_type.value,
-        "base_model": {
-            "name": base.name,
-            "path": base_path,
-            "context_window": base.context_window,
-            "prompt_tokens": base.prompt_tokens,
-            "completion_tokens": base.completion_tokens,
-        },
-        "training_data_uri": layout.training_data_uri,
-        "validation_data_uri": layout.validation_data_uri if has_validation else None,
-        "output_uri": layout.output_uri,
-        "checkpoint_uri": layout.checkpoint_uri,
-        "artifact_root": layout.artifact_root,
-        "from_adapter_uri": from_adapter_uri,
-        "options": options.trainer_options(),
-        "control_address": control_address,
-    }
+                 from_adapter_uri: str | None, control_address: str) -> JobSpec:
+    return JobSpec(
+        job_id=layout.job_id,
+        task_type=options.task_type.value,
+        base_model=BaseModelRef(name=base.name, path=base_path,
+                                context_window=base.context_window,
+                                prompt_tokens=base.prompt_tokens,
+                                completion_tokens=base.completion_tokens),
+        training_data_uri=layout.training_data_uri,
+        validation_data_uri=layout.validation_data_uri if has_validation else None,
+        output_uri=layout.output_uri,
+        checkpoint_uri=layout.checkpoint_uri,
+        artifact_root=layout.artifact_root,
+        from_adapter_uri=from_adapter_uri,
+        options=options.trainer_options(),
+        control_address=control_address)

@@ -11,6 +11,7 @@ from control_testbed import (SERVICE_TOKEN, acting_as, files_under, instruction_
 from finetune.control.v1 import internal_pb2, jobs_pb2
 from services.common.errors import (AlreadyExists, FailedPrecondition, InvalidArgument,
                                     NotFound)
+from services.common.job_spec import parse_spec
 from services.control.api.internal import JobReportingServicer
 from services.control.api.jobs import FineTuningServicer
 from services.control.dispatch.protocol import ClusterUnavailable
@@ -82,7 +83,9 @@ async def test_create_snapshots_writes_spec_and_submits(data, servicer, admin, d
                     "num_workers": 2, "checkpoint_every_steps": 0,
                     "early_stopping_patience": 0},
         "control_address": "127.0.0.1:50999",
+        "spec_version": 1,
     }
+    assert parse_spec(spec).to_dict() == spec   # what the trainer reads back
     training = read_jsonl(data, spec["training_data_uri"])
     assert sorted(training, key=lambda r: r["prompt"]) == [
         {"prompt": f"question {i}", "completion": f"answer {i}"} for i in range(6)]

@@ -1,10 +1,14 @@
 """Option defaults come from the base-model catalog; ranges are checked with clear messages."""
 
+from dataclasses import asdict, fields
+
 import pytest
 
 from services.common.base_models import DEFAULT_BASE_MODEL, load_catalog
 from services.common.errors import InvalidArgument
-from services.control.domain.options import (AUTO_MAX_STEPS, AUTO_PATIENCE, MAX_EPOCHS, RequestedOptions,
+from services.common.job_spec import TrainerOptions, parse_spec
+from services.control.domain.options import (AUTO_MAX_STEPS, AUTO_PATIENCE, FALLBACK_DEFAULTS,
+                                             MAX_EPOCHS, RequestedOptions,
                                              TaskType, TrainingOptions, WorkerLimits,
                                              auto_schedule, resolve_options)
 
@@ -66,12 +70,24 @@ def test_options_round_trip_through_storage(tiny_base):
 
 
 def test_trainer_options_match_the_spec_contract(tiny_base):
+    """Every option of a job but its task, lineage and auto list goes to the trainer, whose spec
+    parser reads back exactly what control wrote."""
     o = resolve_options(RequestedOptions(), tiny_base)
-    assert set(o.trainer_options()) == {
-        "max_epochs", "learning_rate", "batch_size", "lora_rank", "lora_alpha", "lora_dropout",
-        "target_modules", "seed", "num_workers", "checkpoint_every_steps",
-        "early_stopping_patience"}
-    assert isinstance(o.trainer_options()["target_modules"], list)
+    job_only = {"task_type", "from_model", "auto"}
+    assert {f.name for f in fields(TrainingOptions)} - job_only == \
+        {f.name for f in fields(TrainerOptions)}
+    sent = o.trainer_options()
+    assert all(getattr(sent, f.name) == getattr(o, f.name) for f in fields(TrainerOptions))
+    assert parse_spec({"job_id": "ft_1", "task_type": "INSTRUCTION",
+                       "base_model": {"name": "b", "path": "/b", "context_window": 8,
+                                      "prompt_tokens": 4, "completion_tokens": 4},
+                       "training_data_uri": "t", "output_uri": "o", "checkpoint_uri": "c",
+                       "artifact_root": "r", "options": asdict(sent)}).options == sent
+
+
+def test_the_fallback_defaults_are_the_trainers():
+    for name in ("learning_rate", "lora_rank", "lora_alpha", "lora_dropout", "seed"):
+        assert FALLBACK_DEFAULTS[name] == getattr(TrainerOptions(), name)
 
 
 @pytest.mark.parametrize("rows,expected", [
@@ -116,7 +132,7 @@ def test_scheduled_options_fit_the_table_and_survive_storage(smollm):
     assert (fitted.max_epochs, fitted.batch_size, fitted.learning_rate) == (2, 16, 0.002)
     assert fitted.auto == ("batch_size", "learning_rate")
     assert TrainingOptions.from_dict(fitted.to_dict()) == fitted
-    assert "auto" not in fitted.trainer_options()
+    assert fitted.trainer_options().learning_rate == 0.002
     explicit = resolve_options(RequestedOptions(max_epochs=3, batch_size=8), smollm)
     assert explicit.scheduled(20, smollm) == explicit
 
@@ -126,8 +142,8 @@ def test_checkpoint_and_early_stopping_options(tiny_base):
     assert (o.checkpoint_every_steps, o.early_stopping_patience) == (0, 0)   # defaults: trainer's
     o = resolve_options(RequestedOptions(checkpoint_every_steps=50, early_stopping_patience=2),
                         tiny_base)
-    assert o.trainer_options()["checkpoint_every_steps"] == 50
-    assert o.trainer_options()["early_stopping_patience"] == 2
+    assert o.trainer_options().checkpoint_every_steps == 50
+    assert o.trainer_options().early_stopping_patience == 2
     assert TrainingOptions.from_dict(o.to_dict()) == o
     stored_before = {k: v for k, v in o.to_dict().items()
                      if k not in ("checkpoint_every_steps", "early_stopping_patience")}

@@ -96,8 +96,11 @@ def test_continued_pretraining_packs_full_windows(tokenizer):
 
 def test_parse_jsonl_checks_columns_and_reports_the_row():
     rows = parse_jsonl(b'{"prompt": "a", "completion": "b", "extra": 1}\n\n'
-                       b'{"prompt": null, "completion": 42}\n', "INSTRUCTION")
-    assert rows == [{"prompt": "a", "completion": "b"}, {"prompt": "", "completion": "42"}]
+                       b'{"prompt": "c", "completion": 42}\n', "INSTRUCTION")
+    assert rows == [{"prompt": "a", "completion": "b"}, {"prompt": "c", "completion": "42"}]
+    with pytest.raises(InvalidArgument, match="row 2 has a NULL prompt"):   # as control says
+        parse_jsonl('{"prompt": "a", "completion": "b"}\n{"prompt": null, "completion": "b"}',
+                    "INSTRUCTION")
     with pytest.raises(InvalidArgument, match="row 2: missing column 'completion'"):
         parse_jsonl('{"prompt": "a", "completion": "b"}\n{"prompt": "a"}\n', "INSTRUCTION")
     with pytest.raises(InvalidArgument, match="row 1: not valid JSON"):
@@ -108,10 +111,12 @@ def test_parse_jsonl_chat_and_text():
     chat = parse_jsonl('{"messages": "[{\\"role\\": \\"user\\", \\"content\\": \\"q\\"}, '
                        '{\\"role\\": \\"assistant\\", \\"content\\": \\"a\\"}]"}', "CHAT")
     assert chat[0]["messages"][1] == {"role": "assistant", "content": "a"}
-    with pytest.raises(InvalidArgument, match="no assistant message"):
+    with pytest.raises(InvalidArgument, match="last message must be the assistant's"):
         parse_jsonl('{"messages": [{"role": "user", "content": "q"}]}', "CHAT")
-    with pytest.raises(InvalidArgument, match="role"):
-        parse_jsonl('{"messages": [{"role": "robot", "content": "q"}]}', "CHAT")
+    for role in ("robot", "tool"):   # the roles COMPLETE accepts, no others
+        with pytest.raises(InvalidArgument, match="role"):
+            parse_jsonl('{"messages": [{"role": "%s", "content": "q"}, '
+                        '{"role": "assistant", "content": "a"}]}' % role, "CHAT")
     assert parse_jsonl('{"text": "t"}', "CONTINUED_PRETRAINING") == [{"text": "t"}]
     with pytest.raises(InvalidArgument, match="'text'"):
         parse_jsonl('{"prompt": "t"}', "CONTINUED_PRETRAINING")

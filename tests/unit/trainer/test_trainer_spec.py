@@ -3,7 +3,7 @@ import json
 import pytest
 
 from services.common.errors import InvalidArgument
-from services.trainer.spec import JobSpec, TrainingOptions, parse_spec, read_spec
+from services.trainer.spec import JobSpec, TrainerOptions, parse_spec, read_spec
 
 
 def raw_spec(**overrides) -> dict:
@@ -31,7 +31,7 @@ def test_parses_the_contract_example():
     assert spec.job_id == "ft_1" and spec.task_type == "INSTRUCTION"
     assert spec.base_model.prompt_tokens == 1536
     assert spec.validation_data_uri is None and spec.from_adapter_uri is None
-    assert spec.options == TrainingOptions(max_epochs=2, learning_rate=0.001, batch_size=4,
+    assert spec.options == TrainerOptions(max_epochs=2, learning_rate=0.001, batch_size=4,
                                            lora_rank=8, lora_alpha=16, lora_dropout=0.1,
                                            target_modules=("q_proj",), seed=1, num_workers=2)
     assert spec.control_address == "127.0.0.1:50051"
@@ -41,7 +41,7 @@ def test_missing_options_take_defaults_and_unknown_keys_are_ignored():
     spec = parse_spec(raw_spec(options={"max_epochs": 1, "future_option": True},
                                something_new="x"))
     assert spec.options.max_epochs == 1
-    assert spec.options.batch_size == TrainingOptions().batch_size
+    assert spec.options.batch_size == TrainerOptions().batch_size
     assert parse_spec(spec.to_dict()) == spec
     # Specs written before these options existed: mid-epoch checkpoints by default, no early stop.
     assert (spec.options.checkpoint_every_steps, spec.options.early_stopping_patience) == (0, 0)
@@ -70,6 +70,16 @@ def test_checkpoint_and_early_stopping_options():
 def test_rejects_invalid_specs(overrides, message):
     with pytest.raises(InvalidArgument, match=message):
         parse_spec(raw_spec(**overrides))
+
+
+def test_the_spec_is_versioned():
+    spec = parse_spec(raw_spec())   # written before spec_version existed: version 1
+    assert spec.spec_version == 1 and spec.to_dict()["spec_version"] == 1
+    assert parse_spec(raw_spec(spec_version=1)) == spec
+    with pytest.raises(InvalidArgument, match="spec_version 2 is newer"):
+        parse_spec(raw_spec(spec_version=2))
+    with pytest.raises(InvalidArgument, match="spec_version"):
+        parse_spec(raw_spec(spec_version="one"))
 
 
 def test_task_type_is_case_insensitive():
