@@ -47,6 +47,7 @@ from services.control.core.evaluations import Evaluations
 from services.control.core.jobs import FineTuning
 from services.control.core.models import ModelRegistry
 from services.control.core.notifier import ChangeNotifier
+from services.control.core.reconciler import Reconciler, ReconcilerSettings
 from services.control.core.resolution import ModelResolution
 from services.control.core.usage import (
     InferenceUsageRecorder,
@@ -59,7 +60,6 @@ from services.control.data.tokenizers import Tokenizers
 from services.control.dispatch.inference import CompletionClient, GrpcCompletionClient
 from services.control.dispatch.protocol import JobDispatcher
 from services.control.dispatch.ray_jobs import RayJobDispatcher
-from services.control.dispatch.reconciler import Reconciler, ReconcilerSettings
 from services.control.domain.options import WorkerLimits
 from services.control.metrics import ControlMetrics, MeteredProgress, control_metrics
 from services.control.store.database import Store

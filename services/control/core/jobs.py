@@ -30,8 +30,8 @@ from services.control.core import paging
 from services.control.core.authorization import Authorizer, load_access
 from services.control.core.clock import Clock, utc_now
 from services.control.core.evaluations import NO_INFERENCE, Evaluations, JobEvaluationRequest
+from services.control.core.lifecycle import end_job
 from services.control.core.notifier import ChangeNotifier
-from services.control.core.usage import record_fine_tuning_usage
 from services.control.data.catalog import DataCatalog
 from services.control.data.snapshots import SnapshotRequest, Snapshots, take_snapshots
 from services.control.data.tokenizers import Tokenizers
@@ -404,8 +404,7 @@ class FineTuning:
             now = self._clock()
             job.cancel(now)
             saved = tx.jobs.save(job)
-            cancel_job_evaluations(tx, saved, now)
-            record_fine_tuning_usage(tx, saved, self._prices)
+            end_job(tx, saved, self._prices, now, f"cancelled by {principal.user_name}")
             tx.events.add(job_id, transition_events(before, saved,
                                                     f"by {principal.user_name}"), now)
             return saved
@@ -446,23 +445,6 @@ class FineTuning:
         if changed:
             self._events.publish(job_id)
         return cancelled
-
-
-def cancel_job_evaluations(tx: Tx, job: Job, now: datetime) -> None:
-    """A job that ends while it evaluates: its evaluations stop and its candidate model, never
-    registered, goes (the job's output files stay)."""
-    for evaluation in tx.evaluations.for_job(job.id):
-        if not evaluation.terminal:
-            evaluation.cancel(now, f"the fine-tuning job ended {job.status.value}")
-            tx.evaluations.save(evaluation)
-    drop_candidate(tx, job)
-
-
-def drop_candidate(tx: Tx, job: Job) -> None:
-    candidate = tx.models.by_job(job.id)
-    if candidate is not None and not candidate.ready:
-        tx.access.delete_grants_on(job.account_id, SecurableObject.model(candidate.name))
-        tx.models.purge(candidate.id)
 
 
 def submit_event(attempt: int, error: str | None) -> NewEvent:

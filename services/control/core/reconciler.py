@@ -1,4 +1,5 @@
-"""The reconciler: brings every active job in line with what the cluster and the artifact store say.
+"""The reconciler: brings every active job in line with what the cluster and the artifact store
+say. It decides; the side effects of registering and ending a job are core.lifecycle's.
 
 It reads only the cluster and the artifact store, never in-process state, so after a control
 restart it simply picks the jobs up again. Every change is one transaction guarded by the job's
@@ -20,9 +21,14 @@ from sqlalchemy.exc import IntegrityError
 from services.common.artifacts import ArtifactStore
 from services.control.core.clock import Clock, utc_now
 from services.control.core.evaluations import job_evaluations
-from services.control.core.jobs import drop_candidate, submit_event
+from services.control.core.jobs import submit_event
+from services.control.core.lifecycle import (
+    end_job,
+    promote_candidate,
+    register_model,
+    registered_event,
+)
 from services.control.core.notifier import ChangeNotifier
-from services.control.core.usage import record_fine_tuning_usage
 from services.control.dispatch.protocol import (
     ClusterJob,
     ClusterJobStatus,
@@ -41,7 +47,6 @@ from services.control.domain.events import EventLevel, EventType, NewEvent, tran
 from services.control.domain.jobs import TRAINED_PROGRESS, ErrorCode, Job, JobStatus, TrainingResult
 from services.control.domain.models import ModelState
 from services.control.domain.prices import PriceTable
-from services.control.domain.privileges import Privilege, SecurableObject
 from services.control.domain.spec import JobLayout
 from services.control.store.database import Store, Tx
 
@@ -155,7 +160,7 @@ class Reconciler:
             if after_save is not None:
                 events += after_save(saved, tx)
             if saved.terminal:  # in the transaction that ends the job: exactly once
-                record_fine_tuning_usage(tx, saved, self._prices)
+                end_job(tx, saved, self._prices, self._clock(), detail)
             if events:
                 tx.events.add(job_id, events, self._clock())
             return True
@@ -221,20 +226,7 @@ class Reconciler:
             return self._evaluate(job, result, output_uri)
 
         def register(j: Job, tx: Tx) -> list[NewEvent]:
-            now = self._clock()
-            model = tx.models.add(
-                account_id=j.account_id, name=j.model_name, base_model=j.base_model,
-                job_id=j.id, adapter_uri=output_uri, created_on=now,
-                trained_tokens=result.trained_tokens, training_loss=result.training_loss,
-                validation_loss=result.validation_loss)
-            # The creator's role owns the model (a dropped role leaves it to ACCOUNTADMIN).
-            owner = tx.access.role_by_id(j.owner_role_id) if j.owner_role_id else None
-            if owner is not None and owner.account_id == j.account_id:
-                tx.access.grant_privilege(j.account_id, owner.id, Privilege.OWNERSHIP,
-                                          SecurableObject.model(j.model_name), "SYSTEM", now)
-            return [NewEvent(EventType.MODEL_REGISTERED,
-                             f"model {model.name} registered (version {model.version})",
-                             metrics={"version": float(model.version)})]
+            return [registered_event(register_model(tx, j, result, output_uri, self._clock()))]
 
         try:
             return self._update(job.id, lambda j, tx: j.succeed(result, self._clock()),
@@ -294,30 +286,16 @@ class Reconciler:
                                         verdict.message, [base, tuned])
 
         def register(j: Job, tx: Tx) -> list[NewEvent]:
-            model = tx.models.by_job(j.id)
-            assert model is not None   # the candidate registered in the first round
-            tx.models.set_state(model.id, ModelState.READY)
+            model = promote_candidate(tx, j)
             return [_evaluation_event(base, tuned, f"evaluation finished: {verdict.message}"),
-                    NewEvent(EventType.MODEL_REGISTERED,
-                             f"model {model.name} registered (version {model.version})",
-                             metrics={"version": float(model.version)})]
+                    registered_event(model)]
 
         return self._update(job.id, lambda j, tx: j.succeed(result, self._clock()), register)
 
     def _start_evaluations(self, j: Job, tx: Tx, spec: JobEvaluation, output_uri: str,
                            result: TrainingResult) -> list[NewEvent]:
         now = self._clock()
-        candidate = tx.models.add(
-            account_id=j.account_id, name=j.model_name, base_model=j.base_model, job_id=j.id,
-            adapter_uri=output_uri, created_on=now, trained_tokens=result.trained_tokens,
-            training_loss=result.training_loss, validation_loss=result.validation_loss,
-            state=ModelState.EVALUATING)
-        # The job's evaluations run as its creator, whose role will own the model: it owns the
-        # candidate already, so a USAGE check on it passes (and fails once the role is gone).
-        owner = tx.access.role_by_id(j.owner_role_id) if j.owner_role_id else None
-        if owner is not None and owner.account_id == j.account_id:
-            tx.access.grant_privilege(j.account_id, owner.id, Privilege.OWNERSHIP,
-                                      SecurableObject.model(j.model_name), "SYSTEM", now)
+        candidate = register_model(tx, j, result, output_uri, now, ModelState.EVALUATING)
         created = job_evaluations(j, spec, candidate, now)
         for evaluation in created:
             tx.evaluations.add(evaluation)
@@ -335,18 +313,14 @@ class Reconciler:
         """The job fails after training: no model is registered (its files stay)."""
         message = message[-MAX_ERROR_MESSAGE:]
 
-        def drop(j: Job, tx: Tx) -> list[NewEvent]:
-            drop_candidate(tx, j)
-            for evaluation in tx.evaluations.for_job(j.id):   # the other one, if still running
-                if not evaluation.terminal:
-                    evaluation.cancel(self._clock(), f"the fine-tuning job ended: {code}")
-                    tx.evaluations.save(evaluation)
+        def verdict(j: Job, tx: Tx) -> list[NewEvent]:   # end_job drops the candidate after
             if len(evaluations) == 2:
                 return [_evaluation_event(evaluations[0], evaluations[1],
                                           f"evaluation finished: {message}", EventLevel.ERROR)]
             return []
 
-        changed = self._update(job_id, lambda j, tx: j.fail(code, message, self._clock()), drop)
+        changed = self._update(job_id, lambda j, tx: j.fail(code, message, self._clock()),
+                               verdict)
         if changed:
             log.info("job %s failed after training (%s): %s", job_id, code, message)
         return changed
