@@ -14,7 +14,7 @@ from services.common.metrics import (
     TrainingThroughput,
     new_registry,
 )
-from services.control.api.internal import ProgressSink
+from services.control.api.internal import ProgressRecorder
 from services.control.domain.jobs import JobProgress, JobStatus
 from services.control.store.database import Store, Tx
 
@@ -23,7 +23,7 @@ class MeteredProgress:
     """The progress-report use case, with each accepted report's trained tokens fed to the
     throughput metric."""
 
-    def __init__(self, jobs: ProgressSink, throughput: TrainingThroughput):
+    def __init__(self, jobs: ProgressRecorder, throughput: TrainingThroughput):
         self._jobs = jobs
         self._throughput = throughput
 

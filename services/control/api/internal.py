@@ -11,14 +11,14 @@ from services.control.core.usage import InferenceUsageRecorder, InferenceUsageRe
 from services.control.domain.jobs import JobProgress
 
 
-class ProgressSink(Protocol):
+class ProgressRecorder(Protocol):
     """Where progress reports go: FineTuning.report_progress (metered, see control/metrics.py)."""
 
     def report_progress(self, job_id: str, progress: JobProgress) -> bool: ...
 
 
 class JobReportingServicer(internal_pb2_grpc.JobReportingServiceServicer):
-    def __init__(self, jobs: ProgressSink):
+    def __init__(self, jobs: ProgressRecorder):
         self._jobs = jobs
 
     async def ReportProgress(self, request, context):

@@ -1,1 +1,1 @@
-"""Clients of the cluster and inference, and the reconciler folding cluster state in the store."""
+"""Clients of the cluster (Ray Jobs) and of inference, behind protocol.py; they decide nothing."""
