@@ -68,6 +68,38 @@ def cpu_compute_threads(environ: Mapping[str, str]) -> int:
     return max(1, cores - reserved)
 
 
+GROUPED_LORA_OPS_EXTENSION = "services.inference.vllm_worker.GroupedLoraOpsExtension"
+
+
+def engine_arguments(config: "InferenceConfig", dtype: str, on_cpu: bool) -> dict[str, Any]:
+    """vLLM's AsyncEngineArgs for this service, but the structured-output config (which needs
+    vLLM imported). Pure, so both platforms' settings are unit-tested on any machine.
+
+    Both: LoRA on with the configured slots, ranks and sequence limits, and an explicit KV
+    cache size (what VLLM_CPU_KVCACHE_SPACE sets on CPU; on a GPU it caps the cache instead of
+    taking a share of whatever memory is free beside the trainer). CPU: eager mode (there are
+    no CUDA graphs) and the grouped LoRA ops, installed in every worker process before the
+    model loads (lora_ops.py: vLLM CPU's per-token ops). GPU: CUDA graphs (enforce_eager off)
+    and vLLM's own LoRA kernels, so no worker extension."""
+    return {
+        "model": str(config.base_model.path),
+        "served_model_name": [config.base_model.name],
+        "enable_lora": True,
+        "max_loras": config.max_loras,
+        "max_cpu_loras": config.max_cpu_loras,
+        "max_lora_rank": config.max_lora_rank,
+        "max_model_len": config.max_model_len,
+        "max_num_seqs": config.max_num_seqs,
+        "dtype": dtype,
+        "gpu_memory_utilization": config.gpu_memory_utilization,
+        "kv_cache_memory_bytes": int(config.kv_cache_gib * GiB),
+        "enforce_eager": on_cpu,
+        "disable_log_stats": True,
+        "worker_extension_cls": GROUPED_LORA_OPS_EXTENSION
+        if on_cpu and config.grouped_lora_ops else "",
+    }
+
+
 @dataclass(frozen=True)
 class Sampling:
     """Validated sampling settings of one request (see completions.parse_sampling)."""
@@ -129,38 +161,19 @@ class VllmEngine:
         """Build the engine (blocks ~45 s on this CPU; the engine core is a spawned process)."""
         from vllm import AsyncEngineArgs
         from vllm.config import StructuredOutputsConfig
+        from vllm.platforms import current_platform
         from vllm.v1.engine.async_llm import AsyncLLM
 
         dtype, choice = configured_dtype(config)
         info = EngineInfo(config.base_model.name, dtype, choice, config.max_model_len,
                           config.max_loras)
-        args = AsyncEngineArgs(
-            model=str(config.base_model.path),
-            served_model_name=[config.base_model.name],
-            enable_lora=True,
-            max_loras=config.max_loras,
-            max_cpu_loras=config.max_cpu_loras,
-            max_lora_rank=config.max_lora_rank,  # type: ignore[arg-type]  # checked in config
-            max_model_len=config.max_model_len,
-            max_num_seqs=config.max_num_seqs,
-            dtype=dtype,  # type: ignore[arg-type]  # one of --dtype's choices
-            gpu_memory_utilization=config.gpu_memory_utilization,
-            # The explicit size is what VLLM_CPU_KVCACHE_SPACE sets on CPU; without it vLLM sizes
-            # the cache from free memory and refuses to start when other processes use it.
-            kv_cache_memory_bytes=int(config.kv_cache_gib * GiB),
-            enforce_eager=True,
-            disable_log_stats=True,
-            # Compact JSON for response formats: with free whitespace between tokens a weak
-            # (or freshly fine-tuned) model can emit newlines until max_tokens and never close
-            # the document. vLLM allows this only with a named backend, not "auto".
-            structured_outputs_config=StructuredOutputsConfig(
-                backend=config.structured_output_backend,  # type: ignore[arg-type]  # config's
-                disable_any_whitespace=True),
-            # Imported by every worker process before the model loads: installs the grouped
-            # LoRA ops there (a patch applied only in this process would not reach the worker).
-            worker_extension_cls=("services.inference.vllm_worker.GroupedLoraOpsExtension"
-                                  if config.grouped_lora_ops else ""),
-        )
+        kwargs = engine_arguments(config, dtype, on_cpu=current_platform.is_cpu())
+        # Compact JSON for response formats: with free whitespace between tokens a weak (or
+        # freshly fine-tuned) model can emit newlines until max_tokens and never close the
+        # document. vLLM allows this only with a named backend, not "auto".
+        args = AsyncEngineArgs(**kwargs, structured_outputs_config=StructuredOutputsConfig(
+            backend=config.structured_output_backend,  # type: ignore[arg-type]  # config's
+            disable_any_whitespace=True))
         # No local name for the engine: something in vLLM's start-up keeps this frame alive, and
         # a local would keep the engine past shutdown() to interpreter exit, where its __del__
         # fails noisily.
