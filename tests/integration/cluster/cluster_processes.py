@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 
 import psutil
 import pytest
+from polling import wait_until
 
 from services.common.ports import free_ports
 
@@ -163,21 +164,29 @@ def _wait_until_head_runs_jobs(head: RayHead) -> None:
     from ray.job_submission import JobSubmissionClient
 
     deadline = time.monotonic() + 180  # a start guard, not an assertion on speed
-    while True:
+
+    def takes_a_job():
         try:
             # Up when it takes a job: the dashboard answers before its job agent is there.
             client = JobSubmissionClient(head.dashboard)
-            probe = client.submit_job(entrypoint="true")
-            break
+            return client, client.submit_job(entrypoint="true")
         except Exception:  # noqa: BLE001 - not up yet
-            if head.proc.poll() is not None or time.monotonic() > deadline:
+            if head.proc.poll() is not None:
                 pytest.fail(f"the Ray head did not start; ray start said:\n{head.log_tail()}")
-            time.sleep(0.5)
-    while str(client.get_job_status(probe)).rsplit(".", 1)[-1] not in (
-            "SUCCEEDED", "FAILED", "STOPPED"):
-        if time.monotonic() > deadline:
-            pytest.fail(f"the Ray head does not run jobs:\n{head.log_tail()}")
-        time.sleep(0.5)
+            return None
+
+    def said() -> str:
+        return f"ray start said:\n{head.log_tail()}"
+
+    client, probe = wait_until(takes_a_job, 180, "the Ray head to take a job", diagnose=said)
+
+    def probe_ended() -> bool:
+        status = str(client.get_job_status(probe)).rsplit(".", 1)[-1]
+        return status in ("SUCCEEDED", "FAILED", "STOPPED")
+
+    # the same start guard: what is left of the 180 s
+    wait_until(probe_ended, round(max(deadline - time.monotonic(), 0.0), 1),
+               "the Ray head to run its probe job", diagnose=said)
 
 
 def start_worker_node(head: RayHead, name: str, num_cpus: int,
@@ -227,30 +236,37 @@ def nodes(dashboard: str) -> list[dict]:
 
 def wait_for_node(dashboard: str, match, starting: RayProcess, timeout_s: float = 180) -> str:
     """The node id of the ALIVE node that `match`es, once the cluster lists it."""
-    deadline = time.monotonic() + timeout_s  # a start guard, not an assertion on speed
-    while True:
+    alive: list[dict] = []
+
+    def said() -> str:
+        return f"nodes: {alive}; ray start said:\n{starting.log_tail()}"
+
+    def joined() -> str | None:
         try:
-            alive = [n for n in nodes(dashboard) if n["state"] == "ALIVE" and match(n)]
+            alive[:] = [n for n in nodes(dashboard) if n["state"] == "ALIVE" and match(n)]
         except Exception:  # noqa: BLE001 - the state API is not up yet
-            alive = []
+            alive.clear()
         if len(alive) == 1:
             return alive[0]["node_id"]
-        if starting.proc.poll() is not None or time.monotonic() > deadline:
-            pytest.fail(f"Ray node {starting.name} did not join (nodes: {alive}); "
-                        f"ray start said:\n{starting.log_tail()}")
-        time.sleep(0.5)
+        if starting.proc.poll() is not None:
+            pytest.fail(f"Ray node {starting.name} did not join; {said()}")
+        return None
+
+    # a start guard, not an assertion on speed
+    return wait_until(joined, timeout_s, f"Ray node {starting.name} to join", diagnose=said)
 
 
 def wait_for_node_dead(dashboard: str, node_id: str, timeout_s: float = 120) -> None:
     """Until the GCS, too, has the node as DEAD (a later job's worker plan counts only
     live nodes)."""
-    deadline = time.monotonic() + timeout_s  # a hang guard, not an assertion on speed
-    while time.monotonic() < deadline:
+    def dead() -> bool:
         with contextlib.suppress(Exception):
-            if all(n["state"] == "DEAD" for n in nodes(dashboard) if n["node_id"] == node_id):
-                return
-        time.sleep(0.5)
-    pytest.fail(f"Ray node {node_id} is still ALIVE for the cluster after it was stopped")
+            return all(n["state"] == "DEAD" for n in nodes(dashboard) if n["node_id"] == node_id)
+        return False
+
+    # a hang guard, not an assertion on speed
+    wait_until(dead, timeout_s, f"Ray node {node_id} to be DEAD for the cluster after it was "
+               "stopped")
 
 
 def ray_daemons() -> list[tuple[int, list[str]]]:

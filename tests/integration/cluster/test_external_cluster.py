@@ -19,7 +19,6 @@ import csv
 import io
 import json
 import re
-import time
 
 import grpc
 import psutil
@@ -32,6 +31,8 @@ from cluster_processes import (
     ray_worker_node,
     start_worker_node,
 )
+from control_processes import wait_for_job
+from polling import wait_until
 
 from finetune.control.v1 import internal_pb2, internal_pb2_grpc, jobs_pb2
 from services.cli.client import FinetuneClient
@@ -65,26 +66,8 @@ def status(job) -> str:
 
 
 def wait_for(client, job_id, done, what, diagnose, timeout_s=900, seen=None):
-    """Poll DESCRIBE until `done(job)`, noting each job in `seen`; a hang guard, not a timing
-    assertion. On a hang (or an early end) it says what the job, control and Ray last showed."""
-    deadline = time.monotonic() + timeout_s
-    job = None
-    while True:
-        try:
-            job = client.get_job(job_id)
-            if seen is not None:
-                seen.append(job)
-            if done(job):
-                return job
-            if status(job) in TERMINAL:
-                pytest.fail(f"job {job_id} ended {status(job)} before {what}: "
-                            f"{job.error.code} {job.error.message}\n{diagnose(job_id, job)}")
-        except grpc.RpcError as err:
-            if err.code() is not grpc.StatusCode.UNAVAILABLE:
-                raise
-        if time.monotonic() > deadline:
-            pytest.fail(f"job {job_id} never reached {what}\n{diagnose(job_id, job)}")
-        time.sleep(0.3)
+    return wait_for_job(client, job_id, done, what, timeout_s,
+                        diagnose=lambda job: diagnose(job_id, job), seen=seen, every_s=0.3)
 
 
 @pytest.fixture
@@ -240,13 +223,17 @@ def test_a_lost_worker_node_is_replaced_and_the_job_resumes(head, control, clien
         spec = json.loads(store.read_bytes(store.uri("jobs", job.id, "spec.json")))
         wait_for(client, job.id, lambda j: status(j) == "IN_PROGRESS" and j.step >= 1,
                  "its first training step", diagnose)
-        deadline = time.monotonic() + 600   # a hang guard, not an assertion on speed
-        while (checkpoint := registered_checkpoint(store, spec["checkpoint_uri"], job.id)) \
-                is None:
-            running = client.get_job(job.id)
-            assert status(running) == "IN_PROGRESS" and time.monotonic() < deadline, \
-                diagnose(job.id, running)
-            time.sleep(0.2)
+
+        def checkpointed():
+            found = registered_checkpoint(store, spec["checkpoint_uri"], job.id)
+            if found is None:
+                running = client.get_job(job.id)
+                assert status(running) == "IN_PROGRESS", diagnose(job.id, running)
+            return found
+
+        checkpoint = wait_until(checkpointed, 600,   # a hang guard, not an assertion on speed
+                                f"a registered checkpoint of job {job.id}", every_s=0.2,
+                                diagnose=lambda: diagnose(job.id, client.get_job(job.id)))
 
         started[0].kill()   # the machine is gone: raylet, agents and the training worker
         at_kill = client.get_job(job.id)

@@ -6,16 +6,20 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
+from polling import wait_until
 
 pytestmark = pytest.mark.integration
 
+# The launcher starts with SIGTERM's default action, as a shell starts it: an ignored signal is
+# inherited through exec, and a CI runner may hand pytest SIGTERM ignored (LocalStack then,
+# rightly, leaves the disposition alone and the launcher never stops).
 LAUNCHER = """
-import json, sys, time
+import json, signal, sys, time
 from pathlib import Path
+signal.signal(signal.SIGTERM, signal.SIG_DFL)
 from services.cli.stack import LocalStack, StackConfig
 stack = LocalStack(StackConfig(home=Path(sys.argv[1]), base_model=sys.argv[2]))
 stack.start(inference=False)
@@ -61,10 +65,10 @@ def test_sigterm_to_the_launcher_stops_ray_and_control(tmp_path, base_model_spec
         launcher.send_signal(signal.SIGTERM)
         assert launcher.wait(timeout=120) == 128 + signal.SIGTERM
         assert not [pid for pid in started["pids"] if alive(pid)]
-        deadline = time.monotonic() + 60      # raylet and GCS exit after `ray start --block`
-        while processes_mentioning(started["ray_tmp"]) and time.monotonic() < deadline:
-            time.sleep(0.5)
-        assert not processes_mentioning(started["ray_tmp"])
+        # raylet and GCS exit after `ray start --block`
+        wait_until(lambda: not processes_mentioning(started["ray_tmp"]), 60,
+                   "Ray's own processes to exit",
+                   diagnose=lambda: f"still running: {processes_mentioning(started['ray_tmp'])}")
     finally:   # whatever failed, leave nothing running
         if launcher.poll() is None:
             launcher.kill()

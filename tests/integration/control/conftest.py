@@ -8,11 +8,11 @@ import socket
 import grpc
 import pytest
 
+from control_components import control_components
 from control_processes import ScriptedCluster, with_tokenizer
 
 from services.common.base_models import BaseModelSpec
-from services.control.app import ControlApp, build_components
-from services.control.config import load_config
+from services.control.app import ControlApp
 
 SERVICE_TOKEN = "integration-service-token"  # test_control_grpc.py presents the same value
 
@@ -32,15 +32,13 @@ def tiny_base(tmp_path, base_model_spec) -> BaseModelSpec:
 
 @pytest.fixture
 async def control_server(tmp_path, cluster, tiny_base):
-    config = load_config(["--home", str(tmp_path / "home"), "--port", "0",
-                          "--reconcile-interval-s", "0.2"],
-                         environ={"FINETUNE_SERVICE_TOKEN": SERVICE_TOKEN})
-    app = ControlApp(build_components(config, dispatcher=cluster,
-                                      base_models={tiny_base.name: tiny_base},
-                                      provision=lambda spec: spec.path))
-    await app.start()
-    yield app
-    await app.stop(0)
+    with control_components(tmp_path / "home", tiny_base, service_token=SERVICE_TOKEN,
+                            dispatcher=cluster, port=0,
+                            reconcile_interval_s=0.2) as components:
+        app = ControlApp(components)
+        await app.start()
+        yield app
+        await app.stop(0)
 
 
 @pytest.fixture

@@ -19,7 +19,9 @@ from pathlib import Path
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from polling import wait_until
 
+from finetune.control.v1 import jobs_pb2
 from services.common.base_models import BaseModelSpec
 from services.common.ports import free_port, free_ports  # noqa: F401 - free_port for the tests
 from services.control.dispatch.protocol import ClusterJob, ClusterJobStatus
@@ -87,27 +89,30 @@ def ray_head(num_cpus: int, dashboard_port: int | None = None):
                                 stderr=subprocess.STDOUT)
     address = f"http://127.0.0.1:{dashboard_port}"
 
-    def failed(why: str):
+    def log_tail() -> str:
         with open(log_path, errors="replace") as log:
-            pytest.fail(f"{why}; ray start said:\n{log.read()[-3000:]}")
+            return f"ray start said:\n{log.read()[-3000:]}"
 
     try:
         from ray.job_submission import JobSubmissionClient
         deadline = time.monotonic() + 180  # a start guard, not an assertion on speed
-        while True:
+
+        def takes_a_job():
             try:
                 # Up when it takes a job: the dashboard answers before its job agent is there.
                 client = JobSubmissionClient(address)
-                probe = client.submit_job(entrypoint="true")
-                break
+                return client, client.submit_job(entrypoint="true")
             except Exception:  # noqa: BLE001 - not up yet
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    failed("the local Ray head did not start")
-                time.sleep(0.5)
-        while str(client.get_job_status(probe)).rsplit(".", 1)[-1] not in RAY_TERMINAL:
-            if time.monotonic() > deadline:
-                failed("the local Ray head does not run jobs")
-            time.sleep(0.5)
+                if proc.poll() is not None:
+                    pytest.fail(f"the local Ray head did not start; {log_tail()}")
+                return None
+
+        client, probe = wait_until(takes_a_job, 180, "the local Ray head to take a job",
+                                   diagnose=log_tail)
+        # the same start guard: what is left of the 180 s
+        wait_until(lambda: _ray_status(client, probe) in RAY_TERMINAL,
+                   round(max(deadline - time.monotonic(), 0.0), 1),
+                   "the local Ray head to run its probe job", diagnose=log_tail)
         yield address
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
@@ -124,16 +129,20 @@ def ray_head(num_cpus: int, dashboard_port: int | None = None):
 RAY_TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
 
 
+def _ray_status(client, job_id: str) -> str:
+    """A Ray job's status name (SUCCEEDED, not JobStatus.SUCCEEDED)."""
+    return str(client.get_job_status(job_id)).rsplit(".", 1)[-1]
+
+
 def wait_for_ray_job(client, job_id: str, limit_s: float = 900) -> str:
     """Poll the Jobs API until the Ray job ends; its status name. A hang guard (the job's log
     tail on a hang), not an assertion on speed."""
-    deadline = time.monotonic() + limit_s
-    while time.monotonic() < deadline:
-        status = str(client.get_job_status(job_id)).rsplit(".", 1)[-1]
-        if status in RAY_TERMINAL:
-            return status
-        time.sleep(1)
-    pytest.fail(f"job {job_id} did not finish; logs:\n{client.get_job_logs(job_id)[-3000:]}")
+    def ended() -> str | None:
+        status = _ray_status(client, job_id)
+        return status if status in RAY_TERMINAL else None
+
+    return wait_until(ended, limit_s, f"Ray job {job_id} to finish", every_s=1,
+                      diagnose=lambda: f"logs:\n{client.get_job_logs(job_id)[-3000:]}")
 
 
 class ControlProcess:
@@ -157,21 +166,22 @@ class ControlProcess:
         with open(self.log, "ab") as out:
             self.proc = subprocess.Popen(self.argv, stdout=out, stderr=subprocess.STDOUT,
                                          env=self.env, start_new_session=True)
-        deadline = time.monotonic() + timeout_s  # a start guard, not an assertion on speed
         with grpc.insecure_channel(self.address) as channel:
             stub = health_pb2_grpc.HealthStub(channel)
-            while True:
+
+            def serving() -> bool:
                 if self.proc.poll() is not None:
                     pytest.fail(f"control exited: {self.log.read_text()[-3000:]}")
                 try:
-                    if stub.Check(health_pb2.HealthCheckRequest(), timeout=2).status == \
-                            health_pb2.HealthCheckResponse.SERVING:
-                        return self
+                    return stub.Check(health_pb2.HealthCheckRequest(), timeout=2).status == \
+                        health_pb2.HealthCheckResponse.SERVING
                 except grpc.RpcError:
-                    pass
-                if time.monotonic() > deadline:
-                    pytest.fail("control did not start")
-                time.sleep(0.3)
+                    return False
+
+            # a start guard, not an assertion on speed
+            wait_until(serving, timeout_s, "control to start (SERVING)", every_s=0.3,
+                       diagnose=lambda: f"control said:\n{self.log.read_text()[-3000:]}")
+        return self
 
     def kill(self) -> None:
         """SIGKILL: no graceful stop, nothing flushed, as a crash would leave it."""
@@ -186,3 +196,40 @@ class ControlProcess:
                 self.proc.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 self.kill()
+
+
+JOB_TERMINAL = {"SUCCESS", "ERROR", "CANCELLED"}
+
+
+def job_status(job) -> str:
+    return jobs_pb2.JobStatus.Name(job.status)
+
+
+def wait_for_job(client, job_id: str, done, what: str, timeout_s: float = 900,
+                 diagnose=lambda job: "", seen: list | None = None, every_s: float = 0.5):
+    """Poll DESCRIBE (through a FinetuneClient) until `done(job)` and return that job, noting
+    each one seen in `seen`; a hang guard, not a timing assertion. A job that ends first fails
+    at once; a control that is down (UNAVAILABLE) is waited for. `diagnose(last job)` says what
+    the job, control and Ray last showed, on a hang or an early end."""
+    last = None
+
+    def reached():
+        nonlocal last
+        try:
+            job = last = client.get_job(job_id)
+        except grpc.RpcError as err:
+            if err.code() is not grpc.StatusCode.UNAVAILABLE:
+                raise
+            return None
+        if seen is not None:
+            seen.append(job)
+        if done(job):
+            return job
+        if job_status(job) in JOB_TERMINAL:
+            pytest.fail(f"job {job_id} ended {job_status(job)} before {what}: "
+                        f"{job.error.code} {job.error.message}\n{diagnose(job)}")
+        return None
+
+    return wait_until(reached, timeout_s, f"job {job_id} to reach {what}", every_s=every_s,
+                      diagnose=lambda: diagnose(last))
+

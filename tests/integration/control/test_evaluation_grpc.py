@@ -3,6 +3,7 @@ server (the peer service, with deterministic answers), which resolves every mode
 control's ResolveModel on behalf of the evaluating user, as the real one does."""
 
 import asyncio
+import contextlib
 import csv
 import io
 import json
@@ -16,10 +17,11 @@ from finetune.control.v1 import (access_pb2, access_pb2_grpc, data_pb2, data_pb2
                                  internal_pb2_grpc, jobs_pb2, jobs_pb2_grpc, models_pb2,
                                  models_pb2_grpc)
 from finetune.inference.v1 import inference_pb2, inference_pb2_grpc
+from control_components import control_components
 from control_processes import ScriptedCluster
+from polling import wait_until_async
 
-from services.control.app import ControlApp, build_components
-from services.control.config import load_config
+from services.control.app import ControlApp
 from services.control.dispatch.protocol import ClusterJob, ClusterJobStatus
 
 pytestmark = pytest.mark.integration
@@ -79,19 +81,18 @@ class World:
         self.inference_port = free_port()
         self.cluster = ScriptedCluster()
         self.app = None
+        self.closing = contextlib.ExitStack()
 
     async def start_control(self):
-        config = load_config(["--home", str(self.tmp_path / "home"), "--port", "0",
-                              "--reconcile-interval-s", "0.2",
-                              "--inference", f"127.0.0.1:{self.inference_port}"],
-                             environ={"FINETUNE_SERVICE_TOKEN": SERVICE_TOKEN})
-        self.app = ControlApp(build_components(
-            config, dispatcher=self.cluster, base_models={self.tiny_base.name: self.tiny_base},
-            provision=lambda spec: spec.path))
+        components = self.closing.enter_context(control_components(
+            self.tmp_path / "home", self.tiny_base, service_token=SERVICE_TOKEN,
+            dispatcher=self.cluster, port=0, reconcile_interval_s=0.2,
+            inference=f"127.0.0.1:{self.inference_port}"))
+        self.app = ControlApp(components)
         await self.app.start()
         self.inference.control_address = self.app.address
         self.channel = grpc.aio.insecure_channel(self.app.address)
-        self.key = config.bootstrap_key_file.read_text().strip()
+        self.key = components.config.bootstrap_key_file.read_text().strip()
         self.evaluations = evaluations_pb2_grpc.EvaluationServiceStub(self.channel)
         self.models = models_pb2_grpc.ModelServiceStub(self.channel)
         self.jobs = jobs_pb2_grpc.FineTuningServiceStub(self.channel)
@@ -101,6 +102,7 @@ class World:
     async def stop_control(self):
         await self.channel.close()
         await self.app.stop(0)
+        self.closing.close()
 
     async def load(self, table, rows):
         def stream():
@@ -258,11 +260,8 @@ async def test_cancel_and_a_restart_mid_evaluation(world):
         generation=E.GenerationOptions(concurrency=1)), metadata=auth(world.key))
     second = await world.evaluations.EvaluateModel(E.EvaluateModelRequest(
         model="tiny-base", query="SELECT prompt, label FROM words"), metadata=auth(world.key))
-    for _ in range(1200):                      # both are running, held at inference
-        if world.inference.calls >= 2:
-            break
-        await asyncio.sleep(0.05)
-    assert world.inference.calls >= 2
+    await wait_until_async(lambda: world.inference.calls >= 2, 60,  # both running, held there
+                           "both evaluations to call inference", every_s=0.05)
     cancelled = await world.evaluations.CancelEvaluation(E.CancelEvaluationRequest(
         id=second.id), metadata=auth(world.key))
     assert cancelled.status == E.EVALUATION_CANCELLED

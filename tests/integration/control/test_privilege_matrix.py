@@ -22,14 +22,14 @@ from datetime import datetime, timezone
 
 import grpc
 import pytest
+from control_components import control_components
 from control_processes import ScriptedCluster, with_tokenizer
 
 from finetune.control.v1 import (access_pb2, access_pb2_grpc, data_pb2, data_pb2_grpc,
                                  internal_pb2, internal_pb2_grpc, jobs_pb2, jobs_pb2_grpc,
                                  models_pb2, models_pb2_grpc, usage_pb2, usage_pb2_grpc)
 from services.common.base_models import BaseModelSpec
-from services.control.app import ControlApp, build_components
-from services.control.config import load_config
+from services.control.app import ControlApp
 from services.control.core.access_control import create_account
 from services.control.dispatch.protocol import ClusterJob, ClusterJobStatus
 
@@ -107,19 +107,18 @@ async def world(tmp_path_factory, base_model_spec):
                          context_window=512, prompt_tokens=384, completion_tokens=128,
                          rows_per_epoch=1000, max_lora_rank=16, target_modules=("q_proj",),
                          defaults={})
-    config = load_config(["--home", str(home / "home"), "--port", "0"],
-                         environ={"FINETUNE_SERVICE_TOKEN": SERVICE_TOKEN})
     cluster = ScriptedCluster()
-    app = ControlApp(build_components(config, dispatcher=cluster, base_models={base.name: base},
-                                      provision=lambda spec: spec.path))
-    await app.start(reconcile=False)   # the test reconciles when it wants a job to finish
-    try:
-        async with grpc.aio.insecure_channel(app.address) as channel:
-            w = World(app, channel, cluster)
-            await _set_up(w, config.bootstrap_key_file.read_text().strip())
-            yield w
-    finally:
-        await app.stop(0)
+    with control_components(home / "home", base, service_token=SERVICE_TOKEN,
+                            dispatcher=cluster, port=0) as components:
+        app = ControlApp(components)
+        await app.start(reconcile=False)   # the test reconciles when it wants a job to finish
+        try:
+            async with grpc.aio.insecure_channel(app.address) as channel:
+                w = World(app, channel, cluster)
+                await _set_up(w, components.config.bootstrap_key_file.read_text().strip())
+                yield w
+        finally:
+            await app.stop(0)
 
 
 async def _set_up(w: World, admin):

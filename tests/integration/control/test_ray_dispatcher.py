@@ -2,10 +2,10 @@
 stopped at the end). The "trainer" is a stand-in script, so only the dispatch path is tested."""
 
 import sys
-import time
 
 import pytest
 from control_processes import free_port, ray_head
+from polling import wait_until
 
 from services.control.dispatch.protocol import ClusterJobStatus, ClusterUnavailable
 from services.control.dispatch.ray_jobs import RayJobDispatcher
@@ -36,16 +36,21 @@ def dispatcher(ray_dashboard, tmp_path_factory):
     return RayJobDispatcher(ray_dashboard, python=str(script))
 
 
+TERMINAL = (ClusterJobStatus.SUCCEEDED, ClusterJobStatus.FAILED, ClusterJobStatus.STOPPED)
+
+
+def job_diagnosis(dispatcher, job_id):
+    return lambda: (f"last state: {dispatcher.status(job_id)}; logs:\n"
+                    f"{dispatcher.logs_tail(job_id)}")
+
+
 def wait_terminal(dispatcher, job_id):
-    deadline = time.monotonic() + 180  # a hang guard
-    while time.monotonic() < deadline:
+    def ended():
         state = dispatcher.status(job_id)
-        if state is not None and state.status in (ClusterJobStatus.SUCCEEDED,
-                                                  ClusterJobStatus.FAILED,
-                                                  ClusterJobStatus.STOPPED):
-            return state
-        time.sleep(0.5)
-    pytest.fail(f"Ray job {job_id} did not finish")
+        return state if state is not None and state.status in TERMINAL else None
+
+    return wait_until(ended, 180, f"Ray job {job_id} to finish",  # a hang guard
+                      diagnose=job_diagnosis(dispatcher, job_id))
 
 
 def test_submit_runs_the_trainer_entrypoint_once(dispatcher):
@@ -70,10 +75,8 @@ def test_a_failing_trainer_is_failed_with_its_output(dispatcher):
 def test_stop_a_running_job(dispatcher):
     job_id = new_job_id()
     dispatcher.submit(job_id, "file:///sleep/spec.json", {})
-    deadline = time.monotonic() + 180
-    while dispatcher.status(job_id).status is not ClusterJobStatus.RUNNING:
-        assert time.monotonic() < deadline, "the job never started"
-        time.sleep(0.5)
+    wait_until(lambda: dispatcher.status(job_id).status is ClusterJobStatus.RUNNING, 180,
+               f"Ray job {job_id} to start RUNNING", diagnose=job_diagnosis(dispatcher, job_id))
     dispatcher.stop(job_id)
     assert wait_terminal(dispatcher, job_id).status is ClusterJobStatus.STOPPED
 

@@ -10,11 +10,9 @@ services.control`.
 
 import json
 import sqlite3
-import time
 
-import grpc
 import pytest
-from control_processes import ControlProcess, free_port, ray_head
+from control_processes import ControlProcess, free_port, ray_head, wait_for_job
 
 from finetune.control.v1 import jobs_pb2
 from services.cli.client import FinetuneClient
@@ -36,25 +34,8 @@ def status(job) -> str:
 
 
 def wait_for(client, job_id, done, what, timeout_s=900, control=None, ray_address=None):
-    """Poll DESCRIBE until `done(job)`; a hang guard, not a timing assertion. On a hang it
-    says what the job, control and Ray last showed."""
-    deadline = time.monotonic() + timeout_s
-    job = None
-    while True:
-        try:
-            job = client.get_job(job_id)
-            if done(job):
-                return job
-            if status(job) in TERMINAL:
-                pytest.fail(f"job {job_id} ended {status(job)} before {what}: "
-                            f"{job.error.code} {job.error.message}")
-        except grpc.RpcError as err:
-            if err.code() is not grpc.StatusCode.UNAVAILABLE:
-                raise
-        if time.monotonic() > deadline:
-            pytest.fail(f"job {job_id} never reached {what}; "
-                        f"{diagnosis(job_id, job, control, ray_address)}")
-        time.sleep(0.5)
+    return wait_for_job(client, job_id, done, what, timeout_s,
+                        diagnose=lambda job: diagnosis(job_id, job, control, ray_address))
 
 
 def diagnosis(job_id, job, control, ray_address) -> str:

@@ -11,11 +11,10 @@ from sqlalchemy import delete, func, inspect, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm.exc import StaleDataError
 
+from control_components import control_components
 from control_processes import ScriptedCluster
 
 from services.common.base_models import BaseModelSpec
-from services.control.app import build_components
-from services.control.config import load_config
 from services.control.core.jobs import CreateJob
 from services.control.core.usage import InferenceUsageReport
 from services.control.data.uploads import TableUpload
@@ -151,15 +150,12 @@ def control(tmp_path, database_url):
     base = BaseModelSpec(name="tiny-base", source="path", path=folder, context_window=512,
                          prompt_tokens=384, completion_tokens=128, rows_per_epoch=100,
                          max_lora_rank=16, target_modules=("q_proj",), defaults={})
-    config = load_config(["--home", str(tmp_path / "home"), "--database-url", database_url],
-                         environ={"FINETUNE_SERVICE_TOKEN": "t"})
     cluster = ScriptedCluster()
-    components = build_components(config, dispatcher=cluster, base_models={base.name: base},
-                                  provision=lambda spec: spec.path,
-                                  tokenizers=lambda base, path: Words())
-    components.cluster = cluster
-    yield components
-    components.store.close()
+    with control_components(tmp_path / "home", base, service_token="t", dispatcher=cluster,
+                            tokenizers=lambda base, path: Words(),
+                            database_url=database_url) as components:
+        components.cluster = cluster
+        yield components
 
 
 def test_a_job_succeeds_once_under_concurrent_reconcilers(control):

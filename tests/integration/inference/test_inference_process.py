@@ -15,6 +15,7 @@ from pathlib import Path
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from polling import wait_until_async
 
 from finetune.inference.v1 import inference_pb2, inference_pb2_grpc
 from services.inference.outbox import OutboxStore
@@ -33,23 +34,22 @@ def free_port() -> int:
 async def health_statuses_until_serving(address: str, proc: subprocess.Popen, limit_s: float):
     """Health answers seen from the first one to SERVING (bounded: a stuck start fails)."""
     seen = []
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + limit_s
     async with grpc.aio.insecure_channel(address) as ch:
         stub = health_pb2_grpc.HealthStub(ch)
-        while loop.time() < deadline:
+
+        async def serving() -> bool:
             assert proc.poll() is None, "the inference process exited during start"
             try:
                 status = (await stub.Check(health_pb2.HealthCheckRequest(), timeout=2)).status
             except grpc.aio.AioRpcError:
-                await asyncio.sleep(0.2)
-                continue
+                return False
             if not seen or seen[-1] != status:
                 seen.append(status)
-            if status == health_pb2.HealthCheckResponse.SERVING:
-                return seen
-            await asyncio.sleep(0.2)
-    raise AssertionError(f"not SERVING within {limit_s} s; statuses seen {seen}")
+            return status == health_pb2.HealthCheckResponse.SERVING
+
+        await wait_until_async(serving, limit_s, "the inference process to be SERVING",
+                               every_s=0.2, diagnose=lambda: f"statuses seen {seen}")
+    return seen
 
 
 async def test_start_serve_and_graceful_stop(control, names, base_model_spec, tmp_path):
@@ -170,12 +170,11 @@ async def test_usage_survives_a_sigkill_and_is_counted_once(control, names, base
                            tmp_path, free_port(), "second.log")
     try:
         # The outbox starts before the engine: no need to wait for SERVING. Bounded wait.
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + 300
-        while len(control.rows_of("carol")) < 4 or _live_rows(tmp_path):
+        def delivered() -> bool:
             assert proc.poll() is None, (tmp_path / "second.log").read_text()[-3000:]
-            assert loop.time() < deadline, "usage was not delivered after the restart"
-            await asyncio.sleep(0.5)
+            return len(control.rows_of("carol")) >= 4 and not _live_rows(tmp_path)
+
+        await wait_until_async(delivered, 300, "usage to be delivered after the restart")
     finally:
         kill(proc)
 

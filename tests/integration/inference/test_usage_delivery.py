@@ -8,6 +8,7 @@ import asyncio
 
 import grpc
 import pytest
+from polling import wait_until_async
 
 from services.inference.accounting import GrpcUsageReporter, Usage, UsageRecord
 from services.inference.outbox import Backoff, OutboxStore, UsageOutbox
@@ -22,13 +23,9 @@ def rec(i: int, account="acct-1") -> UsageRecord:
                        model="db.public.m", base_model="base", usage=Usage(10 + i, i))
 
 
-async def until(predicate, limit_s=60.0):
+async def until(predicate, what: str, limit_s: float = 60.0):
     """Bounded wait: a delivery that never happens fails the test instead of hanging it."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + limit_s
-    while not predicate():
-        assert loop.time() < deadline, "not delivered in time"
-        await asyncio.sleep(0.02)
+    await wait_until_async(predicate, limit_s, what, every_s=0.02)
 
 
 @pytest.fixture
@@ -49,10 +46,11 @@ async def test_control_down_for_a_while_then_everything_once(usage_control, chan
     try:
         for i in range(20):
             await outbox.record(rec(i))
-        await until(lambda: len(usage_control.usage_calls) >= 40)  # retried while down
+        await until(lambda: len(usage_control.usage_calls) >= 40,  # retried while down
+                    "40 ReportUsage calls while control refuses them")
         assert usage_control.usage == {}
         usage_control.usage_down = False
-        await until(lambda: outbox.store.counts() == (0, 0))
+        await until(lambda: outbox.store.counts() == (0, 0), "the outbox to be delivered")
     finally:
         await outbox.stop(1)
     assert sorted(usage_control.usage) == [rec(i).request_id for i in range(20)]
@@ -69,7 +67,7 @@ async def test_a_sender_killed_midway_and_restarted_loses_and_doubles_nothing(
     for i in range(30):
         await first.record(rec(i))
     first.start()
-    await until(lambda: len(usage_control.usage_calls) >= 10)
+    await until(lambda: len(usage_control.usage_calls) >= 10, "10 ReportUsage calls")
     # Killed: the task is cancelled wherever it is and the file is left as it is.
     first._task.cancel()
     with pytest.raises(asyncio.CancelledError):
@@ -80,7 +78,8 @@ async def test_a_sender_killed_midway_and_restarted_loses_and_doubles_nothing(
     second = outbox_on(path, channel)
     second.start()
     try:
-        await until(lambda: second.store.counts() == (0, 0))
+        await until(lambda: second.store.counts() == (0, 0),
+                    "the restarted outbox to deliver everything")
     finally:
         await second.stop(1)
     assert sorted(usage_control.usage) == [rec(i).request_id for i in range(30)]

@@ -49,12 +49,18 @@ def trained(stack, sdk):
         seed=1, method={"type": "supervised", "supervised": {"hyperparameters": {
             "n_epochs": 2, "batch_size": 2, "learning_rate_multiplier": 1.0}}})
     rates = []
-    deadline = time.monotonic() + 1500
-    while job.status not in TERMINAL and time.monotonic() < deadline:
-        rates += [v for (name, labels), v in scrape(stack.control_metrics_url).items()
-                  if name == RATE and ("job_id", job.id) in labels]
-        time.sleep(0.5)
+
+    def ended() -> bool:
+        nonlocal job
         job = sdk.fine_tuning.jobs.retrieve(job.id)
+        if job.status in TERMINAL:
+            return True
+        rates.extend(v for (name, labels), v in scrape(stack.control_metrics_url).items()
+                     if name == RATE and ("job_id", job.id) in labels)
+        return False
+
+    wait_until(ended, 1500, f"fine-tuning job {job.id} to end",
+               diagnose=lambda: f"last seen: {job.status}; {job.error}")
     return training, validation, job, rates
 
 
@@ -120,13 +126,16 @@ def _usage_rows(grpc_client) -> list:
 
 def _settled_usage(grpc_client) -> list:
     """The usage rows once earlier tests' records have all arrived (none new for 3 s)."""
-    rows = _usage_rows(grpc_client)
-    while True:
-        time.sleep(3)
-        again = _usage_rows(grpc_client)
-        if len(again) == len(rows):
-            return again
-        rows = again
+    counts: list[int] = []
+
+    def settled():
+        rows = _usage_rows(grpc_client)
+        counts.append(len(rows))
+        # a 1-tuple: truthy even when there are no rows at all
+        return (rows,) if len(counts) > 1 and counts[-1] == counts[-2] else None
+
+    return wait_until(settled, 600, "the usage rows to settle (none new for 3 s)", every_s=3,
+                      diagnose=lambda: f"row counts seen: {counts}")[0]
 
 
 def test_usage_is_counted_once_per_completion_either_door(trained, sdk, grpc_client):

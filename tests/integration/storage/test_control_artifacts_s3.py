@@ -16,6 +16,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+from control_components import control_components
 from control_processes import ScriptedCluster
 
 from finetune.control.v1 import (
@@ -28,8 +29,7 @@ from finetune.control.v1 import (
     models_pb2,
     models_pb2_grpc,
 )
-from services.control.app import ControlApp, build_components
-from services.control.config import load_config
+from services.control.app import ControlApp
 from services.control.dispatch.protocol import ClusterJob, ClusterJobStatus
 from services.inference.adapters import AdapterRegistry, ResolvedModel
 
@@ -73,18 +73,16 @@ def auth(key):
 @pytest.fixture
 async def s3_control(tmp_path, s3_bucket, tiny_base):
     cluster = ScriptedCluster()
-    config = load_config(["--home", str(tmp_path / "home"), "--port", "0",
-                          "--artifact-root", f"s3://{s3_bucket}/artifacts",
-                          "--reconcile-interval-s", "0.2"],
-                         environ={"FINETUNE_SERVICE_TOKEN": SERVICE_TOKEN})
-    app = ControlApp(build_components(config, dispatcher=cluster,
-                                      base_models={tiny_base.name: tiny_base},
-                                      provision=lambda spec: spec.path))
-    await app.start()
-    try:
-        yield app, cluster
-    finally:
-        await app.stop(0)
+    with control_components(tmp_path / "home", tiny_base, service_token=SERVICE_TOKEN,
+                            dispatcher=cluster, port=0,
+                            artifact_root=f"s3://{s3_bucket}/artifacts",
+                            reconcile_interval_s=0.2) as components:
+        app = ControlApp(components)
+        await app.start()
+        try:
+            yield app, cluster
+        finally:
+            await app.stop(0)
 
 
 async def _load_csv(channel, key):

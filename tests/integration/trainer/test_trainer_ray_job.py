@@ -13,13 +13,13 @@ import re
 import signal
 import sys
 import threading
-import time
 from concurrent import futures
 from pathlib import Path
 
 import grpc
 import pytest
 from control_processes import ray_head, wait_for_ray_job
+from polling import wait_until
 
 from finetune.control.v1 import internal_pb2, internal_pb2_grpc
 from services.common.artifacts import ArtifactStore
@@ -276,12 +276,16 @@ def test_a_worker_killed_mid_epoch_resumes_from_the_step_checkpoint(
 
     from ray.util.state import list_actors
 
-    deadline = time.monotonic() + 600  # a hang guard, not an assertion on speed
-    while (state := latest_checkpoint_state(store, spec, "ft_resume")) is None:
-        status = str(client.get_job_status("ft_resume")).rsplit(".", 1)[-1]
-        assert status not in TERMINAL and time.monotonic() < deadline, \
-            client.get_job_logs("ft_resume")[-4000:]
-        time.sleep(0.1)
+    def checkpointed():
+        found = latest_checkpoint_state(store, spec, "ft_resume")
+        if found is None:
+            status = str(client.get_job_status("ft_resume")).rsplit(".", 1)[-1]
+            assert status not in TERMINAL, client.get_job_logs("ft_resume")[-4000:]
+        return found
+
+    state = wait_until(checkpointed, 600,  # a hang guard, not an assertion on speed
+                       "a checkpoint of ft_resume", every_s=0.1,
+                       diagnose=lambda: client.get_job_logs("ft_resume")[-4000:])
     assert state["epoch_step"] > 0          # a step checkpoint, not an epoch end
     workers = list_actors(address=dashboard, filters=[("class_name", "=", "RayTrainWorker"),
                                                       ("state", "=", "ALIVE")])

@@ -4,11 +4,11 @@ cluster behind the JobDispatcher Protocol, a tiny base-model catalog (no model i
 from __future__ import annotations
 
 import pytest
+from control_components import control_components
 from control_testbed import SERVICE_TOKEN, FakeDispatcher, word_tokenizers
 
 from services.common.base_models import BaseModelSpec
-from services.control.app import Components, build_components
-from services.control.config import load_config
+from services.control.app import Components
 
 
 @pytest.fixture
@@ -30,14 +30,10 @@ def dispatcher() -> FakeDispatcher:
 
 @pytest.fixture
 def control(tmp_path, tiny_base, dispatcher) -> Components:
-    config = load_config(["--home", str(tmp_path / "home"), "--port", "50999"],
-                         environ={"FINETUNE_SERVICE_TOKEN": SERVICE_TOKEN})
-    components = build_components(config, dispatcher=dispatcher,
-                                  base_models={tiny_base.name: tiny_base},
-                                  provision=lambda spec: spec.path,
-                                  tokenizers=word_tokenizers())
-    yield components
-    components.store.close()
+    with control_components(tmp_path / "home", tiny_base, service_token=SERVICE_TOKEN,
+                            dispatcher=dispatcher, tokenizers=word_tokenizers(),
+                            port=50999) as components:
+        yield components
 
 
 @pytest.fixture

@@ -1,5 +1,7 @@
 """The control unit tests' test bed: a fake cluster behind the JobDispatcher Protocol and table
-loaders. (Imported by conftest.py and the tests; the name is unique across the test tree.)"""
+loaders. (Imported by conftest.py and the tests; the name is unique across the test tree.) The
+components themselves come from tests/control_components.py's `control_components`, the one
+factory the unit and integration tests share."""
 
 from __future__ import annotations
 

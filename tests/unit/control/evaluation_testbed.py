@@ -5,10 +5,9 @@ Protocol, and control wired to it. (Imported by the evaluation test modules; `fa
 from __future__ import annotations
 
 import pytest
+from control_components import control_components
 from control_testbed import SERVICE_TOKEN, word_tokenizers
 
-from services.control.app import build_components
-from services.control.config import load_config
 from services.control.core.evaluation_runner import RunnerSettings
 from services.control.dispatch.inference import CompletionAnswer
 
@@ -44,17 +43,16 @@ class FakeCompletions:
         return CompletionAnswer(text, prompt_tokens=5, completion_tokens=2)
 
 
-def build_control(home, tiny_base, dispatcher, completions, *extra_args):
-    config = load_config(["--home", str(home), "--port", "50999",
-                          "--max-evaluation-rows", "20", *extra_args],
-                         environ={"FINETUNE_SERVICE_TOKEN": SERVICE_TOKEN})
-    return build_components(config, dispatcher=dispatcher,
-                            base_models={tiny_base.name: tiny_base},
-                            provision=lambda spec: spec.path, tokenizers=word_tokenizers(),
-                            completions=completions,
-                            runner_settings=RunnerSettings(flush_interval_s=0.0,
-                                                           retry_backoff_s=0.0,
-                                                           retry_window_s=0.0))
+def build_control(home, tiny_base, dispatcher, completions, **flags):
+    """control_components wired to `completions`, with a runner that never waits (a context
+    manager: the store closes at the end of the block)."""
+    return control_components(home, tiny_base, service_token=SERVICE_TOKEN,
+                              dispatcher=dispatcher, tokenizers=word_tokenizers(),
+                              completions=completions,
+                              runner_settings=RunnerSettings(flush_interval_s=0.0,
+                                                             retry_backoff_s=0.0,
+                                                             retry_window_s=0.0),
+                              port=50999, max_evaluation_rows=20, **flags)
 
 
 @pytest.fixture
@@ -64,6 +62,5 @@ def fake():
 
 @pytest.fixture
 def control(tmp_path, tiny_base, dispatcher, fake):
-    components = build_control(tmp_path / "home", tiny_base, dispatcher, fake)
-    yield components
-    components.store.close()
+    with build_control(tmp_path / "home", tiny_base, dispatcher, fake) as components:
+        yield components

@@ -4,13 +4,13 @@ the bootstrap admin key on first start only."""
 import stat
 
 import pytest
+from control_components import control_components
 from control_testbed import SERVICE_TOKEN, FakeDispatcher, acting_as, word_tokenizers
 
 from finetune.control.v1 import access_pb2
 from services.common.errors import Unauthenticated
 from services.control.api.access import AccessServicer
 from services.control.api.principals import user
-from services.control.app import build_components
 from services.control.domain.principals import Principal, ServicePrincipal
 
 PUBLIC = "/finetune.control.v1.FineTuningService/ListFineTuningJobs"
@@ -56,10 +56,8 @@ def test_bootstrap_key_is_private_and_created_once(control, admin_key, tiny_base
     path = control.config.bootstrap_key_file
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert admin_key.startswith("ft_")
-    again = build_components(control.config, dispatcher=FakeDispatcher(),
-                             base_models={tiny_base.name: tiny_base},
-                             provision=lambda spec: spec.path, tokenizers=word_tokenizers())
-    try:
+    with control_components(control.config, tiny_base, dispatcher=FakeDispatcher(),
+                            tokenizers=word_tokenizers()) as again:
         assert path.read_text().strip() == admin_key  # not rewritten
         with again.store.transaction() as tx:
             from services.control.store.tables import AccountRow, ApiKeyRow
@@ -67,5 +65,3 @@ def test_bootstrap_key_is_private_and_created_once(control, admin_key, tiny_base
             assert tx.session.query(ApiKeyRow).count() == 1
             stored = tx.session.query(ApiKeyRow).one().key_hash
         assert admin_key not in stored  # only the hash is kept
-    finally:
-        again.store.close()

@@ -9,14 +9,13 @@ from dataclasses import replace
 
 import pytest
 from control_testbed import SERVICE_TOKEN, load_rows, new_account, new_user, succeed
+from control_components import control_components
 from evaluation_testbed import (CODES, build_control, control, fake,  # noqa: F401
                                 labelled_rows)
 
 from polling import wait_until_async
 from services.common.errors import (FailedPrecondition, InvalidArgument, NotFound,
                                     PermissionDenied, Unavailable)
-from services.control.app import build_components
-from services.control.config import load_config
 from services.control.core.evaluations import EvaluateModel
 from services.control.core.jobs import CreateJob
 from services.control.domain.evaluations import (EvaluationStatus, EvaluationTask,
@@ -183,13 +182,12 @@ async def test_an_interrupted_run_starts_again_after_a_restart(control, admin, t
         "done": 2, "prompt_tokens": 10, "completion_tokens": 4})())
     assert interrupted.status is EvaluationStatus.RUNNING
     # a new process over the same database and artifacts
-    again = build_control(tmp_path / "home", tiny_base, dispatcher, fake)
-    assert again.evaluation_runner.requeue_interrupted() == 1
-    assert reload(again, created).status is EvaluationStatus.PENDING
-    done = await again.evaluation_runner.run_one(created.id)
-    assert done.status is EvaluationStatus.SUCCEEDED and done.attempts == 2
-    assert len(fake.calls) == 4 and done.prompt_tokens == 20
-    again.store.close()
+    with build_control(tmp_path / "home", tiny_base, dispatcher, fake) as again:
+        assert again.evaluation_runner.requeue_interrupted() == 1
+        assert reload(again, created).status is EvaluationStatus.PENDING
+        done = await again.evaluation_runner.run_one(created.id)
+        assert done.status is EvaluationStatus.SUCCEEDED and done.attempts == 2
+        assert len(fake.calls) == 4 and done.prompt_tokens == 20
 
 
 async def test_the_background_loop_runs_what_is_created(control, admin, table, fake):
@@ -223,20 +221,14 @@ def test_max_tokens_keep_the_default_when_the_tokenizer_cannot_load(tmp_path, ti
                                                                     dispatcher, fake):
     def broken(base, path):
         raise FailedPrecondition(f"cannot load the tokenizer of base model {base.name}")
-    config = load_config(["--home", str(tmp_path / "home"), "--port", "50999"],
-                         environ={"FINETUNE_SERVICE_TOKEN": SERVICE_TOKEN})
-    control = build_components(config, dispatcher=dispatcher,
-                               base_models={tiny_base.name: tiny_base},
-                               provision=lambda spec: spec.path, tokenizers=broken,
-                               completions=fake)
-    try:
+    with control_components(tmp_path / "home", tiny_base, service_token=SERVICE_TOKEN,
+                            dispatcher=dispatcher, tokenizers=broken, completions=fake,
+                            port=50999) as control:
         admin = control.store.run(lambda tx: tx.accounts.authenticate(
-            config.bootstrap_key_file.read_text().strip()))
+            control.config.bootstrap_key_file.read_text().strip()))
         load_rows(control, admin.account_id, "evals", labelled_rows(4))
         assert evaluate(control, admin, "SELECT prompt, label FROM evals") \
             .generation.max_tokens == 16
-    finally:
-        control.store.close()
 
 
 def test_the_query_must_return_prompt_and_label(control, admin):
@@ -275,16 +267,12 @@ def test_request_ids_make_it_idempotent(control, admin, table):
 
 
 def test_without_an_inference_service_it_is_refused(tmp_path, tiny_base, dispatcher):
-    config = load_config(["--home", str(tmp_path / "bare"), "--port", "50999"],
-                         environ={"FINETUNE_SERVICE_TOKEN": SERVICE_TOKEN})
-    bare = build_components(config, dispatcher=dispatcher,
-                            base_models={tiny_base.name: tiny_base},
-                            provision=lambda spec: spec.path)
-    key = config.bootstrap_key_file.read_text().strip()
-    admin = bare.store.run(lambda tx: tx.accounts.authenticate(key))
-    with pytest.raises(FailedPrecondition, match="no inference service configured"):
-        evaluate(bare, admin, "SELECT 1")
-    bare.store.close()
+    with control_components(tmp_path / "bare", tiny_base, service_token=SERVICE_TOKEN,
+                            dispatcher=dispatcher, port=50999) as bare:
+        key = bare.config.bootstrap_key_file.read_text().strip()
+        admin = bare.store.run(lambda tx: tx.accounts.authenticate(key))
+        with pytest.raises(FailedPrecondition, match="no inference service configured"):
+            evaluate(bare, admin, "SELECT 1")
 
 
 def test_privileges(control, admin, table, dispatcher):

@@ -153,20 +153,37 @@ async def test_cancel_during_evaluation_cancels_them_and_drops_the_candidate(
         control.evaluations.for_job(job.id)["base"].id) is None   # nothing left to run
 
 
+async def test_any_failure_while_evaluating_ends_the_evaluations_and_the_candidate(
+        control, admin, rows, dispatcher):
+    """Not only the evaluation's own verdict: the job's results vanishing mid-evaluation fails
+    the job through the reconciler's ordinary failure path, which ends the job the same way
+    (core.lifecycle.end_job) and leaves no half-registered model or evaluation running."""
+    job = create(control, admin)
+    succeed(control, dispatcher, job)
+    assert candidate(control, job) is not None
+    control.artifacts.delete(f"{job.output_uri.rstrip('/')}/manifest.json")
+    control.reconciler.reconcile_once()
+    failed = reload(control, job)
+    assert failed.status is JobStatus.ERROR and failed.error_code == ErrorCode.NO_MANIFEST
+    assert candidate(control, job) is None
+    assert {e.status for e in control.evaluations.for_job(job.id).values()} == \
+        {EvaluationStatus.CANCELLED}
+    assert control.store.run(lambda tx: tx.usage.fine_tuning_recorded(job.id))
+
+
 async def test_a_restart_mid_evaluation_picks_up(control, admin, rows, dispatcher, fake,
                                                  tmp_path, tiny_base):
     job = create(control, admin, min_improvement=0.5)
     succeed(control, dispatcher, job)
     base = control.evaluations.for_job(job.id)["base"]
     control.evaluation_runner._claim(base.id)              # control stops mid-run
-    again = build_control(tmp_path / "home", tiny_base, dispatcher, fake)
-    assert again.evaluation_runner.requeue_interrupted() == 1
-    tuned_answers_right(fake)
-    await run_evaluations(again, job)
-    again.reconciler.reconcile_once()
-    assert reload(again, job).status is JobStatus.SUCCESS
-    assert again.evaluations.for_job(job.id)["base"].attempts == 2
-    again.store.close()
+    with build_control(tmp_path / "home", tiny_base, dispatcher, fake) as again:
+        assert again.evaluation_runner.requeue_interrupted() == 1
+        tuned_answers_right(fake)
+        await run_evaluations(again, job)
+        again.reconciler.reconcile_once()
+        assert reload(again, job).status is JobStatus.SUCCESS
+        assert again.evaluations.for_job(job.id)["base"].attempts == 2
 
 
 def test_create_checks_the_evaluation_query(control, admin, rows):
@@ -180,7 +197,6 @@ def test_create_checks_the_evaluation_query(control, admin, rows):
 
 def test_create_refuses_an_evaluation_without_inference(admin, rows, tmp_path, tiny_base,
                                                         dispatcher):
-    bare = build_control(tmp_path / "home", tiny_base, dispatcher, None)
-    with pytest.raises(FailedPrecondition, match="no inference service"):
-        create(bare, admin)
-    bare.store.close()
+    with build_control(tmp_path / "home", tiny_base, dispatcher, None) as bare:
+        with pytest.raises(FailedPrecondition, match="no inference service"):
+            create(bare, admin)

@@ -4,6 +4,7 @@ request, credits from the price table, the UsageService views and who sees what.
 from datetime import datetime, timedelta, timezone
 
 import pytest
+from control_components import control_components
 from control_testbed import (SERVICE_TOKEN, acting_as, instruction_rows, load_rows, new_user,
                              succeed, word_tokenizers)
 
@@ -11,8 +12,6 @@ from finetune.control.v1 import internal_pb2, usage_pb2
 from services.common.errors import InvalidArgument, NotFound, PermissionDenied
 from services.control.api.internal import JobReportingServicer, ModelResolutionServicer
 from services.control.api.usage import UsageServicer
-from services.control.app import build_components
-from services.control.config import load_config
 from services.control.core.jobs import CreateJob
 from services.control.core.usage import load_price_table
 from services.control.dispatch.protocol import ClusterJobStatus
@@ -34,15 +33,10 @@ inference = 0.25
 def control(tmp_path, tiny_base, dispatcher):
     """The control components with a price table of our own."""
     (tmp_path / "prices.toml").write_text(PRICES)
-    config = load_config(["--home", str(tmp_path / "home"), "--port", "50999",
-                          "--prices-path", str(tmp_path / "prices.toml")],
-                         environ={"FINETUNE_SERVICE_TOKEN": SERVICE_TOKEN})
-    components = build_components(config, dispatcher=dispatcher,
-                                  base_models={tiny_base.name: tiny_base},
-                                  provision=lambda spec: spec.path,
-                                  tokenizers=word_tokenizers())
-    yield components
-    components.store.close()
+    with control_components(tmp_path / "home", tiny_base, service_token=SERVICE_TOKEN,
+                            dispatcher=dispatcher, tokenizers=word_tokenizers(), port=50999,
+                            prices_path=tmp_path / "prices.toml") as components:
+        yield components
 
 
 @pytest.fixture

@@ -5,6 +5,7 @@ import math
 
 import grpc
 import pytest
+from polling import wait_until_async
 
 from finetune.inference.v1 import inference_pb2
 from services.common import errors
@@ -190,8 +191,8 @@ async def test_too_many_in_flight_is_resource_exhausted(make_completions, engine
     core = make_completions(max_in_flight=2)
     engine.gate = asyncio.Event()
     running = [asyncio.create_task(core.complete("key", inp())) for _ in range(2)]
-    while core.in_flight < 2 or len(engine.calls) < 2:
-        await asyncio.sleep(0)
+    await wait_until_async(lambda: core.in_flight >= 2 and len(engine.calls) >= 2, 10,
+                           "two completions in flight at the engine", every_s=0)
     with pytest.raises(errors.ResourceExhausted) as info:
         await core.complete("key", inp())
     assert info.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED

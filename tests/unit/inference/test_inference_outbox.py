@@ -3,11 +3,11 @@ backoff, permanent refusals, restarts, and duplicates that control's idempotency
 
 from __future__ import annotations
 
-import asyncio
 import sqlite3
 import time
 
 import pytest
+from polling import wait_until_async
 
 from services.inference.accounting import Usage, UsageRecord
 from services.inference.outbox import Backoff, OutboxStore, UsageOutbox
@@ -173,10 +173,8 @@ async def test_the_background_task_delivers_without_being_asked(outboxes, contro
     try:
         await outbox.record(rec(1))
         # Bounded wait: a sender that never delivers fails the test instead of hanging it.
-        for _ in range(500):
-            if control.rows:
-                break
-            await asyncio.sleep(0.01)
+        await wait_until_async(lambda: control.rows, 5, "the background task to deliver",
+                               every_s=0.01)
         assert list(control.rows) == ["cmpl-1"]
     finally:
         await outbox.stop(flush_timeout_s=1)
@@ -188,16 +186,12 @@ async def test_the_background_task_retries_after_control_comes_back(outboxes, co
     outbox.start()
     try:
         await outbox.record(rec(1))
-        for _ in range(500):
-            if len(control.calls) >= 3:
-                break
-            await asyncio.sleep(0.01)
+        await wait_until_async(lambda: len(control.calls) >= 3, 5,
+                               "three delivery attempts while control is down", every_s=0.01)
         assert len(control.calls) >= 3 and not control.rows  # retried while down
         control.down = False
-        for _ in range(500):
-            if control.rows:
-                break
-            await asyncio.sleep(0.01)
+        await wait_until_async(lambda: control.rows, 5,
+                               "delivery after control came back", every_s=0.01)
         assert list(control.rows) == ["cmpl-1"]
     finally:
         await outbox.stop(flush_timeout_s=1)
