@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import time
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -68,7 +69,13 @@ def run(spec: JobSpec, config: TrainerConfig, reporter: reporting.ProgressSink) 
 
     store = ArtifactStore(spec.artifact_root)
     reporter.report(reporting.Progress(0.0, message="preparing data"), force=True)
+    started = time.perf_counter()
     prepared = prepare_data(spec, store)
+    # The job's events then show where the time to the first step goes (data, workers, model).
+    reporter.report(reporting.Progress(0.0, message=(
+        f"data ready in {time.perf_counter() - started:.1f} s: "
+        f"{len(prepared.train.examples)} training and {len(prepared.validation.examples)} "
+        "validation examples; starting the training workers")), force=True)
     log.info("job %s: %d training examples (%d tokens, %d truncated), %d validation examples",
              spec.job_id, len(prepared.train.examples), prepared.train.tokens,
              prepared.train.truncated_rows, len(prepared.validation.examples))

@@ -211,13 +211,16 @@ def train(cfg: RecipeConfig, train_examples: Sequence[Example],
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(opts.seed)  # identical LoRA init on every worker
+    entered = time.perf_counter()
     choice = pick_dtype(cfg.precision, ctx.device, str(spec.base_model.path),
                         precision_probe.ProbeCache(cfg.precision_cache))
     dtype = agree_on_dtype(choice, ctx)
     autocast = (lambda: torch.autocast(ctx.device.type, dtype=dtype)) \
         if dtype != torch.float32 else nullcontext
+    decided = time.perf_counter()
     model = build_model(spec, dtype, cfg.adapter_dir)
     model.to(ctx.device)
+    built = time.perf_counter()
 
     state = RunState()
     optimizer_state = None
@@ -248,6 +251,8 @@ def train(cfg: RecipeConfig, train_examples: Sequence[Example],
                  ctx.world_size, dtype, sum(p.numel() for p in params), interval)
     precision_note = choice.summary() if dtype == _torch_dtype(choice.dtype) else \
         f"{choice.summary()}; training in {_dtype_name(dtype)}, as every worker agreed"
+    precision_note += (f"; worker ready: precision decided in {decided - entered:.1f} s, "
+                       f"model built in {built - decided:.1f} s")
     reporter.report(Progress(state.step / total_steps, state.epoch, state.step, total_steps,
                              state.trained_tokens, message=precision_note), force=True)
     if opts.early_stopping_patience and not validation_examples and ctx.rank == 0:

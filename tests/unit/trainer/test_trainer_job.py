@@ -1,6 +1,7 @@
 """The entrypoint up to the cluster: spec, data preparation, failures as one clear line."""
 
 import json
+import re
 
 import pytest
 
@@ -85,11 +86,10 @@ def test_run_exports_the_best_epoch_and_says_why_it_stopped(tmp_path, base_model
     import contextlib
     import types
 
-    from trainer_testbed import FakeContext, make_spec, synthetic_examples
+    from trainer_testbed import CancellingReporter, FakeContext, make_spec, synthetic_examples
 
     from services.trainer import launch, recipe
     from services.trainer.config import TrainerConfig
-    from services.trainer.reporting import NullReporter
 
     scripted = iter([3.0, 2.0, 2.5])
     monkeypatch.setattr(recipe, "_evaluate", lambda *args: next(scripted))
@@ -109,7 +109,12 @@ def test_run_exports_the_best_epoch_and_says_why_it_stopped(tmp_path, base_model
         return_value=ctx.reports[-1][0], checkpoint=Checkpoint()))
     rows = [{"prompt": "2+2?", "completion": "4"}]
     store, spec_uri, spec = write_job(tmp_path, base_model_spec.path, rows, validation=rows)
-    manifest = job.run(spec, TrainerConfig(spec_uri=spec_uri), NullReporter())
+    reporter = CancellingReporter(after=10**6)   # records what the driver reports
+    manifest = job.run(spec, TrainerConfig(spec_uri=spec_uri), reporter)
+    said = [update.message for update, _ in reporter.updates]
+    assert said[:2] == ["preparing data", said[1]] and re.fullmatch(
+        r"data ready in \d+\.\d s: 1 training and 1 validation examples; starting the "
+        r"training workers", said[1]), said
 
     state = recipe.read_checkpoint_state(final)
     assert (manifest["epochs"], manifest["steps"], manifest["best_epoch"]) == (3, 6, 2)

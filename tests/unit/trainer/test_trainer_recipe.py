@@ -3,6 +3,8 @@
 import copy
 import json
 
+import re
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -156,6 +158,8 @@ def test_rank_zero_reports_progress_with_validation_at_epoch_ends(tiny_model_dir
           FakeContext(tmp_path), reporter)
     forced = [u for u, force in reporter.updates if force]
     assert forced[0].message.startswith("training precision") and forced[0].step == 0
+    assert re.search(r"precision decided in \d+\.\d s, model built in \d+\.\d s$",
+                     forced[0].message), forced[0].message
     forced = forced[1:]
     assert [u.epoch for u in forced] == [1, 2]
     assert all(u.validation_loss is not None for u in forced)
