@@ -39,8 +39,7 @@ def prepare_data(spec: JobSpec, store: ArtifactStore) -> PreparedData:
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(spec.base_model.path)
-    limits = data.TokenLimits(spec.base_model.prompt_tokens, spec.base_model.completion_tokens,
-                              spec.base_model.context_window)
+    limits = data.TokenLimits.of(spec.base_model)
 
     def load(uri: str | None, what: str) -> data.FormattedData:
         if not uri:

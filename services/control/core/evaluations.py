@@ -181,8 +181,7 @@ class Evaluations:
             raise InvalidArgument("model is required")
         if name in self._base_models:
             return _Target(name, name, None)
-        canonical = str(qualified_name(name, "model"))
-        access.require(Privilege.USAGE, SecurableObject.model(canonical))  # before existence
+        canonical = str(qualified_name(name, "model"))   # USAGE on it: checked by create()
         model = tx.models.get(access.account_id, canonical)
         if model is None:
             raise NotFound(f"model {canonical} does not exist")

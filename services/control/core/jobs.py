@@ -162,15 +162,15 @@ class FineTuning:
     def _authorize_create(self, principal: Principal, request: CreateJob,
                           model_required: bool = True) -> None:
         """Before anything is looked up: FINETUNE on the account, CREATE MODEL on the target
-        schema (when there is a target), OWNERSHIP of from_model."""
-        self._authorizer.authorize(principal, Privilege.FINETUNE, SecurableObject.account())
+        schema (when there is a target), OWNERSHIP of from_model; one read of the access."""
+        access = self._authorizer.authorize(principal, Privilege.FINETUNE,
+                                            SecurableObject.account())
         if model_required or request.model.strip():
             target = qualified_name(request.model, "model name")
-            self._authorizer.authorize(principal, Privilege.CREATE_MODEL, SecurableObject.schema(
-                f"{target.database}.{target.schema}"))
+            access.require(Privilege.CREATE_MODEL,
+                           SecurableObject.schema(f"{target.database}.{target.schema}"))
         if request.options.from_model.strip():
-            self._authorizer.authorize(principal, Privilege.OWNERSHIP,
-                                       SecurableObject.model(request.options.from_model))
+            access.require(Privilege.OWNERSHIP, SecurableObject.model(request.options.from_model))
 
     def _plan(self, account: str, request: CreateJob, model_required: bool = True) -> _Plan:
         """Every check that needs no data: names, base model, options, the name being free."""
