@@ -2,6 +2,7 @@
 # The images' one entrypoint. The first argument names the process, the rest are its own flags:
 #   control    [flags of python -m services.control]    gRPC on :50051, migrates the DB at start
 #   inference  [flags of python -m services.inference]  gRPC on :50052, one base model
+#   router     [flags of python -m services.router]     gRPC on :50060, every base model's engine
 #   ray-head   [flags of ray start]                     a Ray head without KubeRay
 #   ray-worker [flags of ray start]                     a Ray worker; RAY_HEAD_ADDRESS=host:6379
 # Anything else runs as given: KubeRay replaces the command with its own `ray start`.
@@ -14,6 +15,9 @@ case "${1:-}" in
   inference)
     shift
     exec python -m services.inference --host 0.0.0.0 "$@" ;;
+  router)
+    shift
+    exec python -m services.router --host 0.0.0.0 "$@" ;;
   ray-head)
     shift
     exec ray start --head --block --port=6379 --dashboard-host=0.0.0.0 "$@" ;;

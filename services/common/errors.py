@@ -53,3 +53,17 @@ class Unavailable(FinetuneError):
 
 class DeadlineExceeded(FinetuneError):
     code = grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+# The status codes whose message one service passes on to its own caller unchanged when the
+# service it called answered with them: they are about the caller's request, not our health.
+_PASSED_ON: dict[grpc.StatusCode, type[FinetuneError]] = {
+    cls.code: cls for cls in (Unauthenticated, PermissionDenied, NotFound, FailedPrecondition,
+                              InvalidArgument, ResourceExhausted)}
+
+
+def passed_on(code: grpc.StatusCode, details: str | None) -> FinetuneError | None:
+    """The error to raise for another service's answer `code`, or None when that answer is
+    about the other service (UNAVAILABLE, INTERNAL, ...) and the caller deserves our own."""
+    cls = _PASSED_ON.get(code)
+    return cls(details or code.name.lower()) if cls is not None else None

@@ -20,6 +20,12 @@ Asgi = Callable[[dict, Callable[[], Awaitable[dict]], Callable[[dict], Awaitable
                 Awaitable[None]]
 
 
+def split_address(address: str) -> tuple[str, int]:
+    """`host:port` (or `[v6]:port`) as HttpServer's host and port."""
+    host, _, port = address.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
 class _Server(uvicorn.Server):
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:

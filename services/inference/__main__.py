@@ -16,7 +16,7 @@ import sys
 
 import grpc
 
-from services.common.http_server import HttpServer
+from services.common.http_server import HttpServer, split_address
 from services.common.metrics import InferenceMetrics, RpcMetrics, new_registry
 from services.common.server import configure_logging
 from services.inference.accounting import GrpcUsageReporter
@@ -33,11 +33,6 @@ from services.openai_api.control import GrpcControl
 log = logging.getLogger("services.inference")
 
 ADAPTER_SAMPLE_S = 5.0   # how often the engine's resident adapters are compared (evictions)
-
-
-def split_address(address: str) -> tuple[str, int]:
-    host, _, port = address.rpartition(":")
-    return host.strip("[]"), int(port)
 
 
 async def serve(config: InferenceConfig) -> None:

@@ -74,16 +74,6 @@ class ModelResolver(Protocol):
                       on_behalf_of: str = "") -> ResolvedModel: ...
 
 
-# Status codes control answers with, passed on to our caller unchanged.
-_PASSED_ON = {
-    grpc.StatusCode.UNAUTHENTICATED: errors.Unauthenticated,
-    grpc.StatusCode.PERMISSION_DENIED: errors.PermissionDenied,
-    grpc.StatusCode.NOT_FOUND: errors.NotFound,
-    grpc.StatusCode.FAILED_PRECONDITION: errors.FailedPrecondition,
-    grpc.StatusCode.INVALID_ARGUMENT: errors.InvalidArgument,
-    grpc.StatusCode.RESOURCE_EXHAUSTED: errors.ResourceExhausted,
-}
-
 
 class GrpcModelResolver:
     """ModelResolver over control's ModelResolutionService, authenticated with the service token."""
@@ -107,9 +97,9 @@ class GrpcModelResolver:
                                                  on_behalf_of_user_id=user_id),
                 metadata=self._metadata, timeout=self._timeout_s)
         except grpc.aio.AioRpcError as exc:
-            error = _PASSED_ON.get(exc.code())
+            error = errors.passed_on(exc.code(), exc.details())
             if error is not None:
-                raise error(exc.details() or exc.code().name.lower()) from None
+                raise error from None
             log.warning("model resolution failed: %s %s", exc.code().name, exc.details())
             raise errors.Unavailable("model resolution is unavailable, retry later") from None
         return ResolvedModel(

@@ -58,6 +58,8 @@ class Chunk:
     delta: str
     finish_reason: str | None = None
     usage: Usage | None = None
+    # On a forwarded stream's first chunk (the router): the usage row's id the engine chose.
+    request_id: str | None = None
 
 
 @dataclass(frozen=True)

@@ -3,28 +3,42 @@
 from __future__ import annotations
 
 from contextlib import aclosing
+from typing import AsyncGenerator, Protocol
 
 from finetune.inference.v1 import inference_pb2, inference_pb2_grpc
-from services.common.errors import Unavailable
+from services.common.errors import NotFound, Unavailable
 from services.common.interceptors import current_principal
 from services.inference.accounting import Usage
-from services.inference.completions import CompletionInput, Completions
+from services.inference.completions import Chunk, Completion, CompletionInput, new_request_id
 from services.inference.engine import EngineInfo
 
 SERVICE_NAME = inference_pb2.DESCRIPTOR.services_by_name["InferenceService"].full_name
 ON_BEHALF_OF_HEADER = "x-finetune-on-behalf-of"
 
 
+class CompletionService(Protocol):
+    """What the servicer calls: the engine's own COMPLETE core (completions.Completions) or the
+    router's, which forwards to the engine of the model's base model."""
+
+    async def check_caller(self, api_key: str, base_model: str) -> None: ...
+
+    async def complete(self, api_key: str, inp: CompletionInput) -> Completion: ...
+
+    def stream(self, api_key: str, inp: CompletionInput,
+               usage_id: str | None = None) -> AsyncGenerator[Chunk, None]: ...
+
+
 class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
-    def __init__(self, completions: Completions | None = None, info: EngineInfo | None = None):
+    def __init__(self, completions: CompletionService | None = None,
+                 info: EngineInfo | None = None):
         self._completions = completions
         self._info = info
 
-    def attach(self, completions: Completions, info: EngineInfo | None = None) -> None:
+    def attach(self, completions: CompletionService, info: EngineInfo | None = None) -> None:
         """Start answering: called once the engine is ready."""
         self._completions, self._info = completions, info
 
-    def _ready(self) -> Completions:
+    def _ready(self) -> CompletionService:
         if self._completions is None:
             raise Unavailable("the inference engine is starting")
         return self._completions
@@ -39,13 +53,17 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
 
     async def CompleteStream(self, request, context):
         completions = self._ready()
+        usage_id = new_request_id()
         stream = completions.stream(current_principal(),
-                                    to_input(request, on_behalf_of(context)))
+                                    to_input(request, on_behalf_of(context)), usage_id)
+        first = True
         async with aclosing(stream) as chunks:
             async for chunk in chunks:
                 yield inference_pb2.CompleteStreamResponse(
                     delta=chunk.delta, finish_reason=chunk.finish_reason or "",
-                    usage=to_proto(chunk.usage) if chunk.usage else None)
+                    usage=to_proto(chunk.usage) if chunk.usage else None,
+                    request_id=(chunk.request_id or usage_id) if first else "")
+                first = False
 
 
     async def GetEngine(self, request, context):
@@ -53,6 +71,9 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
         if self._info is None:
             raise Unavailable("the inference engine is starting")
         await completions.check_caller(current_principal(), self._info.base_model)
+        if request.base_model and request.base_model != self._info.base_model:
+            raise NotFound(f"this engine serves {self._info.base_model}, "
+                           f"not {request.base_model}")
         return to_engine_proto(self._info)
 
 
@@ -96,3 +117,20 @@ def to_proto(usage: Usage) -> inference_pb2.Usage:
     return inference_pb2.Usage(prompt_tokens=usage.prompt_tokens,
                                completion_tokens=usage.completion_tokens,
                                total_tokens=usage.total_tokens)
+
+
+def to_request(inp: CompletionInput) -> inference_pb2.CompleteRequest:
+    """The inverse of `to_input` (the router forwards what it was sent)."""
+    options = inference_pb2.CompletionOptions(stop=list(inp.stop))
+    for name in ("temperature", "top_p", "max_tokens", "seed"):
+        if (value := getattr(inp, name)) is not None:
+            setattr(options, name, value)
+    if inp.json_schema is not None:
+        options.response_format.json_schema = inp.json_schema
+    return inference_pb2.CompleteRequest(
+        model=inp.model, prompt=inp.prompt, options=options, request_id=inp.request_id,
+        messages=[inference_pb2.ChatMessage(role=r, content=c) for r, c in inp.messages])
+
+
+def from_proto(usage: inference_pb2.Usage) -> Usage:
+    return Usage(prompt_tokens=usage.prompt_tokens, completion_tokens=usage.completion_tokens)

@@ -43,9 +43,11 @@ async def _answer(ctx: ApiContext, key: str, inp: CompletionInput, stream: bool,
     if not stream:
         result = await core.complete(key, inp)
         return JSONResponse(chat_completion(result) if chat else text_completion(result))
-    # The usage record's id names the stream, tying it to one usage row at control.
+    # The usage record's id names the stream, tying it to one usage row at control (behind
+    # the router, the engine's id, which the first chunk carries).
     request_id = new_request_id()
     first, rest = await first_and_rest(core.stream(key, inp, request_id))
+    request_id = first.request_id or request_id
     return StreamingResponse(
         event_stream(StreamFormat(chat, request_id, inp.model, include_usage), first, rest),
         media_type="text/event-stream", headers={"cache-control": "no-cache"})

@@ -49,16 +49,6 @@ class CompletionClient(Protocol):
     async def complete(self, call: CompletionCall) -> CompletionAnswer: ...
 
 
-_ERRORS = {
-    grpc.StatusCode.UNAUTHENTICATED: errors.Unauthenticated,
-    grpc.StatusCode.PERMISSION_DENIED: errors.PermissionDenied,
-    grpc.StatusCode.NOT_FOUND: errors.NotFound,
-    grpc.StatusCode.FAILED_PRECONDITION: errors.FailedPrecondition,
-    grpc.StatusCode.INVALID_ARGUMENT: errors.InvalidArgument,
-    grpc.StatusCode.RESOURCE_EXHAUSTED: errors.ResourceExhausted,
-}
-
-
 class GrpcCompletionClient:
     """CompletionClient over InferenceService.Complete on one channel (opened lazily, on the
     event loop that first uses it)."""
@@ -90,9 +80,9 @@ class GrpcCompletionClient:
                                               options=options, request_id=call.request_id),
                 metadata=metadata, timeout=self._timeout_s)
         except grpc.aio.AioRpcError as exc:
-            error = _ERRORS.get(exc.code())
+            error = errors.passed_on(exc.code(), exc.details())
             if error is not None:
-                raise error(exc.details() or exc.code().name.lower()) from None
+                raise error from None
             raise errors.Unavailable(
                 f"the inference service answered {exc.code().name}: {exc.details()}") from None
         return CompletionAnswer(response.text, response.usage.prompt_tokens,

@@ -105,7 +105,8 @@ def names():
     """The model names the fake control knows, for the tests."""
     import types
     return types.SimpleNamespace(MODEL_A=MODEL_A, MODEL_B=MODEL_B, BROKEN=BROKEN,
-                                 SERVICE_TOKEN=SERVICE_TOKEN)
+                                 SERVICE_TOKEN=SERVICE_TOKEN, TWIN=TWIN, GHOST=GHOST,
+                                 TWIN_MODEL=TWIN_MODEL, GHOST_MODEL=GHOST_MODEL)
 
 
 @dataclass
@@ -114,7 +115,9 @@ class FakeControl(internal_pb2_grpc.ModelResolutionServiceServicer):
 
     base: str
     base_path: str
-    models: dict = field(default_factory=dict)   # name -> (adapter_uri, adapter_id, users)
+    # name -> (adapter_uri, adapter_id, users[, base model: default `base`])
+    models: dict = field(default_factory=dict)
+    other_bases: tuple = ()         # more base models it knows (the router's tests)
     # ReportUsage as control does it: one row per request_id (the first one wins)
     usage: dict = field(default_factory=dict)
     usage_calls: list = field(default_factory=list)   # every call, duplicates included
@@ -128,16 +131,18 @@ class FakeControl(internal_pb2_grpc.ModelResolutionServiceServicer):
         user = KEYS.get(request.api_key)
         if user is None:
             raise Unauthenticated("invalid API key")
-        if request.model == self.base:
-            uri, adapter_id = "", 0
+        base = self.base
+        if request.model == self.base or request.model in self.other_bases:
+            uri, adapter_id, base = "", 0, request.model
         elif request.model in self.models:
-            uri, adapter_id, users = self.models[request.model]
+            uri, adapter_id, users, *rest = self.models[request.model]
+            base = rest[0] if rest else base
             if user not in users:
                 raise PermissionDenied(f"USAGE on model {request.model} is required")
         else:
             raise NotFound(f"model {request.model} does not exist or is not authorized")
         return internal_pb2.ResolvedModel(
-            account_id="acct-1", user_id=user, model=request.model, base_model=self.base,
+            account_id="acct-1", user_id=user, model=request.model, base_model=base,
             base_model_path=self.base_path, adapter_uri=uri, adapter_id=adapter_id,
             context_window=2048)
 
@@ -163,6 +168,17 @@ async def _service_token_only(method, token):
     return "inference"
 
 
+async def serve_fake_control(fake: FakeControl):
+    """Starts `fake` on a free loopback port; returns the server (fake.address is set)."""
+    server = GrpcServer("127.0.0.1:0", [Registration(
+        internal_pb2_grpc.add_ModelResolutionServiceServicer_to_server, fake,
+        "finetune.control.v1.ModelResolutionService")],
+        interceptors=[AuthInterceptor(_service_token_only)])
+    await server.start()
+    fake.address = server.address
+    return server
+
+
 @pytest.fixture(scope="session")
 async def control(base_model_spec, adapter_dirs):
     fake = FakeControl(base=base_model_spec.name, base_path=str(base_model_spec.path))
@@ -171,12 +187,30 @@ async def control(base_model_spec, adapter_dirs):
         MODEL_B: (adapter_dirs["b"].as_uri(), 102, {"alice", "bob", "carol"}),
         BROKEN: (adapter_dirs["broken"].as_uri(), 103, {"alice"}),
     }
-    server = GrpcServer("127.0.0.1:0", [Registration(
-        internal_pb2_grpc.add_ModelResolutionServiceServicer_to_server, fake,
-        "finetune.control.v1.ModelResolutionService")],
-        interceptors=[AuthInterceptor(_service_token_only)])
-    await server.start()
-    fake.address = server.address
+    server = await serve_fake_control(fake)
+    yield fake
+    await server.stop(0)
+
+
+# The router's tests: a second base model (the default model's folder under another name), a base
+# model control knows that no engine serves, and a fine-tuned model on each.
+TWIN = "smollm2-twin"
+GHOST = "ghost-base"
+TWIN_MODEL = "db.public.twin_model"
+GHOST_MODEL = "db.public.ghost_model"
+
+
+@pytest.fixture(scope="session")
+async def router_control(base_model_spec, adapter_dirs):
+    """A FakeControl of its own that knows two more base models and a model on each."""
+    fake = FakeControl(base=base_model_spec.name, base_path=str(base_model_spec.path),
+                       other_bases=(TWIN, GHOST))
+    fake.models = {
+        MODEL_A: (adapter_dirs["a"].as_uri(), 101, {"alice"}),
+        TWIN_MODEL: (adapter_dirs["b"].as_uri(), 201, {"alice", "bob"}, TWIN),
+        GHOST_MODEL: (adapter_dirs["b"].as_uri(), 301, {"alice"}, GHOST),
+    }
+    server = await serve_fake_control(fake)
     yield fake
     await server.stop(0)
 
@@ -185,12 +219,7 @@ async def control(base_model_spec, adapter_dirs):
 async def usage_control():
     """A FakeControl of its own, for tests of usage delivery alone (no model, no engine)."""
     fake = FakeControl(base="none", base_path="")
-    server = GrpcServer("127.0.0.1:0", [Registration(
-        internal_pb2_grpc.add_ModelResolutionServiceServicer_to_server, fake,
-        "finetune.control.v1.ModelResolutionService")],
-        interceptors=[AuthInterceptor(_service_token_only)])
-    await server.start()
-    fake.address = server.address
+    server = await serve_fake_control(fake)
     yield fake
     await server.stop(0)
 

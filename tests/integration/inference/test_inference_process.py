@@ -7,14 +7,14 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import grpc
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2
+from inference_processes import free_port, health_statuses_until_serving, kill, spawn_inference
 from polling import wait_until_async
 
 from finetune.inference.v1 import inference_pb2, inference_pb2_grpc
@@ -23,33 +23,6 @@ from services.inference.outbox import OutboxStore
 pytestmark = pytest.mark.integration
 
 KEY = (("authorization", "Bearer key-alice"),)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-async def health_statuses_until_serving(address: str, proc: subprocess.Popen, limit_s: float):
-    """Health answers seen from the first one to SERVING (bounded: a stuck start fails)."""
-    seen = []
-    async with grpc.aio.insecure_channel(address) as ch:
-        stub = health_pb2_grpc.HealthStub(ch)
-
-        async def serving() -> bool:
-            assert proc.poll() is None, "the inference process exited during start"
-            try:
-                status = (await stub.Check(health_pb2.HealthCheckRequest(), timeout=2)).status
-            except grpc.aio.AioRpcError:
-                return False
-            if not seen or seen[-1] != status:
-                seen.append(status)
-            return status == health_pb2.HealthCheckResponse.SERVING
-
-        await wait_until_async(serving, limit_s, "the inference process to be SERVING",
-                               every_s=0.2, diagnose=lambda: f"statuses seen {seen}")
-    return seen
 
 
 async def test_start_serve_and_graceful_stop(control, names, base_model_spec, tmp_path):
@@ -98,27 +71,6 @@ async def test_start_serve_and_graceful_stop(control, names, base_model_spec, tm
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
-
-
-def spawn_inference(control_address: str, token: str, base_model: str, tmp_path: Path,
-                    port: int, log_name: str) -> subprocess.Popen:
-    env = dict(os.environ, FINETUNE_SERVICE_TOKEN=token)
-    log = open(tmp_path / log_name, "wb")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "services.inference", "--host", "127.0.0.1", "--port", str(port),
-         "--control", control_address, "--base-model", base_model, "--max-loras", "2",
-         "--max-cpu-loras", "2", "--max-lora-rank", "16", "--kv-cache-gib", "1",
-         "--max-num-seqs", "4", "--adapter-cache-dir", str(tmp_path / "adapters"),
-         "--state-dir", str(tmp_path / "state")],
-        stdout=log, stderr=subprocess.STDOUT, env=env, cwd=tmp_path, start_new_session=True)
-    log.close()
-    return proc
-
-
-def kill(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGKILL)  # the whole group: the engine core process too
-        proc.wait()
 
 
 async def test_usage_survives_a_sigkill_and_is_counted_once(control, names, base_model_spec,

@@ -186,7 +186,7 @@ def container_env(container: dict, docs: list[dict]) -> dict[str, str]:
 _ENV_READ = re.compile(
     r"""(?:environ|env)\s*(?:\.get\(\s*|\[\s*)["'](FINETUNE_\w+)["']|getenv\(\s*["'](FINETUNE_\w+)["']""")
 SERVICE_PACKAGES = {"control": ("control", "common"), "inference": ("inference", "common"),
-                    "trainer": ("trainer", "common")}
+                    "router": ("router", "common"), "trainer": ("trainer", "common")}
 
 
 def service_env_reads(service: str) -> set[str]:
@@ -204,7 +204,8 @@ def service_env_reads(service: str) -> set[str]:
 
 def service_of(program_name: str) -> str | None:
     return {"python -m services.control": "control", "python -m services.inference": "inference",
-            "python -m services.trainer.job": "trainer", "ray start": "trainer"}.get(program_name)
+            "python -m services.router": "router", "python -m services.trainer.job": "trainer",
+            "ray start": "trainer"}.get(program_name)
 
 
 def check_python_snippet(code: str) -> None:

@@ -76,8 +76,8 @@ def test_every_named_flag_exists(rendered, help_text):
     for where, params in _ray_start_params(rendered):
         for key in params:
             assert _has_flag(help_text("ray start"), f"--{key}"), f"{where}: ray start --{key}"
-    assert {"python -m services.control", "python -m services.inference", "ray start",
-            "python -c"} <= checked
+    assert {"python -m services.control", "python -m services.inference",
+            "python -m services.router", "ray start", "python -c"} <= checked
 
 
 def test_a_flag_that_does_not_exist_is_caught(help_text):
@@ -114,6 +114,7 @@ def test_services_accept_the_manifests_settings(rendered, target, tmp_path):
     inside the image are only named, not opened, except the catalog: read from the ConfigMap)."""
     from services.control.config import load_config
     from services.inference.config import parse_config
+    from services.router.config import parse_config as parse_router_config
 
     docs = rendered[target]
     catalog_map = next(d for d in docs if d["kind"] == "ConfigMap"
@@ -144,4 +145,22 @@ def test_services_accept_the_manifests_settings(rendered, target, tmp_path):
                 assert config.listen_address.startswith("0.0.0.0:")
                 assert config.service_token == env["FINETUNE_SERVICE_TOKEN"]
                 seen.add(name)
-    assert seen == {"python -m services.control", "python -m services.inference"}
+            elif name == "python -m services.router":
+                arguments = [f"--catalog={catalog}" if a.startswith("--catalog") else a
+                             for a in arguments]
+                router = parse_router_config(arguments, env)
+                assert router.listen_address.startswith("0.0.0.0:")
+                # Every engine the catalog has, at the Service of its own Deployment.
+                served = {d["metadata"]["name"] for d in docs if d["kind"] == "Service"}
+                assert all(address.split(":")[0] in served
+                           for address in router.engines.values()), router.engines
+                assert set(router.engines) == set(load_catalog_names(catalog))
+                seen.add(name)
+    assert seen == {"python -m services.control", "python -m services.inference",
+                    "python -m services.router"}
+
+
+def load_catalog_names(path) -> list[str]:
+    from services.common.base_models import load_catalog
+
+    return list(load_catalog(path))

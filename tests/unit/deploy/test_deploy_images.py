@@ -154,7 +154,8 @@ def test_entrypoint_and_default_command(image):
     assert script == ENTRYPOINT and os.access(script, os.X_OK)
     (cmd,) = [json.loads(i.value) for i in instructions if i.keyword == "CMD" and i.stage == final]
     assert cmd[0] in entrypoint_commands()
-    assert set(entrypoint_commands()) == {"control", "inference", "ray-head", "ray-worker"}
+    assert set(entrypoint_commands()) == {"control", "inference", "router", "ray-head",
+                                           "ray-worker"}
 
 
 @pytest.mark.parametrize("image", DOCKERFILES)

@@ -299,6 +299,8 @@ async def test_servicer_streams(make_completions):
     assert not responses[0].HasField("usage")
     assert responses[-1].finish_reason == "stop"
     assert responses[-1].usage.total_tokens == 2 + 4
+    # The first message names the usage row; no other message repeats it.
+    assert responses[0].request_id and not any(r.request_id for r in responses[1:])
 
 
 async def test_servicer_before_the_engine_is_ready_is_unavailable():

@@ -75,18 +75,22 @@ class CompleteResponse(_message.Message):
     def __init__(self, text: _Optional[str] = ..., finish_reason: _Optional[str] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., model: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...
 
 class CompleteStreamResponse(_message.Message):
-    __slots__ = ("delta", "finish_reason", "usage")
+    __slots__ = ("delta", "finish_reason", "usage", "request_id")
     DELTA_FIELD_NUMBER: _ClassVar[int]
     FINISH_REASON_FIELD_NUMBER: _ClassVar[int]
     USAGE_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     delta: str
     finish_reason: str
     usage: Usage
-    def __init__(self, delta: _Optional[str] = ..., finish_reason: _Optional[str] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ...) -> None: ...
+    request_id: str
+    def __init__(self, delta: _Optional[str] = ..., finish_reason: _Optional[str] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., request_id: _Optional[str] = ...) -> None: ...
 
 class GetEngineRequest(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
+    __slots__ = ("base_model",)
+    BASE_MODEL_FIELD_NUMBER: _ClassVar[int]
+    base_model: str
+    def __init__(self, base_model: _Optional[str] = ...) -> None: ...
 
 class PrecisionTiming(_message.Message):
     __slots__ = ("dtype", "seconds", "error")

@@ -69,7 +69,8 @@ class InferenceServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetEngine(self, request, context):
-        """The engine behind this address: its base model and the precision it computes in.
+        """The engine behind this address: its base model and the precision it computes in. Behind
+        the router (several engines at one address) name the base model.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
