@@ -82,9 +82,48 @@ def ensure_model(spec: BaseModelSpec) -> Path:
         if spec.chat_template is not None:
             install_chat_template(spec.path, spec.chat_template)
         return spec.path
-    if is_provisioned(spec.path):
-        return spec.path
-    raise FileNotFoundError(f"base model {spec.name}: no model folder at {spec.path}")
+    return ensure_folder(spec.name, spec.source, spec.path)
+
+
+def is_store_source(source: str) -> bool:
+    """A source that is an object-store (fsspec) URL: s3://bucket/models/<name>, gs://..."""
+    return "://" in source
+
+
+def ensure_folder(name: str, source: str, folder: Path) -> Path:
+    """`folder` itself, downloaded first from `source` when that is an object-store URL and the
+    folder is not there yet. Each process that loads the model calls this on its own machine
+    (control, the trainer's driver and workers, inference), so no disk need be shared."""
+    if is_provisioned(folder):
+        return folder
+    if not is_store_source(source):
+        raise FileNotFoundError(f"base model {name}: no model folder at {folder}")
+    _download_folder(name, source, folder)
+    return folder
+
+
+def _download_folder(name: str, source: str, dest: Path) -> None:
+    from services.common.artifacts import ArtifactStore
+
+    log.info("provisioning base model %s from %s into %s", name, source, dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    # A temporary sibling renamed into place: a crash or a concurrent download never leaves a
+    # half-written folder where a reader would take it for the model.
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}-", dir=dest.parent))
+    try:
+        source = source.rstrip("/")
+        ArtifactStore(source).get_dir(source, tmp)
+        if not is_provisioned(tmp):
+            raise FileNotFoundError(f"base model {name}: {source} holds no model folder "
+                                    "(config.json and *.safetensors)")
+        tmp.chmod(0o755)
+        try:
+            tmp.rename(dest)
+        except OSError:
+            if not is_provisioned(dest):   # not another process's download that won
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def install_chat_template(folder: Path, template: Path) -> bool:

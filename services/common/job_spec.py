@@ -26,6 +26,9 @@ class BaseModelRef:
     context_window: int
     prompt_tokens: int
     completion_tokens: int
+    # The catalog's source: where a node that lacks `path` gets the folder from when it is an
+    # object-store URL (services.common.base_models.ensure_folder); empty in older specs.
+    source: str = ""
 
 
 @dataclass(frozen=True)
@@ -110,6 +113,7 @@ def _base_model(raw) -> BaseModelRef:
         context_window=_int(raw, "context_window", "base_model."),
         prompt_tokens=_int(raw, "prompt_tokens", "base_model."),
         completion_tokens=_int(raw, "completion_tokens", "base_model."),
+        source=_optional_str(raw, "source") or "",
     )
     if min(ref.context_window, ref.prompt_tokens, ref.completion_tokens) < 1:
         raise InvalidArgument("spec.base_model: token allocations must be positive")

@@ -174,7 +174,9 @@ def build_components(config: ControlConfig, dispatcher: JobDispatcher | None = N
     events = ChangeNotifier()
     authorizer = Authorizer(store)
     control_address = ControlAddress(config)
-    submit_env = {"FINETUNE_SERVICE_TOKEN": config.service_token}
+    # What every training job's Ray job gets in its environment (the trainer reads both).
+    submit_env = {"FINETUNE_SERVICE_TOKEN": config.service_token,
+                  "FINETUNE_TRAINER_MAX_FAILURES": str(config.trainer_max_failures)}
     if completions is None and config.inference_address:
         completions = GrpcCompletionClient(config.inference_address, config.service_token)
     tokenizers = tokenizers or Tokenizers()

@@ -37,6 +37,9 @@ class ControlConfig:
     model_cache: Path | None = None
     advertise_address: str = ""        # how the trainer reaches control (spec.json)
     trainer_python: str = sys.executable
+    # How often a job's training workers may fail (a lost node, a crashed process) and be
+    # restarted from the last checkpoint before the job fails: handed to the trainer.
+    trainer_max_failures: int = 2
     default_num_workers: int = 2
     max_num_workers: int = 8
     reconcile_interval_s: float = 2.0
@@ -78,6 +81,7 @@ _SETTINGS = {
     "model_cache": ("FINETUNE_MODEL_CACHE", str),
     "advertise_address": ("FINETUNE_CONTROL_ADVERTISE_ADDRESS", str),
     "trainer_python": ("FINETUNE_TRAINER_PYTHON", str),
+    "trainer_max_failures": ("FINETUNE_TRAINER_MAX_FAILURES", int),
     "default_num_workers": ("FINETUNE_DEFAULT_NUM_WORKERS", int),
     "max_num_workers": ("FINETUNE_MAX_NUM_WORKERS", int),
     "reconcile_interval_s": ("FINETUNE_RECONCILE_INTERVAL_S", float),
@@ -140,6 +144,8 @@ def load_config(argv: Sequence[str] | None = None,
         "service_token": "",   # none configured: ensure_service_token's local one
     }
     merged = {**defaults, **values}
+    if merged.get("trainer_max_failures", 0) < 0:
+        raise SystemExit("--trainer-max-failures must be 0 or more")
     for name in ("data_dir", "bootstrap_key_file", "catalog_path", "model_cache", "prices_path"):
         if merged.get(name) is not None:
             merged[name] = Path(merged[name]).expanduser()

@@ -16,6 +16,7 @@ import sys
 
 import grpc
 
+from services.common.base_models import ensure_folder
 from services.common.http_server import HttpServer, split_address
 from services.common.metrics import InferenceMetrics, RpcMetrics, new_registry
 from services.common.server import configure_logging
@@ -71,6 +72,9 @@ async def serve(config: InferenceConfig) -> None:
     engine = None
     sampling = None
     try:
+        base = config.base_model
+        # A base model whose catalog source is an object store is downloaded once per node.
+        await asyncio.to_thread(ensure_folder, base.name, base.source, base.path)
         # The engine blocks while it starts; a thread keeps health checks answered meanwhile.
         engine = await asyncio.to_thread(VllmEngine.start, config)
         resolver = GrpcModelResolver(channel, config.service_token,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -29,11 +29,13 @@ class BaseModel:
     context_window: int
     max_lora_rank: int
     target_modules: tuple[str, ...]
+    source: str = "path"   # the catalog's: an object-store URL is downloaded into `path` at start
 
     @classmethod
     def from_spec(cls, spec: BaseModelSpec) -> "BaseModel":
         return cls(name=spec.name, path=spec.path, context_window=spec.context_window,
-                   max_lora_rank=spec.max_lora_rank, target_modules=spec.target_modules)
+                   max_lora_rank=spec.max_lora_rank, target_modules=spec.target_modules,
+                   source=spec.source)
 
 
 @dataclass(frozen=True)
@@ -162,9 +164,7 @@ def parse_config(argv: Sequence[str] | None = None,
         p.error(f"unknown base model {args.base_model!r}; catalog has {sorted(catalog)}")
     base = BaseModel.from_spec(catalog[args.base_model])
     if args.base_model_path:
-        base = BaseModel(name=base.name, path=Path(args.base_model_path).expanduser(),
-                         context_window=base.context_window, max_lora_rank=base.max_lora_rank,
-                         target_modules=base.target_modules)
+        base = replace(base, path=Path(args.base_model_path).expanduser())
     if args.http_port < -1:
         p.error("--http-port must be a port, 0 (a free one) or -1 (off)")
     try:

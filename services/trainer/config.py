@@ -29,11 +29,16 @@ def parse_config(argv: Sequence[str] | None, environ: Mapping[str, str]) -> Trai
                         default=environ.get("FINETUNE_TRAINER_PRECISION", "auto"))
     parser.add_argument("--micro-batch-tokens", type=int,
                         default=int(environ.get("FINETUNE_TRAINER_MICRO_BATCH_TOKENS", 4096)))
-    parser.add_argument("--max-failures", type=int, default=2)
+    parser.add_argument("--max-failures", type=int,
+                        default=int(environ.get("FINETUNE_TRAINER_MAX_FAILURES") or 2),
+                        help="worker-group restarts from the last checkpoint before the job "
+                             "fails (env FINETUNE_TRAINER_MAX_FAILURES, set by control)")
     parser.add_argument("--log-level", default=environ.get("FINETUNE_LOG_LEVEL", "INFO"))
     args = parser.parse_args(argv)
     if args.micro_batch_tokens < 1:
         parser.error("--micro-batch-tokens must be positive")
+    if args.max_failures < 0:
+        parser.error("--max-failures must be 0 or more")
     return TrainerConfig(
         spec_uri=args.spec,
         service_token=environ.get("FINETUNE_SERVICE_TOKEN", ""),

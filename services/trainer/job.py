@@ -18,7 +18,7 @@ from services.common.artifacts import ArtifactStore
 from services.common.errors import FailedPrecondition, FinetuneError, InvalidArgument
 from services.trainer import data, export, reporting
 from services.trainer.config import TrainerConfig, parse_config
-from services.trainer.spec import JobSpec, read_spec
+from services.trainer.spec import JobSpec, base_model_folder, read_spec
 
 log = logging.getLogger("services.trainer.job")
 
@@ -38,7 +38,7 @@ def prepare_data(spec: JobSpec, store: ArtifactStore) -> PreparedData:
     """Read the job's snapshots and turn them into token ids with the base model's tokenizer."""
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(spec.base_model.path)
+    tokenizer = AutoTokenizer.from_pretrained(base_model_folder(spec))
     limits = data.TokenLimits.of(spec.base_model)
 
     def load(uri: str | None, what: str) -> data.FormattedData:

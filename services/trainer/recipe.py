@@ -44,7 +44,7 @@ from services.trainer.data import (
 )
 from services.trainer.export import StepRecord
 from services.trainer.reporting import NullReporter, Progress, ProgressSink
-from services.trainer.spec import JobSpec
+from services.trainer.spec import JobSpec, base_model_folder
 
 log = logging.getLogger(__name__)
 
@@ -212,7 +212,7 @@ def train(cfg: RecipeConfig, train_examples: Sequence[Example],
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(opts.seed)  # identical LoRA init on every worker
     entered = time.perf_counter()
-    choice = pick_dtype(cfg.precision, ctx.device, str(spec.base_model.path),
+    choice = pick_dtype(cfg.precision, ctx.device, base_model_folder(spec),
                         precision_probe.ProbeCache(cfg.precision_cache))
     dtype = agree_on_dtype(choice, ctx)
     autocast = (lambda: torch.autocast(ctx.device.type, dtype=dtype)) \

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from services.common.artifacts import ArtifactStore
-from services.common.errors import InvalidArgument
+from services.common.base_models import ensure_folder
+from services.common.errors import FailedPrecondition, InvalidArgument
 from services.common.job_spec import BaseModelRef, JobSpec, TrainerOptions, parse_spec
 
-__all__ = ["BaseModelRef", "JobSpec", "TrainerOptions", "parse_spec", "read_spec"]
+__all__ = ["BaseModelRef", "JobSpec", "TrainerOptions", "base_model_folder", "parse_spec",
+           "read_spec"]
 
 
 def read_spec(uri: str) -> JobSpec:
@@ -24,3 +27,13 @@ def read_spec(uri: str) -> JobSpec:
     except json.JSONDecodeError as exc:
         raise InvalidArgument(f"spec {uri} is not valid JSON: {exc}") from None
     return parse_spec(raw)
+
+
+def base_model_folder(spec: JobSpec) -> str:
+    """The base model's folder on this node, downloaded from the catalog's object-store source
+    first when this node lacks it (the driver and every worker may be on different nodes)."""
+    ref = spec.base_model
+    try:
+        return str(ensure_folder(ref.name, ref.source, Path(ref.path)))
+    except FileNotFoundError as exc:
+        raise FailedPrecondition(str(exc)) from None

@@ -2,6 +2,8 @@
 
 import stat
 
+import pytest
+
 from services.control.config import ensure_service_token, load_config
 
 
@@ -38,3 +40,11 @@ def test_a_configured_service_token_needs_no_file(tmp_path):
     c = ensure_service_token(load_config(["--home", str(tmp_path)],
                                          environ={"FINETUNE_SERVICE_TOKEN": "tok"}))
     assert c.service_token == "tok" and not (tmp_path / "service_token").exists()
+
+
+def test_the_trainers_restart_budget_is_a_setting(tmp_path):
+    assert load_config(["--home", str(tmp_path)], environ={}).trainer_max_failures == 2
+    env = {"FINETUNE_TRAINER_MAX_FAILURES": "0"}
+    assert load_config(["--home", str(tmp_path)], environ=env).trainer_max_failures == 0
+    with pytest.raises(SystemExit):
+        load_config(["--home", str(tmp_path), "--trainer-max-failures", "-1"], environ={})

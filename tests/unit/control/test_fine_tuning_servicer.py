@@ -70,7 +70,8 @@ async def test_create_snapshots_writes_spec_and_submits(data, servicer, admin, d
         "job_id": job.id,
         "task_type": "INSTRUCTION",
         "base_model": {"name": "tiny-base", "path": str(tiny_base.path), "context_window": 512,
-                       "prompt_tokens": 384, "completion_tokens": 128},
+                       "prompt_tokens": 384, "completion_tokens": 128,
+                       "source": tiny_base.source},
         "training_data_uri": f"{root}/jobs/{job.id}/data/training.jsonl",
         "validation_data_uri": f"{root}/jobs/{job.id}/data/validation.jsonl",
         "output_uri": f"{root}/jobs/{job.id}/output",
@@ -90,7 +91,9 @@ async def test_create_snapshots_writes_spec_and_submits(data, servicer, admin, d
     assert sorted(training, key=lambda r: r["prompt"]) == [
         {"prompt": f"question {i}", "completion": f"answer {i}"} for i in range(6)]
     assert len(read_jsonl(data, spec["validation_data_uri"])) == 2
-    assert dispatcher.submitted == [(job.id, spec_uri, {"FINETUNE_SERVICE_TOKEN": SERVICE_TOKEN})]
+    # The job's environment: the service token and the trainer's restart budget (default 2).
+    assert dispatcher.submitted == [(job.id, spec_uri, {"FINETUNE_SERVICE_TOKEN": SERVICE_TOKEN,
+                                                        "FINETUNE_TRAINER_MAX_FAILURES": "2"})]
 
 
 async def test_without_validation_the_spec_says_null(data, servicer, admin):

@@ -1,3 +1,4 @@
+import pytest
 from services.common.errors import InvalidArgument
 from services.trainer.config import parse_config
 from services.trainer.launch import WorkerPlan, describe_failure, plan_workers
@@ -55,3 +56,10 @@ def test_config_from_flags_and_environment():
     assert config.service_token == "s3cret"
     assert config.precision == "fp32"
     assert parse_config(["--spec", "x", "--precision", "bf16"], {}).precision == "bf16"
+    # The restart budget control hands every job, and a flag over it.
+    assert parse_config(["--spec", "x"], {}).max_failures == 2
+    env = {"FINETUNE_TRAINER_MAX_FAILURES": "5"}
+    assert parse_config(["--spec", "x"], env).max_failures == 5
+    assert parse_config(["--spec", "x", "--max-failures", "0"], env).max_failures == 0
+    with pytest.raises(SystemExit):
+        parse_config(["--spec", "x", "--max-failures", "-1"], {})

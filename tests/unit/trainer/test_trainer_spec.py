@@ -97,3 +97,20 @@ def test_read_spec_from_uri_or_path(tmp_path):
     path.write_text("{not json")
     with pytest.raises(InvalidArgument, match="not valid JSON"):
         read_spec(str(path))
+
+
+def test_the_base_models_source_travels_and_older_specs_have_none():
+    assert parse_spec(raw_spec()).base_model.source == ""
+    base = dict(raw_spec()["base_model"], source="s3://models/smollm2")
+    spec = parse_spec(raw_spec(base_model=base))
+    assert spec.base_model.source == "s3://models/smollm2"
+    assert parse_spec(spec.to_dict()) == spec
+
+
+def test_a_node_without_the_base_model_and_no_store_source_fails_clearly(tmp_path):
+    from services.common.errors import FailedPrecondition
+    from services.trainer.spec import base_model_folder
+
+    base = dict(raw_spec()["base_model"], path=str(tmp_path / "absent"), source="path")
+    with pytest.raises(FailedPrecondition, match="no model folder"):
+        base_model_folder(parse_spec(raw_spec(base_model=base)))
