@@ -39,8 +39,8 @@ async def health_statuses_until_serving(address: str, proc: subprocess.Popen, li
 
 
 def spawn(module: str, args: list[str], token: str, tmp_path: Path,
-          log_name: str) -> subprocess.Popen:
-    env = dict(os.environ, FINETUNE_SERVICE_TOKEN=token)
+          log_name: str, env: dict[str, str] | None = None) -> subprocess.Popen:
+    env = dict(os.environ, **(env or {}), FINETUNE_SERVICE_TOKEN=token)
     log = open(tmp_path / log_name, "wb")
     proc = subprocess.Popen([sys.executable, "-m", module, *args], stdout=log,
                             stderr=subprocess.STDOUT, env=env, cwd=tmp_path,
@@ -51,14 +51,15 @@ def spawn(module: str, args: list[str], token: str, tmp_path: Path,
 
 def spawn_inference(control_address: str, token: str, base_model: str, tmp_path: Path,
                     port: int, log_name: str, state: str = "state",
-                    extra: tuple[str, ...] = ()) -> subprocess.Popen:
+                    extra: tuple[str, ...] = (),
+                    env: dict[str, str] | None = None) -> subprocess.Popen:
     """An engine with small limits; its usage outbox lives in tmp_path/state."""
     return spawn("services.inference", [
         "--host", "127.0.0.1", "--port", str(port), "--control", control_address,
         "--base-model", base_model, "--max-loras", "2", "--max-cpu-loras", "2",
         "--max-lora-rank", "16", "--kv-cache-gib", "1", "--max-num-seqs", "4",
-        "--adapter-cache-dir", str(tmp_path / "adapters"), "--state-dir", str(tmp_path / state), *extra],
-        token, tmp_path, log_name)
+        "--adapter-cache-dir", str(tmp_path / "adapters"), "--state-dir", str(tmp_path / state),
+        *extra], token, tmp_path, log_name, env)
 
 
 def kill(proc: subprocess.Popen) -> None:

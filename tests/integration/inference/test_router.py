@@ -1,6 +1,8 @@
 """Two base models behind one address: two real engines (`python -m services.inference`, the
-second on the default model's folder registered under another name) and the router in front
-(`python -m services.router`), with control's model resolution on loopback.
+second on the default model's weights registered under another name) and the router in front
+(`python -m services.router`), with control's model resolution on loopback. The second engine
+reads its base model and its adapter only from an S3 bucket (moto's server on loopback): no
+folder of the test's is shared with it.
 
 Every answer through the router equals the engine's own, its usage is counted once by the
 engine that generated it, the caller's errors come back unchanged, and losing one engine leaves
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,12 +43,13 @@ class Routed:
     logs: Path
 
 
-def twin_catalog(spec, twin: str, out: Path) -> Path:
-    """The catalog plus `twin`: the default model's folder under a second name."""
+def twin_catalog(spec, twin: str, source: str, folder: Path, out: Path) -> Path:
+    """The catalog plus `twin`: the default model's weights under a second name, downloaded
+    from `source` into `folder`, which does not exist yet."""
     out.write_text(DEFAULT_CATALOG.read_text() + f"""
 [models.{twin}]
-source = "path"
-path = {json.dumps(str(spec.path))}
+source = "{source}"
+path = {json.dumps(str(folder))}
 context_window = {spec.context_window}
 prompt_tokens = {spec.prompt_tokens}
 completion_tokens = {spec.completion_tokens}
@@ -56,16 +60,47 @@ target_modules = {json.dumps(list(spec.target_modules))}
     return out
 
 
+def upload_twin(store_root: str, spec, adapter: Path, twin: str, tmp: Path) -> tuple[str, str]:
+    """The default model's folder and an adapter of it declared for `twin`, into the bucket."""
+    from services.common.artifacts import ArtifactStore
+
+    store = ArtifactStore(store_root)
+    base_uri, adapter_uri = store.uri("models", twin), store.uri("jobs", "ft_twin", "output")
+    store.put_dir(spec.path, base_uri)
+    renamed = tmp / "twin-adapter"
+    shutil.copytree(adapter, renamed)
+    config = json.loads((renamed / "adapter_config.json").read_text())
+    (renamed / "adapter_config.json").write_text(
+        json.dumps(dict(config, base_model_name_or_path=twin)))
+    store.put_dir(renamed, adapter_uri)
+    return base_uri, adapter_uri
+
+
 @pytest.fixture(scope="module")
-async def routed(router_control, names, base_model_spec, tmp_path_factory):
+async def routed(router_control, names, base_model_spec, adapter_dirs, s3_server,
+                 tmp_path_factory):
     tmp = tmp_path_factory.mktemp("router")
-    catalog = twin_catalog(base_model_spec, names.TWIN, tmp / "catalog.toml")
+    s3_env = dict(s3_server.env, AWS_CONFIG_FILE="/nonexistent",
+                  AWS_SHARED_CREDENTIALS_FILE="/nonexistent")
+    bucket = s3_server.new_bucket()
+    with pytest.MonkeyPatch.context() as patch:
+        for key, value in s3_env.items():
+            patch.setenv(key, value)
+        base_uri, adapter_uri = upload_twin(f"s3://{bucket}/finetune", base_model_spec,
+                                            adapter_dirs["b"], names.TWIN, tmp)
+    uri, adapter_id, users, base = router_control.models[names.TWIN_MODEL]
+    router_control.models[names.TWIN_MODEL] = (adapter_uri, adapter_id, users, base)
+    twin_folder = tmp / "node-cache" / names.TWIN
+    catalog = twin_catalog(base_model_spec, names.TWIN, base_uri, twin_folder,
+                           tmp / "catalog.toml")
     base = base_model_spec.name
     ports = {base: free_port(), names.TWIN: free_port()}
     engines = {name: f"127.0.0.1:{port}" for name, port in ports.items()}
     procs = {name: spawn_inference(router_control.address, names.SERVICE_TOKEN, name, tmp,
                                    port, f"{name}.log", state=f"state-{name}",
-                                   extra=("--catalog", str(catalog), "--http-port", "-1"))
+                                   extra=("--catalog", str(catalog), "--http-port", "-1",
+                                          "--adapter-cache-dir", str(tmp / f"adapters-{name}")),
+                                   env=s3_env)
              for name, port in ports.items()}
     router_port, http_port = free_port(), free_port()
     procs["router"] = spawn("services.router", [
@@ -78,6 +113,9 @@ async def routed(router_control, names, base_model_spec, tmp_path_factory):
         await asyncio.gather(*(health_statuses_until_serving(address, procs[name], 400)
                                for name, address in engines.items()))
         await health_statuses_until_serving(f"127.0.0.1:{router_port}", procs["router"], 60)
+        # The twin engine downloaded its base model from the bucket, into the catalog's path.
+        assert sorted(p.name for p in twin_folder.iterdir()) == sorted(
+            p.name for p in base_model_spec.path.iterdir() if p.is_file())
         yield Routed(f"127.0.0.1:{router_port}", f"http://127.0.0.1:{http_port}", engines,
                      procs, tmp)
     finally:
