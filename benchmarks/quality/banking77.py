@@ -125,6 +125,9 @@ def run(args) -> dict:
         events = list(client.job_events(job.id))
         results_csv = client.download_artifact(MODEL, "training_results.csv").decode() \
             if job.status == jobs_pb2.SUCCESS else ""
+        tuned_predictions = client.evaluation_results(
+            job.tuned_evaluation.id, "predictions.csv").decode() \
+            if job.tuned_evaluation.id else ""
     base, tuned = job.base_evaluation, job.tuned_evaluation
     # Training ends with the trainer's last progress report; the job-end evaluation follows.
     trained_at = [e.time.ToDatetime() for e in events if e.type == "training.progress"][-1:]
@@ -160,8 +163,20 @@ def run(args) -> dict:
                  "weighted_f1": metric(base, "weighted_f1")},
         "tuned": {"accuracy": metric(tuned, "accuracy"), "macro_f1": metric(tuned, "macro_f1"),
                   "weighted_f1": metric(tuned, "weighted_f1")},
+        "tuned_errors": error_kinds(tuned_predictions, {r["completion"] for r in train}),
         "evaluation_ids": [base.id, tuned.id],
     }
+
+
+def error_kinds(predictions_csv: str, labels: set[str]) -> dict:
+    """The tuned model's wrong answers by kind: another intent's label, or no label at all
+    (which a constrained choice among the labels would turn into a guess)."""
+    rows = list(csv.DictReader(predictions_csv.splitlines())) if predictions_csv else []
+    wrong = [r for r in rows if r["correct"] != "true"]
+    not_a_label = [r for r in wrong if r["prediction"].strip() not in labels]
+    return {"rows": len(rows), "wrong": len(wrong), "another_label": len(wrong) - len(not_a_label),
+            "not_a_label": len(not_a_label),
+            "not_a_label_examples": [r["prediction"][:80] for r in not_a_label[:10]]}
 
 
 def show(result: dict) -> None:
