@@ -261,10 +261,15 @@ def api_key_message(key: ApiKeyInfo) -> access_pb2.ApiKey:
 
 # -- usage -------------------------------------------------------------------------------------
 
-def time_or_none(ts) -> datetime | None:
+def time_or_none(ts, field: str = "time") -> datetime | None:
+    """A request's Timestamp (unset: None); one protobuf itself cannot read (nanos outside
+    0..999,999,999, seconds outside years 1-9999) is the caller's error."""
     if not ts.seconds and not ts.nanos:
         return None
-    return ts.ToDatetime(tzinfo=timezone.utc)
+    try:
+        return ts.ToDatetime(tzinfo=timezone.utc)
+    except (ValueError, OverflowError) as exc:
+        raise InvalidArgument(f"{field} is not a valid timestamp: {exc}") from None
 
 
 def groupings(values) -> list[Grouping]:

@@ -11,8 +11,9 @@ from services.control.core.usage import UsageHistory
 
 
 def _filter(f) -> dict:
-    return {"start": messages.time_or_none(f.start_time),
-            "end": messages.time_or_none(f.end_time), "model": f.model, "user": f.user}
+    return {"start": messages.time_or_none(f.start_time, "filter.start_time"),
+            "end": messages.time_or_none(f.end_time, "filter.end_time"),
+            "model": f.model, "user": f.user}
 
 
 class UsageServicer(usage_pb2_grpc.UsageServiceServicer):
