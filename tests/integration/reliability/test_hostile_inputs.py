@@ -207,6 +207,59 @@ def test_hostile_inputs_over_every_inference_rpc(stack):
                 lambda: stack.inference.poll() is None)
 
 
+# The CLI over the same processes: each command with hostile arguments ends with a message and
+# an exit code (0, 1 for the service's refusal, 2 for bad usage), never a traceback.
+CLI_COMMANDS = [
+    ["preview", "{s}"], ["create", "{s}", "{s}", "{s}"], ["describe", "{s}"], ["cancel", "{s}"],
+    ["model", "{s}"], ["artifact", "{s}", "{s}"], ["complete", "{s}", "{s}"], ["tables"],
+    ["tables", "{s}"], ["jobs", "estimate", "{s}", "{s}"], ["jobs", "events", "{s}"],
+    ["access", "role", "create", "{s}"], ["access", "grant", "{s}", "{s}", "{s}", "--to-role",
+                                          "{s}"],
+    ["access", "show-grants", "--to-role", "{s}"], ["data", "create-database", "{s}"],
+    ["data", "drop-table", "{s}"], ["data", "create-view", "{s}", "{s}"],
+    ["evaluate", "{s}", "{s}"], ["evaluations", "list", "--model", "{s}"], ["usage"],
+]
+CLI_EXAMPLES = max(3, EXAMPLES // 50)
+
+
+def test_hostile_arguments_to_the_cli(stack, tmp_path, monkeypatch):
+    from hostile_inputs import strings
+    from typer.testing import CliRunner
+
+    from services.cli.main import app
+
+    monkeypatch.chdir(tmp_path)   # anything a command writes lands here
+    env = {"FINETUNE_CONTROL": stack.control.address, "FINETUNE_INFERENCE":
+           stack.inference_address, "FINETUNE_API_KEY": stack.keys["admin"],
+           "FINETUNE_HOME": str(tmp_path / "home"), "COLUMNS": "200"}
+    runner = CliRunner()
+    codes: Counter = Counter()
+
+    def corpus(template):
+        holes = sum(part == "{s}" for part in template)
+
+        @settings(max_examples=CLI_EXAMPLES, derandomize=True, database=None, deadline=None,
+                  suppress_health_check=list(HealthCheck))
+        @given(st.lists(strings().filter(lambda s: "\x00" not in s), min_size=holes,
+                        max_size=holes))
+        def one(values):
+            it = iter(values)
+            argv = [next(it) if part == "{s}" else part for part in template]
+            result = runner.invoke(app, argv, env=env)
+            codes[(template[0], result.exit_code)] += 1
+            assert result.exit_code in (0, 1, 2), (argv, result.output[-2000:])
+            assert result.exception is None or isinstance(result.exception, SystemExit), \
+                (argv, repr(result.exception))
+            assert "Traceback" not in result.output, (argv, result.output[-2000:])
+            assert SECRET not in result.output, argv
+        return one
+
+    for template in CLI_COMMANDS:
+        corpus(template)()
+    assert sorted(p.name for p in stack.canary.iterdir()) == ["secret.txt"]
+    stack.counts.update({(f"cli {c}", f"exit {code}"): n for (c, code), n in codes.items()})
+
+
 def test_nothing_outside_the_data_folder_was_touched_and_both_still_answer(stack,
                                                                           base_model_spec):
     assert sorted(p.name for p in stack.canary.iterdir()) == ["secret.txt"]
@@ -217,7 +270,7 @@ def test_nothing_outside_the_data_folder_was_touched_and_both_still_answer(stack
         assert [b.name for b in client.base_models()]
         answer = client.complete(base_model_spec.name, "Say hello.", max_tokens=4)
         assert answer.usage.completion_tokens > 0
-    seen = sorted({path for path, _ in stack.counts})
+    seen = sorted({path for path, _ in stack.counts if path.startswith("/")})
     assert seen == sorted(r.path for r in CONTROL_RPCS + INFERENCE_RPCS), \
         "the corpus reached every RPC"
     if REPORT:
