@@ -217,7 +217,8 @@ CLI_COMMANDS = [
                                           "{s}"],
     ["access", "show-grants", "--to-role", "{s}"], ["data", "create-database", "{s}"],
     ["data", "drop-table", "{s}"], ["data", "create-view", "{s}", "{s}"],
-    ["evaluate", "{s}", "{s}"], ["evaluations", "list", "--model", "{s}"], ["usage"],
+    ["evaluate", "{s}", "{s}"], ["evaluations", "list", "--model", "{s}"],
+    ["usage", "inference", "--model", "{s}"],
 ]
 CLI_EXAMPLES = max(3, EXAMPLES // 50)
 
