@@ -132,12 +132,15 @@ class RoutedCompletions:
 
     async def engine(self, api_key: str, base_model: str) -> inference_pb2.Engine:
         """GetEngine of one engine; without a name, of the only one."""
+        names = sorted(self._engines.addresses)
+        # The caller's key is judged first (by control), as an engine does: a bad key learns
+        # nothing of what is served here.
+        await self.check_caller(api_key, base_model or names[0])
         if not base_model:
-            if len(self._engines.addresses) > 1:
-                raise errors.InvalidArgument(
-                    "several engines are behind this address: name base_model (one of "
-                    f"{', '.join(sorted(self._engines.addresses))})")
-            base_model = next(iter(self._engines.addresses))
+            if len(names) > 1:
+                raise errors.InvalidArgument("several engines are behind this address: name "
+                                             f"base_model (one of {', '.join(names)})")
+            base_model = names[0]
         stub = self._engines.stub(base_model)
         try:
             return await stub.GetEngine(inference_pb2.GetEngineRequest(base_model=base_model),

@@ -163,10 +163,13 @@ async def test_engine_errors_as_the_caller_sees_them(stubs, code, expected, mess
 
 async def test_get_engine_needs_a_name_when_several_are_behind(routes):
     assert (await routes.engine("k", "base-b")).base_model == "base-b"
+    assert routes._resolver.calls[-1] == ("k", "base-b", "")   # the key judged first
     with pytest.raises(errors.InvalidArgument, match="base-a, base-b"):
         await routes.engine("k", "")
     single = RoutedCompletions(FakeResolver(), FakeEngines({"base-a": FakeStub("base-a")}))
     assert (await single.engine("k", "")).base_model == "base-a"
+    with pytest.raises(errors.NotFound):   # control's answer for a base it does not know
+        await routes.engine("k", "base-z")
 
 
 @pytest.mark.parametrize("inp", [
