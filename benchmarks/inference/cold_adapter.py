@@ -77,7 +77,7 @@ async def main_async(args) -> None:
         outbox.start()
         servicer = InferenceServicer(build_completions(
             config, engine, GrpcModelResolver(channel, SERVICE_TOKEN), outbox))
-        server = build_server(config, servicer)
+        server = build_server(config.listen_address, servicer)
         await server.start()
         try:
             async with grpc.aio.insecure_channel(server.address) as ch:

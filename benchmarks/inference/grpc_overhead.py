@@ -118,7 +118,7 @@ async def main_async(args) -> None:
         outbox.start()
         completions = build_completions(config, engine,
                                         GrpcModelResolver(channel, SERVICE_TOKEN), outbox)
-        server = build_server(config, InferenceServicer(completions))
+        server = build_server(config.listen_address, InferenceServicer(completions))
         await server.start()
         client = grpc.aio.insecure_channel(server.address)
         try:

@@ -52,7 +52,7 @@ async def serve(config: InferenceConfig) -> None:
             await residency.sample()
 
     servicer = InferenceServicer()
-    server = build_server(config, servicer, RpcMetrics(registry))
+    server = build_server(config.listen_address, servicer, RpcMetrics(registry))
     api = ApiContext(GrpcControl(channel), config.default_learning_rates)
     http = None
     if config.http_address:

@@ -13,7 +13,7 @@ import math
 import uuid
 from contextlib import aclosing
 from dataclasses import dataclass
-from typing import AsyncGenerator
+from typing import AsyncGenerator, Protocol
 
 from services.common.chat_format import prompt_token_ids
 from services.common.errors import InvalidArgument, ResourceExhausted, Unavailable
@@ -69,6 +69,16 @@ class Completion:
     text: str
     finish_reason: str
     usage: Usage
+
+
+class CompletionsCore(Protocol):
+    """COMPLETE as its doors (the gRPC servicer, the OpenAI-compatible API) call it: this
+    module's `Completions` in an engine, the router's forwarding core in front of several."""
+
+    async def complete(self, api_key: str, inp: CompletionInput) -> Completion: ...
+
+    def stream(self, api_key: str, inp: CompletionInput,
+               usage_id: str | None = None) -> AsyncGenerator[Chunk, None]: ...
 
 
 @dataclass(frozen=True)

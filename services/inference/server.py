@@ -22,10 +22,11 @@ async def require_api_key(method: str, token: str | None) -> str:
     return token
 
 
-def build_server(config: InferenceConfig, servicer: InferenceServicer,
+def build_server(address: str, servicer: InferenceServicer,
                  metrics: RpcMetrics | None = None) -> GrpcServer:
+    """InferenceService on `address` (an engine's, or the router's) behind the key check."""
     return GrpcServer(
-        config.listen_address,
+        address,
         [Registration(inference_pb2_grpc.add_InferenceServiceServicer_to_server, servicer,
                       SERVICE_NAME)],
         interceptors=[*([MetricsInterceptor(metrics)] if metrics is not None else []),

@@ -3,29 +3,24 @@
 from __future__ import annotations
 
 from contextlib import aclosing
-from typing import AsyncGenerator, Protocol
+from typing import Protocol
 
 from finetune.inference.v1 import inference_pb2, inference_pb2_grpc
 from services.common.errors import NotFound, Unavailable
 from services.common.interceptors import current_principal
 from services.inference.accounting import Usage
-from services.inference.completions import Chunk, Completion, CompletionInput, new_request_id
+from services.inference.completions import CompletionInput, CompletionsCore, new_request_id
 from services.inference.engine import EngineInfo
 
 SERVICE_NAME = inference_pb2.DESCRIPTOR.services_by_name["InferenceService"].full_name
 ON_BEHALF_OF_HEADER = "x-finetune-on-behalf-of"
 
 
-class CompletionService(Protocol):
-    """What the servicer calls: the engine's own COMPLETE core (completions.Completions) or the
-    router's, which forwards to the engine of the model's base model."""
+class CompletionService(CompletionsCore, Protocol):
+    """What the servicer calls: the COMPLETE core (the engine's own or the router's, which
+    forwards to the engine of the model's base model) and its caller check for GetEngine."""
 
     async def check_caller(self, api_key: str, base_model: str) -> None: ...
-
-    async def complete(self, api_key: str, inp: CompletionInput) -> Completion: ...
-
-    def stream(self, api_key: str, inp: CompletionInput,
-               usage_id: str | None = None) -> AsyncGenerator[Chunk, None]: ...
 
 
 class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):

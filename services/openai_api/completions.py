@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import time
 from contextlib import aclosing
-from typing import Any, AsyncGenerator, AsyncIterator, Protocol
+from typing import Any, AsyncGenerator, AsyncIterator
 
 from services.inference.accounting import Usage
 from services.inference.completions import Chunk, Completion, CompletionInput
@@ -25,15 +25,6 @@ from services.openai_api.protocol import (
 # OpenAI's newer name for the system turn.
 ROLE_ALIASES = {"developer": "system"}
 DONE = b"data: [DONE]\n\n"
-
-
-class CompletionsCore(Protocol):
-    """The part of services.inference.completions.Completions this door calls."""
-
-    async def complete(self, api_key: str, inp: CompletionInput) -> Completion: ...
-
-    def stream(self, api_key: str, inp: CompletionInput,
-               usage_id: str | None = None) -> AsyncGenerator[Chunk, None]: ...
 
 
 def chat_input(body: ChatCompletionRequest) -> CompletionInput:

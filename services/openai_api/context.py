@@ -9,7 +9,7 @@ from fastapi import Depends, Header, Request
 
 from services.common.errors import Unauthenticated, Unavailable
 from services.common.interceptors import bearer_token
-from services.openai_api.completions import CompletionsCore
+from services.inference.completions import CompletionsCore
 from services.openai_api.control import ControlApi
 
 

@@ -14,14 +14,11 @@ import sys
 
 import grpc
 
-from finetune.inference.v1 import inference_pb2_grpc
 from services.common.http_server import HttpServer, split_address
-from services.common.interceptors import AuthInterceptor, MetricsInterceptor
 from services.common.metrics import RpcMetrics, new_registry
-from services.common.server import GrpcServer, Registration, configure_logging
+from services.common.server import configure_logging
 from services.inference.adapters import CachedResolver, GrpcModelResolver
-from services.inference.server import require_api_key
-from services.inference.servicer import SERVICE_NAME
+from services.inference.server import build_server
 from services.openai_api.app import build_app
 from services.openai_api.context import ApiContext
 from services.openai_api.control import GrpcControl
@@ -45,12 +42,7 @@ async def serve(config: RouterConfig) -> None:
                                                 config.resolution_timeout_s),
                               config.resolution_cache_ttl_s)
     routes = RoutedCompletions(resolver, engines, config.timeout_s)
-    server = GrpcServer(
-        config.listen_address,
-        [Registration(inference_pb2_grpc.add_InferenceServiceServicer_to_server,
-                      RouterServicer(routes), SERVICE_NAME)],
-        interceptors=[MetricsInterceptor(RpcMetrics(registry)),
-                      AuthInterceptor(require_api_key)])
+    server = build_server(config.listen_address, RouterServicer(routes), RpcMetrics(registry))
     http = None
     if config.http_address:
         api = ApiContext(GrpcControl(control), config.default_learning_rates, routes)

@@ -81,7 +81,7 @@ def engine_error(exc: grpc.aio.AioRpcError, base_model: str) -> errors.FinetuneE
 
 class RoutedCompletions:
     """The COMPLETE core of the router (services.inference.servicer.CompletionService and the
-    OpenAI door's CompletionsCore): resolve, pick the engine, forward."""
+    CompletionsCore the OpenAI door calls): resolve, pick the engine, forward."""
 
     def __init__(self, resolver: ModelResolver, engines: Engines, timeout_s: float = 600.0):
         self._resolver = resolver

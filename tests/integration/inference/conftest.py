@@ -283,7 +283,7 @@ async def inference(engine, control, base_model_spec, tmp_path_factory):
                         GrpcUsageReporter(channel, SERVICE_TOKEN))
     usage.start()
     servicer = InferenceServicer()
-    server = build_server(config, servicer)
+    server = build_server(config.listen_address, servicer)
     await server.start(serving=False)
     servicer.attach(build_completions(config, engine, GrpcModelResolver(channel, SERVICE_TOKEN),
                                       usage), engine.info)
