@@ -96,6 +96,18 @@ async def test_create_snapshots_writes_spec_and_submits(data, servicer, admin, d
                                                         "FINETUNE_TRAINER_MAX_FAILURES": "2"})]
 
 
+async def test_the_completion_column_may_be_named_label(data, servicer, admin):
+    """BigQuery's supervised tuning names the target `label`; `completion` wins where both are."""
+    job = await create(servicer, admin,
+                       training_query="SELECT prompt, completion AS label FROM train")
+    both = await create(servicer, admin, model="both", training_query=(
+        "SELECT prompt, completion, 'not this' AS label FROM train"))
+    root = data.artifacts.root
+    for created in (job, both):
+        rows = read_jsonl(data, f"{root}/jobs/{created.id}/data/training.jsonl")
+        assert rows and all(r["completion"].startswith("answer ") for r in rows), rows
+
+
 async def test_without_validation_the_spec_says_null(data, servicer, admin):
     job = await create(servicer, admin)
     spec = json.loads(data.artifacts.read_bytes(f"{data.artifacts.root}/jobs/{job.id}/spec.json"))
@@ -103,9 +115,9 @@ async def test_without_validation_the_spec_says_null(data, servicer, admin):
 
 
 @pytest.mark.parametrize("query,column", [
-    ("SELECT prompt FROM train", "completion"),
-    ("SELECT completion AS answer, prompt FROM train", "completion"),
-    ("SELECT 1 AS x", "prompt, completion"),
+    ("SELECT prompt FROM train", "completion (or label)"),
+    ("SELECT completion AS answer, prompt FROM train", "completion (or label)"),
+    ("SELECT 1 AS x", "prompt, completion (or label)"),
 ])
 async def test_missing_columns_are_named(data, servicer, admin, query, column, dispatcher):
     jobs_before = files_under(data.config.home / "artifacts")
