@@ -21,33 +21,34 @@ version is its own LoRA name and integer id (control's adapter_id, never reused)
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import shutil
 import tempfile
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Awaitable, Callable, Mapping, Protocol
 
 import grpc
 
 from finetune.control.v1 import internal_pb2, internal_pb2_grpc
-from services.common import errors
+from services.common import adapter_files, errors
+from services.common.adapter_files import (
+    ADAPTER_CONFIG,
+    ADAPTER_WEIGHTS,
+    PICKLE_SUFFIXES,
+    AdapterInfo,
+    base_linear_shapes,
+)
 from services.common.artifacts import ArtifactStore
-from services.common.errors import FailedPrecondition
+from services.common.errors import FailedPrecondition, InvalidArgument
 from services.common.keys import hash_key
 from services.common.metrics import InferenceMetrics
 from services.inference.config import BaseModel
 from services.inference.engine import LoraAdapter
 
 log = logging.getLogger(__name__)
-
-ADAPTER_WEIGHTS = "adapter_model.safetensors"
-ADAPTER_CONFIG = "adapter_config.json"
-# Pickle-based checkpoints can run code when loaded: refused outright.
-PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 
 
 @dataclass(frozen=True)
@@ -146,137 +147,15 @@ class CachedResolver:
 
 # --- validation -------------------------------------------------------------------------------
 
-@dataclass(frozen=True)
-class AdapterInfo:
-    rank: int
-    alpha: float
-    target_modules: tuple[str, ...]
-
-
-def base_linear_shapes(model_dir: Path) -> dict[str, tuple[int, ...]]:
-    """Shapes of the base model's weights by tensor name, read from the safetensors headers."""
-    from safetensors import safe_open
-
-    shapes: dict[str, tuple[int, ...]] = {}
-    for file in sorted(Path(model_dir).glob("*.safetensors")):
-        with safe_open(str(file), framework="pt") as f:
-            for name in f.keys():
-                shapes[name] = tuple(f.get_slice(name).get_shape())
-    return shapes
-
-
 def validate_adapter(folder: Path, base: BaseModel, max_rank: int,
                      base_shapes: Mapping[str, tuple[int, ...]]) -> AdapterInfo:
-    """Check an adapter folder before the engine loads it; FailedPrecondition says what is wrong."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise FailedPrecondition("the model's adapter files are missing")
-    pickled = sorted(p.name for p in folder.iterdir() if p.name.endswith(PICKLE_SUFFIXES))
-    if pickled:
-        raise FailedPrecondition(
-            f"adapter has pickle-based weights ({', '.join(pickled)}); only safetensors is "
-            "accepted")
-    if not (folder / ADAPTER_WEIGHTS).is_file():
-        raise FailedPrecondition(f"adapter has no {ADAPTER_WEIGHTS}")
+    """Check an adapter folder before the engine loads it (services.common.adapter_files, the
+    rules control applies to an import). Here every refusal is FAILED_PRECONDITION: the model's
+    stored files, not the request, are at fault."""
     try:
-        config = json.loads((folder / ADAPTER_CONFIG).read_text())
-    except FileNotFoundError:
-        raise FailedPrecondition(f"adapter has no {ADAPTER_CONFIG}") from None
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise FailedPrecondition(f"adapter's {ADAPTER_CONFIG} is not valid JSON") from None
-    if not isinstance(config, dict):
-        raise FailedPrecondition(f"adapter's {ADAPTER_CONFIG} is not a JSON object")
-
-    peft_type = str(config.get("peft_type") or "LORA").upper()
-    if peft_type != "LORA":
-        raise FailedPrecondition(f"adapter type {peft_type} is not supported (LoRA only)")
-    unsupported = [name for name, present in (
-        ("DoRA", config.get("use_dora")),
-        ("LoRA bias", config.get("lora_bias") or config.get("bias") not in (None, "none")),
-        ("modules_to_save", config.get("modules_to_save")),
-        ("layer_replication", config.get("layer_replication")),
-        ("activated LoRA", config.get("alora_invocation_tokens")),
-    ) if present]
-    if unsupported:
-        raise FailedPrecondition(f"adapter uses unsupported features: {', '.join(unsupported)}")
-
-    rank = config.get("r")
-    ranks = [rank, *(config.get("rank_pattern") or {}).values()]
-    if not isinstance(rank, int) or not all(isinstance(r, int) and r > 0 for r in ranks):
-        raise FailedPrecondition("adapter's LoRA rank is missing or not a positive integer")
-    if max(ranks) > max_rank:
-        raise FailedPrecondition(
-            f"adapter rank {max(ranks)} exceeds the maximum rank {max_rank} served for "
-            f"{base.name}")
-
-    targets = config.get("target_modules")
-    if isinstance(targets, str) or not targets:
-        raise FailedPrecondition("adapter's target_modules must be a list of module names")
-    supported = set(base.target_modules)
-    unknown = sorted(set(targets) - supported)
-    if unknown:
-        raise FailedPrecondition(
-            f"adapter targets modules {unknown} that are not supported for {base.name} "
-            f"(supported: {sorted(supported)})")
-
-    declared_base = config.get("base_model_name_or_path")
-    if declared_base and not _names_base_model(str(declared_base), base):
-        raise FailedPrecondition(
-            f"adapter was trained on {declared_base}, not on {base.name}")
-
-    _check_tensors(folder / ADAPTER_WEIGHTS, supported, max_rank, base, base_shapes)
-    return AdapterInfo(rank=rank, alpha=float(config.get("lora_alpha") or rank),
-                       target_modules=tuple(sorted(targets)))
-
-
-def _names_base_model(declared: str, base: BaseModel) -> bool:
-    # The trainer records the base folder it loaded, which differs between machines; its last
-    # path component is the catalog name in every deployment we provision.
-    last = PurePosixPath(declared.rstrip("/")).name
-    return declared in (base.name, str(base.path)) or last in (base.name, base.path.name)
-
-
-def _check_tensors(weights: Path, supported: set[str], max_rank: int, base: BaseModel,
-                   base_shapes: Mapping[str, tuple[int, ...]]) -> None:
-    """Every LoRA tensor must sit on a supported module of the base model, with fitting shapes."""
-    from safetensors import SafetensorError, safe_open
-
-    try:
-        with safe_open(str(weights), framework="pt") as f:
-            shapes = {name: tuple(f.get_slice(name).get_shape()) for name in f.keys()}
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise FailedPrecondition(f"adapter weights are not a readable safetensors file: {exc}") \
-            from None
-    if not shapes:
-        raise FailedPrecondition("adapter weights file holds no tensors")
-    for name, shape in shapes.items():
-        module, kind = _split_lora_tensor_name(name)
-        if module is None:
-            raise FailedPrecondition(f"adapter tensor {name} is not a LoRA A/B weight")
-        if module.rsplit(".", 1)[-1] not in supported:
-            raise FailedPrecondition(f"adapter tensor {name} targets an unsupported module")
-        base_shape = base_shapes.get(module + ".weight")
-        if base_shape is None or len(base_shape) != 2 or len(shape) != 2:
-            raise FailedPrecondition(
-                f"adapter tensor {name} does not match any weight of {base.name}")
-        out_features, in_features = base_shape
-        rank = shape[0] if kind == "A" else shape[1]
-        expected = (rank, in_features) if kind == "A" else (out_features, rank)
-        if shape != expected or rank > max_rank:
-            raise FailedPrecondition(
-                f"adapter tensor {name} has shape {list(shape)}, which does not fit "
-                f"{base.name} ({module} is {out_features}x{in_features}, max rank {max_rank})")
-
-
-def _split_lora_tensor_name(name: str) -> tuple[str | None, str]:
-    """'base_model.model.model.layers.0.mlp.up_proj.lora_A.weight'
-    -> ('model.layers.0.mlp.up_proj', 'A')."""
-    for kind in ("A", "B"):
-        suffix = f".lora_{kind}.weight"
-        if name.endswith(suffix):
-            module = name[: -len(suffix)]
-            return module.removeprefix("base_model.model."), kind
-    return None, ""
+        return adapter_files.validate_adapter(folder, base, max_rank, base_shapes)
+    except InvalidArgument as exc:
+        raise FailedPrecondition(exc.message) from None
 
 
 # --- the registry -----------------------------------------------------------------------------
