@@ -11,10 +11,11 @@ import time
 from typing import Awaitable, Callable
 
 from fastapi import FastAPI
-from fastapi.responses import Response
+from fastapi.responses import RedirectResponse, Response
 from prometheus_client import CollectorRegistry
 
 from services.common.metrics import CONTENT_TYPE, HttpMetrics, exposition
+from services.console.app import CONSOLE_PATH, build_console
 from services.openai_api import completion_routes, errors, fine_tuning_routes, model_routes
 from services.openai_api.context import ApiContext
 
@@ -57,6 +58,12 @@ def build_app(ctx: ApiContext, registry: CollectorRegistry | None = None,
     errors.install(app)
     for router in (model_routes.router, completion_routes.router, fine_tuning_routes.router):
         app.include_router(router)
+    # The web console (services/console): its own pages and error handling, the same context.
+    app.mount(CONSOLE_PATH, build_console(ctx))
+
+    @app.get("/", include_in_schema=False)
+    async def home() -> Response:
+        return RedirectResponse(f"{CONSOLE_PATH}/", status_code=307)
     if registry is not None:
         app.add_middleware(RequestMetrics, metrics=HttpMetrics(registry))
 

@@ -3,20 +3,26 @@ privilege check stays in control (the inference service's token is never used he
 
 from __future__ import annotations
 
-from typing import AsyncIterator, Iterable, Protocol
+from typing import AsyncGenerator, AsyncIterator, Iterable, Protocol
 
 import grpc
 
 from finetune.control.v1 import (
+    access_pb2,
+    access_pb2_grpc,
     data_pb2,
     data_pb2_grpc,
     jobs_pb2,
     jobs_pb2_grpc,
     models_pb2,
     models_pb2_grpc,
+    usage_pb2,
+    usage_pb2_grpc,
 )
 
 ROWS_PER_MESSAGE = 500
+# An artifact download may be an adapter of hundreds of MB: a longer deadline than a call's.
+DOWNLOAD_TIMEOUT_S = 900.0
 
 
 class ControlApi(Protocol):
@@ -44,6 +50,25 @@ class ControlApi(Protocol):
     async def job_events(self, key: str, job_id: str, page_size: int,
                          page_token: str) -> jobs_pb2.ListFineTuningJobEventsResponse: ...
 
+    # -- what the web console calls besides (services/console) --------------------------------
+
+    async def whoami(self, key: str) -> access_pb2.Principal: ...
+
+    async def estimate_job(self, key: str, request: jobs_pb2.EstimateFineTuningJobRequest
+                           ) -> jobs_pb2.FineTuningJobEstimate: ...
+
+    async def preview_query(self, key: str, query: str,
+                            limit: int) -> data_pb2.PreviewQueryResponse: ...
+
+    def artifact_chunks(self, key: str, name: str,
+                        artifact: str) -> AsyncGenerator[bytes, None]: ...
+
+    async def aggregate_inference_usage(
+            self, key: str, group_by: Iterable[usage_pb2.UsageGrouping]
+    ) -> list[usage_pb2.InferenceUsageGroup]: ...
+
+    async def fine_tuning_usage(self, key: str, limit: int) -> list[usage_pb2.FineTuningUsage]: ...
+
 
 class GrpcControl:
     """ControlApi over a grpc.aio channel to control."""
@@ -52,6 +77,8 @@ class GrpcControl:
         self._jobs = jobs_pb2_grpc.FineTuningServiceStub(channel)
         self._models = models_pb2_grpc.ModelServiceStub(channel)
         self._data = data_pb2_grpc.DataServiceStub(channel)
+        self._access = access_pb2_grpc.AccessServiceStub(channel)
+        self._usage = usage_pb2_grpc.UsageServiceStub(channel)
         self._timeout_s = timeout_s
 
     @staticmethod
@@ -129,3 +156,49 @@ class GrpcControl:
                                                     page_token=page_token,
                                                     newest_first=True),
             metadata=self._auth(key), timeout=self._timeout_s)
+
+    async def whoami(self, key: str) -> access_pb2.Principal:
+        return await self._access.WhoAmI(access_pb2.WhoAmIRequest(), metadata=self._auth(key),
+                                         timeout=self._timeout_s)
+
+    async def estimate_job(self, key: str, request: jobs_pb2.EstimateFineTuningJobRequest
+                           ) -> jobs_pb2.FineTuningJobEstimate:
+        return await self._jobs.EstimateFineTuningJob(request, metadata=self._auth(key),
+                                                      timeout=self._timeout_s)
+
+    async def preview_query(self, key: str, query: str,
+                            limit: int) -> data_pb2.PreviewQueryResponse:
+        return await self._data.PreviewQuery(
+            data_pb2.PreviewQueryRequest(query=query, limit=limit), metadata=self._auth(key),
+            timeout=self._timeout_s)
+
+    async def artifact_chunks(self, key: str, name: str,
+                              artifact: str) -> AsyncGenerator[bytes, None]:
+        call = self._models.GetModelArtifact(
+            models_pb2.GetModelArtifactRequest(name=name, artifact=artifact),
+            metadata=self._auth(key), timeout=DOWNLOAD_TIMEOUT_S)
+        async for chunk in call:
+            yield chunk.data
+
+    async def aggregate_inference_usage(
+            self, key: str, group_by: Iterable[usage_pb2.UsageGrouping]
+    ) -> list[usage_pb2.InferenceUsageGroup]:
+        response = await self._usage.AggregateInferenceUsage(
+            usage_pb2.AggregateInferenceUsageRequest(group_by=list(group_by)),
+            metadata=self._auth(key), timeout=self._timeout_s)
+        return list(response.groups)
+
+    async def fine_tuning_usage(self, key: str, limit: int) -> list[usage_pb2.FineTuningUsage]:
+        """The newest `limit` rows (pages followed until then)."""
+        out: list[usage_pb2.FineTuningUsage] = []
+        token = ""
+        while len(out) < limit:
+            page = await self._usage.ListFineTuningUsage(
+                usage_pb2.ListFineTuningUsageRequest(page_size=min(limit - len(out), 100),
+                                                     page_token=token),
+                metadata=self._auth(key), timeout=self._timeout_s)
+            out += page.usage
+            token = page.next_page_token
+            if not token:
+                break
+        return out[:limit]
