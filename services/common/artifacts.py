@@ -64,6 +64,9 @@ class ArtifactStore:
         with self.open(uri, "rb") as f:
             return f.read()
 
+    def size(self, uri: str) -> int:
+        return int(self.fs.size(self._path(uri)))
+
     def exists(self, uri: str) -> bool:
         return self.fs.exists(self._path(uri))
 

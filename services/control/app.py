@@ -45,6 +45,8 @@ from services.control.core.databases import Databases
 from services.control.core.evaluation_runner import EvaluationRunner, RunnerSettings
 from services.control.core.evaluations import Evaluations
 from services.control.core.jobs import FineTuning
+from services.control.core.model_exports import ModelExports
+from services.control.core.model_imports import ImportSettings, ModelImports
 from services.control.core.models import ModelRegistry
 from services.control.core.notifier import ChangeNotifier
 from services.control.core.reconciler import Reconciler, ReconcilerSettings
@@ -101,6 +103,8 @@ class Components:
     dispatcher: JobDispatcher
     fine_tuning: FineTuning
     registry: ModelRegistry
+    imports: ModelImports
+    exports: ModelExports
     resolution: ModelResolution
     reconciler: Reconciler
     authenticator: Authenticator
@@ -128,7 +132,8 @@ class Components:
                                             evaluations=self.evaluations),
                          f"{PACKAGE}.FineTuningService"),
             Registration(models_pb2_grpc.add_ModelServiceServicer_to_server,
-                         ModelServicer(self.registry, self.evaluations),
+                         ModelServicer(self.registry, self.evaluations, self.imports,
+                                       self.exports),
                          f"{PACKAGE}.ModelService"),
             Registration(evaluations_pb2_grpc.add_EvaluationServiceServicer_to_server,
                          EvaluationServicer(self.evaluations, self.events),
@@ -201,6 +206,10 @@ def build_components(config: ControlConfig, dispatcher: JobDispatcher | None = N
         config=config, store=store, artifacts=artifacts, catalog=catalog, events=events,
         dispatcher=dispatcher, fine_tuning=fine_tuning,
         registry=ModelRegistry(store, artifacts, base_models, authorizer),
+        imports=ModelImports(store, artifacts, base_models, authorizer, provision, ImportSettings(
+            spool_dir=catalog.spool_dir, max_bytes=config.max_upload_bytes,
+            allowed_sources=config.import_sources)),
+        exports=ModelExports(store, artifacts, authorizer, evaluations.for_model),
         resolution=ModelResolution(store, base_models, service_token=config.service_token),
         reconciler=reconciler,
         authenticator=Authenticator(store, config.service_token), authorizer=authorizer,

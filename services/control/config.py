@@ -48,6 +48,9 @@ class ControlConfig:
     query_memory_limit: str = "1GB"
     query_threads: int = 2
     max_upload_bytes: int = 4 << 30
+    # URI prefixes ImportModel may read an adapter folder from (s3://bucket/adapters/, ...);
+    # none: adapters are imported by upload only. Comma-separated on the command line.
+    import_sources: tuple[str, ...] = ()
     # How long inference may cache a ResolveModel answer: the bound on how long a revoked key
     # or grant still works for COMPLETE (inference uses the smaller of this and its own TTL).
     resolve_cache_ttl_s: int = 30
@@ -90,6 +93,7 @@ _SETTINGS = {
     "query_memory_limit": ("FINETUNE_QUERY_MEMORY_LIMIT", str),
     "query_threads": ("FINETUNE_QUERY_THREADS", int),
     "max_upload_bytes": ("FINETUNE_MAX_UPLOAD_BYTES", int),
+    "import_sources": ("FINETUNE_IMPORT_SOURCES", str),
     "resolve_cache_ttl_s": ("FINETUNE_RESOLVE_CACHE_TTL_S", int),
     "prices_path": ("FINETUNE_PRICES", str),
     "worker_threads": ("FINETUNE_CONTROL_WORKER_THREADS", int),
@@ -146,6 +150,9 @@ def load_config(argv: Sequence[str] | None = None,
     merged = {**defaults, **values}
     if merged.get("trainer_max_failures", 0) < 0:
         raise SystemExit("--trainer-max-failures must be 0 or more")
+    if isinstance(merged.get("import_sources"), str):
+        merged["import_sources"] = tuple(
+            p.strip() for p in merged["import_sources"].split(",") if p.strip())
     for name in ("data_dir", "bootstrap_key_file", "catalog_path", "model_cache", "prices_path"):
         if merged.get(name) is not None:
             merged[name] = Path(merged[name]).expanduser()

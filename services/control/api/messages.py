@@ -171,7 +171,8 @@ def model_message(model: RegisteredModel,
         name=model.name, base_model=model.base_model, job_id=model.job_id,
         version=model.version, created_on=timestamp(model.created_on),
         trained_tokens=model.trained_tokens, training_loss=model.training_loss or 0.0,
-        validation_loss=model.validation_loss or 0.0, artifacts=list(artifacts))
+        validation_loss=model.validation_loss or 0.0, artifacts=list(artifacts),
+        imported_from=model.imported_from, file_sha256=model.file_sha256)
 
 
 def file_format(value: data_pb2.FileFormat) -> FileFormat | None:

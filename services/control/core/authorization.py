@@ -4,6 +4,7 @@ store for every decision, and `authorize(principal, privilege, object)`."""
 from __future__ import annotations
 
 from services.common.errors import FailedPrecondition
+from services.control.domain.names import qualified_name
 from services.control.domain.principals import Principal
 from services.control.domain.privileges import (
     PUBLIC,
@@ -44,6 +45,16 @@ class Authorizer:
         otherwise, before anything looks the object up."""
         access = self.access(principal)
         access.require(privilege, obj)
+        return access
+
+    def authorize_model_creation(self, principal: Principal, model_name: str) -> Access:
+        """What creating model `model_name` needs, whatever creates it (a job, an import):
+        FINETUNE on the account and CREATE MODEL (or OWNERSHIP) on its schema; one read of the
+        access."""
+        access = self.authorize(principal, Privilege.FINETUNE, SecurableObject.account())
+        target = qualified_name(model_name, "model name")
+        access.require(Privilege.CREATE_MODEL,
+                       SecurableObject.schema(f"{target.database}.{target.schema}"))
         return access
 
     def owner_role(self, principal: Principal) -> str:

@@ -30,7 +30,8 @@ from services.control.core import paging
 from services.control.core.authorization import Authorizer, load_access
 from services.control.core.clock import Clock, utc_now
 from services.control.core.evaluations import NO_INFERENCE, Evaluations, JobEvaluationRequest
-from services.control.core.lifecycle import end_job
+from services.control.core.lifecycle import check_model_name_free, end_job
+from services.control.core.models import base_model_named
 from services.control.core.notifier import ChangeNotifier
 from services.control.data.catalog import DataCatalog
 from services.control.data.snapshots import SnapshotRequest, Snapshots, take_snapshots
@@ -163,12 +164,11 @@ class FineTuning:
                           model_required: bool = True) -> None:
         """Before anything is looked up: FINETUNE on the account, CREATE MODEL on the target
         schema (when there is a target), OWNERSHIP of from_model; one read of the access."""
-        access = self._authorizer.authorize(principal, Privilege.FINETUNE,
-                                            SecurableObject.account())
         if model_required or request.model.strip():
-            target = qualified_name(request.model, "model name")
-            access.require(Privilege.CREATE_MODEL,
-                           SecurableObject.schema(f"{target.database}.{target.schema}"))
+            access = self._authorizer.authorize_model_creation(principal, request.model)
+        else:
+            access = self._authorizer.authorize(principal, Privilege.FINETUNE,
+                                                SecurableObject.account())
         if request.options.from_model.strip():
             access.require(Privilege.OWNERSHIP, SecurableObject.model(request.options.from_model))
 
@@ -180,13 +180,8 @@ class FineTuning:
         if not request.training_query.strip():
             raise InvalidArgument("training_query is required")
         parent = self._parent_model(account, request.options.from_model)
-        base_name = request.base_model.strip() or (parent.base_model if parent else "")
-        if not base_name:
-            raise InvalidArgument("base_model is required")
-        base = self._base_models.get(base_name)
-        if base is None:
-            raise InvalidArgument(f"unknown base model {base_name!r} (available: "
-                                  f"{', '.join(sorted(self._base_models)) or 'none'})")
+        base = base_model_named(self._base_models, request.base_model.strip() or (
+            parent.base_model if parent else ""))
         if parent is not None and parent.base_model != base.name:
             raise InvalidArgument(f"from_model {parent.name} was trained on {parent.base_model}, "
                                   f"not {base.name}")
@@ -311,13 +306,7 @@ class FineTuning:
         return parent
 
     def _check_name_free(self, account: str, model_name: str) -> None:
-        def check(tx):
-            if tx.models.get(account, model_name) is not None:
-                raise AlreadyExists(f"model {model_name} already exists")
-            active = tx.jobs.active_with_model_name(account, model_name)
-            if active is not None:
-                raise AlreadyExists(f"job {active.id} is already training model {model_name}")
-        self._store.run(check)
+        self._store.run(lambda tx: check_model_name_free(tx, account, model_name))
 
     def _lost_race(self, principal: Principal, request_id: str | None,
                    model_name: str) -> Job:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
+from services.common.errors import AlreadyExists
 from services.control.core.usage import record_fine_tuning_usage
 from services.control.domain.events import EventType, NewEvent
 from services.control.domain.jobs import Job, JobStatus, TrainingResult
@@ -28,11 +29,27 @@ def register_model(tx: Tx, job: Job, result: TrainingResult, output_uri: str, no
         job_id=job.id, adapter_uri=output_uri, created_on=now,
         trained_tokens=result.trained_tokens, training_loss=result.training_loss,
         validation_loss=result.validation_loss, state=state)
-    owner = tx.access.role_by_id(job.owner_role_id) if job.owner_role_id else None
-    if owner is not None and owner.account_id == job.account_id:
-        tx.access.grant_privilege(job.account_id, owner.id, Privilege.OWNERSHIP,
-                                  SecurableObject.model(job.model_name), "SYSTEM", now)
+    grant_model_ownership(tx, job.account_id, job.owner_role_id, job.model_name, now)
     return model
+
+
+def grant_model_ownership(tx: Tx, account_id: str, owner_role_id: str | None, model_name: str,
+                          now: datetime) -> None:
+    """OWNERSHIP of a new model for the role that created it (a job's, an import's), if that
+    role still exists in the account."""
+    owner = tx.access.role_by_id(owner_role_id) if owner_role_id else None
+    if owner is not None and owner.account_id == account_id:
+        tx.access.grant_privilege(account_id, owner.id, Privilege.OWNERSHIP,
+                                  SecurableObject.model(model_name), "SYSTEM", now)
+
+
+def check_model_name_free(tx: Tx, account_id: str, name: str) -> None:
+    """AlreadyExists while a live model has the name, or a job is training one of it."""
+    if tx.models.get(account_id, name) is not None:
+        raise AlreadyExists(f"model {name} already exists")
+    active = tx.jobs.active_with_model_name(account_id, name)
+    if active is not None:
+        raise AlreadyExists(f"job {active.id} is already training model {name}")
 
 
 def registered_event(model: RegisteredModel) -> NewEvent:

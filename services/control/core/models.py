@@ -23,6 +23,17 @@ from services.control.store.database import Store
 ARTIFACT_CHUNK_BYTES = 1 << 20
 
 
+def base_model_named(base_models: Mapping[str, BaseModelSpec], name: str) -> BaseModelSpec:
+    """The catalog's base model `name`; INVALID_ARGUMENT naming the ones there are."""
+    if not name:
+        raise InvalidArgument("base_model is required")
+    base = base_models.get(name)
+    if base is None:
+        raise InvalidArgument(f"unknown base model {name!r} (available: "
+                              f"{', '.join(sorted(base_models)) or 'none'})")
+    return base
+
+
 @dataclass(frozen=True)
 class ModelPage:
     models: list[RegisteredModel]

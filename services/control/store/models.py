@@ -15,10 +15,11 @@ from services.control.store.tables import ModelRow
 def _to_model(row: ModelRow) -> RegisteredModel:
     return RegisteredModel(
         id=row.id, account_id=row.account_id, name=row.name, version=row.version,
-        base_model=row.base_model, job_id=row.job_id, adapter_uri=row.adapter_uri,
+        base_model=row.base_model, job_id=row.job_id or "", adapter_uri=row.adapter_uri,
         created_on=row.created_on, trained_tokens=row.trained_tokens,
         training_loss=row.training_loss, validation_loss=row.validation_loss,
-        state=row.state or ModelState.READY)
+        state=row.state or ModelState.READY, imported_from=row.imported_from or "",
+        file_sha256=dict(row.file_sha256 or {}), request_id=row.request_id or "")
 
 
 class ModelRepository:
@@ -28,14 +29,18 @@ class ModelRepository:
     def add(self, *, account_id: str, name: str, base_model: str, job_id: str,
             adapter_uri: str, created_on: datetime, trained_tokens: int,
             training_loss: float | None, validation_loss: float | None,
-            state: str = ModelState.READY) -> RegisteredModel:
+            state: str = ModelState.READY, imported_from: str = "",
+            file_sha256: dict[str, str] | None = None,
+            request_id: str = "") -> RegisteredModel:
+        """A new version of `name`; job_id "" for an imported model (with its lineage)."""
         previous = self._s.scalar(select(func.max(ModelRow.version)).where(
             ModelRow.account_id == account_id, ModelRow.name == name)) or 0
         row = ModelRow(account_id=account_id, name=name, version=previous + 1,
-                       base_model=base_model, job_id=job_id, adapter_uri=adapter_uri,
+                       base_model=base_model, job_id=job_id or None, adapter_uri=adapter_uri,
                        created_on=created_on, trained_tokens=trained_tokens,
                        training_loss=training_loss, validation_loss=validation_loss,
-                       state=state)
+                       state=state, imported_from=imported_from or None,
+                       file_sha256=file_sha256 or None, request_id=request_id or None)
         self._s.add(row)
         self._s.flush()
         return _to_model(row)
@@ -47,6 +52,13 @@ class ModelRepository:
 
     def get(self, account_id: str, name: str) -> RegisteredModel | None:
         row = self._live(account_id, name)
+        return None if row is None else _to_model(row)
+
+    def by_request_id(self, account_id: str, request_id: str) -> RegisteredModel | None:
+        """The live model an import with this request id registered."""
+        row = self._s.scalar(select(ModelRow).where(ModelRow.account_id == account_id,
+                                                    ModelRow.request_id == request_id,
+                                                    ModelRow.deleted_on.is_(None)))
         return None if row is None else _to_model(row)
 
     def by_job(self, job_id: str) -> RegisteredModel | None:

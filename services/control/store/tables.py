@@ -151,6 +151,7 @@ class ModelRow(Base):
     __table_args__ = (
         Index("uq_models_live_name", "account_id", "name", unique=True,
               sqlite_where=text(LIVE_MODEL), postgresql_where=text(LIVE_MODEL)),
+        UniqueConstraint("account_id", "request_id", name="uq_models_account_request"),
         # AUTOINCREMENT: SQLite must never hand out the id of a deleted row again (it is the
         # adapter id inference caches adapters under).
         {"sqlite_autoincrement": True},
@@ -161,9 +162,14 @@ class ModelRow(Base):
     name: Mapped[str] = mapped_column(String(800))
     version: Mapped[int] = mapped_column(Integer)
     base_model: Mapped[str] = mapped_column(String(255))
-    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id"), unique=True)
+    # NULL for an imported model (no job made it)
+    job_id: Mapped[str | None] = mapped_column(ForeignKey("jobs.id"), unique=True, nullable=True)
     adapter_uri: Mapped[str] = mapped_column(Text)
     created_on: Mapped[datetime] = mapped_column(UtcDateTime)
+    # An imported model's lineage: where its files came from ("upload" or a URI), their sha256.
+    imported_from: Mapped[str | None] = mapped_column(Text, nullable=True)
+    file_sha256: Mapped[dict | None] = mapped_column(JSON, nullable=True)
+    request_id: Mapped[str | None] = mapped_column(String(255), nullable=True)
     trained_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
     training_loss: Mapped[float | None] = mapped_column(Float, nullable=True)
     validation_loss: Mapped[float | None] = mapped_column(Float, nullable=True)

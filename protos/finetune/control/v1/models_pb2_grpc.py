@@ -59,6 +59,16 @@ class ModelServiceStub:
                 request_serializer=finetune_dot_control_dot_v1_dot_models__pb2.GetModelArtifactRequest.SerializeToString,
                 response_deserializer=finetune_dot_control_dot_v1_dot_models__pb2.ArtifactChunk.FromString,
                 _registered_method=True)
+        self.ImportModel = channel.stream_unary(
+                '/finetune.control.v1.ModelService/ImportModel',
+                request_serializer=finetune_dot_control_dot_v1_dot_models__pb2.ImportModelRequest.SerializeToString,
+                response_deserializer=finetune_dot_control_dot_v1_dot_models__pb2.Model.FromString,
+                _registered_method=True)
+        self.ExportModel = channel.unary_stream(
+                '/finetune.control.v1.ModelService/ExportModel',
+                request_serializer=finetune_dot_control_dot_v1_dot_models__pb2.ExportModelRequest.SerializeToString,
+                response_deserializer=finetune_dot_control_dot_v1_dot_models__pb2.ExportModelResponse.FromString,
+                _registered_method=True)
 
 
 class ModelServiceServicer:
@@ -95,6 +105,26 @@ class ModelServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ImportModel(self, request_iterator, context):
+        """Registers a PEFT LoRA adapter trained elsewhere as a model. The first message is the
+        header; the adapter's files follow as chunks, or the header names an object-store folder
+        (source_uri) that control reads. Checked against the base model before it is registered:
+        malformed files (pickles, truncated or oversized safetensors headers) are INVALID_ARGUMENT,
+        an adapter that does not fit the base model FAILED_PRECONDITION, with the reason. Needs
+        what creating a model needs (FINETUNE_USER, CREATE MODEL on the schema).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ExportModel(self, request, context):
+        """Streams a model as a PEFT folder (adapter_config.json, adapter_model.safetensors,
+        manifest.json) or as a tar archive of those files. Needs OWNERSHIP of the model.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ModelServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -122,6 +152,16 @@ def add_ModelServiceServicer_to_server(servicer, server):
                     servicer.GetModelArtifact,
                     request_deserializer=finetune_dot_control_dot_v1_dot_models__pb2.GetModelArtifactRequest.FromString,
                     response_serializer=finetune_dot_control_dot_v1_dot_models__pb2.ArtifactChunk.SerializeToString,
+            ),
+            'ImportModel': grpc.stream_unary_rpc_method_handler(
+                    servicer.ImportModel,
+                    request_deserializer=finetune_dot_control_dot_v1_dot_models__pb2.ImportModelRequest.FromString,
+                    response_serializer=finetune_dot_control_dot_v1_dot_models__pb2.Model.SerializeToString,
+            ),
+            'ExportModel': grpc.unary_stream_rpc_method_handler(
+                    servicer.ExportModel,
+                    request_deserializer=finetune_dot_control_dot_v1_dot_models__pb2.ExportModelRequest.FromString,
+                    response_serializer=finetune_dot_control_dot_v1_dot_models__pb2.ExportModelResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -259,6 +299,60 @@ class ModelService:
             '/finetune.control.v1.ModelService/GetModelArtifact',
             finetune_dot_control_dot_v1_dot_models__pb2.GetModelArtifactRequest.SerializeToString,
             finetune_dot_control_dot_v1_dot_models__pb2.ArtifactChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ImportModel(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/finetune.control.v1.ModelService/ImportModel',
+            finetune_dot_control_dot_v1_dot_models__pb2.ImportModelRequest.SerializeToString,
+            finetune_dot_control_dot_v1_dot_models__pb2.Model.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExportModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/finetune.control.v1.ModelService/ExportModel',
+            finetune_dot_control_dot_v1_dot_models__pb2.ExportModelRequest.SerializeToString,
+            finetune_dot_control_dot_v1_dot_models__pb2.ExportModelResponse.FromString,
             options,
             channel_credentials,
             insecure,
