@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import uuid
 from pathlib import Path
-from typing import Iterable, Iterator, cast
+from typing import Callable, Iterable, Iterator, cast
 
 import grpc
 
@@ -31,6 +31,7 @@ from finetune.control.v1 import (
     models_pb2_grpc,
 )
 from finetune.inference.v1 import inference_pb2, inference_pb2_grpc
+from services.common.adapter_files import ADAPTER_FILES, PICKLE_SUFFIXES
 
 CHUNK_BYTES = 1 << 20
 _FORMATS = {".csv": data_pb2.CSV, ".jsonl": data_pb2.JSONL, ".json": data_pb2.JSONL,
@@ -178,6 +179,38 @@ class FinetuneClient:
         chunks = self.models.GetModelArtifact(models_pb2.GetModelArtifactRequest(
             name=model, artifact=artifact))
         return b"".join(c.data for c in chunks)
+
+    def import_model(self, name: str, base_model: str, source: str | os.PathLike,
+                     request_id: str | None = None,
+                     progress: Callable[[int], None] | None = None) -> models_pb2.Model:
+        """Register a PEFT LoRA adapter trained elsewhere. `source` is a local folder (or its
+        adapter_model.safetensors), whose files are uploaded, or an object-store URI
+        (s3://bucket/folder) that control reads itself. `progress(n)` hears of each n bytes
+        sent."""
+        header = models_pb2.ImportModelHeader(name=name, base_model=base_model,
+                                              request_id=request_id or str(uuid.uuid4()))
+        if "://" in str(source):
+            header.source_uri = str(source)
+            return self.models.ImportModel(iter([models_pb2.ImportModelRequest(header=header)]))
+        files = adapter_upload_files(Path(source))
+
+        def requests() -> Iterator[models_pb2.ImportModelRequest]:
+            yield models_pb2.ImportModelRequest(header=header)
+            for path in files:
+                with open(path, "rb") as f:
+                    while chunk := f.read(CHUNK_BYTES):
+                        yield models_pb2.ImportModelRequest(file_chunk=models_pb2.AdapterFileChunk(
+                            file=path.name, data=chunk))
+                        if progress is not None:
+                            progress(len(chunk))
+        return self.models.ImportModel(requests())
+
+    def export_model(self, name: str, tar: bool = False
+                     ) -> Iterator[models_pb2.ExportModelResponse]:
+        """The model as a PEFT folder's files (each chunk names its file) or as one tar
+        archive's bytes; the first message's total_bytes is for progress."""
+        fmt = models_pb2.EXPORT_FORMAT_TAR if tar else models_pb2.EXPORT_FORMAT_FILES
+        return self.models.ExportModel(models_pb2.ExportModelRequest(name=name, format=fmt))
 
     # -- evaluations ---------------------------------------------------------------------------
 
@@ -395,6 +428,16 @@ class FinetuneClient:
     def drop_view(self, name: str, if_exists: bool = False) -> bool:
         return self.data.DropView(data_pb2.DropViewRequest(
             name=name, if_exists=if_exists)).dropped
+
+
+def adapter_upload_files(source: Path) -> list[Path]:
+    """What an import uploads from a local adapter folder: its two PEFT files, and any
+    pickle-based weights beside them, which control refuses with its reason."""
+    folder = source.parent if source.is_file() else source
+    if not folder.is_dir():
+        raise ValueError(f"{source} is not an adapter folder")
+    return sorted(p for p in folder.iterdir() if p.is_file() and (
+        p.name in ADAPTER_FILES or p.name.endswith(PICKLE_SUFFIXES)))
 
 
 def privilege_value(name: str) -> access_pb2.Privilege:

@@ -16,6 +16,8 @@ from services.cli.data_commands import data_app
 from services.cli.evaluation_commands import evaluate as _evaluate
 from services.cli.evaluation_commands import evaluations_app
 from services.cli.job_commands import TASKS, jobs_app
+from services.cli.model_commands import describe as _describe_model
+from services.cli.model_commands import models_app
 from services.cli.settings import Endpoints, default_home
 from services.cli.usage_commands import usage_app
 from services.common.base_models import DEFAULT_BASE_MODEL
@@ -42,6 +44,9 @@ app.add_typer(usage_app, name="usage")
 app.add_typer(data_app, name="data")
 app.add_typer(jobs_app, name="jobs")
 app.add_typer(evaluations_app, name="evaluations")
+app.add_typer(models_app, name="models")
+app.command("model", help="One model: lineage, losses and its evaluations (= models "
+                          "describe).")(_describe_model)
 
 
 # -- local stack --------------------------------------------------------------------------------
@@ -268,47 +273,6 @@ def base_models():
             out.add_row(m.name, str(m.context_window), str(m.prompt_tokens),
                         str(m.completion_tokens), str(m.rows_per_epoch))
     console.print(out)
-
-
-@app.command()
-@_rpc
-def models():
-    """Fine-tuned models of this account."""
-    from rich.table import Table
-    with _client() as client:
-        out = Table("name", "base model", "job", "version", "trained tokens", "training loss")
-        for m in client.list_models():
-            out.add_row(m.name, m.base_model, m.job_id, str(m.version), str(m.trained_tokens),
-                        f"{m.training_loss:.4f}")
-    console.print(out)
-
-
-@app.command()
-@_rpc
-def model(name: str, labels: bool = typer.Option(False, help="per-label metrics of the latest "
-                                                             "evaluation")):
-    """One fine-tuned model: lineage, losses and its evaluations."""
-    from rich.table import Table
-    with _client() as client:
-        m = client.get_model(name)
-    out = Table(show_header=False, box=None)
-    out.add_column(style="bold")
-    out.add_column()
-    for key, value in [("name", m.name), ("base_model", m.base_model), ("job", m.job_id),
-                       ("version", str(m.version)), ("created_on", views.when(m.created_on)),
-                       ("trained_tokens", str(m.trained_tokens)),
-                       ("training_loss", f"{m.training_loss:.4f}"),
-                       ("validation_loss", f"{m.validation_loss:.4f}"),
-                       ("artifacts", ", ".join(m.artifacts))]:
-        out.add_row(key, value)
-    console.print(out)
-    if m.evaluations:
-        console.print(views.evaluations_table(m.evaluations))
-        latest = [e for e in m.evaluations if e.metrics][:1]
-        if latest:
-            console.print(views.metrics_side_by_side(latest))
-            if labels:
-                console.print(views.labels_side_by_side(latest))
 
 
 @app.command()

@@ -5,6 +5,7 @@ inference gRPC server in front of the engine."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import shutil
 from dataclasses import dataclass, field
@@ -275,11 +276,13 @@ class Inference:
         return (("authorization", f"Bearer {key}"),) if key else ()
 
 
-@pytest.fixture(scope="session")
-async def inference(engine, control, base_model_spec, tmp_path_factory):
-    config = make_config(base_model_spec, tmp_path_factory)
-    channel = grpc.aio.insecure_channel(control.address)
-    usage = UsageOutbox(OutboxStore(tmp_path_factory.mktemp("state") / "usage-outbox.sqlite3"),
+@contextlib.asynccontextmanager
+async def serving(engine, control_address: str, config: InferenceConfig, state_dir):
+    """The real inference gRPC server in front of `engine`, resolving models and reporting
+    usage through the control service at `control_address` (a fake or the real one):
+    yields (server, usage outbox)."""
+    channel = grpc.aio.insecure_channel(control_address)
+    usage = UsageOutbox(OutboxStore(state_dir / "usage-outbox.sqlite3"),
                         GrpcUsageReporter(channel, SERVICE_TOKEN))
     usage.start()
     servicer = InferenceServicer()
@@ -288,7 +291,25 @@ async def inference(engine, control, base_model_spec, tmp_path_factory):
     servicer.attach(build_completions(config, engine, GrpcModelResolver(channel, SERVICE_TOKEN),
                                       usage), engine.info)
     await server.set_serving()
-    yield Inference(server.address, server, usage, engine, control)
-    await server.stop(0)
-    await usage.stop()
-    await channel.close()
+    try:
+        yield server, usage
+    finally:
+        await server.stop(0)
+        await usage.stop()
+        await channel.close()
+
+
+@pytest.fixture(scope="session")
+def serve_inference(engine, base_model_spec, tmp_path_factory):
+    """serve_inference(control_address) -> an async context of (server, usage outbox): the
+    shared engine behind another inference server, for a control of the test's own."""
+    def start(control_address: str):
+        return serving(engine, control_address, make_config(base_model_spec, tmp_path_factory),
+                       tmp_path_factory.mktemp("state"))
+    return start
+
+
+@pytest.fixture(scope="session")
+async def inference(engine, control, serve_inference):
+    async with serve_inference(control.address) as (server, usage):
+        yield Inference(server.address, server, usage, engine, control)
