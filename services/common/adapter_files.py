@@ -303,8 +303,10 @@ def check_config(config: Mapping[str, Any], base: AdapterBase, max_rank: int) ->
     if unsupported:
         raise IncompatibleAdapter(f"adapter uses unsupported features: {', '.join(unsupported)}")
 
-    rank = config.get("r")
-    ranks = [rank, *(config.get("rank_pattern") or {}).values()]
+    rank, pattern = config.get("r"), config.get("rank_pattern") or {}
+    if not isinstance(pattern, dict):
+        raise MalformedAdapter("adapter's rank_pattern must map module names to ranks")
+    ranks = [rank, *pattern.values()]
     if not isinstance(rank, int) or not all(_natural(r) and r > 0 for r in ranks):
         raise MalformedAdapter("adapter's LoRA rank is missing or not a positive integer")
     if max(ranks) > max_rank:

@@ -42,6 +42,7 @@ from services.control.store.database import Store, Tx
 
 log = logging.getLogger(__name__)
 
+MAX_REQUEST_ID = 255   # the column's width
 # (base model) -> its weights' shapes by tensor name (services.common.adapter_files)
 ShapeSource = Callable[[BaseModelSpec], Mapping[str, tuple[int, ...]]]
 
@@ -84,6 +85,8 @@ class ModelImports:
         self._authorizer.authorize_model_creation(principal, request.model)
         name = str(qualified_name(request.model, "model name"))
         request_id = request.request_id.strip()
+        if len(request_id) > MAX_REQUEST_ID:
+            raise InvalidArgument(f"request_id is longer than {MAX_REQUEST_ID} characters")
         if request_id:
             earlier = self._store.run(
                 lambda tx: tx.models.by_request_id(principal.account_id, request_id))

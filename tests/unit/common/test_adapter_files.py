@@ -269,6 +269,10 @@ def _not_lora(folder):
     edit_config(folder, peft_type="IA3")
 
 
+def _rank_pattern_not_a_mapping(folder):
+    edit_config(folder, rank_pattern=[4])
+
+
 BROKEN = [
     (_pickle_weights, MalformedAdapter, "is a Python pickle, not safetensors"),
     (_zip_weights, MalformedAdapter, "zip archive (torch.save"),
@@ -300,6 +304,7 @@ BROKEN = [
     (_wrong_base_model, IncompatibleAdapter, "trained on meta-llama/Llama-2-7b-hf, not on"),
     (_dora, IncompatibleAdapter, "DoRA"),
     (_not_lora, IncompatibleAdapter, "IA3"),
+    (_rank_pattern_not_a_mapping, MalformedAdapter, "rank_pattern must map"),
 ]
 
 
