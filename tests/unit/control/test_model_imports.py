@@ -343,3 +343,34 @@ def test_import_sources_come_from_the_config(tmp_path):
                           "s3://team/adapters/, gs://other"])
     assert config.import_sources == ("s3://team/adapters/", "gs://other")
     assert replace(config, import_sources=()).import_sources == ()
+
+
+async def test_an_imported_model_is_evaluated_and_its_export_says_so(tmp_path, tiny_base,
+                                                                     dispatcher, base_config,
+                                                                     peft_adapter):
+    from evaluation_testbed import CODES, FakeCompletions, build_control, labelled_rows
+
+    from services.control.core.evaluations import EvaluateModel
+    from services.control.domain.evaluations import EvaluationStatus
+
+    fake = FakeCompletions()
+    fake.answers = {f"code of {word}": label for word, label in CODES.items()}
+    with build_control(tmp_path / "evaluating", tiny_base, dispatcher, fake) as control:
+        key = control.config.bootstrap_key_file.read_text().strip()
+        admin = control.store.run(lambda tx: tx.accounts.authenticate(key))
+        servicer = ModelServicer(control.registry, control.evaluations, control.imports,
+                                 control.exports)
+        m = await import_upload(servicer, admin, peft_adapter)
+        load_rows(control, admin.account_id, "evals", labelled_rows(4))
+        created = control.evaluations.create(admin, EvaluateModel(
+            model=m.name, query="SELECT prompt, label FROM evals ORDER BY n"))
+        done = await control.evaluation_runner.run_one(created.id)
+        assert done.status is EvaluationStatus.SUCCEEDED and done.metrics["accuracy"] == 1.0
+        assert {c.model for c in fake.calls} == {m.name}
+        with acting_as(admin):
+            described = await servicer.GetModel(models_pb2.GetModelRequest(name=m.name), None)
+        assert [e.id for e in described.evaluations] == [done.id]
+        parts = await export(servicer, admin, m.name)
+        manifest = json.loads(b"".join(p.data for p in parts if p.file == "manifest.json"))
+        assert [(e["id"], e["metrics"]["accuracy"]) for e in
+                manifest["metrics"]["evaluations"]] == [(done.id, 1.0)]
