@@ -12,6 +12,7 @@ from datetime import date, datetime, timedelta, timezone
 from typing import Any, Iterable, Mapping, Sequence
 
 RESULTS_COLUMNS = ("step", "training_loss")   # required; epoch and validation_loss optional
+MIN_DAYS = 7   # a daily chart spans a week at least: one day alone is a dot with no axis
 
 
 class ChartError(ValueError):
@@ -107,9 +108,11 @@ def day_seconds(day: str) -> float:
     return datetime(parsed.year, parsed.month, parsed.day, tzinfo=timezone.utc).timestamp()
 
 
-def daily_chart(points: Iterable[tuple[str, str, float]], x_label: str = "day") -> Chart:
+def daily_chart(points: Iterable[tuple[str, str, float]], x_label: str = "day",
+                min_days: int = MIN_DAYS) -> Chart:
     """(day, series, value) summed into one series per name over every day from the first to
-    the last (a day without usage is 0), series in name order."""
+    the last, and at least `min_days` up to the last (a day without usage is 0), series in
+    name order."""
     totals: dict[str, dict[str, float]] = {}
     for day, name, value in points:
         date.fromisoformat(day)   # a malformed day fails here, not in the browser
@@ -118,7 +121,9 @@ def daily_chart(points: Iterable[tuple[str, str, float]], x_label: str = "day") 
     days = sorted({d for by_day in totals.values() for d in by_day})
     if not days:
         return Chart(x_label, [], [], time_axis=True)
-    every = _days_between(days[0], days[-1])
+    first = min(date.fromisoformat(days[0]),
+                date.fromisoformat(days[-1]) - timedelta(days=min_days - 1))
+    every = _days_between(first.isoformat(), days[-1])
     return Chart(x_label, [day_seconds(d) for d in every],
                  [Series(name, [totals[name].get(d, 0.0) for d in every])
                   for name in sorted(totals)], time_axis=True)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from contextlib import aclosing
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Awaitable, TypeVar
 
 import grpc
 
@@ -21,7 +21,9 @@ JOBS_PAGE = 100
 MAX_EVENTS = 200
 MAX_FINE_TUNING_USAGE = 500
 MAX_RESULTS_BYTES = 16 * 1024 * 1024   # a training_results.csv read for a chart
+CONCURRENT_CALLS = 8    # per page: GetModel and the download probe, per model
 CALL_ERRORS = (grpc.aio.AioRpcError, FinetuneError)
+T = TypeVar("T")
 
 
 def refusal_of(exc: BaseException) -> tuple[int, str]:
@@ -99,13 +101,25 @@ async def _download_refusal(control: ControlApi, key: str, model: str) -> str:
         return refusal_message(exc)
 
 
+async def _bounded(calls: list[Awaitable[T]], limit: int = CONCURRENT_CALLS) -> list[T]:
+    gate = asyncio.Semaphore(limit)
+
+    async def one(call: Awaitable[T]) -> T:
+        async with gate:
+            return await call
+    return list(await asyncio.gather(*(one(c) for c in calls)))
+
+
 async def models(control: ControlApi, key: str) -> list[pages.ModelRow]:
+    """ListModels names the models (USAGE); GetModel adds each one's evaluations and artifact
+    names, which the list leaves out."""
     listed, groups = await asyncio.gather(
         control.models(key),
         control.aggregate_inference_usage(key, [usage_pb2.GROUP_BY_MODEL]))
-    refusals = await asyncio.gather(*(_download_refusal(control, key, m.name) for m in listed))
-    return pages.model_rows(listed, pages.usage_by_model(groups),
-                            {m.name: r for m, r in zip(listed, refusals, strict=True)})
+    described = await _bounded([control.get_model(key, m.name) for m in listed])
+    refusals = await _bounded([_download_refusal(control, key, m.name) for m in described])
+    return pages.model_rows(described, pages.usage_by_model(groups),
+                            {m.name: r for m, r in zip(described, refusals, strict=True)})
 
 
 async def usage(control: ControlApi, key: str) -> dict[str, Any]:

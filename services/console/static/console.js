@@ -33,6 +33,7 @@ function drawChart(el) {
   };
   const opts = {
     width: width, height: 300,
+    padding: [12, 36, 12, 12],   // room for the last x label
     scales: { x: { time: spec.time } },
     axes: [xAxis, yAxis],
     series: series,

@@ -122,15 +122,17 @@ class FakeControl:
                                      completion_tokens=1024, rows_per_epoch=1000)]
 
     async def models(self, key):
+        """As ListModels answers: without evaluations and artifact names."""
         self._check(key)
         return [models_pb2.Model(
             name=TUNED, base_model=BASE, job_id=DONE_JOB, version=2, created_on=ts(1_700_000_100),
-            trained_tokens=1234, training_loss=0.5, validation_loss=0.8,
-            artifacts=["adapter_config.json", "training_results.csv"],
-            evaluations=[evaluation("tuned", 0.9, 0.85)])]
+            trained_tokens=1234, training_loss=0.5, validation_loss=0.8)]
 
     async def get_model(self, key, name):
-        return next(m for m in await self.models(key) if m.name == name)
+        model = next(m for m in await self.models(key) if m.name == name)
+        model.artifacts.extend(["adapter_config.json", "training_results.csv"])
+        model.evaluations.append(evaluation("tuned", 0.9, 0.85))
+        return model
 
     async def list_jobs(self, key, page_size, page_token):
         self._check(key)

@@ -65,12 +65,18 @@ def test_progress_events_with_losses_become_points_by_step():
 
 def test_daily_points_are_summed_per_series_over_every_day():
     chart = daily_chart([("2025-02-27", "b", 1.0), ("2025-03-01", "a", 2.0),
-                         ("2025-03-01", "a", 3.0)])
+                         ("2025-03-01", "a", 3.0)], min_days=1)
     assert chart.time_axis and len(chart.x) == 3            # 27, 28 February, 1 March
     assert chart.x[0] == day_seconds("2025-02-27") == 1740614400.0
     assert chart.x[2] - chart.x[0] == 2 * 86400
     assert [(s.label, s.values) for s in chart.series] == [("a", [0.0, 0.0, 5.0]),
                                                            ("b", [1.0, 0.0, 0.0])]
+
+
+def test_a_daily_chart_spans_a_week_at_least():
+    chart = daily_chart([("2025-03-01", "a", 2.0)])
+    assert len(chart.x) == 7 and chart.x[-1] == day_seconds("2025-03-01")
+    assert chart.series[0].values == [0.0] * 6 + [2.0]
 
 
 def test_no_usage_is_an_empty_daily_chart_and_a_bad_day_fails_here():
