@@ -129,6 +129,46 @@ class FinetuneClient:
     def preview(self, query: str, limit: int = 10) -> data_pb2.PreviewQueryResponse:
         return self.data.PreviewQuery(data_pb2.PreviewQueryRequest(query=query, limit=limit))
 
+    def run_query(self, query: str, max_rows: int = 0, page_token: str = ""
+                  ) -> Iterator[data_pb2.RunQueryResponse]:
+        """One page of the query's rows, as the server streams it."""
+        return self.data.RunQuery(data_pb2.RunQueryRequest(
+            query=query, max_rows=max_rows, page_token=page_token))
+
+    def query_rows(self, query: str, limit: int | None = None, page_rows: int = 0
+                   ) -> tuple[list[data_pb2.Column], Iterator[dict[str, str | None]]]:
+        """The query's columns and its rows (every page, or the first `limit` rows) as dicts;
+        a SQL NULL is None."""
+        responses = self.run_query(query, min(page_rows or 10_000, limit or 10_000))
+        first = next(responses)
+        columns = list(first.columns)
+        names = [c.name for c in columns]
+
+        def rows() -> Iterator[dict[str, str | None]]:
+            sent = 0
+            message, stream = first, responses
+            while True:
+                for row in message.rows:
+                    if limit is not None and sent >= limit:
+                        return
+                    sent += 1
+                    yield {n: row.values[n] if n in row.values else None for n in names}
+                following = next(stream, None)
+                if following is not None:
+                    message = following
+                    continue
+                if not message.next_page_token or (limit is not None and sent >= limit):
+                    return
+                stream = self.run_query(query, page_rows, message.next_page_token)
+                message = next(stream)
+        return columns, rows()
+
+    def save_query(self, query: str, into: str, replace: bool = False) -> data_pb2.Table:
+        """The query's result saved as the table `into`."""
+        response = next(self.data.RunQuery(data_pb2.RunQueryRequest(
+            query=query, into=into, replace=replace)))
+        return response.table
+
     def list_tables(self, database: str = "") -> list[data_pb2.Table]:
         return list(self.data.ListTables(data_pb2.ListTablesRequest(database=database)).tables)
 

@@ -18,6 +18,7 @@ from services.cli.evaluation_commands import evaluations_app
 from services.cli.job_commands import TASKS, jobs_app
 from services.cli.model_commands import describe as _describe_model
 from services.cli.model_commands import models_app
+from services.cli.query_commands import sql
 from services.cli.settings import Endpoints, default_home
 from services.cli.usage_commands import usage_app
 from services.common.base_models import DEFAULT_BASE_MODEL
@@ -47,6 +48,7 @@ app.add_typer(evaluations_app, name="evaluations")
 app.add_typer(models_app, name="models")
 app.command("model", help="One model: lineage, losses and its evaluations (= models "
                           "describe).")(_describe_model)
+app.command("sql")(sql)
 
 
 # -- local stack --------------------------------------------------------------------------------

@@ -14,6 +14,10 @@ from services.control.data.catalog import TABLE, VIEW
 from services.control.data.uploads import TableUpload
 from services.control.domain.names import qualified_name
 
+# Text per RunQuery message: well under gRPC's default 4 MiB limit on a client's messages (a
+# single row wider than the limit still fails there, with RESOURCE_EXHAUSTED).
+BYTES_PER_MESSAGE = 1 << 20
+
 
 class DataServicer(data_pb2_grpc.DataServiceServicer):
     def __init__(self, databases: Databases, spool_dir, max_upload_bytes: int):
@@ -96,3 +100,18 @@ class DataServicer(data_pb2_grpc.DataServiceServicer):
         dropped = await asyncio.to_thread(self._databases.drop_relation, user(), request.name,
                                           VIEW, request.if_exists)
         return data_pb2.DropViewResponse(dropped=dropped)
+
+    async def RunQuery(self, request, context):
+        principal = user()
+        if request.into:
+            info = await asyncio.to_thread(self._databases.save_query, principal,
+                                           request.query, request.into, request.replace)
+            yield data_pb2.RunQueryResponse(table=messages.table_message(info))
+            return
+        if request.replace:
+            raise InvalidArgument("replace applies only with into")
+        result = await asyncio.to_thread(self._databases.run_query, principal, request.query,
+                                         request.max_rows, request.page_token)
+        for message in messages.query_page_messages(result.page, result.next_page_token,
+                                                    BYTES_PER_MESSAGE):
+            yield message

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime, timezone
-from typing import Sequence
+from typing import Iterator, Sequence
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
@@ -187,12 +187,41 @@ def table_message(table: TableInfo) -> data_pb2.Table:
 
 
 def preview_message(preview: Preview) -> data_pb2.PreviewQueryResponse:
-    names = [name for name, _ in preview.columns]
-    return data_pb2.PreviewQueryResponse(
-        columns=[data_pb2.Column(name=n, type=t) for n, t in preview.columns],
-        # A SQL NULL is an absent key: proto maps cannot hold nulls.
-        rows=[data_pb2.Row(values={n: v for n, v in zip(names, row, strict=True) if v is not None})
-              for row in preview.rows])
+    return data_pb2.PreviewQueryResponse(columns=column_messages(preview.columns),
+                                         rows=row_messages(preview.columns, preview.rows))
+
+
+def column_messages(columns: list[tuple[str, str]]) -> list[data_pb2.Column]:
+    return [data_pb2.Column(name=n, type=t) for n, t in columns]
+
+
+def row_messages(columns: list[tuple[str, str]], rows: list[list[str | None]]
+                 ) -> list[data_pb2.Row]:
+    names = [name for name, _ in columns]
+    # A SQL NULL is an absent key: proto maps cannot hold nulls.
+    return [data_pb2.Row(values={n: v for n, v in zip(names, row, strict=True) if v is not None})
+            for row in rows]
+
+
+def query_page_messages(page: Preview, next_page_token: str, max_bytes: int
+                        ) -> Iterator[data_pb2.RunQueryResponse]:
+    """A page as a stream: the columns first, rows in messages of about `max_bytes` of text
+    (at least one row each), the next page's token last."""
+    chunks: list[list[list[str | None]]] = [[]]
+    size = 0
+    for row in page.rows:
+        width = sum(len(v) + 16 for v in row if v is not None)
+        if chunks[-1] and size + width > max_bytes:
+            chunks.append([])
+            size = 0
+        chunks[-1].append(row)
+        size += width
+    for i, chunk in enumerate(chunks):
+        last = i == len(chunks) - 1
+        yield data_pb2.RunQueryResponse(
+            columns=column_messages(page.columns) if i == 0 else [],
+            rows=row_messages(page.columns, chunk),
+            next_page_token=next_page_token if last else "")
 
 
 # -- access ------------------------------------------------------------------------------------

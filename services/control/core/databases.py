@@ -11,12 +11,14 @@ again with each reader's when it is read."""
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 from services.common.errors import AlreadyExists, InvalidArgument, NotFound
 from services.control.core.authorization import Authorizer
 from services.control.core.clock import Clock, utc_now
-from services.control.data.catalog import TABLE, DataCatalog, Preview, TableInfo
+from services.control.core.paging import decode_token, encode_token
+from services.control.data.catalog import TABLE, DataCatalog, Preview, QueryPage, TableInfo
 from services.control.data.uploads import SpooledUpload
 from services.control.domain.names import (
     DEFAULT_DATABASE,
@@ -29,6 +31,20 @@ from services.control.domain.privileges import Access, Privilege, SecurableObjec
 from services.control.store.database import Store
 
 ACCOUNT = SecurableObject.account()
+# Rows one RunQuery call returns by default and at most; the rest come by page token.
+DEFAULT_QUERY_ROWS = 10_000
+MAX_QUERY_ROWS = 100_000
+
+
+@dataclass(frozen=True)
+class QueryRows:
+    page: QueryPage
+    next_page_token: str               # empty when no rows remain
+
+
+def _query_tag(sql: str) -> str:
+    """Ties a page token to its query: a token is refused with any other query."""
+    return hashlib.sha256(sql.encode()).hexdigest()[:16]
 
 
 @dataclass(frozen=True)
@@ -170,6 +186,38 @@ class Databases:
             raise InvalidArgument("limit must not be negative")
         access = self._authorizer.access(principal)
         return self._catalog.preview(access.account_id, sql, limit, access)
+
+    def run_query(self, principal: Principal, sql: str, max_rows: int,
+                  page_token: str) -> QueryRows:
+        """One page of the query's rows, read with the caller's USAGE, and the token of the
+        next page when rows remain."""
+        if max_rows < 0:
+            raise InvalidArgument("max_rows must not be negative")
+        limit = min(max_rows or DEFAULT_QUERY_ROWS, MAX_QUERY_ROWS)
+        offset = 0
+        if page_token:
+            position = decode_token(page_token)
+            if (len(position) != 2 or not isinstance(position[0], int) or position[0] < 0
+                    or position[1] != _query_tag(sql)):
+                raise InvalidArgument("page_token belongs to another query")
+            offset = position[0]
+        access = self._authorizer.access(principal)
+        page = self._catalog.page(access.account_id, sql, offset, limit, access)
+        token = encode_token([offset + limit, _query_tag(sql)]) if page.more else ""
+        return QueryRows(page, token)
+
+    def save_query(self, principal: Principal, sql: str, into: str, replace: bool
+                   ) -> TableInfo:
+        """The query's result as a new table: CREATE TABLE on its schema; replacing a table
+        also needs `replace` and OWNERSHIP of the schema, so a query never overwrites a table
+        its caller's roles do not own."""
+        table = qualified_name(into, "table name")
+        schema = SecurableObject.schema(f"{table.database}.{table.schema}")
+        access = self._authorizer.access(principal)
+        access.require(Privilege.CREATE_TABLE, schema)
+        if replace:
+            access.require(Privilege.OWNERSHIP, schema)
+        return self._catalog.save_query(access.account_id, table, sql, replace, access)
 
     def _own(self, principal: Principal, role_id: str, obj: SecurableObject) -> None:
         """The creator's role owns a new database (unless a concurrent creator got it first)."""

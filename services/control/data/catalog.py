@@ -64,6 +64,11 @@ class Preview:
     rows: list[list[str | None]]
 
 
+@dataclass(frozen=True)
+class QueryPage(Preview):
+    more: bool = False                 # rows remain after this page
+
+
 class DataCatalog:
     def __init__(self, data_dir: Path, limits: SandboxLimits = SandboxLimits()):
         self.data_dir = Path(data_dir)
@@ -253,33 +258,40 @@ class DataCatalog:
         query = single_select(sql)
         restricted = scope is not None and scope.restricted
         target: ViewName = (name.database, name.schema, name.name)
-        with self._locks[account_id].write():
-            self._existing(account_id, name.database)
-            databases = {db: path for db, path in self.databases(account_id).items()
-                         if db == name.database or scope is None
-                         or scope.can_read_database(db)}
-            with locked_down(databases, self.limits, writable=name.database) as connection:
-                for catalog, schema, table in table_references(syntax_tree(connection, query)):
-                    if not catalog or not schema:
-                        raise InvalidArgument(
-                            f"a view must name its tables in full as database.schema.table "
-                            f"(not {'.'.join(p for p in (catalog, schema, table) if p)})")
-                views = load_views(connection, databases)
-                # Expanded with itself replaced, so a view that would read itself is refused.
-                expanded = expand_views(connection, view_sql(target), {**views, target: query},
-                                        scope if restricted else None)
-                check_query(connection, expanded, scope)
-                lock_configuration(connection)
-                if not _schema_exists(connection, name.database, name.schema):
-                    raise NotFound(f"schema {name.database}.{name.schema} does not exist")
-                existing = _relation_kind(connection, *target)
-                if existing == TABLE or (existing == VIEW and not replace):
-                    raise AlreadyExists(f"{existing.lower()} {name} already exists")
-                columns = _columns(run_sql(
-                    lambda: connection.execute(f"SELECT * FROM ({expanded}) LIMIT 0"),
-                    restricted))
-                save_view(connection, target, query)
+        with self._writing_into(account_id, name.database, scope) as (connection, databases):
+            for catalog, schema, table in table_references(syntax_tree(connection, query)):
+                if not catalog or not schema:
+                    raise InvalidArgument(
+                        f"a view must name its tables in full as database.schema.table "
+                        f"(not {'.'.join(p for p in (catalog, schema, table) if p)})")
+            views = load_views(connection, databases)
+            # Expanded with itself replaced, so a view that would read itself is refused.
+            expanded = expand_views(connection, view_sql(target), {**views, target: query},
+                                    scope if restricted else None)
+            check_query(connection, expanded, scope)
+            lock_configuration(connection)
+            if not _schema_exists(connection, name.database, name.schema):
+                raise NotFound(f"schema {name.database}.{name.schema} does not exist")
+            existing = _relation_kind(connection, *target)
+            if existing == TABLE or (existing == VIEW and not replace):
+                raise AlreadyExists(f"{existing.lower()} {name} already exists")
+            columns = _columns(run_sql(
+                lambda: connection.execute(f"SELECT * FROM ({expanded}) LIMIT 0"),
+                restricted))
+            save_view(connection, target, query)
         return TableInfo(str(name), columns, 0, VIEW, query)
+
+    @contextmanager
+    def _writing_into(self, account_id: str, database: str, scope: ReadScope | None
+                      ) -> Iterator[tuple[duckdb.DuckDBPyConnection, dict[str, Path]]]:
+        """Under the account's write lock: a sandbox with `database` attached writable and the
+        databases `scope` may read attached read-only, and which those are."""
+        with self._locks[account_id].write():
+            self._existing(account_id, database)
+            databases = {db: path for db, path in self.databases(account_id).items()
+                         if db == database or scope is None or scope.can_read_database(db)}
+            with locked_down(databases, self.limits, writable=database) as connection:
+                yield connection, databases
 
     def _existing(self, account_id: str, database: str) -> Path:
         """The database's file; the default database's is created on first use."""
@@ -310,15 +322,19 @@ class DataCatalog:
             connection.close()
 
     @contextmanager
-    def query(self, account_id: str, sql: str,
-              scope: ReadScope | None = None) -> Iterator[QueryResult]:
+    def query(self, account_id: str, sql: str, scope: ReadScope | None = None,
+              window: tuple[int, int] | None = None) -> Iterator[QueryResult]:
         """Run one SELECT in the sandbox over the account's databases (those `scope` may read),
-        views expanded."""
+        views expanded; `window` = (offset, limit) runs only that slice of its rows."""
         restricted = scope is not None and scope.restricted
 
         def prepare(connection, query: str) -> str:
-            return expand_views(connection, query, load_views(connection, databases),
-                                scope if restricted else None)
+            expanded = expand_views(connection, query, load_views(connection, databases),
+                                    scope if restricted else None)
+            if window is None:
+                return expanded
+            offset, limit = window
+            return f"SELECT * FROM ({expanded}) LIMIT {int(limit)} OFFSET {int(offset)}"
 
         with self._locks[account_id].read():
             databases = {name: path for name, path in self.databases(account_id).items()
@@ -333,6 +349,40 @@ class DataCatalog:
             rows = next(result.batches(limit), [])
             return Preview(result.columns,
                            [[display_value(v) for v in row] for row in rows])
+
+
+    def page(self, account_id: str, sql: str, offset: int, limit: int,
+             scope: ReadScope | None = None) -> QueryPage:
+        """Rows offset..offset+limit of the query's result, in its order (ORDER BY makes pages
+        stable across calls), and whether more follow."""
+        with self.query(account_id, sql, scope, window=(offset, limit + 1)) as result:
+            rows = [row for batch in result.batches() for row in batch]
+        return QueryPage(result.columns, [[display_value(v) for v in row]
+                                          for row in rows[:limit]], more=len(rows) > limit)
+
+    def save_query(self, account_id: str, table: QualifiedName, sql: str, replace: bool,
+                   scope: ReadScope | None = None) -> TableInfo:
+        """A new table holding the query's result, read with `scope`, written in the same
+        sandbox (the table's database attached writable, nothing else)."""
+        restricted = scope is not None and scope.restricted
+        target = (table.database, table.schema, table.name)
+        query = single_select(sql)
+        with self._writing_into(account_id, table.database, scope) as (connection, databases):
+            expanded = expand_views(connection, query, load_views(connection, databases),
+                                    scope if restricted else None)
+            check_query(connection, expanded, scope)
+            lock_configuration(connection)
+            if not _schema_exists(connection, table.database, table.schema):
+                raise NotFound(f"schema {table.database}.{table.schema} does not exist")
+            existing = _relation_kind(connection, *target)
+            if existing == VIEW or (existing == TABLE and not replace):
+                raise AlreadyExists(f"{existing.lower()} {table} already exists"
+                                    + (" (set replace to overwrite it)"
+                                       if existing == TABLE else ""))
+            name = ".".join(quote(part) for part in target)
+            run_sql(lambda: connection.execute(
+                f"CREATE OR REPLACE TABLE {name} AS {expanded}"), restricted)
+            return _describe_table(connection, *target)
 
 
 def _reader(upload: SpooledUpload) -> str:

@@ -214,3 +214,29 @@ class DropViewResponse(_message.Message):
     DROPPED_FIELD_NUMBER: _ClassVar[int]
     dropped: bool
     def __init__(self, dropped: _Optional[bool] = ...) -> None: ...
+
+class RunQueryRequest(_message.Message):
+    __slots__ = ("query", "max_rows", "page_token", "into", "replace")
+    QUERY_FIELD_NUMBER: _ClassVar[int]
+    MAX_ROWS_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    INTO_FIELD_NUMBER: _ClassVar[int]
+    REPLACE_FIELD_NUMBER: _ClassVar[int]
+    query: str
+    max_rows: int
+    page_token: str
+    into: str
+    replace: bool
+    def __init__(self, query: _Optional[str] = ..., max_rows: _Optional[int] = ..., page_token: _Optional[str] = ..., into: _Optional[str] = ..., replace: _Optional[bool] = ...) -> None: ...
+
+class RunQueryResponse(_message.Message):
+    __slots__ = ("columns", "rows", "next_page_token", "table")
+    COLUMNS_FIELD_NUMBER: _ClassVar[int]
+    ROWS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    TABLE_FIELD_NUMBER: _ClassVar[int]
+    columns: _containers.RepeatedCompositeFieldContainer[Column]
+    rows: _containers.RepeatedCompositeFieldContainer[Row]
+    next_page_token: str
+    table: Table
+    def __init__(self, columns: _Optional[_Iterable[_Union[Column, _Mapping]]] = ..., rows: _Optional[_Iterable[_Union[Row, _Mapping]]] = ..., next_page_token: _Optional[str] = ..., table: _Optional[_Union[Table, _Mapping]] = ...) -> None: ...

@@ -90,6 +90,11 @@ class DataServiceStub:
                 request_serializer=finetune_dot_control_dot_v1_dot_data__pb2.DropViewRequest.SerializeToString,
                 response_deserializer=finetune_dot_control_dot_v1_dot_data__pb2.DropViewResponse.FromString,
                 _registered_method=True)
+        self.RunQuery = channel.unary_stream(
+                '/finetune.control.v1.DataService/RunQuery',
+                request_serializer=finetune_dot_control_dot_v1_dot_data__pb2.RunQueryRequest.SerializeToString,
+                response_deserializer=finetune_dot_control_dot_v1_dot_data__pb2.RunQueryResponse.FromString,
+                _registered_method=True)
 
 
 class DataServiceServicer:
@@ -170,6 +175,16 @@ class DataServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RunQuery(self, request, context):
+        """One sandboxed SELECT (the rules of PreviewQuery), its rows streamed a page at a time: a
+        call returns at most max_rows rows and, when more remain, a token for the next page. With
+        `into` the result is saved as a new table instead: CREATE TABLE on that schema, and
+        replacing a table needs `replace` and OWNERSHIP of its schema.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_DataServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -227,6 +242,11 @@ def add_DataServiceServicer_to_server(servicer, server):
                     servicer.DropView,
                     request_deserializer=finetune_dot_control_dot_v1_dot_data__pb2.DropViewRequest.FromString,
                     response_serializer=finetune_dot_control_dot_v1_dot_data__pb2.DropViewResponse.SerializeToString,
+            ),
+            'RunQuery': grpc.unary_stream_rpc_method_handler(
+                    servicer.RunQuery,
+                    request_deserializer=finetune_dot_control_dot_v1_dot_data__pb2.RunQueryRequest.FromString,
+                    response_serializer=finetune_dot_control_dot_v1_dot_data__pb2.RunQueryResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -527,6 +547,33 @@ class DataService:
             '/finetune.control.v1.DataService/DropView',
             finetune_dot_control_dot_v1_dot_data__pb2.DropViewRequest.SerializeToString,
             finetune_dot_control_dot_v1_dot_data__pb2.DropViewResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RunQuery(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/finetune.control.v1.DataService/RunQuery',
+            finetune_dot_control_dot_v1_dot_data__pb2.RunQueryRequest.SerializeToString,
+            finetune_dot_control_dot_v1_dot_data__pb2.RunQueryResponse.FromString,
             options,
             channel_credentials,
             insecure,
