@@ -8,8 +8,6 @@ signs the browser out.
 
 from __future__ import annotations
 
-from urllib.parse import quote
-
 import grpc
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -27,12 +25,13 @@ def wants_stream(request: Request) -> bool:
     return "text/event-stream" in request.headers.get("accept", "")
 
 
-def sign_in_redirect(request: Request, reason: str = "") -> Response:
+def sign_in_redirect(request: Request, refused: str = "") -> Response:
     """To the sign-in page (htmx follows HX-Redirect; a plain request a 303; a stream's
-    fetch gets 401 and says so)."""
-    target = f"{base_path(request)}/signin" + (f"?reason={quote(reason)}" if reason else "")
+    fetch gets 401 and control's message). The page is told only that the key was refused,
+    never a text from the URL, so a link cannot put words in the console's mouth."""
+    target = f"{base_path(request)}/signin" + ("?expired=1" if refused else "")
     if wants_stream(request):
-        return JSONResponse(error_body(f"sign in to the console again ({reason or 'no key'})",
+        return JSONResponse(error_body(f"sign in to the console again ({refused or 'no key'})",
                                        "authentication_error", "unauthenticated"),
                             status_code=401)
     if is_htmx(request):

@@ -20,9 +20,12 @@ async def home(request: Request) -> Response:
     return RedirectResponse(f"{base_path(request)}/jobs", status_code=303)
 
 
+EXPIRED = "control no longer accepts the key this browser signed in with: sign in again"
+
+
 @router.get("/signin")
-async def sign_in_page(request: Request, reason: str = "") -> Response:
-    return render(request, "signin.html", {"error": reason})
+async def sign_in_page(request: Request, expired: bool = False) -> Response:
+    return render(request, "signin.html", {"error": EXPIRED if expired else ""})
 
 
 @router.post("/signin")
