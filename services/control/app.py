@@ -62,6 +62,7 @@ from services.control.data.tokenizers import Tokenizers
 from services.control.dispatch.inference import CompletionClient, GrpcCompletionClient
 from services.control.dispatch.protocol import JobDispatcher
 from services.control.dispatch.ray_jobs import RayJobDispatcher
+from services.control.dispatch.sql_completions import SqlCompletions
 from services.control.domain.options import WorkerLimits
 from services.control.metrics import ControlMetrics, MeteredProgress, control_metrics
 from services.control.store.database import Store
@@ -214,7 +215,9 @@ def build_components(config: ControlConfig, dispatcher: JobDispatcher | None = N
         reconciler=reconciler,
         authenticator=Authenticator(store, config.service_token), authorizer=authorizer,
         directory=AccountDirectory(store, catalog.database_exists),
-        databases=Databases(catalog, store, authorizer),
+        databases=Databases(catalog, store, authorizer, completions=SqlCompletions(
+            completions, config.max_sql_completions, config.sql_completion_concurrency,
+            config.query_timeout_s) if completions is not None else None),
         usage=UsageHistory(store, authorizer),
         inference_usage=InferenceUsageRecorder(store, prices=prices),
         evaluations=evaluations, evaluation_runner=runner, base_models=base_models,

@@ -60,6 +60,9 @@ class ControlConfig:
     inference_address: str = ""
     max_evaluation_rows: int = 5000    # rows one evaluation's query may return
     max_running_evaluations: int = 2   # evaluations run at once (each `concurrency` calls)
+    # COMPLETE inside queries (RunQuery): rows one query may generate, and calls at a time.
+    max_sql_completions: int = 1000
+    sql_completion_concurrency: int = 8
     # Prometheus /metrics on host:metrics_port (0: a free port, printed at start; -1: off).
     metrics_port: int = DEFAULT_METRICS_PORT
     log_level: str = "INFO"
@@ -100,6 +103,8 @@ _SETTINGS = {
     "inference_address": ("FINETUNE_INFERENCE_ADDRESS", str),
     "max_evaluation_rows": ("FINETUNE_MAX_EVALUATION_ROWS", int),
     "max_running_evaluations": ("FINETUNE_MAX_RUNNING_EVALUATIONS", int),
+    "max_sql_completions": ("FINETUNE_MAX_SQL_COMPLETIONS", int),
+    "sql_completion_concurrency": ("FINETUNE_SQL_COMPLETION_CONCURRENCY", int),
     "metrics_port": ("FINETUNE_METRICS_PORT", int),
     "log_level": ("FINETUNE_LOG_LEVEL", str),
 }
@@ -150,6 +155,9 @@ def load_config(argv: Sequence[str] | None = None,
     merged = {**defaults, **values}
     if merged.get("trainer_max_failures", 0) < 0:
         raise SystemExit("--trainer-max-failures must be 0 or more")
+    for name in ("max_sql_completions", "sql_completion_concurrency"):
+        if merged.get(name, 1) < 1:
+            raise SystemExit(f"--{name.replace('_', '-')} must be 1 or more")
     if isinstance(merged.get("import_sources"), str):
         merged["import_sources"] = tuple(
             p.strip() for p in merged["import_sources"].split(",") if p.strip())

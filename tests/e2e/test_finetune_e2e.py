@@ -6,10 +6,14 @@ after fine-tuning the model must answer the trained codes and the base model mus
 
 import csv
 import io
+import json
+from datetime import datetime, timezone
 
 import grpc
 import pytest
 from transformers import AutoTokenizer
+
+from polling import wait_until
 
 from finetune.control.v1 import evaluations_pb2, jobs_pb2
 from services.common.chat_format import prompt_token_ids
@@ -116,6 +120,32 @@ def test_usage_counts_the_tokens_vllm_saw(client, trained_job, base_model_spec):
     assert res.usage.completion_tokens in (len(generated), len(generated) + 1)
     assert res.usage.total_tokens == res.usage.prompt_tokens + res.usage.completion_tokens
     assert res.finish_reason == "stop"
+
+
+def test_complete_inside_sql_answers_every_row_and_bills_each_once(client, trained_job):
+    """COMPLETE(model, prompt, options) over a table on the real engine: Cortex's document per
+    row, the tuned model's answers, and exactly one usage row per generated row."""
+    since = datetime.now(timezone.utc)
+    train = sorted((r for r in word_rows() if r["split"] == "train"), key=lambda r: r["prompt"])
+    _, generated = client.query_rows(
+        f"SELECT prompt, COMPLETE('{MODEL}', prompt, {{'max_tokens': 12}}) AS doc "
+        f"FROM {TABLE} WHERE split = 'train' ORDER BY prompt")
+    rows = list(generated)
+    docs = [json.loads(r["doc"]) for r in rows]
+    assert [r["prompt"] for r in rows] == [r["prompt"] for r in train]
+    hits = sum(d["choices"][0]["messages"].strip() == r["completion"]
+               for d, r in zip(docs, train, strict=True))
+    assert hits >= 0.8 * len(train), [d["choices"] for d in docs]
+    assert all(d["model"] == MODEL and d["usage"]["total_tokens"] > 0 for d in docs)
+
+    def billed():
+        return list(client.inference_usage(start=since, model=MODEL, page_size=1000).usage)
+    wait_until(lambda: len(billed()) >= len(train), 60, "usage rows for the query's COMPLETEs")
+    usage = billed()
+    assert len(usage) == len(train)
+    assert sum(u.prompt_tokens for u in usage) == sum(d["usage"]["prompt_tokens"] for d in docs)
+    assert sum(u.completion_tokens for u in usage) == sum(
+        d["usage"]["completion_tokens"] for d in docs)
 
 
 def test_missing_completion_column_is_invalid_argument(client):

@@ -105,13 +105,15 @@ class DataServicer(data_pb2_grpc.DataServiceServicer):
         principal = user()
         if request.into:
             info = await asyncio.to_thread(self._databases.save_query, principal,
-                                           request.query, request.into, request.replace)
+                                           request.query, request.into, request.replace,
+                                           asyncio.get_running_loop())
             yield data_pb2.RunQueryResponse(table=messages.table_message(info))
             return
         if request.replace:
             raise InvalidArgument("replace applies only with into")
         result = await asyncio.to_thread(self._databases.run_query, principal, request.query,
-                                         request.max_rows, request.page_token)
+                                         request.max_rows, request.page_token,
+                                         asyncio.get_running_loop())
         for message in messages.query_page_messages(result.page, result.next_page_token,
                                                     BYTES_PER_MESSAGE):
             yield message

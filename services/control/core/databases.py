@@ -11,6 +11,7 @@ again with each reader's when it is read."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from dataclasses import dataclass
 
@@ -19,7 +20,9 @@ from services.control.core.authorization import Authorizer
 from services.control.core.clock import Clock, utc_now
 from services.control.core.paging import decode_token, encode_token
 from services.control.data.catalog import TABLE, DataCatalog, Preview, QueryPage, TableInfo
+from services.control.data.sql_functions import SqlFunctions
 from services.control.data.uploads import SpooledUpload
+from services.control.dispatch.sql_completions import SqlCompletions
 from services.control.domain.names import (
     DEFAULT_DATABASE,
     QualifiedName,
@@ -55,11 +58,20 @@ class DatabaseInfo:
 
 class Databases:
     def __init__(self, catalog: DataCatalog, store: Store, authorizer: Authorizer,
-                 clock: Clock = utc_now):
+                 clock: Clock = utc_now, completions: SqlCompletions | None = None):
         self._catalog = catalog
         self._store = store
         self._authorizer = authorizer
         self._clock = clock
+        self._completions = completions
+
+    def _functions(self, principal: Principal, loop: asyncio.AbstractEventLoop | None
+                   ) -> SqlFunctions | None:
+        """COMPLETE and TRY_COMPLETE for this caller's query, where inference is configured
+        and the call came from control's event loop."""
+        if self._completions is None or loop is None:
+            return None
+        return self._completions.functions_for(principal.account_id, principal.user_id, loop)
 
     def _exists(self, account_id: str, database: str) -> bool:
         return database == DEFAULT_DATABASE or self._catalog.database_exists(account_id, database)
@@ -187,8 +199,8 @@ class Databases:
         access = self._authorizer.access(principal)
         return self._catalog.preview(access.account_id, sql, limit, access)
 
-    def run_query(self, principal: Principal, sql: str, max_rows: int,
-                  page_token: str) -> QueryRows:
+    def run_query(self, principal: Principal, sql: str, max_rows: int, page_token: str,
+                  loop: asyncio.AbstractEventLoop | None = None) -> QueryRows:
         """One page of the query's rows, read with the caller's USAGE, and the token of the
         next page when rows remain."""
         if max_rows < 0:
@@ -202,12 +214,13 @@ class Databases:
                 raise InvalidArgument("page_token belongs to another query")
             offset = position[0]
         access = self._authorizer.access(principal)
-        page = self._catalog.page(access.account_id, sql, offset, limit, access)
+        page = self._catalog.page(access.account_id, sql, offset, limit, access,
+                                  self._functions(principal, loop))
         token = encode_token([offset + limit, _query_tag(sql)]) if page.more else ""
         return QueryRows(page, token)
 
-    def save_query(self, principal: Principal, sql: str, into: str, replace: bool
-                   ) -> TableInfo:
+    def save_query(self, principal: Principal, sql: str, into: str, replace: bool,
+                   loop: asyncio.AbstractEventLoop | None = None) -> TableInfo:
         """The query's result as a new table: CREATE TABLE on its schema; replacing a table
         also needs `replace` and OWNERSHIP of the schema, so a query never overwrites a table
         its caller's roles do not own."""
@@ -217,7 +230,8 @@ class Databases:
         access.require(Privilege.CREATE_TABLE, schema)
         if replace:
             access.require(Privilege.OWNERSHIP, schema)
-        return self._catalog.save_query(access.account_id, table, sql, replace, access)
+        return self._catalog.save_query(access.account_id, table, sql, replace, access,
+                                        self._functions(principal, loop))
 
     def _own(self, principal: Principal, role_id: str, obj: SecurableObject) -> None:
         """The creator's role owns a new database (unless a concurrent creator got it first)."""

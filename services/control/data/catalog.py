@@ -29,6 +29,7 @@ from services.control.data.sandbox import (
     syntax_tree,
     table_references,
 )
+from services.control.data.sql_functions import SqlFunctions, calls_functions, functions_failures
 from services.control.data.uploads import FileFormat, SpooledUpload
 from services.control.data.views import (
     ViewName,
@@ -323,12 +324,16 @@ class DataCatalog:
 
     @contextmanager
     def query(self, account_id: str, sql: str, scope: ReadScope | None = None,
-              window: tuple[int, int] | None = None) -> Iterator[QueryResult]:
+              window: tuple[int, int] | None = None,
+              functions: SqlFunctions | None = None) -> Iterator[QueryResult]:
         """Run one SELECT in the sandbox over the account's databases (those `scope` may read),
-        views expanded; `window` = (offset, limit) runs only that slice of its rows."""
+        views expanded; `window` = (offset, limit) runs only that slice of its rows;
+        `functions` (COMPLETE, ...) are callable in it."""
         restricted = scope is not None and scope.restricted
 
         def prepare(connection, query: str) -> str:
+            if functions is not None:
+                functions.register(connection)
             expanded = expand_views(connection, query, load_views(connection, databases),
                                     scope if restricted else None)
             if window is None:
@@ -336,7 +341,7 @@ class DataCatalog:
             offset, limit = window
             return f"SELECT * FROM ({expanded}) LIMIT {int(limit)} OFFSET {int(offset)}"
 
-        with self._locks[account_id].read():
+        with self._locks[account_id].read(), functions_failures(functions):
             databases = {name: path for name, path in self.databases(account_id).items()
                          if scope is None or scope.can_read_database(name)}
             with sandboxed_query(databases, sql, self.limits, scope, prepare) as result:
@@ -352,22 +357,33 @@ class DataCatalog:
 
 
     def page(self, account_id: str, sql: str, offset: int, limit: int,
-             scope: ReadScope | None = None) -> QueryPage:
+             scope: ReadScope | None = None,
+             functions: SqlFunctions | None = None) -> QueryPage:
         """Rows offset..offset+limit of the query's result, in its order (ORDER BY makes pages
-        stable across calls), and whether more follow."""
+        stable across calls), and whether more follow. A query that calls COMPLETE is not
+        paged: all its rows come at once (its generation budget bounds them), so that no row
+        is generated for a page and again for the next."""
+        if functions is not None and calls_functions(sql):
+            with self.query(account_id, sql, scope, functions=functions) as result:
+                rows = [row for batch in result.batches() for row in batch]
+            return QueryPage(result.columns, [[display_value(v) for v in row] for row in rows])
         with self.query(account_id, sql, scope, window=(offset, limit + 1)) as result:
             rows = [row for batch in result.batches() for row in batch]
         return QueryPage(result.columns, [[display_value(v) for v in row]
                                           for row in rows[:limit]], more=len(rows) > limit)
 
     def save_query(self, account_id: str, table: QualifiedName, sql: str, replace: bool,
-                   scope: ReadScope | None = None) -> TableInfo:
+                   scope: ReadScope | None = None,
+                   functions: SqlFunctions | None = None) -> TableInfo:
         """A new table holding the query's result, read with `scope`, written in the same
         sandbox (the table's database attached writable, nothing else)."""
         restricted = scope is not None and scope.restricted
         target = (table.database, table.schema, table.name)
         query = single_select(sql)
-        with self._writing_into(account_id, table.database, scope) as (connection, databases):
+        with functions_failures(functions), \
+                self._writing_into(account_id, table.database, scope) as (connection, databases):
+            if functions is not None:
+                functions.register(connection)
             expanded = expand_views(connection, query, load_views(connection, databases),
                                     scope if restricted else None)
             check_query(connection, expanded, scope)

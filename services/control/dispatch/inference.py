@@ -33,6 +33,7 @@ class CompletionCall:
     stop: tuple[str, ...] = ()
     seed: int = 0
     request_id: str = ""
+    json_schema: str = ""        # constrain the text to this JSON Schema (response_format)
 
 
 @dataclass(frozen=True)
@@ -72,6 +73,8 @@ class GrpcCompletionClient:
             stop=list(call.stop))
         if call.seed:
             options.seed = call.seed
+        if call.json_schema:
+            options.response_format.json_schema = call.json_schema
         metadata = (("authorization", f"Bearer {self._token}"),
                     (ON_BEHALF_OF_HEADER, f"{call.account_id}/{call.user_id}"))
         try:
