@@ -75,6 +75,7 @@ def up(base_model: str = typer.Option(DEFAULT_BASE_MODEL, help="base model to se
         if stack.inference_address:
             console.print(f"  inference      {stack.inference_address}")
             console.print(f"    OpenAI API   {stack.http_url}/v1")
+            console.print(f"    console      {stack.http_url}/console")
             console.print(f"    metrics      {stack.http_url}/metrics")
         console.print(f"  admin API key  {stack.admin_key()}")
         console.print(f"  logs           {stack.home / 'logs'}")
