@@ -6,6 +6,8 @@ the import; neither path holds a whole file in memory or writes past `max_bytes`
 from __future__ import annotations
 
 import hashlib
+import os
+import re
 import shutil
 import tempfile
 from dataclasses import dataclass, field
@@ -100,14 +102,22 @@ class AdapterUpload:
         self._received.discard()
 
 
+def _local_form(uri: str) -> str:
+    """A URI compared by what it names: file://, local:// and a plain path are one local file
+    system (symbolic links followed), and repeated slashes name the same folder."""
+    protocol, _, path = uri.rpartition("://")
+    if protocol in ("", "file", "local"):
+        protocol, path = "file", os.path.realpath("/" + path.lstrip("/"))
+    return f"{protocol}://" + re.sub("/+", "/", "/" + path.strip("/") + "/")
+
+
 def source_allowed(uri: str, allowed: Sequence[str], artifact_root: str) -> None:
     """An object-store folder may be imported only from under a prefix the deployment allows,
     and never from control's own artifact store (other accounts' adapters live there)."""
     if "://" not in uri or any(part in ("..", ".") for part in uri.split("://", 1)[1].split("/")):
         raise InvalidArgument(f"source_uri {uri[:200]!r} must be a URL such as "
                               "s3://bucket/folder, without . or .. segments")
-    root = artifact_root.rstrip("/") + "/"
-    if uri.rstrip("/") + "/" == root or uri.startswith(root):
+    if _local_form(uri).startswith(_local_form(artifact_root)):
         raise InvalidArgument("source_uri must not point into the service's artifact store")
     prefixes = [p.rstrip("/") + "/" for p in allowed if p.strip()]
     if not any(uri.startswith(p) for p in prefixes):

@@ -257,16 +257,22 @@ async def test_import_from_a_folder_uri_under_an_allowed_prefix(control, admin, 
 
 
 async def test_the_artifact_store_is_never_a_source(control, admin, peft_adapter, base_config,
-                                                    servicer):
+                                                    servicer, tmp_path):
     m = await import_upload(servicer, admin, peft_adapter)
     resolved = control.store.run(lambda tx: tx.models.get(admin.account_id, m.name))
     everything = ModelImports(control.store, control.artifacts, control.base_models,
                               control.authorizer, lambda b: b.path, ImportSettings(
                                   control.catalog.spool_dir, 1 << 30,
                                   allowed_sources=["file:///"]))
-    with pytest.raises(InvalidArgument, match="artifact store"):
-        await import_uri(ModelServicer(control.registry, imports=everything), admin,
-                         resolved.adapter_uri, name="stolen")
+    local = resolved.adapter_uri.split("://", 1)[-1]   # the same files by other names
+    root = control.artifacts.root.split("://", 1)[-1]
+    (tmp_path / "alias").symlink_to(root)
+    linked = f"file://{tmp_path}/alias{local[len(root):]}"
+    for uri in {resolved.adapter_uri, f"file://{local}", f"local://{local}",
+                f"file:///{local.replace('/', '//')}", linked}:
+        with pytest.raises(InvalidArgument, match="artifact store"):
+            await import_uri(ModelServicer(control.registry, imports=everything), admin,
+                             uri, name="stolen")
 
 
 async def test_an_imported_model_is_continued_like_a_trained_one(servicer, control, admin,
