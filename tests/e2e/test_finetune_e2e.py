@@ -137,15 +137,26 @@ def test_complete_inside_sql_answers_every_row_and_bills_each_once(client, train
                for d, r in zip(docs, train, strict=True))
     assert hits >= 0.8 * len(train), [d["choices"] for d in docs]
     assert all(d["model"] == MODEL and d["usage"]["total_tokens"] > 0 for d in docs)
+    # Without options: the text, with the engine's default max_tokens.
+    # (The sort and limit in a subquery: ORDER BY ... LIMIT over COMPLETE would generate, and
+    # bill, every row the sort sees.)
+    _, plain = client.query_rows(f"SELECT COMPLETE('{MODEL}', prompt) AS code FROM (SELECT "
+                                 f"prompt FROM {TABLE} WHERE split = 'train' ORDER BY prompt "
+                                 "LIMIT 2) ORDER BY prompt")
+    plain = list(plain)   # greedy both times: the same text, or more of it past 12 tokens
+    assert len(plain) == 2 and all(
+        r["code"].strip().startswith(d["choices"][0]["messages"].strip())
+        for r, d in zip(plain, docs, strict=False))
 
     def billed():
         return list(client.inference_usage(start=since, model=MODEL, page_size=1000).usage)
-    wait_until(lambda: len(billed()) >= len(train), 60, "usage rows for the query's COMPLETEs")
+    wait_until(lambda: len(billed()) >= len(train) + 2, 60,
+               "usage rows for the queries' COMPLETEs")
     usage = billed()
-    assert len(usage) == len(train)
-    assert sum(u.prompt_tokens for u in usage) == sum(d["usage"]["prompt_tokens"] for d in docs)
-    assert sum(u.completion_tokens for u in usage) == sum(
-        d["usage"]["completion_tokens"] for d in docs)
+    assert len(usage) == len(train) + 2
+    with_options = sorted(usage, key=lambda u: u.time.ToDatetime())[:len(train)]
+    assert sum(u.prompt_tokens for u in with_options) == sum(
+        d["usage"]["prompt_tokens"] for d in docs)
 
 
 def test_missing_completion_column_is_invalid_argument(client):

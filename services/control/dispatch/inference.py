@@ -69,8 +69,9 @@ class GrpcCompletionClient:
 
     async def complete(self, call: CompletionCall) -> CompletionAnswer:
         options = inference_pb2.CompletionOptions(
-            temperature=call.temperature, top_p=call.top_p, max_tokens=call.max_tokens,
-            stop=list(call.stop))
+            temperature=call.temperature, top_p=call.top_p, stop=list(call.stop))
+        if call.max_tokens:   # 0: unset, the engine's default (set, it must be 1 or more)
+            options.max_tokens = call.max_tokens
         if call.seed:
             options.seed = call.seed
         if call.json_schema:
