@@ -36,6 +36,7 @@ from services.control.api.evaluations import EvaluationServicer
 from services.control.api.internal import JobReportingServicer, ModelResolutionServicer
 from services.control.api.jobs import FineTuningServicer
 from services.control.api.models import ModelServicer
+from services.control.api.sql_finetune import SqlFinetune
 from services.control.api.usage import UsageServicer
 from services.control.config import ControlConfig
 from services.control.core.access_control import AccountDirectory
@@ -126,7 +127,8 @@ class Components:
                          AccessServicer(self.directory), f"{PACKAGE}.AccessService"),
             Registration(data_pb2_grpc.add_DataServiceServicer_to_server,
                          DataServicer(self.databases, self.catalog.spool_dir,
-                                      self.config.max_upload_bytes),
+                                      self.config.max_upload_bytes,
+                                      SqlFinetune(self.fine_tuning, self.evaluations)),
                          f"{PACKAGE}.DataService"),
             Registration(jobs_pb2_grpc.add_FineTuningServiceServicer_to_server,
                          FineTuningServicer(self.fine_tuning, self.events,

@@ -1,5 +1,5 @@
 """DataService: databases, schemas, tables and views (create, load, drop), table loads (client
-stream, spooled to disk), previews."""
+stream, spooled to disk), previews, queries (RunQuery, FINETUNE(...) among them)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,9 @@ from finetune.control.v1 import data_pb2, data_pb2_grpc
 from services.common.errors import InvalidArgument
 from services.control.api import messages
 from services.control.api.principals import user
+from services.control.api.sql_finetune import SqlFinetune
 from services.control.core.databases import Databases
+from services.control.data import finetune_statement
 from services.control.data.catalog import TABLE, VIEW
 from services.control.data.uploads import TableUpload
 from services.control.domain.names import qualified_name
@@ -20,8 +22,10 @@ BYTES_PER_MESSAGE = 1 << 20
 
 
 class DataServicer(data_pb2_grpc.DataServiceServicer):
-    def __init__(self, databases: Databases, spool_dir, max_upload_bytes: int):
+    def __init__(self, databases: Databases, spool_dir, max_upload_bytes: int,
+                 finetune: SqlFinetune | None = None):
         self._databases = databases
+        self._finetune = finetune   # FINETUNE(...) as a query
         self._spool_dir = spool_dir
         self._max_upload_bytes = max_upload_bytes
 
@@ -103,6 +107,15 @@ class DataServicer(data_pb2_grpc.DataServiceServicer):
 
     async def RunQuery(self, request, context):
         principal = user()
+        call = await asyncio.to_thread(finetune_statement.parse, request.query) \
+            if finetune_statement.mentions_finetune(request.query) else None
+        if call is not None and self._finetune is not None:
+            if request.into or request.replace:
+                raise InvalidArgument("FINETUNE's result cannot be saved into a table")
+            page = await asyncio.to_thread(self._finetune.run, principal, call)
+            for message in messages.query_page_messages(page, "", BYTES_PER_MESSAGE):
+                yield message
+            return
         if request.into:
             info = await asyncio.to_thread(self._databases.save_query, principal,
                                            request.query, request.into, request.replace,

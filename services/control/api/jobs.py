@@ -9,8 +9,35 @@ from services.control.api import evaluation_messages, messages
 from services.control.api.principals import user
 from services.control.api.watching import watch
 from services.control.core.evaluations import Evaluations
-from services.control.core.jobs import CreateJob, FineTuning
+from services.control.core.jobs import CreateJob, FineTuning, JobPage
 from services.control.core.notifier import ChangeNotifier
+from services.control.domain.jobs import Job
+
+
+def create_request(request: jobs_pb2.CreateFineTuningJobRequest) -> CreateJob:
+    return CreateJob(model=request.model, base_model=request.base_model,
+                     training_query=request.training_query,
+                     validation_query=request.validation_query,
+                     options=messages.requested_options(request.options),
+                     request_id=request.request_id,
+                     evaluation=evaluation_messages.job_evaluation_request(request.options))
+
+
+def job_message(job: Job, evaluations: Evaluations | None) -> jobs_pb2.FineTuningJob:
+    """The job with its evaluation options and, once they exist, its evaluations (blocking:
+    it reads the store)."""
+    message = messages.job_message(job)
+    if job.evaluation and evaluations is not None:
+        evaluation_messages.add_job_evaluation(message, job.evaluation,
+                                               evaluations.for_job(job.id))
+    return message
+
+
+def listed_job_messages(page: JobPage, evaluations: Evaluations | None
+                        ) -> list[jobs_pb2.FineTuningJob]:
+    """SHOW's jobs: in full, or as summaries where the caller may not DESCRIBE them."""
+    return [messages.job_summary_message(job) if job.id in page.summaries
+            else job_message(job, evaluations) for job in page.jobs]
 
 
 class FineTuningServicer(jobs_pb2_grpc.FineTuningServiceServicer):
@@ -23,22 +50,10 @@ class FineTuningServicer(jobs_pb2_grpc.FineTuningServiceServicer):
         self._watch_poll_s = watch_poll_s
 
     async def _job_message(self, job):
-        """The job with its evaluation options and, once they exist, its evaluations."""
-        message = messages.job_message(job)
-        if job.evaluation and self._evaluations is not None:
-            by_role = await asyncio.to_thread(self._evaluations.for_job, job.id)
-            evaluation_messages.add_job_evaluation(message, job.evaluation, by_role)
-        return message
+        return await asyncio.to_thread(job_message, job, self._evaluations)
 
     async def CreateFineTuningJob(self, request, context):
-        create = CreateJob(model=request.model, base_model=request.base_model,
-                           training_query=request.training_query,
-                           validation_query=request.validation_query,
-                           options=messages.requested_options(request.options),
-                           request_id=request.request_id,
-                           evaluation=evaluation_messages.job_evaluation_request(
-                               request.options))
-        job = await asyncio.to_thread(self._jobs.create, user(), create)
+        job = await asyncio.to_thread(self._jobs.create, user(), create_request(request))
         return await self._job_message(job)
 
     async def EstimateFineTuningJob(self, request, context):
@@ -59,7 +74,7 @@ class FineTuningServicer(jobs_pb2_grpc.FineTuningServiceServicer):
         page = await asyncio.to_thread(self._jobs.list, user(), request.page_size,
                                        request.page_token)
         return jobs_pb2.ListFineTuningJobsResponse(
-            jobs=[await self._job_message(j) for j in page.jobs],
+            jobs=await asyncio.to_thread(listed_job_messages, page, self._evaluations),
             next_page_token=page.next_page_token)
 
     async def GetFineTuningJob(self, request, context):

@@ -131,6 +131,15 @@ def job_message(job: Job) -> jobs_pb2.FineTuningJob:
     return message
 
 
+def job_summary_message(job: Job) -> jobs_pb2.FineTuningJob:
+    """What SHOW tells of a job the caller may not DESCRIBE: Cortex's SHOW fields, and times."""
+    return jobs_pb2.FineTuningJob(id=job.id, status=jobs_pb2.JobStatus.Value(job.status.value),
+                                  base_model=job.base_model,
+                                  created_on=timestamp(job.created_on),
+                                  started_on=timestamp(job.started_on),
+                                  finished_on=timestamp(job.finished_on))
+
+
 def snapshot_message(snapshot: SnapshotInfo) -> jobs_pb2.DataSnapshot:
     return jobs_pb2.DataSnapshot(
         uri=snapshot.uri, rows=snapshot.rows, sha256=snapshot.sha256,

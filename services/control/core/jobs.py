@@ -89,6 +89,9 @@ class _Plan:
 class JobPage:
     jobs: list[Job]
     next_page_token: str
+    # Listed jobs the caller may not DESCRIBE (another role's): shown by their id, status,
+    # base model and times only, as Cortex's SHOW shows every job of the account.
+    summaries: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -347,20 +350,24 @@ class FineTuning:
         return self._store.run(lambda tx: _visible_job(tx, principal, job_id))
 
     def list(self, principal: Principal, page_size: int = 0, page_token: str = "") -> JobPage:
-        """SHOW: the account's jobs the caller may DESCRIBE (all of them for ACCOUNTADMIN)."""
+        """SHOW: every job of the account for ACCOUNTADMIN and for holders of FINETUNE (as
+        Cortex's SHOW), those of other roles as summaries (JobPage.summaries); for anyone
+        else, the jobs its roles own."""
         size = paging.page_size(page_size)
         after = _decode_job_token(page_token) if page_token else None
 
         def work(tx):
             access = load_access(tx, principal.account_id, principal.user_id)
-            return tx.jobs.page(principal.account_id, size + 1, after,
-                                None if access.admin else access.role_ids)
-        jobs = self._store.run(work)
+            everyone = access.allows(Privilege.FINETUNE, SecurableObject.account())
+            return access, tx.jobs.page(principal.account_id, size + 1, after,
+                                        None if everyone else access.role_ids)
+        access, jobs = self._store.run(work)
         token = ""
         if len(jobs) > size:
             jobs = jobs[:size]
             token = paging.encode_token([jobs[-1].created_on.isoformat(), jobs[-1].id])
-        return JobPage(jobs, token)
+        return JobPage(jobs, token,
+                       frozenset(j.id for j in jobs if not access.owns(j.owner_role_id)))
 
     def events(self, principal: Principal, job_id: str, page_size: int = 0,
                page_token: str = "", newest_first: bool = False) -> EventPage:

@@ -88,3 +88,26 @@ async def test_errors_are_one_line_and_the_service_keeps_answering(client, run):
     assert "page_token" in err.value.details()
     ok = await run("SELECT count(*) AS n FROM tickets", "--csv")
     assert ok.exit_code == 0 and ok.stdout.splitlines() == ["n", "40"]
+
+
+async def test_finetune_inside_sql_over_grpc(client, run, cluster):
+    """FINETUNE('CREATE' | 'SHOW' | 'DESCRIBE' | 'CANCEL') as queries, through `finetune sql`:
+    the job is the FineTuningService's own (the client's DESCRIBE sees it)."""
+    created = await run("SELECT FINETUNE('CREATE', 'router', 'tiny-base', 'SELECT prompt, "
+                        "completion FROM tickets', NULL, {'max_epochs': 1}) AS job", "--csv")
+    assert created.exit_code == 0, created.output
+    job_id = created.stdout.splitlines()[1]
+    assert job_id.startswith("ft_")
+    job = await asyncio.to_thread(client.get_job, job_id)
+    assert (job.training_rows + job.validation_rows, job.options.max_epochs) == (40, 1)
+    shown = await run("SELECT FINETUNE('SHOW')", "--json")
+    (row,) = [json.loads(line) for line in shown.stdout.splitlines()]
+    assert [j["id"] for j in json.loads(row["finetune"])] == [job_id]
+    described = await run(f"SELECT FINETUNE('DESCRIBE', '{job_id}') AS d", "--json")
+    doc = json.loads(json.loads(described.stdout)["d"])
+    assert doc["model"] == "public.public.router"
+    assert doc["training_rows"] == job.training_rows and doc["status"] in ("PENDING", "RUNNING")
+    cancelled = await run(f"SELECT FINETUNE('CANCEL', '{job_id}') AS d", "--json")
+    assert json.loads(json.loads(cancelled.stdout)["d"])["status"] == "CANCELLED"
+    bad = await run("SELECT FINETUNE('DESCRIBE', prompt) FROM tickets")
+    assert bad.exit_code == 1 and "INVALID_ARGUMENT" in bad.output and "alone" in bad.output

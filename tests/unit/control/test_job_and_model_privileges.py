@@ -110,10 +110,23 @@ async def test_jobs_are_for_their_owner_role_and_the_administrator(jobs, people,
     with acting_as(admin):
         listed = await jobs.ListFineTuningJobs(jobs_pb2.ListFineTuningJobsRequest(), None)
         assert {j.id for j in listed.jobs} == {job.id, admin_job.id}
+    with acting_as(people["ann"]):   # FINETUNE: every job of the account, another's as a summary
+        listed = {j.id: j for j in (await jobs.ListFineTuningJobs(
+            jobs_pb2.ListFineTuningJobsRequest(), None)).jobs}
+        assert listed.keys() == {job.id, admin_job.id}
+        assert listed[job.id].model == "sales.public.bot"
+        summary = listed[admin_job.id]
+        assert (summary.status, summary.base_model) == (jobs_pb2.PENDING, "tiny-base")
+        assert summary.created_on.seconds > 0
+        assert not (summary.model or summary.training_data or summary.training_rows)
+    with acting_as(people["rita"]):
+        assert [j.training_data for j in (await jobs.ListFineTuningJobs(
+            jobs_pb2.ListFineTuningJobsRequest(), None)).jobs] == ["", ""]
+    with acting_as(people["nick"]):  # no FINETUNE: only its roles' jobs, none
+        assert not (await jobs.ListFineTuningJobs(jobs_pb2.ListFineTuningJobsRequest(),
+                                                  None)).jobs
     for someone in (people["rita"], people["nick"]):
         with acting_as(someone):
-            assert not (await jobs.ListFineTuningJobs(
-                jobs_pb2.ListFineTuningJobsRequest(), None)).jobs
             for job_id in (job.id, "ft_does-not-exist"):  # same answer either way
                 with pytest.raises(PermissionDenied):
                     await jobs.GetFineTuningJob(jobs_pb2.GetFineTuningJobRequest(id=job_id), None)

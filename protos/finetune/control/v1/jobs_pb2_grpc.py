@@ -84,7 +84,9 @@ class FineTuningServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListFineTuningJobs(self, request, context):
-        """FINETUNE('SHOW'): the caller's account only, newest first.
+        """FINETUNE('SHOW'): the caller's account only, newest first. ACCOUNTADMIN and holders of
+        FINETUNE (FINETUNE_USER) see every job of the account, those of other roles as summaries
+        (id, status, base_model, times); anyone else sees the jobs its roles own.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
