@@ -64,6 +64,9 @@ def test_parse_takes_constants_structs_and_aliases():
     ("SELECT FINETUNE('DESCRIBE', read_text('/etc/passwd'))", "constants"),
     ("SELECT FINETUNE('DESCRIBE', 'a' || 'b')", "constants"),
     ("SELECT upper(FINETUNE('SHOW'))", "called alone"),
+    ("SELECT COMPLETE('m', FINETUNE('SHOW'))", "called alone"),
+    ("WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 9) "
+     "SELECT FINETUNE('DESCRIBE', i::VARCHAR) FROM n", "called alone"),
     ("SELECT FINETUNE('SHOW') LIMIT 1", "called alone"),
     ("SELECT FINETUNE('SHOW'); SELECT 1", "called alone"),
     ("SELECT FINETUNE()", "called alone"),

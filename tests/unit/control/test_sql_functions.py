@@ -137,6 +137,18 @@ async def test_into_saves_the_generated_column(servicer, admin, inference):
     assert rows == [{"n": "6"}] and len(inference.calls) == 6
 
 
+async def test_nested_calls_each_count_against_the_budget(servicer, admin, inference):
+    _, rows = await run(servicer, admin, query=(
+        "SELECT COMPLETE('m', COMPLETE('m', prompt) || '!') AS a FROM tickets ORDER BY 1"))
+    assert [r["a"] for r in rows] == [f"TICKET {i}!" for i in range(6)]
+    assert len(inference.calls) == 12
+    with pytest.raises(ResourceExhausted):   # 18 inner + 18 outer calls > 20
+        await run(servicer, admin, query=(
+            "SELECT COMPLETE('m', COMPLETE('m', a.prompt)) FROM tickets a, "
+            "(SELECT * FROM tickets LIMIT 3) b"))
+    assert len(inference.calls) <= 12 + 20
+
+
 async def test_the_sandbox_still_holds_around_complete(servicer, admin, inference):
     for hostile in ("SELECT COMPLETE('m', content) FROM read_text('/etc/passwd')",
                     "SELECT COMPLETE('m', getenv('HOME'))",
