@@ -22,7 +22,7 @@ from typing import Any
 import duckdb
 
 from services.common.errors import FinetuneError, InvalidArgument
-from services.control.data.sandbox import syntax_tree
+from services.control.data.sandbox import function_names, syntax_tree
 
 NAME = "finetune"
 ACTIONS = {"CREATE": (3, 5), "SHOW": (0, 0), "DESCRIBE": (1, 1), "CANCEL": (1, 1)}
@@ -80,8 +80,15 @@ def parse(sql: str) -> FinetuneCall | None:
         return None   # not SQL: the sandbox refuses it with its own message
     finally:
         connection.close()
-    if not any(_is_call(node) for node in _nodes(tree)):
+    if NAME not in {name.lower() for name in function_names(tree)}:
         return None
+    try:
+        return _call(tree)
+    except RecursionError:   # literals nested past Python's stack: refused, not INTERNAL
+        raise InvalidArgument("FINETUNE's arguments nest too deeply") from None
+
+
+def _call(tree: dict) -> FinetuneCall:
     statements = tree.get("statements") or []
     node = statements[0].get("node", {}) if len(statements) == 1 else {}
     select = node.get("select_list") or []
@@ -111,16 +118,6 @@ def parse(sql: str) -> FinetuneCall | None:
 def _is_call(node: dict) -> bool:
     return (node.get("class") == "FUNCTION"
             and str(node.get("function_name", "")).lower() == NAME)
-
-
-def _nodes(tree):
-    if isinstance(tree, dict):
-        yield tree
-        for value in tree.values():
-            yield from _nodes(value)
-    elif isinstance(tree, list):
-        for value in tree:
-            yield from _nodes(value)
 
 
 _NUMBERS = {"INTEGER": int, "BIGINT": int, "HUGEINT": int, "UBIGINT": int, "NUMERIC": float,

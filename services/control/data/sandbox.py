@@ -232,7 +232,10 @@ def syntax_tree(connection, query: str) -> dict:
     """DuckDB's own parse of a SELECT, as JSON."""
     text = run_sql(lambda: connection.execute("SELECT json_serialize_sql(?)",
                                            [query]).fetchone()[0])
-    tree = json.loads(text)
+    try:
+        tree = json.loads(text)
+    except RecursionError:   # DuckDB parsed it, but its tree is deeper than Python's stack
+        raise InvalidArgument("invalid SQL: the query nests too deeply") from None
     if tree.get("error"):
         raise InvalidArgument(f"invalid SQL: {tree.get('error_message', 'cannot parse')}")
     return tree

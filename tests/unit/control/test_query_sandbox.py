@@ -83,3 +83,16 @@ def test_bare_names_resolve_in_public_public(tables, admin):
                                   "ORDER BY prompt", 10)
     bare = tables.catalog.preview(admin.account_id, "SELECT prompt FROM train ORDER BY 1", 10)
     assert full.rows == bare.rows == [["question 0"], ["question 1"], ["question 2"]]
+
+
+@pytest.mark.parametrize("depth", [100, 300, 350, 900, 3000])
+def test_deeply_nested_queries_answer_or_are_invalid_never_a_crash(tables, admin, depth):
+    """DuckDB parses deeper expressions than Python's stack can hold as its JSON tree: those
+    are INVALID_ARGUMENT, not INTERNAL (found while adding FINETUNE's argument parser)."""
+    for sql in ("SELECT " + "{'a': " * depth + "1" + "}" * depth + " AS v",
+                "SELECT " + "(" * depth + "1" + ")" * depth + " AS v FROM train"):
+        try:
+            preview = tables.catalog.preview(admin.account_id, sql, 10)
+        except InvalidArgument:
+            continue
+        assert preview.rows

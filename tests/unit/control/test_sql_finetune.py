@@ -164,3 +164,17 @@ async def test_privileges_are_the_rpcs_privileges(servicer, admin, control, disp
         with pytest.raises((NotFound, PermissionDenied)):
             await value(servicer, nick, f"SELECT FINETUNE('{action}', '{job_id}')")
     assert control.fine_tuning.get(admin, job_id).status.value == "PENDING"
+
+
+@pytest.mark.parametrize("depth", [50, 900, 3000])
+def test_deeply_nested_arguments_are_parsed_or_refused_never_a_crash(depth):
+    options = "{'a': " * depth + "1" + "}" * depth
+    try:
+        call = parse(f"SELECT FINETUNE('CREATE', 'm', 'b', 'q', NULL, {options})")
+    except InvalidArgument:
+        return
+    if call is not None:   # parsed: the options are the nested object
+        value = call.options(4)
+        for _ in range(depth):
+            value = value["a"]
+        assert value == 1
