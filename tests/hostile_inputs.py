@@ -32,6 +32,14 @@ SQL = [
     "SELECT 'a', 'b'",
     "WITH RECURSIVE r(n) AS (SELECT 1 UNION ALL SELECT n+1 FROM r) SELECT n, n FROM r",
     "SELECT repeat('x', 100000000) AS prompt, 'c' AS completion",
+    # Deeper than Python's stack as DuckDB's JSON parse tree (was INTERNAL, 2026-12-04).
+    "SELECT " + "{'a': " * 900 + "1" + "}" * 900 + " AS prompt, 'c' AS completion",
+    "SELECT COMPLETE('sales.public.bot', prompt) FROM sales.public.tickets, range(1000000)",
+    f"SELECT COMPLETE('sales.public.bot', content) FROM read_text('{CANARY_DIR}/secret.txt')",
+    "SELECT FINETUNE('SHOW')", "SELECT FINETUNE('DESCRIBE', prompt) FROM sales.public.tickets",
+    "SELECT FINETUNE('CREATE', 'sales.public.x', 'smollm2-135m-instruct', 'SELECT prompt, "
+    f"completion FROM read_csv(''{CANARY_DIR}/secret.txt'')')",
+    "SELECT FINETUNE('CREATE', 'x', 'y', 'z', NULL, {'max_epochs': -1, 'lora_rank': 1e9})",
 ]
 PATHS = ["../../etc/passwd", "/etc/passwd", "..", ".", "a/../../b", "C:\\Windows\\system32",
          "file:///etc/passwd", "s3://someone-else/x", "~root/.ssh/id_rsa", "%2e%2e%2f",
