@@ -19,10 +19,8 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-import duckdb
-
-from services.common.errors import FinetuneError, InvalidArgument
-from services.control.data.sandbox import function_names, syntax_tree
+from services.common.errors import InvalidArgument
+from services.control.data.sandbox import function_names, parsed
 
 NAME = "finetune"
 ACTIONS = {"CREATE": (3, 5), "SHOW": (0, 0), "DESCRIBE": (1, 1), "CANCEL": (1, 1)}
@@ -73,14 +71,8 @@ def parse(sql: str) -> FinetuneCall | None:
     query that names it any other way than as a lone call is InvalidArgument)."""
     if not mentions_finetune(sql):
         return None
-    connection = duckdb.connect(":memory:")
-    try:
-        tree = syntax_tree(connection, sql)
-    except FinetuneError:
-        return None   # not SQL: the sandbox refuses it with its own message
-    finally:
-        connection.close()
-    if NAME not in {name.lower() for name in function_names(tree)}:
+    tree = parsed(sql)
+    if tree is None or NAME not in {name.lower() for name in function_names(tree)}:
         return None
     try:
         return _call(tree)

@@ -25,6 +25,7 @@ import duckdb
 
 from services.common.errors import (
     DeadlineExceeded,
+    FinetuneError,
     InvalidArgument,
     PermissionDenied,
     ResourceExhausted,
@@ -239,6 +240,18 @@ def syntax_tree(connection, query: str) -> dict:
     if tree.get("error"):
         raise InvalidArgument(f"invalid SQL: {tree.get('error_message', 'cannot parse')}")
     return tree
+
+
+def parsed(query: str) -> dict | None:
+    """DuckDB's parse of a query on a scratch connection, or None when it does not parse (the
+    sandbox then refuses it with its own message): for deciding how to run a query."""
+    connection = duckdb.connect(":memory:")
+    try:
+        return syntax_tree(connection, query)
+    except FinetuneError:
+        return None
+    finally:
+        connection.close()
 
 
 def function_names(tree) -> Iterator[str]:

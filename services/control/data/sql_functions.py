@@ -31,7 +31,7 @@ import pyarrow as pa
 from duckdb.func import ARROW, SPECIAL
 
 from services.common.errors import FinetuneError, InvalidArgument, ResourceExhausted
-from services.control.data.sandbox import function_names, syntax_tree
+from services.control.data.sandbox import function_names, parsed
 
 FUNCTION_NAMES = frozenset({"complete", "try_complete"})
 OPTION_KEYS = frozenset({"temperature", "top_p", "max_tokens", "stop", "seed",
@@ -72,14 +72,9 @@ class RowGenerator(Protocol):
 def calls_functions(sql: str) -> bool:
     """Whether the query names COMPLETE or TRY_COMPLETE (False when it does not parse: the
     sandbox then refuses it with its own message)."""
-    connection = duckdb.connect(":memory:")
-    try:
-        names = {name.lower() for name in function_names(syntax_tree(connection, sql))}
-    except FinetuneError:
-        return False
-    finally:
-        connection.close()
-    return bool(names & FUNCTION_NAMES)
+    tree = parsed(sql)
+    return tree is not None and bool(
+        {name.lower() for name in function_names(tree)} & FUNCTION_NAMES)
 
 
 @contextmanager
