@@ -242,6 +242,11 @@ class Completions:
             context = min(context, resolved.context_window)
         sampling = plan_sampling(inp, len(ids), context, self._limits.default_max_tokens)
 
+        # Control acting for a user (delegation, which ResolveModel has just verified) names
+        # its rows itself (an evaluation's row): a retry of the same row after a lost answer,
+        # or after a restart of either side, is then one usage record, not two. A user's own
+        # request_id never is: reusing one must not make a second answer free.
+        usage_id = inp.request_id if inp.on_behalf_of and inp.request_id else engine_request_id
         counter = UsageCounter(len(ids))
         finish_reason = None
         deltas = self._engine.generate(engine_request_id, ids, sampling, lora)
@@ -262,7 +267,7 @@ class Completions:
                 # its usage row, and a client that hangs up on the last message is still
                 # billed for what it received.
                 await self._record(UsageRecord(
-                    request_id=engine_request_id, account_id=resolved.account_id,
+                    request_id=usage_id, account_id=resolved.account_id,
                     user_id=resolved.user_id, model=resolved.model,
                     base_model=resolved.base_model, usage=usage))
                 yield Chunk(delta.text, FINISH_REASONS[finish_reason], usage)

@@ -264,6 +264,18 @@ async def test_a_caller_request_id_does_not_become_the_usage_id(make_completions
     assert len({r.request_id for r in reporter.records}) == 2
 
 
+async def test_control_acting_for_a_user_names_the_usage_row(make_completions, reporter,
+                                                             usage, engine):
+    """An evaluation's row retried after a lost answer: generated twice, billed once."""
+    core = make_completions()
+    row = inp(request_id="ev_1/1/7", on_behalf_of="acct/u7")
+    await core.complete("service-token", row)
+    await core.complete("service-token", row)
+    await usage.flush()
+    assert len({c["request_id"] for c in engine.calls}) == 2   # the engine's ids stay apart
+    assert [r.request_id for r in reporter.records] == ["ev_1/1/7"]
+
+
 async def test_an_answer_whose_usage_cannot_be_recorded_is_withheld(make_completions, usage,
                                                                     caplog):
     usage.store.close()  # the disk is gone
