@@ -25,6 +25,8 @@ from finetune.control.v1 import (
     data_pb2_grpc,
     evaluations_pb2,
     evaluations_pb2_grpc,
+    generations_pb2,
+    generations_pb2_grpc,
     jobs_pb2,
     jobs_pb2_grpc,
     models_pb2,
@@ -81,6 +83,7 @@ class FinetuneClient:
         self.data = data_pb2_grpc.DataServiceStub(self._control)
         self.access = access_pb2_grpc.AccessServiceStub(self._control)
         self.evaluations = evaluations_pb2_grpc.EvaluationServiceStub(self._control)
+        self.generations = generations_pb2_grpc.GenerationServiceStub(self._control)
         self.inference = inference_pb2_grpc.InferenceServiceStub(self._inference)
 
     def close(self) -> None:
@@ -296,6 +299,47 @@ class FinetuneClient:
         chunks = self.evaluations.GetEvaluationResults(
             evaluations_pb2.GetEvaluationResultsRequest(id=evaluation_id, file=file))
         return b"".join(c.data for c in chunks)
+
+    # -- batch generation ----------------------------------------------------------------------
+
+    def generate_text(self, model: str, query: str, into: str, request_id: str | None = None,
+                      **generation) -> generations_pb2.Generation:
+        """Starts ML.GENERATE_TEXT: `model` answers each row's prompt of `query`, into the new
+        table `into` (the query's columns plus generated_text, finish_reason, token counts and
+        error)."""
+        return self.generations.GenerateText(generations_pb2.GenerateTextRequest(
+            model=model, query=query, into=into,
+            generation=evaluations_pb2.GenerationOptions(**generation),
+            request_id=request_id or str(uuid.uuid4())))
+
+    def get_generation(self, generation_id: str) -> generations_pb2.Generation:
+        return self.generations.GetGeneration(generations_pb2.GetGenerationRequest(
+            id=generation_id))
+
+    def list_generations(self) -> list[generations_pb2.Generation]:
+        out, token = [], ""
+        while True:
+            page = self.generations.ListGenerations(generations_pb2.ListGenerationsRequest(
+                page_token=token))
+            out.extend(page.generations)
+            token = page.next_page_token
+            if not token:
+                return out
+
+    def cancel_generation(self, generation_id: str) -> generations_pb2.Generation:
+        return self.generations.CancelGeneration(generations_pb2.CancelGenerationRequest(
+            id=generation_id))
+
+    def watch_generation(self, generation_id: str,
+                         timeout: float | None = None) -> Iterator[generations_pb2.Generation]:
+        return self.generations.WatchGeneration(
+            generations_pb2.WatchGenerationRequest(id=generation_id), timeout=timeout)
+
+    def wait_generation(self, generation_id: str,
+                        timeout: float | None = None) -> generations_pb2.Generation:
+        for _ in self.watch_generation(generation_id, timeout=timeout):
+            pass
+        return self.get_generation(generation_id)
 
     def whoami(self) -> access_pb2.Principal:
         return self.access.WhoAmI(access_pb2.WhoAmIRequest())

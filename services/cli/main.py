@@ -15,6 +15,8 @@ from services.cli.client import FinetuneClient, evaluation_task_value
 from services.cli.data_commands import data_app
 from services.cli.evaluation_commands import evaluate as _evaluate
 from services.cli.evaluation_commands import evaluations_app
+from services.cli.generation_commands import generate as _generate
+from services.cli.generation_commands import generations_app
 from services.cli.job_commands import TASKS, jobs_app
 from services.cli.model_commands import describe as _describe_model
 from services.cli.model_commands import models_app
@@ -45,6 +47,7 @@ app.add_typer(usage_app, name="usage")
 app.add_typer(data_app, name="data")
 app.add_typer(jobs_app, name="jobs")
 app.add_typer(evaluations_app, name="evaluations")
+app.add_typer(generations_app, name="generations")
 app.add_typer(models_app, name="models")
 app.command("model", help="One model: lineage, losses and its evaluations (= models "
                           "describe).")(_describe_model)
@@ -329,6 +332,7 @@ def complete(model: str, prompt: str, max_tokens: int = typer.Option(128),
 
 
 app.command("evaluate")(_rpc(_evaluate))
+app.command("generate")(_rpc(_generate))
 
 
 if __name__ == "__main__":

@@ -112,6 +112,21 @@ class LocalStack:
             signal.signal(signal.SIGTERM, self._previous_sigterm)
             self._previous_sigterm = None
 
+    def restart_control(self, kill: bool = True) -> None:
+        """Stop control (SIGKILL when `kill`: as if its machine died) and start it again on the
+        same port, over the same home, so that inference and clients find it where it was."""
+        proc = next(p for p in self.procs if p.name == "control")
+        proc.popen.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
+        proc.popen.wait(timeout=60)
+        index = self.procs.index(proc)
+        self.procs.remove(proc)
+        port = self.control_address.rpartition(":")[2]
+        inference_port = int(self.inference_address.rpartition(":")[2]) \
+            if self.inference_address else 0
+        metrics_port = int(self.control_metrics_url.rsplit(":", 1)[1].split("/")[0])
+        self._start_control(inference_port, port=int(port), metrics_port=metrics_port)
+        self.procs.insert(index, self.procs.pop())   # stopped in the same order as before
+
     def _stop_on_sigterm(self) -> None:
         """The children run in their own sessions (so that Ctrl-C reaches only this process,
         which stops them in order), so a SIGTERM to this process alone (`timeout`, `kill`, a
@@ -170,9 +185,10 @@ class LocalStack:
         self.ray_dashboard_url = f"http://{self.config.host}:{ports['--dashboard-port']}"
         self._wait_http(proc, self.ray_dashboard_url + "/api/version")
 
-    def _start_control(self, inference_port: int = 0) -> None:
-        port = self.config.control_port or free_port()
-        metrics_port = self.config.control_metrics_port or free_port()
+    def _start_control(self, inference_port: int = 0, port: int = 0,
+                       metrics_port: int = 0) -> None:
+        port = port or self.config.control_port or free_port()
+        metrics_port = metrics_port or self.config.control_metrics_port or free_port()
         argv = [sys.executable, "-m", "services.control", "--host", self.config.host,
                 "--port", str(port), "--metrics-port", str(metrics_port),
                 "--home", str(self.home),

@@ -61,13 +61,14 @@ def fine_tuning(since: Optional[datetime] = SINCE, until: Optional[datetime] = U
 def inference(since: Optional[datetime] = SINCE, until: Optional[datetime] = UNTIL,
               model: str = MODEL, user: str = USER, limit: int = typer.Option(50),
               page_token: str = typer.Option("")):
-    """Inference usage per COMPLETE request, newest first."""
+    """Inference usage per request (COMPLETE, batch generation rows, evaluations), newest
+    first."""
     with _client() as client:
         res = client.inference_usage(since, until, model, user, limit, page_token)
-    table = Table("time", "request", "model", "base model", "user", "prompt", "completion",
-                  "total", "credits")
+    table = Table("time", "source", "request", "model", "base model", "user", "prompt",
+                  "completion", "total", "credits")
     for u in res.usage:
-        table.add_row(views.when(u.time), u.request_id, u.model, u.base_model, u.user,
+        table.add_row(views.when(u.time), u.source, u.request_id, u.model, u.base_model, u.user,
                       str(u.prompt_tokens), str(u.completion_tokens), str(u.total_tokens),
                       _credits(u.credits))
     console.print(table)

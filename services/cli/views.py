@@ -8,7 +8,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from finetune.control.v1 import evaluations_pb2, jobs_pb2
+from finetune.control.v1 import evaluations_pb2, generations_pb2, jobs_pb2
 
 console = Console()
 TERMINAL = {jobs_pb2.SUCCESS, jobs_pb2.ERROR, jobs_pb2.CANCELLED}
@@ -98,8 +98,7 @@ def now() -> str:
 
 # -- evaluations ----------------------------------------------------------------------------
 
-EVALUATION_TERMINAL = {evaluations_pb2.EVALUATION_SUCCEEDED, evaluations_pb2.EVALUATION_FAILED,
-                       evaluations_pb2.EVALUATION_CANCELLED}
+TERMINAL_NAMES = {"SUCCEEDED", "FAILED", "CANCELLED"}   # evaluations' and generations'
 # The order metrics are shown in; any others the service adds follow, sorted.
 METRIC_ORDER = ("accuracy", "macro_f1", "weighted_f1", "macro_precision", "macro_recall",
                 "bleu", "rougeL_precision", "rougeL_recall", "rougeL_f1", "exact_match")
@@ -187,9 +186,10 @@ def evaluation_details(evaluation) -> Table:
     return table
 
 
-def follow_evaluations(streams) -> list:
-    """Live progress bars for evaluations being watched (one stream each); returns the last
-    state of each."""
+def follow_evaluations(streams, status=None) -> list:
+    """Live progress bars for evaluations (or generations, with their `status`) being watched
+    (one stream each); returns the last state of each."""
+    status = status or evaluation_status
     last = [None] * len(streams)
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(),
                   TextColumn("{task.percentage:>3.0f}%"), TextColumn("{task.fields[rows]}"),
@@ -203,7 +203,45 @@ def follow_evaluations(streams) -> list:
                     task = progress.add_task(f"{e.model} {e.id}", total=1.0, rows="",
                                              status="")
                 progress.update(task, completed=e.progress, rows=f"{e.rows_done}/{e.rows} rows",
-                                status=evaluation_status(e))
-                if e.status in EVALUATION_TERMINAL:
+                                status=status(e))
+                if status(e) in TERMINAL_NAMES:
                     break
     return last
+
+
+def generation_status(generation) -> str:
+    return generations_pb2.GenerationStatus.Name(generation.status).removeprefix("GENERATION_")
+
+
+def generations_table(generations) -> Table:
+    """One row per batch generation: which model wrote which table, and how far it got."""
+    table = Table("id", "model", "into", "status", "rows", "errors", "tokens", "created")
+    for g in generations:
+        table.add_row(g.id, g.model, g.into, generation_status(g), f"{g.rows_done}/{g.rows}",
+                      str(g.rows_failed), f"{g.prompt_tokens} + {g.completion_tokens}",
+                      when(g.created_on))
+    return table
+
+
+def generation_details(generation) -> Table:
+    g, o = generation, generation.generation
+    table = Table(show_header=False, box=None)
+    table.add_column(style="bold")
+    table.add_column()
+    for name, value in [
+        ("id", g.id), ("model", g.model), ("base_model", g.base_model),
+        ("model_version", str(g.model_version)), ("into", g.into),
+        ("status", generation_status(g)),
+        ("progress", f"{g.progress:.0%} ({g.rows_done}/{g.rows} rows, "
+                     f"{g.rows_failed} with an error)"),
+        ("query", g.query),
+        ("generation", f"max_tokens={o.max_tokens} temperature={o.temperature:g} "
+                       f"concurrency={o.concurrency}"),
+        ("tokens", f"{g.prompt_tokens} prompt, {g.completion_tokens} completion"),
+        ("runs", str(g.attempts)),
+        ("created_on", when(g.created_on)), ("finished_on", when(g.finished_on)),
+        ("error", g.error),
+    ]:
+        if value:
+            table.add_row(name, value)
+    return table

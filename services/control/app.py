@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -20,6 +20,7 @@ from finetune.control.v1 import (
     access_pb2_grpc,
     data_pb2_grpc,
     evaluations_pb2_grpc,
+    generations_pb2_grpc,
     internal_pb2_grpc,
     jobs_pb2_grpc,
     models_pb2_grpc,
@@ -33,6 +34,7 @@ from services.common.server import GrpcServer, Registration, wait_for_signal
 from services.control.api.access import AccessServicer
 from services.control.api.data import DataServicer
 from services.control.api.evaluations import EvaluationServicer
+from services.control.api.generations import GenerationServicer
 from services.control.api.internal import JobReportingServicer, ModelResolutionServicer
 from services.control.api.jobs import FineTuningServicer
 from services.control.api.models import ModelServicer
@@ -45,6 +47,8 @@ from services.control.core.authorization import Authorizer
 from services.control.core.databases import Databases
 from services.control.core.evaluation_runner import EvaluationRunner, RunnerSettings
 from services.control.core.evaluations import Evaluations
+from services.control.core.generation_runner import GenerationRunner
+from services.control.core.generations import Generations
 from services.control.core.jobs import FineTuning
 from services.control.core.model_exports import ModelExports
 from services.control.core.model_imports import ImportSettings, ModelImports
@@ -117,6 +121,8 @@ class Components:
     inference_usage: InferenceUsageRecorder
     evaluations: Evaluations
     evaluation_runner: EvaluationRunner
+    generations: Generations
+    generation_runner: GenerationRunner
     base_models: Mapping[str, BaseModelSpec]
     control_address: ControlAddress
     metrics: ControlMetrics
@@ -141,6 +147,9 @@ class Components:
             Registration(evaluations_pb2_grpc.add_EvaluationServiceServicer_to_server,
                          EvaluationServicer(self.evaluations, self.events),
                          f"{PACKAGE}.EvaluationService"),
+            Registration(generations_pb2_grpc.add_GenerationServiceServicer_to_server,
+                         GenerationServicer(self.generations, self.events),
+                         f"{PACKAGE}.GenerationService"),
             Registration(usage_pb2_grpc.add_UsageServiceServicer_to_server,
                          UsageServicer(self.usage), f"{PACKAGE}.UsageService"),
             Registration(internal_pb2_grpc.add_JobReportingServiceServicer_to_server,
@@ -195,6 +204,14 @@ def build_components(config: ControlConfig, dispatcher: JobDispatcher | None = N
                               max_rows=config.max_evaluation_rows,
                               tokenizer_for=lambda base: tokenizers(base, str(provision(base))),
                               on_created=runner.wake, on_cancelled=runner.stop)
+    generation_runner = GenerationRunner(
+        store, artifacts, catalog, completions, events, replace(
+            runner_settings or RunnerSettings(), max_running=config.max_running_generations))
+    generations = Generations(store, catalog, artifacts, base_models, authorizer, events,
+                              inference_configured=completions is not None,
+                              max_rows=config.max_generation_rows,
+                              on_created=generation_runner.wake,
+                              on_cancelled=generation_runner.stop)
     fine_tuning = FineTuning(
         store, catalog, artifacts, dispatcher, events, base_models, provision,
         control_address, submit_env,
@@ -222,7 +239,8 @@ def build_components(config: ControlConfig, dispatcher: JobDispatcher | None = N
             config.query_timeout_s) if completions is not None else None),
         usage=UsageHistory(store, authorizer),
         inference_usage=InferenceUsageRecorder(store, prices=prices),
-        evaluations=evaluations, evaluation_runner=runner, base_models=base_models,
+        evaluations=evaluations, evaluation_runner=runner, generations=generations,
+        generation_runner=generation_runner, base_models=base_models,
         control_address=control_address, metrics=control_metrics(store))
 
 
@@ -242,6 +260,7 @@ class ControlApp:
             if config.metrics_port >= 0 else None
         self._reconcile_task: asyncio.Task | None = None
         self._evaluation_task: asyncio.Task | None = None
+        self._generation_task: asyncio.Task | None = None
 
     @property
     def address(self) -> str:
@@ -257,9 +276,11 @@ class ControlApp:
         if evaluate:
             self._evaluation_task = asyncio.create_task(
                 self.components.evaluation_runner.run(), name="evaluations")
+            self._generation_task = asyncio.create_task(
+                self.components.generation_runner.run(), name="generations")
 
     async def stop(self, grace: float = 5.0) -> None:
-        for task in (self._reconcile_task, self._evaluation_task):
+        for task in (self._reconcile_task, self._evaluation_task, self._generation_task):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):

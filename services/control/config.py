@@ -60,6 +60,8 @@ class ControlConfig:
     inference_address: str = ""
     max_evaluation_rows: int = 5000    # rows one evaluation's query may return
     max_running_evaluations: int = 2   # evaluations run at once (each `concurrency` calls)
+    max_generation_rows: int = 100_000  # rows one batch generation's query may return
+    max_running_generations: int = 2   # batch generations run at once
     # COMPLETE inside queries (RunQuery): rows one query may generate, and calls at a time.
     max_sql_completions: int = 1000
     sql_completion_concurrency: int = 8
@@ -103,6 +105,8 @@ _SETTINGS = {
     "inference_address": ("FINETUNE_INFERENCE_ADDRESS", str),
     "max_evaluation_rows": ("FINETUNE_MAX_EVALUATION_ROWS", int),
     "max_running_evaluations": ("FINETUNE_MAX_RUNNING_EVALUATIONS", int),
+    "max_generation_rows": ("FINETUNE_MAX_GENERATION_ROWS", int),
+    "max_running_generations": ("FINETUNE_MAX_RUNNING_GENERATIONS", int),
     "max_sql_completions": ("FINETUNE_MAX_SQL_COMPLETIONS", int),
     "sql_completion_concurrency": ("FINETUNE_SQL_COMPLETION_CONCURRENCY", int),
     "metrics_port": ("FINETUNE_METRICS_PORT", int),

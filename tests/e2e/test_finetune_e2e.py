@@ -15,7 +15,7 @@ from transformers import AutoTokenizer
 
 from polling import wait_until
 
-from finetune.control.v1 import evaluations_pb2, jobs_pb2
+from finetune.control.v1 import evaluations_pb2, generations_pb2, jobs_pb2
 from services.common.chat_format import prompt_token_ids
 
 pytestmark = pytest.mark.e2e
@@ -278,3 +278,40 @@ def test_continued_training_starts_from_the_fine_tuned_model(client, trained_job
     answers = [client.complete(name, r["prompt"], max_tokens=12).text.strip() for r in rows]
     assert sum(a == NEW_CODE for a in answers) >= 3, answers
     assert client.get_model(name).trained_tokens == done.trained_tokens
+
+
+def test_batch_generation_survives_a_killed_control_and_bills_each_row_once(stack, client,
+                                                                              trained_job):
+    """GenerateText on the real engine: control is SIGKILLed mid-run and restarted; the run
+    resumes, the table holds every row once with the tuned model's answers, and usage has
+    exactly one GENERATION row per table row. (Last in the module: it restarts control.)"""
+    since = datetime.now(timezone.utc)
+    query = (f"SELECT t.prompt, t.completion AS expected, r.range AS rep FROM {TABLE} t, "
+             "range(5) r ORDER BY rep, prompt")
+    into = "e2e.public.generated_codes"
+    started = client.generate_text(MODEL, query, into, max_tokens=8, concurrency=4)
+    rows = len(word_rows()) * 5
+    assert started.rows == rows and started.id.startswith("gen_")
+    wait_until(lambda: client.get_generation(started.id).rows_done >= 6, 300,
+               "a few rows answered")
+    stack.restart_control(kill=True)
+    done = client.wait_generation(started.id, timeout=900)
+    assert done.status == generations_pb2.GENERATION_SUCCEEDED, done.error
+    assert done.attempts == 2 and (done.rows_done, done.rows_failed) == (rows, 0)
+
+    _, table = client.query_rows(f"SELECT * FROM {into} ORDER BY rep, prompt")
+    table = list(table)
+    assert len(table) == rows and all(r["generated_text"] is not None for r in table)
+    hits = sum(r["generated_text"].strip() == r["expected"] for r in table)
+    assert hits >= 0.8 * rows, [r["generated_text"] for r in table]
+    assert sum(int(r["prompt_tokens"]) for r in table) == done.prompt_tokens
+
+    def billed():
+        return [u for u in client.inference_usage(start=since, model=MODEL,
+                                                  page_size=1000).usage
+                if u.source == "GENERATION" and u.request_id.startswith(started.id)]
+    wait_until(lambda: len(billed()) >= rows, 120, "a usage row per generated row")
+    usage = billed()
+    assert sorted(u.request_id for u in usage) == sorted(f"{started.id}/{i}"
+                                                         for i in range(rows))
+    assert sum(u.prompt_tokens for u in usage) == done.prompt_tokens

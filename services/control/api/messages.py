@@ -332,7 +332,7 @@ def inference_usage_message(u: InferenceUsage) -> usage_pb2.InferenceUsage:
         request_id=u.request_id, model=u.model, base_model=u.base_model, user=u.user_name,
         prompt_tokens=u.prompt_tokens, completion_tokens=u.completion_tokens,
         total_tokens=u.prompt_tokens + u.completion_tokens, credits=u.credits,
-        time=timestamp(u.time))
+        time=timestamp(u.time), source=u.source)
 
 
 def usage_group_message(g: UsageGroup) -> usage_pb2.InferenceUsageGroup:

@@ -87,10 +87,34 @@ class EvaluationPage:
 
 
 @dataclass(frozen=True)
-class _Target:
+class ModelTarget:
+    """The model an evaluation or a generation calls."""
+
     name: str
     base_model: str
     model: RegisteredModel | None     # None for a base model
+
+
+def model_target(tx: Tx, account_id: str, name: str,
+                 base_models: Mapping[str, BaseModelSpec]) -> ModelTarget:
+    """A base model, or a registered fine-tuned model that is ready and whose base model is
+    still served (the caller's USAGE on it is checked before this is called)."""
+    name = (name or "").strip()
+    if not name:
+        raise InvalidArgument("model is required")
+    if name in base_models:
+        return ModelTarget(name, name, None)
+    canonical = str(qualified_name(name, "model"))
+    model = tx.models.get(account_id, canonical)
+    if model is None:
+        raise NotFound(f"model {canonical} does not exist")
+    if not model.ready:
+        raise FailedPrecondition(f"model {canonical} is being evaluated by job "
+                                 f"{model.job_id} and is not registered yet")
+    if model.base_model not in base_models:
+        raise FailedPrecondition(f"model {canonical} needs base model {model.base_model}, "
+                                 "which this deployment no longer serves")
+    return ModelTarget(canonical, model.base_model, model)
 
 
 class Evaluations:
@@ -142,7 +166,8 @@ class Evaluations:
         generation = resolve_generation(request.generation, task)
         if not request.query.strip():
             raise InvalidArgument("query is required")
-        target = self._store.run(lambda tx: self._target(tx, access, request.model))
+        target = self._store.run(lambda tx: model_target(tx, account, request.model,
+                                                             self._base_models))
         evaluation_id = new_evaluation_id()
         data_uri = evaluation_uri(self._artifacts, evaluation_id, DATA_FILE)
         snapshot = snapshot_rows(self._catalog, self._artifacts, account, request.query,
@@ -174,24 +199,6 @@ class Evaluations:
                  task.value)
         self._on_created()
         return added
-
-    def _target(self, tx: Tx, access: Access, name: str) -> _Target:
-        name = (name or "").strip()
-        if not name:
-            raise InvalidArgument("model is required")
-        if name in self._base_models:
-            return _Target(name, name, None)
-        canonical = str(qualified_name(name, "model"))   # USAGE on it: checked by create()
-        model = tx.models.get(access.account_id, canonical)
-        if model is None:
-            raise NotFound(f"model {canonical} does not exist")
-        if not model.ready:
-            raise FailedPrecondition(f"model {canonical} is being evaluated by job "
-                                     f"{model.job_id} and is not registered yet")
-        if model.base_model not in self._base_models:
-            raise FailedPrecondition(f"model {canonical} needs base model {model.base_model}, "
-                                     "which this deployment no longer serves")
-        return _Target(canonical, model.base_model, model)
 
     # -- a fine-tuning job's evaluation ---------------------------------------------------
 
@@ -237,7 +244,7 @@ class Evaluations:
         """A model's evaluations (USAGE on it, as GetModel) or, without a model, every
         evaluation of the account the caller may see; newest first."""
         size = paging.page_size(page_size)
-        after = _decode_token(page_token) if page_token else None
+        after = paging.decode_created(page_token) if page_token else None
         model = model.strip()
 
         def work(tx: Tx) -> list[Evaluation]:
@@ -263,7 +270,7 @@ class Evaluations:
         token = ""
         if len(found) > size:
             found = found[:size]
-            token = paging.encode_token([found[-1].created_on.isoformat(), found[-1].id])
+            token = paging.encode_created(found[-1].created_on, found[-1].id)
         return EvaluationPage(found, token)
 
     def for_model(self, model: RegisteredModel,
@@ -345,12 +352,3 @@ def _visible(tx: Tx, principal: Principal, evaluation_id: str) -> Evaluation:
     if not _may_see(tx, access, evaluation):
         access.require(Privilege.USAGE, SecurableObject.model(evaluation.model))
     return evaluation
-
-
-def _decode_token(token: str) -> tuple[datetime, str]:
-    position = paging.decode_token(token)
-    try:
-        created_on, evaluation_id = position
-        return datetime.fromisoformat(created_on), str(evaluation_id)
-    except (ValueError, TypeError):
-        raise InvalidArgument("invalid page_token") from None

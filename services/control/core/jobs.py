@@ -10,7 +10,6 @@ import json
 import logging
 import tempfile
 from dataclasses import dataclass, replace
-from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -354,7 +353,7 @@ class FineTuning:
         Cortex's SHOW), those of other roles as summaries (JobPage.summaries); for anyone
         else, the jobs its roles own."""
         size = paging.page_size(page_size)
-        after = _decode_job_token(page_token) if page_token else None
+        after = paging.decode_created(page_token) if page_token else None
 
         def work(tx):
             access = load_access(tx, principal.account_id, principal.user_id)
@@ -365,7 +364,7 @@ class FineTuning:
         token = ""
         if len(jobs) > size:
             jobs = jobs[:size]
-            token = paging.encode_token([jobs[-1].created_on.isoformat(), jobs[-1].id])
+            token = paging.encode_created(jobs[-1].created_on, jobs[-1].id)
         return JobPage(jobs, token,
                        frozenset(j.id for j in jobs if not access.owns(j.owner_role_id)))
 
@@ -462,12 +461,3 @@ def _visible_job(tx, principal: Principal, job_id: str) -> Job:
     if job is None:
         raise NotFound(f"job {job_id} does not exist")
     return job
-
-
-def _decode_job_token(token: str) -> tuple[datetime, str]:
-    position = paging.decode_token(token)
-    try:
-        created_on, job_id = position
-        return datetime.fromisoformat(created_on), str(job_id)
-    except (ValueError, TypeError):
-        raise InvalidArgument("invalid page_token") from None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+from datetime import datetime
 
 from services.common.errors import InvalidArgument
 
@@ -31,3 +32,18 @@ def decode_token(token: str) -> list:
     if not isinstance(position, list):
         raise InvalidArgument("invalid page_token")
     return position
+
+
+def encode_created(created_on: datetime, item_id: str) -> str:
+    """The token after an item of a newest-first list ordered by (created_on, id)."""
+    return encode_token([created_on.isoformat(), item_id])
+
+
+def decode_created(token: str) -> tuple[datetime, str]:
+    """`encode_created`'s (created_on, id), or InvalidArgument."""
+    position = decode_token(token)
+    try:
+        created_on, item_id = position
+        return datetime.fromisoformat(created_on), str(item_id)
+    except (ValueError, TypeError):
+        raise InvalidArgument("invalid page_token") from None

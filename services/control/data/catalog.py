@@ -175,6 +175,13 @@ class DataCatalog:
                         found.append(_describe_view(connection, view, views))
         return sorted(found, key=lambda t: t.name)
 
+    def find_relation(self, account_id: str, name: QualifiedName) -> TableInfo | None:
+        """The table or view `name`, or None when there is none."""
+        if name.database not in self.databases(account_id):
+            return None
+        return next((t for t in self.list_tables(account_id, name.database)
+                     if t.name.lower() == str(name)), None)
+
     def schemas(self, account_id: str, database: str) -> list[str]:
         """The schemas of a database (empty when it does not exist)."""
         path = self.databases(account_id).get(database)

@@ -16,12 +16,14 @@ import datetime as dt
 import json
 import re
 import threading
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Protocol
 
 import duckdb
+import pyarrow
 
 from services.common.errors import (
     DeadlineExceeded,
@@ -94,6 +96,12 @@ class QueryResult:
     @property
     def column_names(self) -> list[str]:
         return [name for name, _ in self.columns]
+
+    def arrow(self) -> pyarrow.Table:
+        """Every remaining row, with the query's types (dates, decimals, lists) kept."""
+        with warnings.catch_warnings():   # DuckDB's note that this copies the rows once
+            warnings.simplefilter("ignore", UserWarning)
+            return run_sql(lambda: self._c.to_arrow_table())
 
     def batches(self, size: int = 1000) -> Iterator[list[tuple]]:
         while True:

@@ -41,6 +41,7 @@ class CompletionAnswer:
     text: str
     prompt_tokens: int
     completion_tokens: int
+    finish_reason: str = ""      # stop | length
 
 
 class CompletionClient(Protocol):
@@ -90,7 +91,7 @@ class GrpcCompletionClient:
             raise errors.Unavailable(
                 f"the inference service answered {exc.code().name}: {exc.details()}") from None
         return CompletionAnswer(response.text, response.usage.prompt_tokens,
-                                response.usage.completion_tokens)
+                                response.usage.completion_tokens, response.finish_reason)
 
     async def close(self) -> None:
         if self._channel is not None:

@@ -86,6 +86,20 @@ class IllegalEvaluationTransition(FailedPrecondition):
     """A status change the state machine forbids (e.g. cancelling a finished evaluation)."""
 
 
+def move(item, target: EvaluationStatus, now: datetime, what: str) -> None:
+    """An evaluation's or a generation's status change, with its times; the state machine
+    refuses the others."""
+    if target not in TRANSITIONS[item.status]:
+        raise IllegalEvaluationTransition(
+            f"{what} {item.id} is {item.status.value} and cannot become {target.value}")
+    item.status = target
+    item.updated_on = now
+    if target is EvaluationStatus.RUNNING and item.started_on is None:
+        item.started_on = now
+    if target.terminal:
+        item.finished_on = now
+
+
 def new_evaluation_id() -> str:
     return f"{EVALUATION_ID_PREFIX}{uuid.uuid4()}"
 
@@ -315,15 +329,7 @@ class Evaluation:
         return self.metrics.get(self.primary_metric)
 
     def _move(self, target: EvaluationStatus, now: datetime) -> None:
-        if target not in TRANSITIONS[self.status]:
-            raise IllegalEvaluationTransition(
-                f"evaluation {self.id} is {self.status.value} and cannot become {target.value}")
-        self.status = target
-        self.updated_on = now
-        if target is EvaluationStatus.RUNNING and self.started_on is None:
-            self.started_on = now
-        if target.terminal:
-            self.finished_on = now
+        move(self, target, now, "evaluation")
 
     def start(self, now: datetime) -> None:
         """A run begins, from scratch: what an interrupted run counted is dropped."""

@@ -23,6 +23,10 @@ class FineTuningUsage:
     end_time: datetime
 
 
+# Request-id prefixes of the calls control makes on a user's behalf.
+USAGE_SOURCES = {"gen_": "GENERATION", "ev_": "EVALUATION"}
+
+
 @dataclass(frozen=True)
 class InferenceUsage:
     request_id: str
@@ -33,6 +37,14 @@ class InferenceUsage:
     completion_tokens: int
     credits: float
     time: datetime
+
+    @property
+    def source(self) -> str:
+        """What made the call, from the id control gives the rows it completes for a user."""
+        for prefix, source in USAGE_SOURCES.items():
+            if self.request_id.startswith(prefix):
+                return source
+        return "COMPLETE"
 
 
 class Grouping(enum.Enum):

@@ -18,6 +18,7 @@ from services.control.store.access import AccessRepository
 from services.control.store.accounts import AccountRepository
 from services.control.store.evaluations import EvaluationRepository
 from services.control.store.events import EventRepository
+from services.control.store.generations import GenerationRepository
 from services.control.store.jobs import JobRepository
 from services.control.store.models import ModelRepository
 from services.control.store.usage import UsageRepository
@@ -72,6 +73,7 @@ class Tx:
         self.access = AccessRepository(session)
         self.events = EventRepository(session)
         self.evaluations = EvaluationRepository(session)
+        self.generations = GenerationRepository(session)
 
 
 class Store:

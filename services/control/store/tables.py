@@ -337,3 +337,43 @@ class EvaluationRow(Base):
     version: Mapped[int] = mapped_column(Integer, nullable=False)
 
     __mapper_args__ = {"version_id_col": version}
+
+
+class GenerationRow(Base):
+    """One batch generation (GenerateText): a model over a frozen query, into a new table."""
+
+    __tablename__ = "generations"
+    __table_args__ = (
+        UniqueConstraint("account_id", "request_id", name="uq_generations_account_request"),
+        Index("ix_generations_account_created", "account_id", "created_on"),
+        Index("ix_generations_status", "status"),
+    )
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"))
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id"))
+    request_id: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    model: Mapped[str] = mapped_column(String(800))
+    base_model: Mapped[str] = mapped_column(String(255))
+    model_version: Mapped[int] = mapped_column(Integer, default=0)
+    adapter_id: Mapped[int] = mapped_column(BigInteger, default=0)
+    query: Mapped[str] = mapped_column(Text)
+    into: Mapped[str] = mapped_column(String(800))
+    options: Mapped[dict] = mapped_column(JSON)
+    status: Mapped[str] = mapped_column(String(16))
+    progress: Mapped[float] = mapped_column(Float, default=0.0)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    rows: Mapped[int] = mapped_column(BigInteger, default=0)
+    rows_done: Mapped[int] = mapped_column(BigInteger, default=0)
+    rows_failed: Mapped[int] = mapped_column(BigInteger, default=0)
+    prompt_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    completion_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    created_on: Mapped[datetime] = mapped_column(UtcDateTime)
+    started_on: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
+    finished_on: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
+    updated_on: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
+    data_uri: Mapped[str | None] = mapped_column(Text, nullable=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    version: Mapped[int] = mapped_column(Integer, nullable=False)
+
+    __mapper_args__ = {"version_id_col": version}

@@ -35,6 +35,7 @@ from finetune.control.v1 import (
     access_pb2,
     data_pb2,
     evaluations_pb2,
+    generations_pb2,
     jobs_pb2,
     models_pb2,
     usage_pb2,
@@ -50,7 +51,7 @@ SERVICE_TOKEN = "hostile-service-token"
 SECRET = "canary-7f3a9c-never-in-an-answer"
 CONTROL_RPCS = public_rpcs(access_pb2.DESCRIPTOR, data_pb2.DESCRIPTOR, jobs_pb2.DESCRIPTOR,
                            models_pb2.DESCRIPTOR, usage_pb2.DESCRIPTOR,
-                           evaluations_pb2.DESCRIPTOR)
+                           evaluations_pb2.DESCRIPTOR, generations_pb2.DESCRIPTOR)
 INFERENCE_RPCS = public_rpcs(inference_pb2.DESCRIPTOR)
 # Documented answers to a bad request; anything else (INTERNAL, UNKNOWN, DATA_LOSS) is a defect.
 ALLOWED = {grpc.StatusCode.OK, grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND,
@@ -218,6 +219,7 @@ CLI_COMMANDS = [
     ["access", "show-grants", "--to-role", "{s}"], ["data", "create-database", "{s}"],
     ["data", "drop-table", "{s}"], ["data", "create-view", "{s}", "{s}"],
     ["evaluate", "{s}", "{s}"], ["evaluations", "list", "--model", "{s}"],
+    ["generate", "{s}", "{s}", "--into", "{s}"], ["generations", "show", "{s}"],
     ["usage", "inference", "--model", "{s}"],
 ]
 CLI_EXAMPLES = max(3, EXAMPLES // 50)

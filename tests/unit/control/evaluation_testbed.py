@@ -40,7 +40,7 @@ class FakeCompletions:
                 raise error
         text = self.answers.get((call.model, call.prompt), self.answers.get(call.prompt,
                                                                              "no idea"))
-        return CompletionAnswer(text, prompt_tokens=5, completion_tokens=2)
+        return CompletionAnswer(text, prompt_tokens=5, completion_tokens=2, finish_reason="stop")
 
 
 def build_control(home, tiny_base, dispatcher, completions, **flags):
@@ -52,7 +52,8 @@ def build_control(home, tiny_base, dispatcher, completions, **flags):
                               runner_settings=RunnerSettings(flush_interval_s=0.0,
                                                              retry_backoff_s=0.0,
                                                              retry_window_s=0.0),
-                              port=50999, max_evaluation_rows=20, **flags)
+                              port=50999, max_evaluation_rows=20, max_generation_rows=20,
+                              **flags)
 
 
 @pytest.fixture

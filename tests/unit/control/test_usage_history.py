@@ -206,3 +206,14 @@ async def test_progress_reports_write_no_usage(control, admin):
     await JobReportingServicer(control.fine_tuning).ReportProgress(
         internal_pb2.ReportProgressRequest(job_id=job.id, progress=0.5, trained_tokens=10), None)
     assert usage_rows(control) == []   # only the end of a job writes usage
+
+
+def test_a_usage_row_says_what_made_the_call():
+    from services.control.domain.usage import InferenceUsage
+
+    def source(request_id):
+        return InferenceUsage(request_id, "u", "m", "b", 1, 1, 0.0,
+                              datetime.now(timezone.utc)).source
+    assert source("gen_4f2c/17") == "GENERATION"
+    assert source("ev_9a/1/3") == "EVALUATION"
+    assert source("cmpl-5d") == "COMPLETE" and source("") == "COMPLETE"

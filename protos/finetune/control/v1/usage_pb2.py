@@ -25,15 +25,15 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1f\x66inetune/control/v1/usage.proto\x12\x13\x66inetune.control.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x88\x01\n\x0bUsageFilter\x12.\n\nstart_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05model\x18\x03 \x01(\t\x12\x0c\n\x04user\x18\x04 \x01(\t\"\xe9\x01\n\x0f\x46ineTuningUsage\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x12\n\nbase_model\x18\x03 \x01(\t\x12\x0c\n\x04user\x18\x04 \x01(\t\x12\x0e\n\x06status\x18\x05 \x01(\t\x12\x16\n\x0etrained_tokens\x18\x06 \x01(\x03\x12\x0f\n\x07\x63redits\x18\x07 \x01(\x01\x12.\n\nstart_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"u\n\x1aListFineTuningUsageRequest\x12\x30\n\x06\x66ilter\x18\x01 \x01(\x0b\x32 .finetune.control.v1.UsageFilter\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"k\n\x1bListFineTuningUsageResponse\x12\x33\n\x05usage\x18\x01 \x03(\x0b\x32$.finetune.control.v1.FineTuningUsage\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\xd8\x01\n\x0eInferenceUsage\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x12\n\nbase_model\x18\x03 \x01(\t\x12\x0c\n\x04user\x18\x04 \x01(\t\x12\x15\n\rprompt_tokens\x18\x05 \x01(\x03\x12\x19\n\x11\x63ompletion_tokens\x18\x06 \x01(\x03\x12\x14\n\x0ctotal_tokens\x18\x07 \x01(\x03\x12\x0f\n\x07\x63redits\x18\x08 \x01(\x01\x12(\n\x04time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"t\n\x19ListInferenceUsageRequest\x12\x30\n\x06\x66ilter\x18\x01 \x01(\x0b\x32 .finetune.control.v1.UsageFilter\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"i\n\x1aListInferenceUsageResponse\x12\x32\n\x05usage\x18\x01 \x03(\x0b\x32#.finetune.control.v1.InferenceUsage\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x88\x01\n\x1e\x41ggregateInferenceUsageRequest\x12\x30\n\x06\x66ilter\x18\x01 \x01(\x0b\x32 .finetune.control.v1.UsageFilter\x12\x34\n\x08group_by\x18\x02 \x03(\x0e\x32\".finetune.control.v1.UsageGrouping\"\xaa\x01\n\x13InferenceUsageGroup\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0c\n\x04user\x18\x02 \x01(\t\x12\x0b\n\x03\x64\x61y\x18\x03 \x01(\t\x12\x10\n\x08requests\x18\x04 \x01(\x03\x12\x15\n\rprompt_tokens\x18\x05 \x01(\x03\x12\x19\n\x11\x63ompletion_tokens\x18\x06 \x01(\x03\x12\x14\n\x0ctotal_tokens\x18\x07 \x01(\x03\x12\x0f\n\x07\x63redits\x18\x08 \x01(\x01\"[\n\x1f\x41ggregateInferenceUsageResponse\x12\x38\n\x06groups\x18\x01 \x03(\x0b\x32(.finetune.control.v1.InferenceUsageGroup*h\n\rUsageGrouping\x12\x1e\n\x1aUSAGE_GROUPING_UNSPECIFIED\x10\x00\x12\x12\n\x0eGROUP_BY_MODEL\x10\x01\x12\x11\n\rGROUP_BY_USER\x10\x02\x12\x10\n\x0cGROUP_BY_DAY\x10\x03\x32\x86\x03\n\x0cUsageService\x12x\n\x13ListFineTuningUsage\x12/.finetune.control.v1.ListFineTuningUsageRequest\x1a\x30.finetune.control.v1.ListFineTuningUsageResponse\x12u\n\x12ListInferenceUsage\x12..finetune.control.v1.ListInferenceUsageRequest\x1a/.finetune.control.v1.ListInferenceUsageResponse\x12\x84\x01\n\x17\x41ggregateInferenceUsage\x12\x33.finetune.control.v1.AggregateInferenceUsageRequest\x1a\x34.finetune.control.v1.AggregateInferenceUsageResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1f\x66inetune/control/v1/usage.proto\x12\x13\x66inetune.control.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x88\x01\n\x0bUsageFilter\x12.\n\nstart_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05model\x18\x03 \x01(\t\x12\x0c\n\x04user\x18\x04 \x01(\t\"\xe9\x01\n\x0f\x46ineTuningUsage\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x12\n\nbase_model\x18\x03 \x01(\t\x12\x0c\n\x04user\x18\x04 \x01(\t\x12\x0e\n\x06status\x18\x05 \x01(\t\x12\x16\n\x0etrained_tokens\x18\x06 \x01(\x03\x12\x0f\n\x07\x63redits\x18\x07 \x01(\x01\x12.\n\nstart_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"u\n\x1aListFineTuningUsageRequest\x12\x30\n\x06\x66ilter\x18\x01 \x01(\x0b\x32 .finetune.control.v1.UsageFilter\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"k\n\x1bListFineTuningUsageResponse\x12\x33\n\x05usage\x18\x01 \x03(\x0b\x32$.finetune.control.v1.FineTuningUsage\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\xe8\x01\n\x0eInferenceUsage\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x12\n\nbase_model\x18\x03 \x01(\t\x12\x0c\n\x04user\x18\x04 \x01(\t\x12\x15\n\rprompt_tokens\x18\x05 \x01(\x03\x12\x19\n\x11\x63ompletion_tokens\x18\x06 \x01(\x03\x12\x14\n\x0ctotal_tokens\x18\x07 \x01(\x03\x12\x0f\n\x07\x63redits\x18\x08 \x01(\x01\x12(\n\x04time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06source\x18\n \x01(\t\"t\n\x19ListInferenceUsageRequest\x12\x30\n\x06\x66ilter\x18\x01 \x01(\x0b\x32 .finetune.control.v1.UsageFilter\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"i\n\x1aListInferenceUsageResponse\x12\x32\n\x05usage\x18\x01 \x03(\x0b\x32#.finetune.control.v1.InferenceUsage\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x88\x01\n\x1e\x41ggregateInferenceUsageRequest\x12\x30\n\x06\x66ilter\x18\x01 \x01(\x0b\x32 .finetune.control.v1.UsageFilter\x12\x34\n\x08group_by\x18\x02 \x03(\x0e\x32\".finetune.control.v1.UsageGrouping\"\xaa\x01\n\x13InferenceUsageGroup\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0c\n\x04user\x18\x02 \x01(\t\x12\x0b\n\x03\x64\x61y\x18\x03 \x01(\t\x12\x10\n\x08requests\x18\x04 \x01(\x03\x12\x15\n\rprompt_tokens\x18\x05 \x01(\x03\x12\x19\n\x11\x63ompletion_tokens\x18\x06 \x01(\x03\x12\x14\n\x0ctotal_tokens\x18\x07 \x01(\x03\x12\x0f\n\x07\x63redits\x18\x08 \x01(\x01\"[\n\x1f\x41ggregateInferenceUsageResponse\x12\x38\n\x06groups\x18\x01 \x03(\x0b\x32(.finetune.control.v1.InferenceUsageGroup*h\n\rUsageGrouping\x12\x1e\n\x1aUSAGE_GROUPING_UNSPECIFIED\x10\x00\x12\x12\n\x0eGROUP_BY_MODEL\x10\x01\x12\x11\n\rGROUP_BY_USER\x10\x02\x12\x10\n\x0cGROUP_BY_DAY\x10\x03\x32\x86\x03\n\x0cUsageService\x12x\n\x13ListFineTuningUsage\x12/.finetune.control.v1.ListFineTuningUsageRequest\x1a\x30.finetune.control.v1.ListFineTuningUsageResponse\x12u\n\x12ListInferenceUsage\x12..finetune.control.v1.ListInferenceUsageRequest\x1a/.finetune.control.v1.ListInferenceUsageResponse\x12\x84\x01\n\x17\x41ggregateInferenceUsage\x12\x33.finetune.control.v1.AggregateInferenceUsageRequest\x1a\x34.finetune.control.v1.AggregateInferenceUsageResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'finetune.control.v1.usage_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_USAGEGROUPING']._serialized_start=1541
-  _globals['_USAGEGROUPING']._serialized_end=1645
+  _globals['_USAGEGROUPING']._serialized_start=1557
+  _globals['_USAGEGROUPING']._serialized_end=1661
   _globals['_USAGEFILTER']._serialized_start=90
   _globals['_USAGEFILTER']._serialized_end=226
   _globals['_FINETUNINGUSAGE']._serialized_start=229
@@ -43,17 +43,17 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LISTFINETUNINGUSAGERESPONSE']._serialized_start=583
   _globals['_LISTFINETUNINGUSAGERESPONSE']._serialized_end=690
   _globals['_INFERENCEUSAGE']._serialized_start=693
-  _globals['_INFERENCEUSAGE']._serialized_end=909
-  _globals['_LISTINFERENCEUSAGEREQUEST']._serialized_start=911
-  _globals['_LISTINFERENCEUSAGEREQUEST']._serialized_end=1027
-  _globals['_LISTINFERENCEUSAGERESPONSE']._serialized_start=1029
-  _globals['_LISTINFERENCEUSAGERESPONSE']._serialized_end=1134
-  _globals['_AGGREGATEINFERENCEUSAGEREQUEST']._serialized_start=1137
-  _globals['_AGGREGATEINFERENCEUSAGEREQUEST']._serialized_end=1273
-  _globals['_INFERENCEUSAGEGROUP']._serialized_start=1276
-  _globals['_INFERENCEUSAGEGROUP']._serialized_end=1446
-  _globals['_AGGREGATEINFERENCEUSAGERESPONSE']._serialized_start=1448
-  _globals['_AGGREGATEINFERENCEUSAGERESPONSE']._serialized_end=1539
-  _globals['_USAGESERVICE']._serialized_start=1648
-  _globals['_USAGESERVICE']._serialized_end=2038
+  _globals['_INFERENCEUSAGE']._serialized_end=925
+  _globals['_LISTINFERENCEUSAGEREQUEST']._serialized_start=927
+  _globals['_LISTINFERENCEUSAGEREQUEST']._serialized_end=1043
+  _globals['_LISTINFERENCEUSAGERESPONSE']._serialized_start=1045
+  _globals['_LISTINFERENCEUSAGERESPONSE']._serialized_end=1150
+  _globals['_AGGREGATEINFERENCEUSAGEREQUEST']._serialized_start=1153
+  _globals['_AGGREGATEINFERENCEUSAGEREQUEST']._serialized_end=1289
+  _globals['_INFERENCEUSAGEGROUP']._serialized_start=1292
+  _globals['_INFERENCEUSAGEGROUP']._serialized_end=1462
+  _globals['_AGGREGATEINFERENCEUSAGERESPONSE']._serialized_start=1464
+  _globals['_AGGREGATEINFERENCEUSAGERESPONSE']._serialized_end=1555
+  _globals['_USAGESERVICE']._serialized_start=1664
+  _globals['_USAGESERVICE']._serialized_end=2054
 # @@protoc_insertion_point(module_scope)

@@ -74,7 +74,7 @@ class ListFineTuningUsageResponse(_message.Message):
     def __init__(self, usage: _Optional[_Iterable[_Union[FineTuningUsage, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class InferenceUsage(_message.Message):
-    __slots__ = ("request_id", "model", "base_model", "user", "prompt_tokens", "completion_tokens", "total_tokens", "credits", "time")
+    __slots__ = ("request_id", "model", "base_model", "user", "prompt_tokens", "completion_tokens", "total_tokens", "credits", "time", "source")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     BASE_MODEL_FIELD_NUMBER: _ClassVar[int]
@@ -84,6 +84,7 @@ class InferenceUsage(_message.Message):
     TOTAL_TOKENS_FIELD_NUMBER: _ClassVar[int]
     CREDITS_FIELD_NUMBER: _ClassVar[int]
     TIME_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     model: str
     base_model: str
@@ -93,7 +94,8 @@ class InferenceUsage(_message.Message):
     total_tokens: int
     credits: float
     time: _timestamp_pb2.Timestamp
-    def __init__(self, request_id: _Optional[str] = ..., model: _Optional[str] = ..., base_model: _Optional[str] = ..., user: _Optional[str] = ..., prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ..., total_tokens: _Optional[int] = ..., credits: _Optional[float] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    source: str
+    def __init__(self, request_id: _Optional[str] = ..., model: _Optional[str] = ..., base_model: _Optional[str] = ..., user: _Optional[str] = ..., prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ..., total_tokens: _Optional[int] = ..., credits: _Optional[float] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., source: _Optional[str] = ...) -> None: ...
 
 class ListInferenceUsageRequest(_message.Message):
     __slots__ = ("filter", "page_size", "page_token")
