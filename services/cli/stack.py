@@ -18,7 +18,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -114,17 +114,27 @@ class LocalStack:
 
     def restart_control(self, kill: bool = True) -> None:
         """Stop control (SIGKILL when `kill`: as if its machine died) and start it again on the
-        same port, over the same home, so that inference and clients find it where it was."""
-        proc = next(p for p in self.procs if p.name == "control")
-        proc.popen.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
+        same ports, over the same home, so that inference and clients find it where it was."""
+        inference_port = _port(self.inference_address) if self.inference_address else 0
+        self._restart("control", kill, lambda: self._start_control(
+            inference_port, port=_port(self.control_address),
+            metrics_port=_port(self.control_metrics_url.removesuffix("/metrics"))))
+
+    def restart_inference(self, kill: bool = True) -> None:
+        """The same for inference: its engine starts again, its usage outbox is kept."""
+        self._restart("inference", kill, lambda: self._start_inference(
+            _port(self.inference_address), http_port=_port(self.http_url)))
+
+    def _restart(self, name: str, kill: bool, start: Callable[[], None]) -> None:
+        proc = next(p for p in self.procs if p.name == name)
+        if kill:   # its whole process group: vLLM's engine process dies with it
+            os.killpg(proc.popen.pid, signal.SIGKILL)
+        else:
+            proc.popen.send_signal(signal.SIGTERM)
         proc.popen.wait(timeout=60)
         index = self.procs.index(proc)
         self.procs.remove(proc)
-        port = self.control_address.rpartition(":")[2]
-        inference_port = int(self.inference_address.rpartition(":")[2]) \
-            if self.inference_address else 0
-        metrics_port = int(self.control_metrics_url.rsplit(":", 1)[1].split("/")[0])
-        self._start_control(inference_port, port=int(port), metrics_port=metrics_port)
+        start()
         self.procs.insert(index, self.procs.pop())   # stopped in the same order as before
 
     def _stop_on_sigterm(self) -> None:
@@ -201,9 +211,9 @@ class LocalStack:
         self.control_metrics_url = f"http://{self.config.host}:{metrics_port}/metrics"
         self._wait_serving(proc, self.control_address)
 
-    def _start_inference(self, port: int = 0) -> None:
+    def _start_inference(self, port: int = 0, http_port: int = 0) -> None:
         port = port or self.config.inference_port or free_port()
-        http_port = self.config.http_port or free_port()
+        http_port = http_port or self.config.http_port or free_port()
         proc = self._spawn("inference", [
             sys.executable, "-m", "services.inference", "--host", self.config.host,
             "--port", str(port), "--http-port", str(http_port),
@@ -253,3 +263,8 @@ class LocalStack:
                 time.sleep(0.5)
         raise TimeoutError(f"{proc.name} was not SERVING at {address} "
                            f"within {self.config.start_timeout_s:.0f} s")
+
+
+def _port(address: str) -> int:
+    """The port of host:port or http://host:port."""
+    return int(address.rpartition(":")[2])

@@ -280,20 +280,26 @@ def test_continued_training_starts_from_the_fine_tuned_model(client, trained_job
     assert client.get_model(name).trained_tokens == done.trained_tokens
 
 
-def test_batch_generation_survives_a_killed_control_and_bills_each_row_once(stack, client,
-                                                                              trained_job):
-    """GenerateText on the real engine: control is SIGKILLed mid-run and restarted; the run
-    resumes, the table holds every row once with the tuned model's answers, and usage has
-    exactly one GENERATION row per table row. (Last in the module: it restarts control.)"""
+def test_batch_generation_survives_killed_services_and_bills_each_row_once(stack, client,
+                                                                           trained_job):
+    """GenerateText on the real engine: inference, then control, is SIGKILLed mid-run and
+    restarted; the run waits out inference (its calls retried) and resumes after control, the
+    table holds every row once with the tuned model's answers, and usage has exactly one
+    GENERATION row per table row. (Last in the module: it restarts both services.)"""
     since = datetime.now(timezone.utc)
     query = (f"SELECT t.prompt, t.completion AS expected, r.range AS rep FROM {TABLE} t, "
-             "range(5) r ORDER BY rep, prompt")
+             "range(8) r ORDER BY rep, prompt")
     into = "e2e.public.generated_codes"
     started = client.generate_text(MODEL, query, into, max_tokens=8, concurrency=4)
-    rows = len(word_rows()) * 5
+    rows = len(word_rows()) * 8
     assert started.rows == rows and started.id.startswith("gen_")
-    wait_until(lambda: client.get_generation(started.id).rows_done >= 6, 300,
-               "a few rows answered")
+
+    def done_rows():
+        return client.get_generation(started.id).rows_done
+    wait_until(lambda: done_rows() >= 6, 300, "a few rows answered")
+    stack.restart_inference(kill=True)   # control retries its calls until the engine is back
+    before = done_rows()
+    wait_until(lambda: done_rows() >= before + 6, 300, "rows answered by the new engine")
     stack.restart_control(kill=True)
     done = client.wait_generation(started.id, timeout=900)
     assert done.status == generations_pb2.GENERATION_SUCCEEDED, done.error

@@ -96,3 +96,70 @@ def test_request_ids_are_unique_per_account(store):
         new_job(store, "A.B.D", request_id="r")
     new_job(store, "A.B.E")  # no request id: no constraint
     new_job(store, "A.B.F")
+
+
+# -- a locked or unreachable database ---------------------------------------------------------
+
+def _locking(path):
+    """Another process's write transaction on the database file (BEGIN EXCLUSIVE)."""
+    import sqlite3
+    other = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    other.execute("BEGIN EXCLUSIVE")
+    return other
+
+
+def _write(tx):
+    from sqlalchemy import text
+    tx.session.execute(text("CREATE TABLE IF NOT EXISTS scratch (x INTEGER)"))
+    tx.session.execute(text("INSERT INTO scratch VALUES (1)"))
+    return tx.session.execute(text("SELECT count(*) FROM scratch")).scalar()
+
+
+def test_a_database_locked_past_the_bound_is_unavailable_and_nothing_is_written(tmp_path):
+    from services.common.errors import Unavailable
+    path = tmp_path / "meta.db"
+    store = Store.open(f"sqlite:///{path}", busy_timeout_s=0.1,
+                       unavailable_backoff_s=(0.05, 0.05))
+    other = _locking(path)
+    try:
+        with pytest.raises(Unavailable, match="database is locked.*retry later"):
+            store.run(_write)
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    assert store.run(_write) == 1   # the refused write left nothing behind; it runs now
+    store.close()
+
+
+def test_a_briefly_locked_database_is_waited_for(tmp_path):
+    import threading
+    path = tmp_path / "meta.db"
+    store = Store.open(f"sqlite:///{path}", busy_timeout_s=0.1,
+                       unavailable_backoff_s=(0.2, 0.2, 0.2, 0.2))
+    other = _locking(path)
+
+    def release():
+        other.execute("ROLLBACK")
+        other.close()
+    timer = threading.Timer(0.3, release)
+    timer.start()
+    try:
+        assert store.run(_write) == 1
+    finally:
+        timer.join()
+        store.close()
+
+
+def test_a_bad_statement_is_not_retried(tmp_path):
+    from sqlalchemy import text
+    from sqlalchemy.exc import OperationalError
+    store = Store.open(f"sqlite:///{tmp_path / 'meta.db'}", unavailable_backoff_s=(30.0,))
+    calls = []
+
+    def bad(tx):
+        calls.append(1)
+        tx.session.execute(text("SELECT * FROM no_such_table"))
+    with pytest.raises(OperationalError, match="no such table"):
+        store.run(bad)
+    assert calls == [1]
+    store.close()

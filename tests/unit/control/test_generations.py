@@ -9,7 +9,7 @@ from control_testbed import load_rows, new_user
 from evaluation_testbed import build_control, control, fake  # noqa: F401
 
 from services.common.errors import (AlreadyExists, InvalidArgument, NotFound,
-                                    PermissionDenied)
+                                    PermissionDenied, Unavailable)
 from services.control.core.generations import GenerateText
 from services.control.domain.evaluations import EvaluationStatus, RequestedGeneration
 from services.control.domain.generations import OUTPUT_COLUMNS
@@ -164,3 +164,18 @@ async def test_a_run_killed_midway_resumes_without_generating_a_saved_row_again(
     assert (done.rows_done, done.prompt_tokens) == (10, 50)
     _, rows = table_rows(control, admin.account_id, "SELECT n FROM answers ORDER BY n")
     assert [r[0] for r in rows] == list(range(10))
+
+
+async def test_an_inference_service_that_restarts_is_waited_for(control, admin, tickets, fake):
+    """UNAVAILABLE (inference killed, its engine starting again) is retried under the same
+    request id, so the row is generated once it is back and billed once."""
+    failures = iter([Unavailable("connection refused")] * 3)
+
+    async def down_for_a_while(call):
+        if call.prompt == "ticket 3" and (error := next(failures, None)) is not None:
+            raise error
+    fake.before = down_for_a_while
+    done = await control.generation_runner.run_one(generate(control, admin, tickets).id)
+    assert done.status is EvaluationStatus.SUCCEEDED and done.rows_failed == 0
+    retried = [c.request_id for c in fake.calls if c.prompt == "ticket 3"]
+    assert len(retried) == 4 and len(set(retried)) == 1
