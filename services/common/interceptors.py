@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import errno
 import inspect
 import logging
+import os
 import time
 from typing import Any, Awaitable, Callable
 
@@ -18,6 +20,9 @@ log = logging.getLogger(__name__)
 
 # The authenticated caller of the current RPC; set by AuthInterceptor, read by servicers.
 _principal: contextvars.ContextVar[Any] = contextvars.ContextVar("finetune_principal")
+
+# A write that failed for want of space (disk or quota): RESOURCE_EXHAUSTED, not INTERNAL.
+STORAGE_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
 
 # Methods that never need a key (health checks, reflection).
 PUBLIC_METHOD_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
@@ -71,6 +76,12 @@ def _wrap_handler(handler: grpc.RpcMethodHandler, wrap) -> grpc.RpcMethodHandler
 async def _abort_for(exc: BaseException, context: grpc.aio.ServicerContext, method: str):
     if isinstance(exc, FinetuneError):
         await context.abort(exc.code, exc.message)
+    if isinstance(exc, OSError) and exc.errno in STORAGE_FULL:
+        # Not the caller's fault, nor a bug: say so, without the service's paths.
+        log.error("%s: storage is full: %s", method, exc)
+        await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                            f"the service's storage is full ({os.strerror(exc.errno)}); "
+                            "nothing was saved, retry once an operator has freed space")
     log.exception("unexpected error in %s", method, exc_info=exc)
     await context.abort(grpc.StatusCode.INTERNAL, "internal error")
 

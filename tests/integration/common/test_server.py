@@ -1,5 +1,8 @@
 """The shared server bootstrap on a real loopback port: auth, error mapping, health, reflection."""
 
+import errno
+import os
+
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -19,6 +22,8 @@ class Access(access_pb2_grpc.AccessServiceServicer):
             raise ValueError("secret detail")
         if who == "missing":
             raise NotFound("no such thing")
+        if who == "full":
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), "/srv/secret/artifacts/x")
         return access_pb2.Principal(user_name=who)
 
 
@@ -64,6 +69,8 @@ async def test_principal_reaches_the_handler(server):
     (None, grpc.StatusCode.UNAUTHENTICATED, "missing API key"),
     ("missing", grpc.StatusCode.NOT_FOUND, "no such thing"),
     ("crash", grpc.StatusCode.INTERNAL, "internal error"),
+    ("full", grpc.StatusCode.RESOURCE_EXHAUSTED, "the service's storage is full (No space left "
+     "on device); nothing was saved, retry once an operator has freed space"),
 ])
 async def test_errors_map_to_status_codes(server, key, code, detail):
     with pytest.raises(grpc.aio.AioRpcError) as err:

@@ -12,6 +12,7 @@ FINETUNE_HOSTILE_REPORT).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -199,8 +200,23 @@ def _run_corpus(stack: Stack, address: str, rpcs, examples: int, alive) -> None:
 
 
 def test_hostile_inputs_over_every_control_rpc(stack):
-    _run_corpus(stack, stack.control.address, CONTROL_RPCS, EXAMPLES,
-                lambda: stack.control.proc.poll() is None)
+    try:
+        _run_corpus(stack, stack.control.address, CONTROL_RPCS, EXAMPLES,
+                    lambda: stack.control.proc.poll() is None)
+    finally:
+        _cancel_background_work(stack)
+
+
+def _cancel_background_work(stack) -> None:
+    """Generations and evaluations the corpus started run on in control: stop them, so that
+    the inference corpus after this one meets an idle engine."""
+    with FinetuneClient(stack.control.address, stack.inference_address,
+                        stack.keys["admin"]) as client:
+        for item, cancel in [*((g, client.cancel_generation) for g in client.list_generations()),
+                             *((e, client.cancel_evaluation) for e in client.list_evaluations())]:
+            if item.status in (1, 2):   # PENDING, RUNNING in both enums
+                with contextlib.suppress(grpc.RpcError):   # it ended meanwhile
+                    cancel(item.id)
 
 
 def test_hostile_inputs_over_every_inference_rpc(stack):
