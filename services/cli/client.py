@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import uuid
 from pathlib import Path
@@ -64,8 +65,20 @@ class _BearerAuth(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterc
         return continuation(self._details(details), request_iterator)
 
 
-def _channel(address: str, api_key: str) -> grpc.Channel:
-    options = [("grpc.max_receive_message_length", 64 << 20)]
+# COMPLETE is idempotent under its request_id (a retry is the kept answer, billed once), so
+# gRPC may resend it when the server was unreachable or went away mid-call: a restart of the
+# engine is ridden out instead of surfacing as an error. Five attempts is gRPC's own cap.
+_RETRY_COMPLETE = json.dumps({"methodConfig": [{
+    "name": [{"service": "finetune.inference.v1.InferenceService", "method": "Complete"},
+             {"service": "finetune.inference.v1.InferenceService", "method": "CompleteStream"}],
+    "retryPolicy": {"maxAttempts": 5, "initialBackoff": "0.5s", "maxBackoff": "8s",
+                    "backoffMultiplier": 2, "retryableStatusCodes": ["UNAVAILABLE"]}}]})
+
+
+def _channel(address: str, api_key: str, service_config: str = "") -> grpc.Channel:
+    options: list[tuple[str, str | int]] = [("grpc.max_receive_message_length", 64 << 20)]
+    if service_config:
+        options += [("grpc.enable_retries", 1), ("grpc.service_config", service_config)]
     return grpc.intercept_channel(grpc.insecure_channel(address, options=options),
                                   _BearerAuth(api_key))
 
@@ -77,7 +90,7 @@ class FinetuneClient:
         inference = inference or os.environ.get("FINETUNE_INFERENCE", "127.0.0.1:50052")
         api_key = api_key or os.environ.get("FINETUNE_API_KEY", "")
         self._control = _channel(control, api_key)
-        self._inference = _channel(inference, api_key)
+        self._inference = _channel(inference, api_key, _RETRY_COMPLETE)
         self.jobs = jobs_pb2_grpc.FineTuningServiceStub(self._control)
         self.models = models_pb2_grpc.ModelServiceStub(self._control)
         self.data = data_pb2_grpc.DataServiceStub(self._control)
@@ -347,15 +360,18 @@ class FinetuneClient:
     # -- inference ---------------------------------------------------------------------------
 
     def complete(self, model: str, prompt: str = "", messages: list[dict] | None = None,
-                 timeout: float | None = None, **options) -> inference_pb2.CompleteResponse:
-        return self.inference.Complete(_complete_request(model, prompt, messages, options),
-                                       timeout=timeout)
+                 timeout: float | None = None, request_id: str | None = None,
+                 **options) -> inference_pb2.CompleteResponse:
+        """One answer. Calling again with the same request_id (within a day) returns the same
+        answer without a second usage row; without one, each call gets a fresh id."""
+        return self.inference.Complete(
+            _complete_request(model, prompt, messages, options, request_id), timeout=timeout)
 
     def complete_stream(self, model: str, prompt: str = "", messages: list[dict] | None = None,
-                        timeout: float | None = None,
+                        timeout: float | None = None, request_id: str | None = None,
                         **options) -> Iterator[inference_pb2.CompleteStreamResponse]:
-        return self.inference.CompleteStream(_complete_request(model, prompt, messages, options),
-                                             timeout=timeout)
+        return self.inference.CompleteStream(
+            _complete_request(model, prompt, messages, options, request_id), timeout=timeout)
 
     def engine(self, timeout: float | None = None) -> inference_pb2.Engine:
         """The inference engine behind this client's address: base model, dtype, probe figures."""
@@ -574,10 +590,11 @@ def _usage_filter(start, end, model: str, user: str):
     return f
 
 
-def _complete_request(model: str, prompt: str, messages: list[dict] | None,
-                      options: dict) -> inference_pb2.CompleteRequest:
+def _complete_request(model: str, prompt: str, messages: list[dict] | None, options: dict,
+                      request_id: str | None = None) -> inference_pb2.CompleteRequest:
     return inference_pb2.CompleteRequest(
         model=model, prompt=prompt,
         messages=[inference_pb2.ChatMessage(**m) for m in messages or []],
-        options=inference_pb2.CompletionOptions(**options), request_id=str(uuid.uuid4()))
+        options=inference_pb2.CompletionOptions(**options),
+        request_id=request_id or str(uuid.uuid4()))
 

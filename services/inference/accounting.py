@@ -27,12 +27,34 @@ class Usage:
 
 
 @dataclass(frozen=True)
+class Answer:
+    """What a request under the caller's own request_id answered, kept with its usage row so
+    that a retry of that request (after a lost answer, a timeout, a restart) gets this answer
+    again instead of a second generation and a second row."""
+
+    request_id: str      # the caller's
+    fingerprint: str     # of the request, without its ids: a reused id for another request
+    text: str
+    finish_reason: str
+
+
+@dataclass(frozen=True)
 class UsageRecord:
     request_id: str
     account_id: str
     user_id: str
     model: str
     base_model: str
+    usage: Usage
+    answer: Answer | None = None   # set when the caller named the request
+
+
+@dataclass(frozen=True)
+class KeptAnswer:
+    """An Answer as the ledger returns it: with the id and tokens of the row it was billed in."""
+
+    answer: Answer
+    usage_id: str
     usage: Usage
 
 
@@ -54,7 +76,10 @@ class UsageCounter:
 
 class UsageLedger(Protocol):
     async def record(self, record: UsageRecord) -> None:
-        """Keep the record; on return it survives a crash of this process."""
+        """Keep the record (and its answer); on return it survives a crash of this process."""
+
+    async def answered(self, account_id: str, request_id: str) -> KeptAnswer | None:
+        """The answer kept for this account's request_id, if one is within the retention."""
 
 
 class MeteredLedger:
@@ -69,6 +94,9 @@ class MeteredLedger:
         await self._inner.record(record)
         self._metrics.count_usage(record.base_model, record.usage.prompt_tokens,
                                   record.usage.completion_tokens)
+
+    async def answered(self, account_id: str, request_id: str) -> KeptAnswer | None:
+        return await self._inner.answered(account_id, request_id)
 
 
 class UsageRejected(Exception):

@@ -7,18 +7,19 @@ happens here, against the CompletionEngine / ModelResolver / AdapterRegistry sea
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
 import math
 import uuid
 from contextlib import aclosing
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import AsyncGenerator, Protocol
 
 from services.common.chat_format import prompt_token_ids
 from services.common.errors import InvalidArgument, ResourceExhausted, Unavailable
-from services.inference.accounting import Usage, UsageCounter, UsageLedger, UsageRecord
-from services.inference.adapters import AdapterRegistry, ModelResolver
+from services.inference.accounting import Answer, Usage, UsageCounter, UsageLedger, UsageRecord
+from services.inference.adapters import AdapterRegistry, ModelResolver, ResolvedModel
 from services.inference.engine import CompletionEngine, Sampling
 
 log = logging.getLogger(__name__)
@@ -177,6 +178,12 @@ def plan_sampling(inp: CompletionInput, prompt_tokens: int, context_window: int,
     )
 
 
+def request_fingerprint(inp: CompletionInput) -> str:
+    """What makes two requests the same request, whatever ids they carry."""
+    body = asdict(replace(inp, request_id="", on_behalf_of=""))
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
 def new_request_id() -> str:
     return f"cmpl-{uuid.uuid4().hex}"
 
@@ -190,6 +197,8 @@ class Completions:
         self._usage = usage
         self._limits = limits
         self._in_flight = 0
+        # (account, caller's request_id) of named requests being generated now.
+        self._answering: dict[tuple[str, str], asyncio.Event] = {}
 
     @property
     def in_flight(self) -> int:
@@ -235,6 +244,41 @@ class Completions:
         # Our own id for the engine and the usage record: unique per generation even when a
         # caller reuses its request_id, so a retry is neither merged nor aborted with another.
         resolved = await self._resolver.resolve(api_key, inp.model, inp.on_behalf_of)
+        if not inp.request_id or inp.on_behalf_of:
+            async with aclosing(self._new_answer(resolved, inp, engine_request_id)) as chunks:
+                async for chunk in chunks:
+                    yield chunk
+            return
+        # The caller named its request: the same request again is the same answer, billed
+        # once (an idempotency key). A duplicate arriving while the first still runs waits
+        # for it, so the two never both generate.
+        key = (resolved.account_id, inp.request_id)
+        fingerprint = request_fingerprint(inp)
+        while (running := self._answering.get(key)) is not None:
+            await running.wait()
+        done = self._answering[key] = asyncio.Event()
+        try:
+            kept = await self._usage.answered(*key)
+            if kept is None:
+                async with aclosing(self._new_answer(resolved, inp, engine_request_id,
+                                                     fingerprint)) as chunks:
+                    async for chunk in chunks:
+                        yield chunk
+            elif kept.answer.fingerprint != fingerprint:
+                raise InvalidArgument(
+                    f"request_id {inp.request_id!r} was already used for a different request "
+                    "in the last 24 hours; give each request its own id")
+            else:
+                yield Chunk(kept.answer.text, kept.answer.finish_reason, kept.usage,
+                            request_id=kept.usage_id)
+        finally:
+            del self._answering[key]
+            done.set()
+
+    async def _new_answer(self, resolved: ResolvedModel, inp: CompletionInput,
+                          engine_request_id: str,
+                          fingerprint: str | None = None) -> AsyncGenerator[Chunk, None]:
+        """Generate, count and record; with a fingerprint the answer is kept with its row."""
         lora = await self._registry.adapter_for(resolved)
         ids = await asyncio.to_thread(_render, self._engine.tokenizer, inp)
         context = self._engine.max_model_len
@@ -245,9 +289,10 @@ class Completions:
         # Control acting for a user (delegation, which ResolveModel has just verified) names
         # its rows itself (an evaluation's row): a retry of the same row after a lost answer,
         # or after a restart of either side, is then one usage record, not two. A user's own
-        # request_id never is: reusing one must not make a second answer free.
+        # request_id is kept with its answer instead (above), never as the row's id.
         usage_id = inp.request_id if inp.on_behalf_of and inp.request_id else engine_request_id
         counter = UsageCounter(len(ids))
+        text: list[str] = []
         finish_reason = None
         deltas = self._engine.generate(engine_request_id, ids, sampling, lora)
         try:
@@ -255,6 +300,7 @@ class Completions:
                 counter.add(delta.prompt_token_count, delta.token_ids)
                 if delta.finish_reason is None:
                     if delta.text:
+                        text.append(delta.text)
                         yield Chunk(delta.text)
                     continue
                 finish_reason = delta.finish_reason
@@ -263,13 +309,17 @@ class Completions:
                                 finish_reason)
                     raise Unavailable("generation was interrupted, retry")
                 usage = counter.usage
+                answer = None
+                if fingerprint is not None:
+                    answer = Answer(inp.request_id, fingerprint, "".join(text) + delta.text,
+                                    FINISH_REASONS[finish_reason])
                 # Durably recorded before the caller sees the end: no answer leaves without
                 # its usage row, and a client that hangs up on the last message is still
                 # billed for what it received.
                 await self._record(UsageRecord(
                     request_id=usage_id, account_id=resolved.account_id,
                     user_id=resolved.user_id, model=resolved.model,
-                    base_model=resolved.base_model, usage=usage))
+                    base_model=resolved.base_model, usage=usage, answer=answer))
                 yield Chunk(delta.text, FINISH_REASONS[finish_reason], usage)
                 return
         finally:

@@ -12,6 +12,11 @@ Why this is exact across crashes:
 
 One file per process is the intended use; two processes sharing one is still safe (both may
 send a row, control counts it once).
+
+The same file keeps, for a day, the answers to requests the caller named with its own
+request_id, written in the usage row's transaction: a retry of such a request is answered from
+here, so it is neither generated nor billed twice, even when the first answer was lost with the
+process that made it.
 """
 
 from __future__ import annotations
@@ -27,7 +32,14 @@ from pathlib import Path
 from typing import Callable
 
 from services.common.waiting import run_for, wait_event
-from services.inference.accounting import Usage, UsageRecord, UsageRejected, UsageReporter
+from services.inference.accounting import (
+    Answer,
+    KeptAnswer,
+    Usage,
+    UsageRecord,
+    UsageRejected,
+    UsageReporter,
+)
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +59,23 @@ CREATE TABLE IF NOT EXISTS usage_outbox (
     dead INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS usage_outbox_due ON usage_outbox (dead, next_attempt_at);
+CREATE TABLE IF NOT EXISTS answers (
+    account_id TEXT NOT NULL,
+    request_id TEXT NOT NULL,
+    fingerprint TEXT NOT NULL,
+    text TEXT NOT NULL,
+    finish_reason TEXT NOT NULL,
+    usage_id TEXT NOT NULL,
+    prompt_tokens INTEGER NOT NULL,
+    completion_tokens INTEGER NOT NULL,
+    created_at REAL NOT NULL,
+    PRIMARY KEY (account_id, request_id)
+);
+CREATE INDEX IF NOT EXISTS answers_age ON answers (created_at);
 """
+# How long a named request's answer is kept for its retries (as idempotency keys usually are).
+ANSWER_RETENTION_S = 24 * 3600
+_PRUNE_EVERY_S = 600
 
 _COLUMNS = ("request_id, account_id, user_id, model, base_model, prompt_tokens, "
             "completion_tokens, attempts")
@@ -62,8 +90,10 @@ class PendingUsage:
 class OutboxStore:
     """The SQLite file. Thread-safe; every method is one short transaction (call from a thread)."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, answer_retention_s: float = ANSWER_RETENTION_S):
         self.path = Path(path)
+        self._retention_s = answer_retention_s
+        self._pruned_at = 0.0
         self.path.parent.mkdir(parents=True, exist_ok=True)
         # Autocommit: each statement is its own transaction, durable when it returns.
         self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
@@ -78,14 +108,44 @@ class OutboxStore:
 
     def add(self, record: UsageRecord, now: float) -> None:
         with self._lock:
-            # OR IGNORE: the id is unique per generation; a repeated add changes nothing.
-            self._db.execute(
-                "INSERT OR IGNORE INTO usage_outbox (request_id, account_id, user_id, model, "
-                "base_model, prompt_tokens, completion_tokens, created_at, next_attempt_at) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (record.request_id, record.account_id, record.user_id, record.model,
-                 record.base_model, record.usage.prompt_tokens, record.usage.completion_tokens,
-                 now, now))
+            self._db.execute("BEGIN IMMEDIATE")   # the row and its answer, or neither
+            try:
+                # OR IGNORE: the id is unique per generation; a repeated add changes nothing.
+                self._db.execute(
+                    "INSERT OR IGNORE INTO usage_outbox (request_id, account_id, user_id, "
+                    "model, base_model, prompt_tokens, completion_tokens, created_at, "
+                    "next_attempt_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (record.request_id, record.account_id, record.user_id, record.model,
+                     record.base_model, record.usage.prompt_tokens,
+                     record.usage.completion_tokens, now, now))
+                if (answer := record.answer) is not None:
+                    self._db.execute(
+                        "INSERT OR REPLACE INTO answers (account_id, request_id, fingerprint, "
+                        "text, finish_reason, usage_id, prompt_tokens, completion_tokens, "
+                        "created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        (record.account_id, answer.request_id, answer.fingerprint, answer.text,
+                         answer.finish_reason, record.request_id, record.usage.prompt_tokens,
+                         record.usage.completion_tokens, now))
+                if now - self._pruned_at >= _PRUNE_EVERY_S:
+                    self._db.execute("DELETE FROM answers WHERE created_at < ?",
+                                     (now - self._retention_s,))
+                    self._pruned_at = now
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+
+    def answered(self, account_id: str, request_id: str, now: float) -> KeptAnswer | None:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT fingerprint, text, finish_reason, usage_id, prompt_tokens, "
+                "completion_tokens FROM answers WHERE account_id = ? AND request_id = ? "
+                "AND created_at >= ?", (account_id, request_id, now - self._retention_s)
+            ).fetchone()
+        if row is None:
+            return None
+        return KeptAnswer(Answer(request_id, row[0], row[1], row[2]), usage_id=row[3],
+                          usage=Usage(row[4], row[5]))
 
     def due(self, now: float, limit: int) -> list[PendingUsage]:
         """Rows to send now, oldest first (now=inf: every live row, whatever its backoff)."""
@@ -174,6 +234,10 @@ class UsageOutbox:
     async def record(self, record: UsageRecord) -> None:
         await asyncio.to_thread(self._store.add, record, self._clock())
         self._wake.set()
+
+    async def answered(self, account_id: str, request_id: str) -> KeptAnswer | None:
+        return await asyncio.to_thread(self._store.answered, account_id, request_id,
+                                       self._clock())
 
     def start(self) -> None:
         if self._task is None:

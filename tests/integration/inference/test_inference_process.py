@@ -77,7 +77,9 @@ async def test_usage_survives_a_sigkill_and_is_counted_once(control, names, base
                                                              tmp_path):
     """Control refuses usage while inference answers; inference is SIGKILLed with answers
     recorded and requests in flight; after a restart (and lost acknowledgements, which make
-    it send some records twice) control holds exactly one row per answered request."""
+    it send some records twice) control holds exactly one row per answered request. A request
+    the caller named with its own request_id, resent to the new process as a client retries
+    an answer it never saw, gets the same answer back and no second row."""
     carol = (("authorization", "Bearer key-carol"),)  # a user only this test uses
     port = free_port()
     address = f"127.0.0.1:{port}"
@@ -95,6 +97,7 @@ async def test_usage_survives_a_sigkill_and_is_counted_once(control, names, base
                     options=inference_pb2.CompletionOptions(max_tokens=3 + i)),
                     metadata=carol, timeout=120)
                 answered[r.request_id] = r.usage
+            named = await stub.Complete(named_request(names.MODEL_B), metadata=carol, timeout=120)
             # Two long requests in flight when the process dies: never answered, never billed.
             streams = [stub.CompleteStream(inference_pb2.CompleteRequest(
                 model=m, prompt="Write a very long story about a lighthouse.",
@@ -110,34 +113,52 @@ async def test_usage_survives_a_sigkill_and_is_counted_once(control, names, base
     finally:
         kill(proc)
 
-    assert len(answered) == 4 and not control.rows_of("carol")
+    assert not control.rows_of("carol")
+    assert len(answered) == 4 and named.request_id == "carol-retries-this"
     store = OutboxStore(tmp_path / "state" / "usage-outbox.sqlite3")
-    assert store.counts() == (4, 0)  # every answer's record survived the kill
+    assert store.counts() == (5, 0)  # every answer's record survived the kill
     store.close()
 
     control.usage_down = False
     control.usage_lose_acks = 2      # control commits, then the answer is lost: sent again
     calls_before = len(control.usage_calls)
+    port = free_port()
     proc = spawn_inference(control.address, names.SERVICE_TOKEN, base_model_spec.name,
-                           tmp_path, free_port(), "second.log")
+                           tmp_path, port, "second.log")
     try:
         # The outbox starts before the engine: no need to wait for SERVING. Bounded wait.
         def delivered() -> bool:
             assert proc.poll() is None, (tmp_path / "second.log").read_text()[-3000:]
-            return len(control.rows_of("carol")) >= 4 and not _live_rows(tmp_path)
+            return len(control.rows_of("carol")) >= 5 and not _live_rows(tmp_path)
 
         await wait_until_async(delivered, 300, "usage to be delivered after the restart")
+        await health_statuses_until_serving(f"127.0.0.1:{port}", proc, limit_s=400)
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
+            again = await inference_pb2_grpc.InferenceServiceStub(ch).Complete(
+                named_request(names.MODEL_B), metadata=carol, timeout=120)
+        assert (again.text, again.usage, again.request_id) == (
+            named.text, named.usage, named.request_id)
+        assert not _live_rows(tmp_path)   # nothing new to bill
     finally:
         kill(proc)
 
     rows = control.rows_of("carol")
-    assert set(rows) == set(answered)   # none lost, none extra (the in-flight ones)
+    [named_row] = set(rows) - set(answered)   # none lost, none extra (the in-flight ones)
+    assert (rows[named_row].prompt_tokens, rows[named_row].completion_tokens) == (
+        named.usage.prompt_tokens, named.usage.completion_tokens)
     for rid, usage in answered.items():
         assert (rows[rid].prompt_tokens, rows[rid].completion_tokens) == (
             usage.prompt_tokens, usage.completion_tokens)
     resent = [c for c in control.usage_calls[calls_before:] if c.user_id == "carol"]
-    assert len(resent) == 4 + 2       # the two lost acknowledgements were retried ...
+    assert len(resent) == 5 + 2       # the two lost acknowledgements were retried ...
     assert all(c == rows[c.request_id] for c in resent)   # ... with the very same record
+
+
+# Temperature 1: a second generation would almost surely differ, a kept answer cannot.
+def named_request(model: str) -> inference_pb2.CompleteRequest:
+    return inference_pb2.CompleteRequest(
+        model=model, prompt="Name three colours.", request_id="carol-retries-this",
+        options=inference_pb2.CompletionOptions(max_tokens=12, temperature=1.0))
 
 
 def _live_rows(tmp_path: Path) -> int:

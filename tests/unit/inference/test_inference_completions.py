@@ -2,6 +2,7 @@
 
 import asyncio
 import math
+import time
 
 import grpc
 import pytest
@@ -11,6 +12,7 @@ from finetune.inference.v1 import inference_pb2
 from services.common import errors
 from services.common.interceptors import _principal
 from services.inference.completions import CompletionInput
+from services.inference.outbox import ANSWER_RETENTION_S, OutboxStore
 from services.inference.servicer import InferenceServicer, to_input
 
 
@@ -158,9 +160,11 @@ async def test_length_finish_and_messages(make_completions, engine):
 
 async def test_every_request_gets_its_own_engine_request_id(make_completions, engine):
     core = make_completions()
-    await asyncio.gather(*[core.complete("key", inp(request_id="same")) for _ in range(3)])
+    await asyncio.gather(*[core.complete("key", inp()) for _ in range(3)],
+                         core.complete("key", inp(request_id="r1")),
+                         core.complete("key", inp(request_id="ev_1/1/1", on_behalf_of="a/u")))
     ids = [c["request_id"] for c in engine.calls]
-    assert len(set(ids)) == 3
+    assert len(set(ids)) == 5 and not {"r1", "ev_1/1/1"} & set(ids)
 
 
 async def test_stream_yields_deltas_and_usage_on_the_last_chunk(make_completions):
@@ -254,14 +258,51 @@ async def test_usage_is_recorded_before_the_answer_and_survives_control_being_do
     assert record.request_id == result.request_id  # no caller id: the answer names the row
 
 
-async def test_a_caller_request_id_does_not_become_the_usage_id(make_completions, reporter,
-                                                                usage):
+async def test_a_retry_under_the_callers_request_id_is_the_same_answer_billed_once(
+        make_completions, reporter, usage, engine):
     core = make_completions()
-    first = await core.complete("key", inp(request_id="mine"))
-    second = await core.complete("key", inp(request_id="mine"))  # a retry is billed again
+    first = await core.complete("key", inp(request_id="mine", temperature=1.0))
+    second = await core.complete("key", inp(request_id="mine", temperature=1.0))
+    streamed = [c async for c in core.stream("key", inp(request_id="mine", temperature=1.0))]
     await usage.flush()
-    assert first.request_id == second.request_id == "mine"
-    assert len({r.request_id for r in reporter.records}) == 2
+    assert len(engine.calls) == 1                       # generated once
+    assert first == second and first.request_id == "mine"
+    assert "".join(c.delta for c in streamed) == first.text
+    assert (streamed[-1].finish_reason, streamed[-1].usage) == (first.finish_reason, first.usage)
+    [record] = reporter.records                         # billed once
+    assert record.request_id != "mine" and streamed[0].request_id == record.request_id
+    # Another request under the same id is refused, not answered with the first's text.
+    with pytest.raises(errors.InvalidArgument, match="already used for a different request"):
+        await core.complete("key", inp(request_id="mine", prompt="something else"))
+    other = await core.complete("key", inp(request_id="yours", temperature=1.0))
+    await usage.flush()
+    assert len(engine.calls) == 2 and len(reporter.records) == 2 and other.text
+
+
+async def test_duplicates_in_flight_wait_for_the_first_answer(make_completions, engine,
+                                                              reporter, usage):
+    core = make_completions()
+    answers = await asyncio.gather(*[core.complete("key", inp(request_id="dup"))
+                                     for _ in range(4)])
+    await usage.flush()
+    assert len(engine.calls) == 1 and len(reporter.records) == 1
+    assert len({a.text for a in answers}) == 1
+
+
+async def test_a_kept_answer_survives_a_restart_and_expires(make_completions, engine, reporter,
+                                                            tmp_path):
+    """The answer is in the outbox file with its usage row: a new process (a new store on the
+    same file) still answers the retry from it, until the retention has passed."""
+    core = make_completions()
+    first = await core.complete("key", inp(request_id="kept"))
+    path = tmp_path / "outbox.sqlite3"
+    reopened = OutboxStore(path)
+    kept = reopened.answered("acct", "kept", now=time.time())
+    assert kept is not None and kept.answer.text == first.text
+    assert kept.usage == first.usage
+    assert reopened.answered("acct", "kept", now=time.time() + ANSWER_RETENTION_S + 1) is None
+    assert reopened.answered("other-account", "kept", now=time.time()) is None
+    reopened.close()
 
 
 async def test_control_acting_for_a_user_names_the_usage_row(make_completions, reporter,
