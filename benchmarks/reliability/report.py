@@ -18,12 +18,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "reliability.md"
-# What the corpus found, once fixed: (date, input, what it did, the fix). Kept by hand.
-FOUND = [
-    ("2026-12-03", "`ListFineTuningUsage` (and the other usage RPCs) with `filter.end_time.nanos`"
-     " = -2^31", "INTERNAL: protobuf's `ToDatetime` raised on a Timestamp it cannot read",
-     "INVALID_ARGUMENT naming the field (`api/messages.time_or_none`), unit-tested"),
-]
+SECTION = "## Latest full run"
 
 
 def cpu() -> str:
@@ -33,7 +28,18 @@ def cpu() -> str:
     return platform.processor() or "unknown"
 
 
+def replace_section(doc: str, heading: str, section: str) -> str:
+    """The doc with the section under `heading` (up to the next `## `) replaced, or appended;
+    the hand-kept rest of the page stays as it is."""
+    begin = doc.find(heading)
+    if begin < 0:
+        return doc.rstrip("\n") + "\n\n" + section
+    end = doc.find("\n## ", begin + len(heading))
+    return doc[:begin] + section + ("" if end < 0 else "\n" + doc[end + 1:])
+
+
 def render(report: dict, seconds: float, commit: str) -> str:
+    """The latest run's section of docs/reliability.md."""
     by_rpc: dict[str, dict[str, int]] = defaultdict(dict)
     codes: set[str] = set()
     for path, code, n in report["counts"]:
@@ -42,47 +48,7 @@ def render(report: dict, seconds: float, commit: str) -> str:
     order = sorted(codes, key=lambda c: (c != "OK", c))
     total = sum(n for path, _, n in report["counts"] if path.startswith("/"))
     lines = [
-        "# Reliability: hostile inputs over every public RPC",
-        "",
-        "How the services are tested against bad input, and the latest full run's counts.",
-        "",
-        "**The corpus** (`tests/hostile_inputs.py`): a request message for each public RPC of",
-        "control and inference, generated from its protobuf descriptor with Hypothesis (seeded:",
-        "`derandomize=True`, so a run is repeatable). Strings come from a hand-kept list of",
-        "known-bad inputs (SQL escapes and sandbox probes such as `read_csv`, `COPY ... TO`,",
-        "`ATTACH`, `INSTALL`, `SET`, `getenv`, two statements; path names; oversized fields;",
-        "unicode edge cases; deep and self-referencing JSON), generated text, and the names of",
-        "objects that exist, so that calls also get past the first check. Integers take their",
-        "type's edges, floats NaN and infinities, enums unknown numbers; callers are the admin,",
-        "a user without privileges, a forged key and no key.",
-        "",
-        "**The assertions** (`tests/integration/reliability/test_hostile_inputs.py`, against",
-        "`python -m services.control` and `python -m services.inference` on loopback): every",
-        "answer is a documented status (never INTERNAL, UNKNOWN or DATA_LOSS), none takes",
-        "longer than its deadline, both processes stay up, no answer carries a byte of a",
-        "canary file outside the data folder, no file appears beside it, and afterwards both",
-        "services answer a known-good request. The CLI's commands get the same strings as",
-        "arguments (typer's runner, the same processes): an exit code and a message, never a",
-        "traceback. CI runs a 300-input slice; `make reliability` runs the full corpus and",
-        "rewrites this page.",
-        "",
-        "## Found, and fixed",
-        "",
-        "| found | input | what it did | fix |",
-        "|---|---|---|---|",
-        *[f"| {d} | {i} | {w} | {f} |" for d, i, w, f in FOUND],
-        "",
-        "Reproduce a failure from the test's output: Hypothesis prints the failing input and",
-        "a `@reproduce_failure` blob; the corpus is seeded, so the same command finds it again.",
-        "",
-        "## Not covered yet",
-        "",
-        "Faults under load (killing control, inference and Ray workers during traffic), a soak,",
-        "a full disk and a locked metadata database. The corpus is broad rather than deep: most",
-        "inputs stop at the first check they fail, and few reach a job's training or a long",
-        "generation (see the OK column).",
-        "",
-        "## Latest full run",
+        SECTION,
         "",
         f"Up to {report['examples']} inputs to control and "
         f"{max(50, report['examples'] // 5)} to inference, shared evenly over their RPCs "
@@ -119,7 +85,8 @@ def main() -> None:
     args = p.parse_args()
     commit = args.commit or subprocess.run(["git", "rev-parse", "--short", "HEAD"],
                                            capture_output=True, text=True).stdout.strip()
-    DOC.write_text(render(json.loads(args.report.read_text()), args.seconds, commit))
+    section = render(json.loads(args.report.read_text()), args.seconds, commit)
+    DOC.write_text(replace_section(DOC.read_text(), SECTION, section))
     print(f"wrote {DOC}")
 
 

@@ -1,0 +1,365 @@
+"""Faults under load: SIGKILL control, inference and Ray Train workers while COMPLETE traffic
+and a training job run, then check that nothing was lost or counted twice.
+
+    make faults                      # python -m benchmarks.reliability.faults --rounds 2
+    python -m benchmarks.reliability.faults --rounds 1 --concurrency 8 --no-doc   # quicker
+
+One run: a local stack (`finetune up`'s processes) in a temporary home; a first model trained
+on the sample tickets; then `--concurrency` clients send COMPLETE without pause, alternating
+that model and its base, each request under its own request_id and retried under the same id
+on UNAVAILABLE, as a careful client does. A second job trains meanwhile, and each round kills
+control, then inference, then one Ray Train worker (SIGKILL, the whole process group, after a
+seeded random wait). After the last round the traffic stops and the checks run:
+
+- every request was answered in the end, and clients saw only UNAVAILABLE (or a deadline)
+  on the way; never INTERNAL, never a different answer for a retried id;
+- control's COMPLETE usage rows equal the OK responses exactly: the same count, the same
+  prompt and completion tokens per model;
+- the job ends SUCCESS with each optimizer step once in its training_results.csv;
+- each model is registered once, none lost.
+
+The counts go to benchmarks/reliability/results/faults-<time>.json and, unless --no-doc, to
+the "Faults under load" section of docs/reliability.md. Exits 1 if a check fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import csv
+import io
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import grpc
+
+from benchmarks.reliability.report import DOC, cpu, replace_section
+from finetune.control.v1 import jobs_pb2
+from finetune.inference.v1 import inference_pb2, inference_pb2_grpc
+from services.cli.client import FinetuneClient, _channel
+from services.cli.demo import TRAINING_FILE
+from services.cli.stack import LocalStack, StackConfig
+from services.common.base_models import DEFAULT_BASE_MODEL
+
+RESULTS = Path(__file__).resolve().parent / "results"
+SECTION = "## Faults under load"
+TABLE = "faults.public.tickets"
+FIRST_MODEL = "faults.public.router"
+SECOND_MODEL = "faults.public.router_v2"
+RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}
+
+
+@dataclass
+class Traffic:
+    """COMPLETE clients that never give up on a request: the same request_id until OK."""
+
+    address: str
+    api_key: str
+    models: tuple[str, str]
+    prompts: list[str]
+    concurrency: int
+    stop: threading.Event = field(default_factory=threading.Event)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    answers: dict[str, tuple[str, str, int, int]] = field(default_factory=dict)
+    codes: collections.Counter = field(default_factory=collections.Counter)
+    retried: int = 0          # requests that needed more than one attempt
+    mismatched: list[str] = field(default_factory=list)   # a retry answered differently
+    unexpected: list[str] = field(default_factory=list)   # any other failure
+    latencies: list[float] = field(default_factory=list)
+    threads: list[threading.Thread] = field(default_factory=list)
+
+    def start(self) -> None:
+        for worker in range(self.concurrency):
+            t = threading.Thread(target=self._run, args=(worker,), daemon=True)
+            t.start()
+            self.threads.append(t)
+
+    def finish(self, timeout_s: float = 600) -> None:
+        self.stop.set()
+        deadline = time.monotonic() + timeout_s
+        for t in self.threads:
+            t.join(max(0.0, deadline - time.monotonic()))
+        if any(t.is_alive() for t in self.threads):
+            self.unexpected.append("a client was still waiting for its answer after 600 s")
+
+    def _run(self, worker: int) -> None:
+        channel = _channel(self.address, self.api_key)   # no gRPC retries: we count them
+        stub = inference_pb2_grpc.InferenceServiceStub(channel)
+        rng = random.Random(worker)
+        n = 0
+        while not self.stop.is_set():
+            n += 1
+            model = self.models[n % 2]
+            request = inference_pb2.CompleteRequest(
+                model=model, prompt=rng.choice(self.prompts), request_id=f"load-{worker}-{n}",
+                options=inference_pb2.CompletionOptions(max_tokens=12, temperature=0.8))
+            self._until_answered(stub, request)
+        channel.close()
+
+    def _until_answered(self, stub, request) -> None:
+        start = time.monotonic()
+        attempts = 0
+        seen: set[str] = set()
+        while True:
+            attempts += 1
+            try:
+                r = stub.Complete(request, timeout=120)
+            except grpc.RpcError as err:
+                with self.lock:
+                    self.codes[err.code().name] += 1
+                if err.code() not in RETRYABLE:
+                    with self.lock:
+                        self.unexpected.append(f"{request.request_id}: {err.code().name}: "
+                                               f"{err.details()}")
+                    return
+                if time.monotonic() - start > 900:
+                    with self.lock:
+                        self.unexpected.append(f"{request.request_id}: no answer in 900 s")
+                    return
+                time.sleep(min(8.0, 0.25 * 2 ** min(attempts, 5)))
+                continue
+            seen.add(r.text)
+            with self.lock:
+                self.codes["OK"] += 1
+                if attempts > 1:
+                    self.retried += 1
+                if request.request_id in self.answers and \
+                        self.answers[request.request_id][1] != r.text:
+                    self.mismatched.append(request.request_id)
+                self.answers[request.request_id] = (request.model, r.text,
+                                                    r.usage.prompt_tokens,
+                                                    r.usage.completion_tokens)
+                self.latencies.append(time.monotonic() - start)
+            return
+
+
+def kill_ray_worker(stack: LocalStack, job_alive) -> str:
+    """SIGKILL one RayTrainWorker of the running job; waits for one to exist (60 s)."""
+    from ray.util.state import list_actors
+
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and job_alive():
+        workers = list_actors(address=stack.ray_dashboard_url,
+                              filters=[("class_name", "=", "RayTrainWorker"),
+                                       ("state", "=", "ALIVE")])
+        if workers:
+            os.kill(workers[-1]["pid"], signal.SIGKILL)
+            return "killed"
+        time.sleep(1)
+    return "skipped: no worker alive (the job was not training)"
+
+
+def wait_job(client: FinetuneClient, job_id: str, timeout_s: float) -> jobs_pb2.FineTuningJob:
+    """Polls until the job is over, riding out control's restarts (UNAVAILABLE)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            job = client.get_job(job_id)
+            if job.status not in (jobs_pb2.PENDING, jobs_pb2.IN_PROGRESS):
+                return job
+        except grpc.RpcError as err:
+            if err.code() not in RETRYABLE:
+                raise
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"job {job_id} still running after {timeout_s:.0f} s")
+        time.sleep(2)
+
+
+def usage_rows(client: FinetuneClient, user: str) -> list:
+    rows, token = [], ""
+    while True:
+        page = client.inference_usage(user=user, page_size=1000, page_token=token)
+        rows += [u for u in page.usage if u.source == "COMPLETE"]
+        token = page.next_page_token
+        if not token:
+            return rows
+
+
+def tally(entries) -> dict[str, list[int]]:
+    """Per model: [requests, prompt tokens, completion tokens]."""
+    out: dict[str, list[int]] = {}
+    for model, prompt_tokens, completion_tokens in entries:
+        t = out.setdefault(model, [0, 0, 0])
+        t[0] += 1
+        t[1] += prompt_tokens
+        t[2] += completion_tokens
+    return out
+
+
+def steps_of(client: FinetuneClient, model: str) -> list[int]:
+    text = client.download_artifact(model, "training_results.csv").decode()
+    return [int(r["step"]) for r in csv.DictReader(io.StringIO(text))]
+
+
+def run(args) -> dict:
+    rng = random.Random(args.seed)
+    home = Path(tempfile.mkdtemp(prefix="ft-faults-"))
+    started = time.monotonic()
+    result: dict = {"seed": args.seed, "rounds": args.rounds, "concurrency": args.concurrency,
+                    "kills": [], "failures": []}
+    with LocalStack(StackConfig(home=home)) as stack:
+        admin = stack.admin_key()
+        client = FinetuneClient(stack.control_address, stack.inference_address, admin)
+        user = client.whoami().user_name
+        client.load_table(TABLE, TRAINING_FILE, replace=True)
+        query = f"SELECT prompt, completion FROM {TABLE}"
+        print("training the first model ...", flush=True)
+        first = wait_job(client, client.create_job(FIRST_MODEL, DEFAULT_BASE_MODEL, query,
+                                                   seed=7).id, 1800)
+        if first.status != jobs_pb2.SUCCESS:
+            raise RuntimeError(f"the first job ended {first.status}: {first.error.message}")
+        prompts = [r["prompt"] for r in csv.DictReader(TRAINING_FILE.open())]
+
+        traffic = Traffic(stack.inference_address, admin, (FIRST_MODEL, DEFAULT_BASE_MODEL),
+                          prompts, args.concurrency)
+        traffic.start()
+        job = client.create_job(SECOND_MODEL, DEFAULT_BASE_MODEL, query, seed=11,
+                                max_epochs=args.epochs, checkpoint_every_steps=2)
+        result["job"] = job.id
+
+        def job_alive() -> bool:
+            try:
+                return client.get_job(job.id).status in (jobs_pb2.PENDING, jobs_pb2.IN_PROGRESS)
+            except grpc.RpcError:
+                return True   # control is down: the job is not known to be over
+
+        for round_ in range(args.rounds):
+            for target in ("control", "inference", "ray worker"):
+                time.sleep(rng.uniform(3, 15))
+                at = round(time.monotonic() - started, 1)
+                before = traffic.codes["OK"]
+                if target == "control":
+                    stack.restart_control(kill=True)
+                    outcome = "killed"
+                elif target == "inference":
+                    stack.restart_inference(kill=True)
+                    outcome = "killed"
+                else:
+                    outcome = kill_ray_worker(stack, job_alive)
+                print(f"round {round_ + 1}: {target} {outcome} at {at} s "
+                      f"({before} answers so far)", flush=True)
+                result["kills"].append({"round": round_ + 1, "target": target, "at_s": at,
+                                        "outcome": outcome})
+        print("waiting for the job ...", flush=True)
+        second = wait_job(client, job.id, 3600)
+        traffic.finish()
+        result["seconds_under_fire"] = round(time.monotonic() - started, 1)
+
+        # Every answer's usage row, once it has travelled through the outbox.
+        answered = tally((m, p, c) for m, _, p, c in traffic.answers.values())
+        deadline = time.monotonic() + 300
+        while True:
+            rows = usage_rows(client, user)
+            billed = tally((u.model, u.prompt_tokens, u.completion_tokens) for u in rows)
+            if billed == answered or time.monotonic() > deadline:
+                break
+            time.sleep(5)
+        models = collections.Counter(m.name for m in client.list_models())
+        steps = steps_of(client, SECOND_MODEL) if second.status == jobs_pb2.SUCCESS else []
+        events = collections.Counter(e.type for e in client.job_events(job.id))
+        client.close()
+
+    latencies = sorted(traffic.latencies) or [0.0]
+    result.update({
+        "answers": len(traffic.answers), "usage_rows": len(rows),
+        "answered_by_model": answered, "billed_by_model": billed,
+        "client_codes": dict(traffic.codes), "retried_requests": traffic.retried,
+        "p50_s": round(latencies[len(latencies) // 2], 2),
+        "p99_s": round(latencies[int(len(latencies) * 0.99)], 2),
+        "job_status": jobs_pb2.JobStatus.Name(second.status), "job_error": second.error.message,
+        "job_steps": len(steps), "job_total_steps": second.total_steps,
+        "job_events": dict(events), "models": dict(models),
+    })
+    failures = result["failures"]
+    failures += traffic.unexpected[:20]
+    if traffic.mismatched:
+        failures.append(f"{len(traffic.mismatched)} retried ids answered differently")
+    if billed != answered:
+        failures.append(f"usage {billed} != answers {answered}")
+    if second.status != jobs_pb2.SUCCESS:
+        failures.append(f"job ended {result['job_status']}: {second.error.message}")
+    elif steps != list(range(1, second.total_steps + 1)):
+        failures.append(f"steps recorded {steps}, expected 1..{second.total_steps} once each")
+    if models != {FIRST_MODEL: 1, SECOND_MODEL: 1}:
+        failures.append(f"models {dict(models)}")
+    return result
+
+
+def section(result: dict, commit: str) -> str:
+    kills = collections.Counter((k["target"], k["outcome"] == "killed") for k in result["kills"])
+    done = ", ".join(f"{target} {n}x" for (target, killed), n in sorted(kills.items()) if killed)
+    verdict = "every check held" if not result["failures"] else \
+        "FAILED: " + "; ".join(result["failures"])
+    codes = ", ".join(f"{c} {n}" for c, n in sorted(result["client_codes"].items()))
+    return "\n".join([
+        SECTION, "",
+        "`make faults` (`benchmarks/reliability/faults.py`): a local stack, a first model "
+        "trained on the sample tickets, then COMPLETE clients without pause (alternating that "
+        "model and its base, each request retried under its own request_id until answered) "
+        "while a second job trains; each round SIGKILLs control, then inference, then a Ray "
+        "Train worker after a seeded random wait. Checks: every request answered, clients see "
+        "only UNAVAILABLE or a deadline before their answer, control's usage rows equal the "
+        "answers per model (count, prompt and completion tokens), the job ends SUCCESS with "
+        "each step once, each model registered once.",
+        "",
+        f"Latest run: {result['date']} UTC, commit `{commit}`, `{result['cpu']}` "
+        f"({os.cpu_count()} cores), seed {result['seed']}, {result['concurrency']} clients, "
+        f"{result['rounds']} rounds ({done}), {result['seconds_under_fire']:.0f} s under fire. "
+        f"**{verdict}.**",
+        "",
+        "| what | count |",
+        "|---|---:|",
+        f"| requests answered (OK) | {result['answers']} |",
+        f"| COMPLETE usage rows at control | {result['usage_rows']} |",
+        f"| requests that needed a retry | {result['retried_requests']} |",
+        f"| what clients saw, per attempt | {codes} |",
+        f"| latency to the answer, retries included: p50 / p99 | "
+        f"{result['p50_s']} s / {result['p99_s']} s |",
+        f"| the job | {result['job_status']}, {result['job_steps']} of "
+        f"{result['job_total_steps']} steps recorded once each |",
+        f"| models registered | {sum(result['models'].values())} "
+        f"({len(result['models'])} distinct) |",
+        "",
+        "Per model, answered vs billed ([requests, prompt tokens, completion tokens]): "
+        + "; ".join(f"`{m}` {result['answered_by_model'].get(m)} vs "
+                    f"{result['billed_by_model'].get(m)}"
+                    for m in sorted(result["answered_by_model"])) + ".",
+        "",
+    ])
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--concurrency", type=int, default=32)
+    p.add_argument("--epochs", type=int, default=4, help="of the job trained under fire")
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--no-doc", action="store_true", help="do not rewrite docs/reliability.md")
+    args = p.parse_args()
+    result = run(args)
+    result["date"] = f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M}"
+    result["cpu"] = cpu()
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                            text=True).stdout.strip()
+    RESULTS.mkdir(exist_ok=True)
+    out = RESULTS / f"faults-{datetime.now(timezone.utc):%Y%m%dT%H%M}.json"
+    out.write_text(json.dumps({**result, "commit": commit}, indent=2))
+    print(json.dumps(result, indent=2))
+    if not args.no_doc:
+        DOC.write_text(replace_section(DOC.read_text(), SECTION, section(result, commit)))
+        print(f"wrote {DOC}")
+    sys.exit(1 if result["failures"] else 0)
+
+
+if __name__ == "__main__":
+    main()
