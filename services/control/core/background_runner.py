@@ -15,7 +15,7 @@ import functools
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Awaitable, Callable
 
 from services.common.errors import FinetuneError, ResourceExhausted, Unavailable
 from services.common.waiting import wait_event
@@ -206,6 +206,39 @@ class BackgroundRunner(abc.ABC):
         self._running.pop(item_id, None)
         if self._wakeup is not None:
             self._wakeup.set()   # a slot is free
+
+    async def _run_workers(self, indices: list[int], concurrency: int,
+                           one: Callable[[int], Awaitable[None]], stop: asyncio.Event) -> None:
+        """`one(i)` for every index, on up to `concurrency` tasks, until all are done; the first
+        failure is raised, and `stop` raises Stopped. Either way every task is cancelled and
+        awaited before this returns, so nothing runs on behind the caller's cleanup."""
+        queue = iter(indices)
+
+        async def worker() -> None:
+            for i in queue:
+                if stop.is_set():
+                    raise Stopped()
+                await one(i)
+
+        workers = [asyncio.create_task(worker())
+                   for _ in range(min(concurrency, len(indices)) or 1)]
+        stopper = asyncio.create_task(stop.wait())
+        try:
+            pending: set[asyncio.Task[Any]] = set(workers)
+            while pending:
+                done, pending = await asyncio.wait(pending | {stopper},
+                                                   return_when=asyncio.FIRST_COMPLETED)
+                if stopper in done:
+                    break
+                pending.discard(stopper)
+                for task in done:
+                    task.result()   # the first failure ends the run
+        finally:
+            for task in [*workers, stopper]:
+                task.cancel()
+            await asyncio.gather(*workers, stopper, return_exceptions=True)
+        if stop.is_set():
+            raise Stopped()
 
     async def _complete(self, call: CompletionCall, index: int) -> CompletionAnswer:
         """One row's COMPLETE, retried while inference is unavailable or full; other errors

@@ -13,7 +13,7 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Callable
 
 from services.common.artifacts import ArtifactStore
 from services.common.errors import Unavailable
@@ -88,7 +88,6 @@ class EvaluationRunner(BackgroundRunner):
     async def _generate(self, evaluation: Evaluation, rows: list[dict], tally: _Tally,
                         stop: asyncio.Event) -> list[str]:
         predictions: list[str | None] = [None] * len(rows)
-        queue = iter(range(len(rows)))
         flushing = asyncio.Lock()
         last_flush = self._monotonic()
 
@@ -105,36 +104,16 @@ class EvaluationRunner(BackgroundRunner):
                 else:
                     stop.set()
 
-        async def worker() -> None:
-            for i in queue:
-                if stop.is_set():
-                    raise Stopped()
-                answer = await self._call(evaluation, i, rows[i])
-                predictions[i] = prediction_text(answer.text, evaluation.task)
-                tally.done += 1
-                tally.prompt_tokens += answer.prompt_tokens
-                tally.completion_tokens += answer.completion_tokens
-                await flush()
+        async def predict(i: int) -> None:
+            answer = await self._call(evaluation, i, rows[i])
+            predictions[i] = prediction_text(answer.text, evaluation.task)
+            tally.done += 1
+            tally.prompt_tokens += answer.prompt_tokens
+            tally.completion_tokens += answer.completion_tokens
+            await flush()
 
-        workers = [asyncio.create_task(worker())
-                   for _ in range(min(evaluation.generation.concurrency, len(rows)) or 1)]
-        stopper = asyncio.create_task(stop.wait())
-        try:
-            pending: set[asyncio.Task[Any]] = set(workers)
-            while pending:
-                done, pending = await asyncio.wait(pending | {stopper},
-                                                   return_when=asyncio.FIRST_COMPLETED)
-                if stopper in done:
-                    raise Stopped()
-                pending.discard(stopper)
-                for task in done:
-                    task.result()   # the first failure ends the evaluation
-        finally:
-            for task in [*workers, stopper]:
-                task.cancel()
-            await asyncio.gather(*workers, stopper, return_exceptions=True)
-        if stop.is_set():
-            raise Stopped()
+        await self._run_workers(list(range(len(rows))), evaluation.generation.concurrency,
+                                predict, stop)
         return [p or "" for p in predictions]
 
     async def _call(self, evaluation: Evaluation, index: int, row: dict):

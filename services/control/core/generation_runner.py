@@ -20,7 +20,7 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Callable
 
 from services.common.artifacts import ArtifactStore
 from services.common.errors import AlreadyExists, FinetuneError, InvalidArgument
@@ -102,7 +102,6 @@ class GenerationRunner(BackgroundRunner):
         for answer in saved.values():
             tally.add(answer)
         unsaved: list[RowAnswer] = []
-        queue = iter([i for i in range(len(texts)) if i not in saved])
         seq = 0
         flushing = asyncio.Lock()
         last_flush = self._monotonic()
@@ -125,37 +124,18 @@ class GenerationRunner(BackgroundRunner):
                 else:
                     stop.set()
 
-        async def worker() -> None:
-            for i in queue:
-                if stop.is_set():
-                    raise Stopped()
-                answer = await self._answer(generation, i, texts[i])
-                unsaved.append(answer)
-                tally.add(answer)
-                await flush()
+        async def answer_one(i: int) -> None:
+            answer = await self._answer(generation, i, texts[i])
+            unsaved.append(answer)
+            tally.add(answer)
+            await flush()
 
-        workers = [asyncio.create_task(worker())
-                   for _ in range(min(generation.options.concurrency,
-                                      len(texts) - len(saved)) or 1)]
-        stopper = asyncio.create_task(stop.wait())
         try:
-            pending: set[asyncio.Task[Any]] = set(workers)
-            while pending:
-                done, pending = await asyncio.wait(pending | {stopper},
-                                                   return_when=asyncio.FIRST_COMPLETED)
-                if stopper in done:
-                    break
-                pending.discard(stopper)
-                for task in done:
-                    task.result()   # the first failure ends the generation
+            await self._run_workers([i for i in range(len(texts)) if i not in saved],
+                                    generation.options.concurrency, answer_one, stop)
         finally:
-            for task in [*workers, stopper]:
-                task.cancel()
-            await asyncio.gather(*workers, stopper, return_exceptions=True)
             if unsaved:   # what was answered stays answered (and billed), even on failure
                 await asyncio.shield(flush(force=True))
-        if stop.is_set():
-            raise Stopped()
 
     async def _answer(self, generation: TextGeneration, index: int,
                       prompt: str | None) -> RowAnswer:
