@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 from dataclasses import dataclass
 from typing import Mapping, Sequence
@@ -106,6 +107,21 @@ def describe_failure(exc: BaseException) -> str:
     return _root_message(cause if cause is not None else exc)
 
 
+# What a full disk or an exhausted quota says, as errno and as text (Ray and pyarrow rewrap
+# the OSError, and only its text may reach here).
+_FULL = {errno.ENOSPC: "No space left on device", errno.EDQUOT: "Disk quota exceeded"}
+
+
+def _full_disk(exc: BaseException) -> str | None:
+    reason = _FULL.get(getattr(exc, "errno", None) or 0) or next(
+        (text for text in _FULL.values() if text in str(exc)), None)
+    if reason is None:
+        return None
+    where = f" writing {exc.filename}" if getattr(exc, "filename", None) else ""
+    return (f"the artifact store is full ({reason}){where}: free space or raise its quota, "
+            "then create the job again")
+
+
 def _root_message(exc: BaseException) -> str:
     while True:
         inner = getattr(exc, "cause", None) or exc.__cause__
@@ -114,5 +130,7 @@ def _root_message(exc: BaseException) -> str:
         exc = inner
     if isinstance(exc, FinetuneError):
         return exc.message
+    if full := _full_disk(exc):
+        return full
     lines = [line for line in str(exc).strip().splitlines() if line.strip()]
     return f"{type(exc).__name__}: {lines[-1].strip() if lines else ''}".rstrip(": ")

@@ -19,6 +19,7 @@ from pathlib import Path
 import grpc
 import pytest
 from control_processes import ray_head, wait_for_ray_job
+from mounts import small_tmpfs
 from polling import wait_until
 
 from finetune.control.v1 import internal_pb2, internal_pb2_grpc
@@ -125,11 +126,12 @@ def write_job(root: Path, job_id: str, base_model_spec, control_address: str, ro
     return store, spec, f"{folder}/spec.json"
 
 
-def submit(client, job_id: str, spec_uri: str) -> None:
+def submit(client, job_id: str, spec_uri: str, **env: str) -> None:
     """As control's dispatcher does: submission_id = job id, the service token in env_vars."""
     client.submit_job(entrypoint=f"{sys.executable} -m services.trainer.job --spec {spec_uri}",
                       submission_id=job_id,
-                      runtime_env={"env_vars": {"FINETUNE_SERVICE_TOKEN": SERVICE_TOKEN}})
+                      runtime_env={"env_vars": {"FINETUNE_SERVICE_TOKEN": SERVICE_TOKEN,
+                                                **env}})
 
 
 def wait(client, job_id: str, limit_s: float = 900) -> str:
@@ -239,6 +241,30 @@ def test_cancel_from_control_stops_the_job_without_a_manifest(ray_cluster, contr
     assert "fine-tuning cancelled: job ft_cancel was cancelled after step 2" in \
         client.get_job_logs("ft_cancel")
     assert not store.exists(f"{spec['output_uri']}/manifest.json")
+
+
+def test_a_full_artifact_store_fails_the_job_with_a_clear_message(ray_cluster, control,
+                                                                 base_model_spec, tmp_path):
+    """The job's artifact store is a real tmpfs with room for its spec and data but not for a
+    checkpoint: the job fails (after its one allowed restart) saying the store is full, and
+    what was there before is intact, with no half-exported model beside it."""
+    client, _ = ray_cluster
+    _, address = control
+    with small_tmpfs(tmp_path / "artifacts", "512k") as root:
+        store, spec, spec_uri = write_job(root, "ft_full", base_model_spec, address,
+                                          made_up_rows(), [], batch_size=2, max_epochs=1,
+                                          checkpoint_every_steps=2)
+        before = {uri: store.read_bytes(uri) for uri in (spec_uri, spec["training_data_uri"])}
+        submit(client, "ft_full", spec_uri, FINETUNE_TRAINER_MAX_FAILURES="1")
+        status = wait(client, "ft_full")
+        logs = client.get_job_logs("ft_full")
+        assert status == "FAILED", logs[-4000:]
+        reason = [line for line in logs.splitlines() if "fine-tuning failed:" in line][-1:]
+        assert reason and "the artifact store is full (No space left on device)" in reason[0], \
+            logs[-4000:]
+        assert {uri: store.read_bytes(uri) for uri in before} == before
+        assert not store.exists(f"{spec['output_uri']}/manifest.json")
+        assert not store.exists(f"{spec['output_uri']}/adapter_model.safetensors")
 
 
 def latest_checkpoint(store: ArtifactStore, spec: dict, job_id: str) -> Path | None:

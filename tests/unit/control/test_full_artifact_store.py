@@ -5,34 +5,26 @@ that says why, is the error-mapping interceptor's: tests/integration/common/test
 
 import errno
 import os
-import subprocess
 
 import pytest
 from control_components import control_components
 from control_testbed import SERVICE_TOKEN, files_under, load_rows, word_tokenizers
+from mounts import small_tmpfs
 
 from services.control.core.jobs import CreateJob
 
 
 @pytest.fixture
-def small_tmpfs(tmp_path):
-    mount = tmp_path / "artifacts"
-    mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount)],
-                          capture_output=True, text=True)
-    if done.returncode:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
-    try:
+def full_store(tmp_path):
+    with small_tmpfs(tmp_path / "artifacts", "64k") as mount:
         yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
 def test_a_full_artifact_store_refuses_create_and_keeps_everything_consistent(
-        tmp_path, small_tmpfs, tiny_base, dispatcher):
+        tmp_path, full_store, tiny_base, dispatcher):
     with control_components(tmp_path / "home", tiny_base, service_token=SERVICE_TOKEN,
                             dispatcher=dispatcher, tokenizers=word_tokenizers(), port=50999,
-                            artifact_root=str(small_tmpfs)) as control:
+                            artifact_root=str(full_store)) as control:
         key = control.config.bootstrap_key_file.read_text().strip()
         admin = control.store.run(lambda tx: tx.accounts.authenticate(key))
         # 600 KB of training text that does not compress, for a 64 KB store
@@ -45,7 +37,7 @@ def test_a_full_artifact_store_refuses_create_and_keeps_everything_consistent(
                 training_query="SELECT prompt, completion FROM big"))
         assert err.value.errno == errno.ENOSPC
         assert control.store.run(lambda tx: tx.jobs.page(admin.account_id, 10)) == []
-        assert files_under(small_tmpfs) == set()   # the partial snapshot is gone
+        assert files_under(full_store) == set()   # the partial snapshot is gone
         assert dispatcher.submitted == []
 
         load_rows(control, admin.account_id, "small",

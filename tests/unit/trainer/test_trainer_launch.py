@@ -1,4 +1,7 @@
+import errno
+
 import pytest
+
 from services.common.errors import InvalidArgument
 from services.trainer.config import parse_config
 from services.trainer.launch import WorkerPlan, describe_failure, plan_workers
@@ -46,6 +49,18 @@ def test_describe_failure_names_the_worker_and_the_root_cause():
     assert describe_failure(WorkerGroupError({1: wrapped})) == \
         "worker 1: RuntimeError: Tried to allocate 2 GiB"
     assert describe_failure(KeyError("x")) == "KeyError: 'x'"
+
+
+def test_a_full_disk_is_named_as_the_artifact_store_being_full():
+    full = OSError(errno.ENOSPC, "No space left on device", "/artifacts/jobs/ft_1/ckpt/a.bin")
+    assert describe_failure(WorkerGroupError({0: full})) == (
+        "worker 0: the artifact store is full (No space left on device) writing "
+        "/artifacts/jobs/ft_1/ckpt/a.bin: free space or raise its quota, then create the job "
+        "again")
+    # Rewrapped by Ray or pyarrow, only the text is left.
+    rewrapped = RuntimeError("Failed to persist checkpoint: [Errno 122] Disk quota exceeded")
+    assert describe_failure(rewrapped).startswith(
+        "the artifact store is full (Disk quota exceeded): free space")
 
 
 def test_config_from_flags_and_environment():
