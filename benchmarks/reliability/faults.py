@@ -35,112 +35,31 @@ import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
-from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
 import grpc
 
+from benchmarks.reliability.load import (
+    FIRST_MODEL,
+    QUERY,
+    Traffic,
+    percentile,
+    tally,
+    train_first_model,
+    usage_rows,
+    wait_job,
+)
 from benchmarks.reliability.report import DOC, cpu, replace_section
 from finetune.control.v1 import jobs_pb2
-from finetune.inference.v1 import inference_pb2, inference_pb2_grpc
-from services.cli.client import FinetuneClient, _channel
-from services.cli.demo import TRAINING_FILE
+from services.cli.client import FinetuneClient
 from services.cli.stack import LocalStack, StackConfig
 from services.common.base_models import DEFAULT_BASE_MODEL
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SECTION = "## Faults under load"
-TABLE = "faults.public.tickets"
-FIRST_MODEL = "faults.public.router"
 SECOND_MODEL = "faults.public.router_v2"
-RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}
-
-
-@dataclass
-class Traffic:
-    """COMPLETE clients that never give up on a request: the same request_id until OK."""
-
-    address: str
-    api_key: str
-    models: tuple[str, str]
-    prompts: list[str]
-    concurrency: int
-    stop: threading.Event = field(default_factory=threading.Event)
-    lock: threading.Lock = field(default_factory=threading.Lock)
-    answers: dict[str, tuple[str, str, int, int]] = field(default_factory=dict)
-    codes: collections.Counter = field(default_factory=collections.Counter)
-    retried: int = 0          # requests that needed more than one attempt
-    mismatched: list[str] = field(default_factory=list)   # a retry answered differently
-    unexpected: list[str] = field(default_factory=list)   # any other failure
-    latencies: list[float] = field(default_factory=list)
-    threads: list[threading.Thread] = field(default_factory=list)
-
-    def start(self) -> None:
-        for worker in range(self.concurrency):
-            t = threading.Thread(target=self._run, args=(worker,), daemon=True)
-            t.start()
-            self.threads.append(t)
-
-    def finish(self, timeout_s: float = 600) -> None:
-        self.stop.set()
-        deadline = time.monotonic() + timeout_s
-        for t in self.threads:
-            t.join(max(0.0, deadline - time.monotonic()))
-        if any(t.is_alive() for t in self.threads):
-            self.unexpected.append("a client was still waiting for its answer after 600 s")
-
-    def _run(self, worker: int) -> None:
-        channel = _channel(self.address, self.api_key)   # no gRPC retries: we count them
-        stub = inference_pb2_grpc.InferenceServiceStub(channel)
-        rng = random.Random(worker)
-        n = 0
-        while not self.stop.is_set():
-            n += 1
-            model = self.models[n % 2]
-            request = inference_pb2.CompleteRequest(
-                model=model, prompt=rng.choice(self.prompts), request_id=f"load-{worker}-{n}",
-                options=inference_pb2.CompletionOptions(max_tokens=12, temperature=0.8))
-            self._until_answered(stub, request)
-        channel.close()
-
-    def _until_answered(self, stub, request) -> None:
-        start = time.monotonic()
-        attempts = 0
-        seen: set[str] = set()
-        while True:
-            attempts += 1
-            try:
-                r = stub.Complete(request, timeout=120)
-            except grpc.RpcError as err:
-                with self.lock:
-                    self.codes[err.code().name] += 1
-                if err.code() not in RETRYABLE:
-                    with self.lock:
-                        self.unexpected.append(f"{request.request_id}: {err.code().name}: "
-                                               f"{err.details()}")
-                    return
-                if time.monotonic() - start > 900:
-                    with self.lock:
-                        self.unexpected.append(f"{request.request_id}: no answer in 900 s")
-                    return
-                time.sleep(min(8.0, 0.25 * 2 ** min(attempts, 5)))
-                continue
-            seen.add(r.text)
-            with self.lock:
-                self.codes["OK"] += 1
-                if attempts > 1:
-                    self.retried += 1
-                if request.request_id in self.answers and \
-                        self.answers[request.request_id][1] != r.text:
-                    self.mismatched.append(request.request_id)
-                self.answers[request.request_id] = (request.model, r.text,
-                                                    r.usage.prompt_tokens,
-                                                    r.usage.completion_tokens)
-                self.latencies.append(time.monotonic() - start)
-            return
 
 
 def kill_ray_worker(stack: LocalStack, job_alive) -> str:
@@ -159,43 +78,6 @@ def kill_ray_worker(stack: LocalStack, job_alive) -> str:
     return "skipped: no worker alive (the job was not training)"
 
 
-def wait_job(client: FinetuneClient, job_id: str, timeout_s: float) -> jobs_pb2.FineTuningJob:
-    """Polls until the job is over, riding out control's restarts (UNAVAILABLE)."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            job = client.get_job(job_id)
-            if job.status not in (jobs_pb2.PENDING, jobs_pb2.IN_PROGRESS):
-                return job
-        except grpc.RpcError as err:
-            if err.code() not in RETRYABLE:
-                raise
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"job {job_id} still running after {timeout_s:.0f} s")
-        time.sleep(2)
-
-
-def usage_rows(client: FinetuneClient, user: str) -> list:
-    rows, token = [], ""
-    while True:
-        page = client.inference_usage(user=user, page_size=1000, page_token=token)
-        rows += [u for u in page.usage if u.source == "COMPLETE"]
-        token = page.next_page_token
-        if not token:
-            return rows
-
-
-def tally(entries) -> dict[str, list[int]]:
-    """Per model: [requests, prompt tokens, completion tokens]."""
-    out: dict[str, list[int]] = {}
-    for model, prompt_tokens, completion_tokens in entries:
-        t = out.setdefault(model, [0, 0, 0])
-        t[0] += 1
-        t[1] += prompt_tokens
-        t[2] += completion_tokens
-    return out
-
-
 def steps_of(client: FinetuneClient, model: str) -> list[int]:
     text = client.download_artifact(model, "training_results.csv").decode()
     return [int(r["step"]) for r in csv.DictReader(io.StringIO(text))]
@@ -211,19 +93,12 @@ def run(args) -> dict:
         admin = stack.admin_key()
         client = FinetuneClient(stack.control_address, stack.inference_address, admin)
         user = client.whoami().user_name
-        client.load_table(TABLE, TRAINING_FILE, replace=True)
-        query = f"SELECT prompt, completion FROM {TABLE}"
-        print("training the first model ...", flush=True)
-        first = wait_job(client, client.create_job(FIRST_MODEL, DEFAULT_BASE_MODEL, query,
-                                                   seed=7).id, 1800)
-        if first.status != jobs_pb2.SUCCESS:
-            raise RuntimeError(f"the first job ended {first.status}: {first.error.message}")
-        prompts = [r["prompt"] for r in csv.DictReader(TRAINING_FILE.open())]
+        prompts = train_first_model(client)
 
         traffic = Traffic(stack.inference_address, admin, (FIRST_MODEL, DEFAULT_BASE_MODEL),
                           prompts, args.concurrency)
         traffic.start()
-        job = client.create_job(SECOND_MODEL, DEFAULT_BASE_MODEL, query, seed=11,
+        job = client.create_job(SECOND_MODEL, DEFAULT_BASE_MODEL, QUERY, seed=11,
                                 max_epochs=args.epochs, checkpoint_every_steps=2)
         result["job"] = job.id
 
@@ -269,13 +144,12 @@ def run(args) -> dict:
         events = collections.Counter(e.type for e in client.job_events(job.id))
         client.close()
 
-    latencies = sorted(traffic.latencies) or [0.0]
     result.update({
         "answers": len(traffic.answers), "usage_rows": len(rows),
         "answered_by_model": answered, "billed_by_model": billed,
         "client_codes": dict(traffic.codes), "retried_requests": traffic.retried,
-        "p50_s": round(latencies[len(latencies) // 2], 2),
-        "p99_s": round(latencies[int(len(latencies) * 0.99)], 2),
+        "p50_s": percentile(traffic.latencies, 0.5),
+        "p99_s": percentile(traffic.latencies, 0.99),
         "job_status": jobs_pb2.JobStatus.Name(second.status), "job_error": second.error.message,
         "job_steps": len(steps), "job_total_steps": second.total_steps,
         "job_events": dict(events), "models": dict(models),
