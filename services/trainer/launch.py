@@ -117,7 +117,8 @@ def _full_disk(exc: BaseException) -> str | None:
         (text for text in _FULL.values() if text in str(exc)), None)
     if reason is None:
         return None
-    where = f" writing {exc.filename}" if getattr(exc, "filename", None) else ""
+    filename = getattr(exc, "filename", None)
+    where = f" writing {filename}" if filename else ""
     return (f"the artifact store is full ({reason}){where}: free space or raise its quota, "
             "then create the job again")
 
