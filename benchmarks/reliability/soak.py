@@ -147,8 +147,9 @@ def run(args) -> dict:
             if result["jobs"] and "warm_at" not in result:   # models loaded, caches filled
                 result["warm_at"] = len(result["samples"])
             since = now - SAMPLE_EVERY_S
-            window = [lat for lat, at in zip(traffic.latencies, traffic.finished, strict=True)
-                      if at >= since]
+            with traffic.lock:   # the two lists grow together, under the lock
+                window = [lat for lat, at in zip(traffic.latencies, traffic.finished,
+                                                 strict=True) if at >= since]
             sample = {"t_s": round(now - start), "answers": len(traffic.answers),
                       "wal_kb": wal.stat().st_size // 1024 if wal.exists() else 0,
                       "p50_s": percentile(window, 0.5), "p99_s": percentile(window, 0.99)}
