@@ -45,10 +45,10 @@ from benchmarks.reliability.load import (
     FIRST_MODEL,
     QUERY,
     Traffic,
+    billed_once_delivered,
     percentile,
     tally,
     train_first_model,
-    usage_rows,
     wait_job,
 )
 from benchmarks.reliability.report import DOC, cpu, replace_section
@@ -132,20 +132,14 @@ def run(args) -> dict:
 
         # Every answer's usage row, once it has travelled through the outbox.
         answered = tally((m, p, c) for m, _, p, c in traffic.answers.values())
-        deadline = time.monotonic() + 300
-        while True:
-            rows = usage_rows(client, user)
-            billed = tally((u.model, u.prompt_tokens, u.completion_tokens) for u in rows)
-            if billed == answered or time.monotonic() > deadline:
-                break
-            time.sleep(5)
+        billed, billed_rows = billed_once_delivered(client, user, answered)
         models = collections.Counter(m.name for m in client.list_models())
         steps = steps_of(client, SECOND_MODEL) if second.status == jobs_pb2.SUCCESS else []
         events = collections.Counter(e.type for e in client.job_events(job.id))
         client.close()
 
     result.update({
-        "answers": len(traffic.answers), "usage_rows": len(rows),
+        "answers": len(traffic.answers), "usage_rows": billed_rows,
         "answered_by_model": answered, "billed_by_model": billed,
         "client_codes": dict(traffic.codes), "retried_requests": traffic.retried,
         "p50_s": percentile(traffic.latencies, 0.5),

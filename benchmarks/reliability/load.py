@@ -167,6 +167,19 @@ def tally(entries) -> dict[str, list[int]]:
 
 
 
+def billed_once_delivered(client: FinetuneClient, user: str, answered: dict,
+                          timeout_s: float = 300) -> tuple[dict, int]:
+    """Control's COMPLETE usage tallied like `answered`, polled until the outboxes have
+    delivered (they match) or the timeout passes; also the number of rows."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        rows = usage_rows(client, user)
+        billed = tally((u.model, u.prompt_tokens, u.completion_tokens) for u in rows)
+        if billed == answered or time.monotonic() > deadline:
+            return billed, len(rows)
+        time.sleep(5)
+
+
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values) or [0.0]
     return round(ordered[min(len(ordered) - 1, int(len(ordered) * q))], 3)

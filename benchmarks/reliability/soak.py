@@ -39,10 +39,10 @@ from benchmarks.reliability.load import (
     QUERY,
     RETRYABLE,
     Traffic,
+    billed_once_delivered,
     percentile,
     tally,
     train_first_model,
-    usage_rows,
     wait_job,
 )
 from benchmarks.reliability.report import DOC, cpu, replace_section
@@ -166,13 +166,7 @@ def run(args) -> dict:
             _wait_finished(client, item, result)
 
         answered = tally((m, p, c) for m, _, p, c in traffic.answers.values())
-        deadline = time.monotonic() + 300
-        while True:
-            billed = tally((u.model, u.prompt_tokens, u.completion_tokens)
-                           for u in usage_rows(client, user))
-            if billed == answered or time.monotonic() > deadline:
-                break
-            time.sleep(5)
+        billed, _ = billed_once_delivered(client, user, answered)
         client.close()
 
     failures = result["failures"]
