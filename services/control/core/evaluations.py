@@ -13,8 +13,6 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Callable, Generator, Iterable, Mapping
 
-from sqlalchemy.exc import IntegrityError
-
 from services.common.artifacts import ArtifactStore
 from services.common.base_models import BaseModelSpec
 from services.common.chat_format import completion_token_ids
@@ -22,6 +20,7 @@ from services.common.errors import FailedPrecondition, FinetuneError, InvalidArg
 from services.control.core import paging
 from services.control.core.authorization import Authorizer, load_access
 from services.control.core.clock import Clock, utc_now
+from services.control.core.idempotency import earlier, record_once
 from services.control.core.notifier import ChangeNotifier
 from services.control.data.catalog import DataCatalog
 from services.control.data.evaluation_data import (
@@ -156,11 +155,13 @@ class Evaluations:
             access.require(Privilege.USAGE, SecurableObject.model(
                 str(qualified_name(name, "model"))))
         request_id = request.request_id.strip() or None
-        if request_id:
-            existing = self._store.run(lambda tx: tx.evaluations.by_request_id(account,
-                                                                                request_id))
-            if existing is not None:
-                return self.get(principal, existing.id)
+
+        def find(tx: Tx, request_id: str) -> Evaluation | None:
+            return tx.evaluations.by_request_id(account, request_id)
+
+        existing = earlier(self._store, request_id, find)
+        if existing is not None:
+            return self.get(principal, existing.id)
         self._require_inference()
         task = resolve_task(request.task)
         generation = resolve_generation(request.generation, task)
@@ -182,19 +183,12 @@ class Evaluations:
             model_version=target.model.version if target.model else 0,
             adapter_id=target.model.id if target.model else 0, rows=rows,
             request_id=request_id, data_uri=data_uri)
-        try:
-            added = self._store.run(lambda tx: tx.evaluations.add(evaluation))
-        except IntegrityError:
-            self._artifacts.delete(evaluation_uri(self._artifacts, evaluation_id))
-            if request_id:  # a concurrent retry with the same request id won
-                existing = self._store.run(
-                    lambda tx: tx.evaluations.by_request_id(account, request_id))
-                if existing is not None:
-                    return self.get(principal, existing.id)
-            raise
-        except BaseException:
-            self._artifacts.delete(evaluation_uri(self._artifacts, evaluation_id))
-            raise
+        added = record_once(
+            lambda: self._store.run(lambda tx: tx.evaluations.add(evaluation)),
+            lambda: self._artifacts.delete(evaluation_uri(self._artifacts, evaluation_id)),
+            request_id, find, self._store)
+        if added.id != evaluation_id:   # a concurrent retry with the same request id won
+            return self.get(principal, added.id)
         log.info("evaluation %s of %s created (%d rows, %s)", added.id, added.model, rows,
                  task.value)
         self._on_created()

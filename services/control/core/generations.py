@@ -11,8 +11,6 @@ import logging
 from dataclasses import dataclass
 from typing import Callable, Mapping
 
-from sqlalchemy.exc import IntegrityError
-
 from services.common.artifacts import ArtifactStore
 from services.common.base_models import BaseModelSpec
 from services.common.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
@@ -20,6 +18,7 @@ from services.control.core import paging
 from services.control.core.authorization import Authorizer, load_access
 from services.control.core.clock import Clock, utc_now
 from services.control.core.evaluations import NO_INFERENCE, model_target
+from services.control.core.idempotency import earlier, record_once
 from services.control.core.notifier import ChangeNotifier
 from services.control.data.catalog import DataCatalog
 from services.control.data.generation_data import INPUT_FILE, generation_uri, snapshot_input
@@ -95,11 +94,13 @@ class Generations:
         require_target_table(access, request.into)
         into = str(qualified_name(request.into, "table name"))
         request_id = request.request_id.strip() or None
-        if request_id:
-            existing = self._store.run(lambda tx: tx.generations.by_request_id(account,
-                                                                                request_id))
-            if existing is not None:
-                return self.get(principal, existing.id)
+
+        def find(tx: Tx, request_id: str) -> TextGeneration | None:
+            return tx.generations.by_request_id(account, request_id)
+
+        existing = earlier(self._store, request_id, find)
+        if existing is not None:
+            return self.get(principal, existing.id)
         if not self._inference_configured:
             raise FailedPrecondition(NO_INFERENCE)
         options = resolve_options(request.generation)
@@ -109,7 +110,8 @@ class Generations:
         target = self._store.run(lambda tx: self._target(tx, account, name, into))
         generation_id = new_generation_id()
         data_uri = generation_uri(self._artifacts, generation_id, INPUT_FILE)
-        try:
+
+        def record() -> TextGeneration:
             rows = snapshot_input(self._catalog, self._artifacts, account, request.query,
                                   data_uri, self._max_rows, access)
             generation = TextGeneration(
@@ -119,20 +121,15 @@ class Generations:
                 model_version=target.model.version if target.model else 0,
                 adapter_id=target.model.id if target.model else 0, rows=rows,
                 request_id=request_id, data_uri=data_uri)
-            added = self._store.run(lambda tx: tx.generations.add(generation))
-        except IntegrityError:
-            self._artifacts.delete(generation_uri(self._artifacts, generation_id))
-            if request_id:   # a concurrent retry with the same request id won
-                existing = self._store.run(
-                    lambda tx: tx.generations.by_request_id(account, request_id))
-                if existing is not None:
-                    return self.get(principal, existing.id)
-            raise
-        except BaseException:
-            self._artifacts.delete(generation_uri(self._artifacts, generation_id))
-            raise
+            return self._store.run(lambda tx: tx.generations.add(generation))
+
+        added = record_once(
+            record, lambda: self._artifacts.delete(generation_uri(self._artifacts, generation_id)),
+            request_id, find, self._store)
+        if added.id != generation_id:   # a concurrent retry with the same request id won
+            return self.get(principal, added.id)
         log.info("generation %s of %s into %s created (%d rows)", added.id, added.model,
-                 added.into, rows)
+                 added.into, added.rows)
         self._on_created()
         return added
 

@@ -29,6 +29,7 @@ from services.control.core import paging
 from services.control.core.authorization import Authorizer, load_access
 from services.control.core.clock import Clock, utc_now
 from services.control.core.evaluations import NO_INFERENCE, Evaluations, JobEvaluationRequest
+from services.control.core.idempotency import earlier, record_once
 from services.control.core.lifecycle import check_model_name_free, end_job
 from services.control.core.models import base_model_named
 from services.control.core.notifier import ChangeNotifier
@@ -142,21 +143,26 @@ class FineTuning:
         self._authorize_create(principal, request)
         account = principal.account_id
         request_id = request.request_id.strip() or None
-        if request_id:
-            existing = self._store.run(lambda tx: tx.jobs.by_request_id(account, request_id))
-            if existing is not None:  # a retry; another role's request id tells it nothing
-                return self.get(principal, existing.id)
+
+        def find(tx: Tx, request_id: str) -> Job | None:
+            return tx.jobs.by_request_id(account, request_id)
+
+        existing = earlier(self._store, request_id, find)
+        if existing is not None:  # a retry; another role's request id tells it nothing
+            return self.get(principal, existing.id)
         owner_role_id = self._authorizer.owner_role(principal)
         plan = self._plan(account, request)
         layout = JobLayout(self._artifacts.root, new_job_id())
         try:
-            job = self._record(principal, request, request_id, plan, layout, owner_role_id)
-        except IntegrityError:
-            self._artifacts.delete(layout.uri())
-            return self._lost_race(principal, request_id, plan.model_name)
-        except BaseException:
-            self._artifacts.delete(layout.uri())
-            raise
+            job = record_once(
+                lambda: self._record(principal, request, request_id, plan, layout,
+                                     owner_role_id),
+                lambda: self._artifacts.delete(layout.uri()), request_id, find, self._store)
+        except IntegrityError:   # a concurrent create of the same model name won
+            self._check_name_free(account, plan.model_name)
+            raise AlreadyExists(f"model {plan.model_name} is already being created") from None
+        if job.id != layout.job_id:   # a concurrent retry with the same request id won
+            return self.get(principal, job.id)
         log.info("job %s created for model %s (%d training rows)", job.id, plan.model_name,
                  job.training_rows)
         self._submit(job)
@@ -309,17 +315,6 @@ class FineTuning:
 
     def _check_name_free(self, account: str, model_name: str) -> None:
         self._store.run(lambda tx: check_model_name_free(tx, account, model_name))
-
-    def _lost_race(self, principal: Principal, request_id: str | None,
-                   model_name: str) -> Job:
-        """A concurrent create won a unique constraint: same request id, or same model name."""
-        account = principal.account_id
-        if request_id:
-            existing = self._store.run(lambda tx: tx.jobs.by_request_id(account, request_id))
-            if existing is not None:
-                return self.get(principal, existing.id)
-        self._check_name_free(account, model_name)
-        raise AlreadyExists(f"model {model_name} is already being created")
 
     def _submit(self, job: Job) -> None:
         """Hand the job to the cluster. A failure leaves it PENDING: the reconciler retries."""

@@ -27,6 +27,7 @@ from services.common.base_models import BaseModelSpec
 from services.common.errors import AlreadyExists, FailedPrecondition, InvalidArgument
 from services.control.core.authorization import Authorizer
 from services.control.core.clock import Clock, utc_now
+from services.control.core.idempotency import earlier, record_once
 from services.control.core.lifecycle import check_model_name_free, grant_model_ownership
 from services.control.core.models import base_model_named
 from services.control.data.adapter_intake import (
@@ -87,11 +88,9 @@ class ModelImports:
         request_id = request.request_id.strip()
         if len(request_id) > MAX_REQUEST_ID:
             raise InvalidArgument(f"request_id is longer than {MAX_REQUEST_ID} characters")
-        if request_id:
-            earlier = self._store.run(
-                lambda tx: tx.models.by_request_id(principal.account_id, request_id))
-            if earlier is not None:
-                return earlier
+        found = earlier(self._store, request_id, _finder(principal.account_id))
+        if found is not None:
+            return found
         self._base(request)
         if request.source_uri.strip():
             source_allowed(request.source_uri.strip(), self._settings.allowed_sources,
@@ -160,21 +159,18 @@ class ModelImports:
                 file_sha256=received.sha256, request_id=request_id)
             grant_model_ownership(tx, principal.account_id, owner_role_id, name, now)
             return model
-        try:
-            model = self._store.run(record)
-        except IntegrityError:   # a concurrent import won the name or the request id
-            self._artifacts.delete(uri)
-            earlier = self._store.run(
-                lambda tx: tx.models.by_request_id(principal.account_id, request_id)) \
-                if request_id else None
-            if earlier is not None:
-                return earlier
+        try:   # a concurrent import under the same request id may win: its model is returned
+            model = record_once(lambda: self._store.run(record),
+                                lambda: self._artifacts.delete(uri), request_id,
+                                _finder(principal.account_id), self._store)
+        except IntegrityError:   # a concurrent import won the name
             raise AlreadyExists(f"model {name} already exists, or request_id {request_id} "
                                 "was used by an import since deleted") from None
-        except BaseException:
-            self._artifacts.delete(uri)
-            raise
         log.info("model %s imported from %s (version %d, adapter id %d)", model.name,
                  model.imported_from, model.version, model.id)
         return model
 
+
+def _finder(account_id: str) -> Callable[[Tx, str], RegisteredModel | None]:
+    """The model an import under a request id registered in the account."""
+    return lambda tx, request_id: tx.models.by_request_id(account_id, request_id)
