@@ -20,6 +20,7 @@ from services.common.errors import Unavailable
 from services.control.core.authorization import load_access
 from services.control.core.background_runner import BackgroundRunner, RunnerSettings, Stopped
 from services.control.core.clock import Clock, utc_now
+from services.control.core.evaluations import require_model_call
 from services.control.core.notifier import ChangeNotifier
 from services.control.data.evaluation_data import (
     METRICS_FILE,
@@ -36,7 +37,6 @@ from services.control.domain.evaluations import (
     prediction_text,
 )
 from services.control.domain.metrics import compute_metrics
-from services.control.domain.privileges import Privilege, SecurableObject
 from services.control.store.database import Store, Tx
 
 log = logging.getLogger(__name__)
@@ -80,9 +80,7 @@ class EvaluationRunner(BackgroundRunner):
         checks them again on every call it does not have cached."""
         def work(tx: Tx) -> None:
             access = load_access(tx, evaluation.account_id, evaluation.user_id)
-            access.require(Privilege.FINETUNE, SecurableObject.account())
-            if evaluation.adapter_id:
-                access.require(Privilege.USAGE, SecurableObject.model(evaluation.model))
+            require_model_call(access, evaluation.model, bool(evaluation.adapter_id))
         self._store.run(work)
 
     async def _generate(self, evaluation: Evaluation, rows: list[dict], tally: _Tally,

@@ -94,6 +94,23 @@ class ModelTarget:
     model: RegisteredModel | None     # None for a base model
 
 
+def require_model_call(access: Access, model: str, fine_tuned: bool) -> None:
+    """What calling a model needs, at create and again when the work starts: FINETUNE, and
+    USAGE on it when it is a fine-tuned one."""
+    access.require(Privilege.FINETUNE, SecurableObject.account())
+    if fine_tuned:
+        access.require(Privilege.USAGE, SecurableObject.model(model))
+
+
+def called_model(access: Access, requested: str,
+                 base_models: Mapping[str, BaseModelSpec]) -> None:
+    """`require_model_call` for a request's model name, before anything is looked up."""
+    name = requested.strip()
+    fine_tuned = bool(name) and name not in base_models
+    require_model_call(access, str(qualified_name(name, "model")) if fine_tuned else name,
+                       fine_tuned)
+
+
 def model_target(tx: Tx, account_id: str, name: str,
                  base_models: Mapping[str, BaseModelSpec]) -> ModelTarget:
     """A base model, or a registered fine-tuned model that is ready and whose base model is
@@ -149,11 +166,7 @@ class Evaluations:
         USAGE on a fine-tuned model, checked before the model is looked up."""
         account = principal.account_id
         access = self._authorizer.access(principal)
-        access.require(Privilege.FINETUNE, SecurableObject.account())
-        name = request.model.strip()
-        if name and name not in self._base_models:   # before anything is looked up
-            access.require(Privilege.USAGE, SecurableObject.model(
-                str(qualified_name(name, "model"))))
+        called_model(access, request.model, self._base_models)
         request_id = request.request_id.strip() or None
 
         def find(tx: Tx, request_id: str) -> Evaluation | None:

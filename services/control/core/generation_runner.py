@@ -27,6 +27,7 @@ from services.common.errors import AlreadyExists, FinetuneError, InvalidArgument
 from services.control.core.authorization import load_access
 from services.control.core.background_runner import BackgroundRunner, RunnerSettings, Stopped
 from services.control.core.clock import Clock, utc_now
+from services.control.core.evaluations import require_model_call
 from services.control.core.generations import require_target_table
 from services.control.core.notifier import ChangeNotifier
 from services.control.data.catalog import DataCatalog
@@ -43,7 +44,6 @@ from services.control.dispatch.inference import CompletionCall, CompletionClient
 from services.control.domain.evaluations import EvaluationStatus
 from services.control.domain.generations import OUTPUT_COLUMNS, RowAnswer, TextGeneration
 from services.control.domain.names import qualified_name
-from services.control.domain.privileges import Privilege, SecurableObject
 from services.control.store.database import Store, Tx
 
 log = logging.getLogger(__name__)
@@ -90,9 +90,7 @@ class GenerationRunner(BackgroundRunner):
         """Privileges as of now: the user may have lost them since GenerateText."""
         def work(tx: Tx) -> None:
             access = load_access(tx, generation.account_id, generation.user_id)
-            access.require(Privilege.FINETUNE, SecurableObject.account())
-            if generation.adapter_id:
-                access.require(Privilege.USAGE, SecurableObject.model(generation.model))
+            require_model_call(access, generation.model, bool(generation.adapter_id))
             require_target_table(access, generation.into)
         self._store.run(work)
 

@@ -17,7 +17,7 @@ from services.common.errors import AlreadyExists, FailedPrecondition, InvalidArg
 from services.control.core import paging
 from services.control.core.authorization import Authorizer, load_access
 from services.control.core.clock import Clock, utc_now
-from services.control.core.evaluations import NO_INFERENCE, model_target
+from services.control.core.evaluations import NO_INFERENCE, called_model, model_target
 from services.control.core.idempotency import earlier, record_once
 from services.control.core.notifier import ChangeNotifier
 from services.control.data.catalog import DataCatalog
@@ -86,11 +86,8 @@ class Generations:
         caller), and record the generation PENDING for the runner."""
         account = principal.account_id
         access = self._authorizer.access(principal)
-        access.require(Privilege.FINETUNE, SecurableObject.account())
+        called_model(access, request.model, self._base_models)
         name = request.model.strip()
-        if name and name not in self._base_models:
-            access.require(Privilege.USAGE, SecurableObject.model(
-                str(qualified_name(name, "model"))))
         require_target_table(access, request.into)
         into = str(qualified_name(request.into, "table name"))
         request_id = request.request_id.strip() or None
