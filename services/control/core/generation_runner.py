@@ -83,8 +83,8 @@ class GenerationRunner(BackgroundRunner):
         assert generation.data_uri is not None   # set when the generation was created
         table = await asyncio.to_thread(read_input, self._artifacts, generation.data_uri)
         answers = await asyncio.to_thread(read_answers, self._artifacts, generation.id)
-        await self._generate(generation, prompts(table), answers, stop)
-        return await asyncio.to_thread(self._finish, generation, table)
+        tally = await self._generate(generation, prompts(table), answers, stop)
+        return await asyncio.to_thread(self._finish, generation, table, answers, tally)
 
     def _check_access(self, generation: TextGeneration) -> None:
         """Privileges as of now: the user may have lost them since GenerateText."""
@@ -95,7 +95,9 @@ class GenerationRunner(BackgroundRunner):
         self._store.run(work)
 
     async def _generate(self, generation: TextGeneration, texts: list[str | None],
-                        saved: dict[int, RowAnswer], stop: asyncio.Event) -> None:
+                        saved: dict[int, RowAnswer], stop: asyncio.Event) -> _Tally:
+        """Answer the rows `saved` lacks, adding each to it once its part is written; the
+        counts of all of them."""
         tally = _Tally()
         for answer in saved.values():
             tally.add(answer)
@@ -117,6 +119,7 @@ class GenerationRunner(BackgroundRunner):
                 # next run, which counts from the parts.
                 await asyncio.to_thread(write_part, self._artifacts, generation.id,
                                         generation.attempts, seq, batch)
+                saved.update((answer.row, answer) for answer in batch)
                 if await asyncio.to_thread(self._report, generation.id, tally):
                     self._events.publish(generation.id)
                 else:
@@ -134,6 +137,7 @@ class GenerationRunner(BackgroundRunner):
         finally:
             if unsaved:   # what was answered stays answered (and billed), even on failure
                 await asyncio.shield(flush(force=True))
+        return tally
 
     async def _answer(self, generation: TextGeneration, index: int,
                       prompt: str | None) -> RowAnswer:
@@ -163,8 +167,10 @@ class GenerationRunner(BackgroundRunner):
             return True
         return self._store.run(work)
 
-    def _finish(self, generation: TextGeneration, table) -> TextGeneration:
-        answers = read_answers(self._artifacts, generation.id)
+    def _finish(self, generation: TextGeneration, table, answers: dict[int, RowAnswer],
+                tally: _Tally) -> TextGeneration:
+        """Write the table from the saved answers (`answers`: those in the parts) and record
+        SUCCESS with their counts."""
         missing = table.num_rows - len(answers)
         if missing:
             raise FinetuneError(f"{missing} rows have no saved answer")   # never expected
@@ -181,9 +187,6 @@ class GenerationRunner(BackgroundRunner):
                 raise
         finally:
             path.unlink(missing_ok=True)
-        tally = _Tally()
-        for answer in answers.values():
-            tally.add(answer)
 
         def work(tx: Tx) -> TextGeneration:
             current = tx.generations.get(generation.id)
