@@ -28,15 +28,11 @@ import argparse
 import collections
 import csv
 import io
-import json
 import os
 import random
 import signal
-import subprocess
-import sys
 import tempfile
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 import grpc
@@ -51,13 +47,12 @@ from benchmarks.reliability.load import (
     train_first_model,
     wait_job,
 )
-from benchmarks.reliability.report import DOC, cpu, replace_section
+from benchmarks.reliability.report import record_run
 from finetune.control.v1 import jobs_pb2
 from services.cli.client import FinetuneClient
 from services.cli.stack import LocalStack, StackConfig
 from services.common.base_models import DEFAULT_BASE_MODEL
 
-RESULTS = Path(__file__).resolve().parent / "results"
 SECTION = "## Faults under load"
 SECOND_MODEL = "faults.public.router_v2"
 
@@ -215,20 +210,7 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--no-doc", action="store_true", help="do not rewrite docs/reliability.md")
     args = p.parse_args()
-    result = run(args)
-    result["date"] = f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M}"
-    result["cpu"] = cpu()
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                            text=True).stdout.strip()
-    RESULTS.mkdir(exist_ok=True)
-    out = RESULTS / f"faults-{datetime.now(timezone.utc):%Y%m%dT%H%M}.json"
-    out.write_text(json.dumps({**result, "commit": commit}, indent=2))
-    print(json.dumps(result, indent=2))
-    if not args.no_doc:
-        DOC.write_text(replace_section(DOC.read_text(), SECTION, section(result, commit)))
-        print(f"wrote {DOC}")
-    sys.exit(1 if result["failures"] else 0)
-
+    record_run("faults", run(args), SECTION, section, not args.no_doc)
 
 if __name__ == "__main__":
     main()

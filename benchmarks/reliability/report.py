@@ -13,11 +13,14 @@ import json
 import os
 import platform
 import subprocess
+import sys
 from collections import defaultdict
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Callable
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "reliability.md"
+RESULTS = Path(__file__).resolve().parent / "results"
 SECTION = "## Latest full run"
 
 
@@ -36,6 +39,26 @@ def replace_section(doc: str, heading: str, section: str) -> str:
         return doc.rstrip("\n") + "\n\n" + section
     end = doc.find("\n## ", begin + len(heading))
     return doc[:begin] + section + ("" if end < 0 else "\n" + doc[end + 1:])
+
+
+def record_run(kind: str, result: dict, heading: str, section: Callable[[dict, str], str],
+               write_doc: bool, hidden: tuple[str, ...] = ()) -> None:
+    """The end of a reliability run: stamp the result with the date, the CPU and the commit,
+    keep it in results/<kind>-<time>.json, print it (less `hidden`), rewrite its section of
+    docs/reliability.md when `write_doc`, and exit 1 if it recorded failures."""
+    now = datetime.now(timezone.utc)
+    result["date"] = f"{now:%Y-%m-%d %H:%M}"
+    result["cpu"] = cpu()
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                            text=True).stdout.strip()
+    RESULTS.mkdir(exist_ok=True)
+    out = RESULTS / f"{kind}-{now:%Y%m%dT%H%M}.json"
+    out.write_text(json.dumps({**result, "commit": commit}, indent=2))
+    print(json.dumps({k: v for k, v in result.items() if k not in hidden}, indent=2))
+    if write_doc:
+        DOC.write_text(replace_section(DOC.read_text(), heading, section(result, commit)))
+        print(f"wrote {DOC}")
+    sys.exit(1 if result["failures"] else 0)
 
 
 def render(report: dict, seconds: float, commit: str) -> str:

@@ -24,12 +24,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
-import sys
 import tempfile
 import threading
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 import grpc
@@ -45,14 +42,13 @@ from benchmarks.reliability.load import (
     train_first_model,
     wait_job,
 )
-from benchmarks.reliability.report import DOC, cpu, replace_section
+from benchmarks.reliability.report import record_run
 from finetune.control.v1 import evaluations_pb2, jobs_pb2
 from services.cli.client import FinetuneClient
 from services.cli.demo import HELD_OUT_FILE
 from services.cli.stack import LocalStack, StackConfig
 from services.common.base_models import DEFAULT_BASE_MODEL
 
-RESULTS = Path(__file__).resolve().parent / "results"
 SECTION = "## Soak"
 HELD_OUT = "faults.public.held_out"
 SAMPLE_EVERY_S = 30
@@ -272,20 +268,7 @@ def main() -> None:
     p.add_argument("--rss-bound", type=float, default=0.25)
     p.add_argument("--no-doc", action="store_true")
     args = p.parse_args()
-    result = run(args)
-    result["date"] = f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M}"
-    result["cpu"] = cpu()
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                            text=True).stdout.strip()
-    RESULTS.mkdir(exist_ok=True)
-    out = RESULTS / f"soak-{datetime.now(timezone.utc):%Y%m%dT%H%M}.json"
-    out.write_text(json.dumps({**result, "commit": commit}, indent=2))
-    print(json.dumps({k: v for k, v in result.items() if k != "samples"}, indent=2))
-    if not args.no_doc:
-        DOC.write_text(replace_section(DOC.read_text(), SECTION, section(result, commit)))
-        print(f"wrote {DOC}")
-    sys.exit(1 if result["failures"] else 0)
-
+    record_run("soak", run(args), SECTION, section, not args.no_doc, hidden=("samples",))
 
 if __name__ == "__main__":
     main()
