@@ -77,10 +77,11 @@ class Traffic:
         rng = random.Random(worker)
         n = 0
         pause = self.concurrency / self.rate_per_s if self.rate_per_s else 0.0
+        due = time.monotonic()
         while not self.stop.is_set():
-            if pause:
-                self.stop.wait(pause * rng.uniform(0.5, 1.5))
-                if self.stop.is_set():
+            if pause:   # starts spaced by `pause` on average, however long the answers take
+                due = max(due, time.monotonic() - pause) + pause * rng.uniform(0.5, 1.5)
+                if self.stop.wait(max(0.0, due - time.monotonic())):
                     break
             n += 1
             model = self.models[n % 2]

@@ -163,6 +163,10 @@ class LocalStack:
         env.update(self.config.extra_env)
         env["FINETUNE_SERVICE_TOKEN"] = self.service_token
         env.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+        # On SIGTERM `ray start --block` first drains the node for Ray Serve, up to 30 s, before
+        # it stops its processes; a one-machine stack serves nothing through Ray, so it stops
+        # at once (a KubeRay pod keeps the drain).
+        env.setdefault("RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S", "0")
         env["PYTHONUNBUFFERED"] = "1"
         return env
 
