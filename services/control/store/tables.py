@@ -184,6 +184,7 @@ class UsageRow(Base):
     __table_args__ = (
         UniqueConstraint("account_id", "request_id", name="uq_usage_account_request"),
         Index("ix_usage_account_created", "account_id", "created_on"),
+        Index("ix_usage_model_account", "model_account_id", "model", "created_on"),
         {"sqlite_autoincrement": True},
     )
 
@@ -197,6 +198,8 @@ class UsageRow(Base):
     completion_tokens: Mapped[int] = mapped_column(BigInteger)
     created_on: Mapped[datetime] = mapped_column(UtcDateTime)
     credits: Mapped[float] = mapped_column(Float, default=0.0, server_default=text("0"))
+    # The account owning the model when it is not the caller's (a shared model), else NULL.
+    model_account_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
 
 
 class RoleRow(Base):
@@ -245,6 +248,28 @@ class PrivilegeGrantRow(Base):
     privilege: Mapped[str] = mapped_column(String(32))
     object_type: Mapped[str] = mapped_column(String(16))
     object_name: Mapped[str] = mapped_column(String(800))
+    granted_by: Mapped[str] = mapped_column(String(255))
+    created_on: Mapped[datetime] = mapped_column(UtcDateTime)
+
+
+class ModelShareRow(Base):
+    """A privilege (USAGE) on a model granted to another account: to all of its roles
+    (grantee_role "") or to one of them by name."""
+
+    __tablename__ = "model_shares"
+    __table_args__ = (
+        UniqueConstraint("account_id", "model_name", "privilege", "grantee_account_id",
+                         "grantee_role", name="uq_model_shares"),
+        Index("ix_model_shares_grantee", "grantee_account_id"),
+        {"sqlite_autoincrement": True},
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"))   # the model's owner
+    model_name: Mapped[str] = mapped_column(String(800))
+    privilege: Mapped[str] = mapped_column(String(32))
+    grantee_account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"))
+    grantee_role: Mapped[str] = mapped_column(String(255), default="", server_default="")
     granted_by: Mapped[str] = mapped_column(String(255))
     created_on: Mapped[datetime] = mapped_column(UtcDateTime)
 
