@@ -62,13 +62,15 @@ class AccessServicer(access_pb2_grpc.AccessServiceServicer):
     async def GrantPrivilege(self, request, context):
         granted = await self._call(
             self._directory.grant_privilege, messages.privilege(request.privilege),
-            messages.securable(request.object_type, request.object_name), request.role)
+            messages.securable(request.object_type, request.object_name), request.role,
+            request.grantee_account)
         return access_pb2.GrantPrivilegeResponse(granted=granted)
 
     async def RevokePrivilege(self, request, context):
         revoked = await self._call(
             self._directory.revoke_privilege, messages.privilege(request.privilege),
-            messages.securable(request.object_type, request.object_name), request.role)
+            messages.securable(request.object_type, request.object_name), request.role,
+            request.grantee_account)
         return access_pb2.RevokePrivilegeResponse(revoked=revoked)
 
     async def ShowGrants(self, request, context):

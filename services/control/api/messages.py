@@ -181,7 +181,8 @@ def model_message(model: RegisteredModel,
         version=model.version, created_on=timestamp(model.created_on),
         trained_tokens=model.trained_tokens, training_loss=model.training_loss or 0.0,
         validation_loss=model.validation_loss or 0.0, artifacts=list(artifacts),
-        imported_from=model.imported_from, file_sha256=model.file_sha256)
+        imported_from=model.imported_from, file_sha256=model.file_sha256,
+        owner_account=model.shared_from, shared=bool(model.shared_from))
 
 
 def file_format(value: data_pb2.FileFormat) -> FileFormat | None:
@@ -251,9 +252,10 @@ _PRIVILEGES = {
     access_pb2.CREATE_DATABASE: Privilege.CREATE_DATABASE,
 }
 _GRANTEE_TYPES = {access_pb2.TO_USER: "USER", access_pb2.TO_ROLE: "ROLE"}
-_GRANTEE_TYPE_PROTOS = {v: k for k, v in _GRANTEE_TYPES.items()}
+_GRANTEE_TYPE_PROTOS = {**{v: k for k, v in _GRANTEE_TYPES.items()},
+                        "ACCOUNT": access_pb2.TO_ACCOUNT}   # SHOW GRANTS: a model's shares
 _GROUPINGS = {usage_pb2.GROUP_BY_MODEL: Grouping.MODEL, usage_pb2.GROUP_BY_USER: Grouping.USER,
-              usage_pb2.GROUP_BY_DAY: Grouping.DAY}
+              usage_pb2.GROUP_BY_DAY: Grouping.DAY, usage_pb2.GROUP_BY_ACCOUNT: Grouping.ACCOUNT}
 
 
 def privilege(value: access_pb2.Privilege) -> Privilege:
@@ -290,7 +292,7 @@ def grant_message(grant: GrantRecord) -> access_pb2.Grant:
         created_on=timestamp(grant.created_on), privilege=grant.privilege,
         granted_on=_OBJECT_TYPE_PROTOS[grant.granted_on], name=grant.name,
         granted_to=_GRANTEE_TYPE_PROTOS[grant.granted_to], grantee_name=grant.grantee_name,
-        granted_by=grant.granted_by)
+        granted_by=grant.granted_by, grantee_account=grant.grantee_account)
 
 
 def api_key_message(key: ApiKeyInfo) -> access_pb2.ApiKey:
@@ -315,7 +317,8 @@ def groupings(values) -> list[Grouping]:
     out = []
     for value in values:
         if value not in _GROUPINGS:
-            raise InvalidArgument("group_by takes GROUP_BY_MODEL, GROUP_BY_USER, GROUP_BY_DAY")
+            raise InvalidArgument("group_by takes GROUP_BY_MODEL, GROUP_BY_USER, GROUP_BY_DAY, "
+                                  "GROUP_BY_ACCOUNT")
         out.append(_GROUPINGS[value])
     return out
 
@@ -339,4 +342,5 @@ def usage_group_message(g: UsageGroup) -> usage_pb2.InferenceUsageGroup:
     return usage_pb2.InferenceUsageGroup(
         model=g.model, user=g.user_name, day=g.day, requests=g.requests,
         prompt_tokens=g.prompt_tokens, completion_tokens=g.completion_tokens,
-        total_tokens=g.prompt_tokens + g.completion_tokens, credits=g.credits)
+        total_tokens=g.prompt_tokens + g.completion_tokens, credits=g.credits,
+        account=g.account)

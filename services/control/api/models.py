@@ -35,8 +35,8 @@ class ModelServicer(models_pb2_grpc.ModelServiceServicer):
             base_models=[messages.base_model_message(b) for b in self._registry.base_models()])
 
     async def ListModels(self, request, context):
-        page = await asyncio.to_thread(self._registry.list, user(), request.page_size,
-                                       request.page_token)
+        listing = self._registry.shared if request.shared else self._registry.list
+        page = await asyncio.to_thread(listing, user(), request.page_size, request.page_token)
         return models_pb2.ListModelsResponse(
             models=[messages.model_message(m) for m in page.models],
             next_page_token=page.next_page_token)

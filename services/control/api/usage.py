@@ -39,6 +39,6 @@ class UsageServicer(usage_pb2_grpc.UsageServiceServicer):
     async def AggregateInferenceUsage(self, request, context):
         groups = await asyncio.to_thread(
             self._history.aggregate_inference, user(), messages.groupings(request.group_by),
-            **_filter(request.filter))
+            **_filter(request.filter), shared_models=request.shared_models)
         return usage_pb2.AggregateInferenceUsageResponse(
             groups=[messages.usage_group_message(g) for g in groups])

@@ -10,6 +10,8 @@ transaction. Who may do what:
 - users, roles and role grants: ACCOUNTADMIN (Privilege.MANAGE_ACCESS);
 - privileges on an object: its owner (OWNERSHIP on it or on its container) or ACCOUNTADMIN;
   granting OWNERSHIP transfers it;
+- sharing a model with another account (USAGE only, to all its roles or one role of it): the
+  same owner or ACCOUNTADMIN;
 - API keys: a user manages its own; ACCOUNTADMIN manages everyone's;
 - SHOW GRANTS: of oneself, of a role one holds, on an object one owns; ACCOUNTADMIN all.
 The account always keeps an administrator that can log in: revoking the last ACCOUNTADMIN or
@@ -26,7 +28,7 @@ from sqlalchemy.exc import IntegrityError
 from services.common.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from services.control.core.authorization import load_access
 from services.control.core.clock import Clock, utc_now
-from services.control.domain.names import DEFAULT_DATABASE
+from services.control.domain.names import DEFAULT_DATABASE, identifier
 from services.control.domain.principals import ApiKeyInfo, Principal, Role, User
 from services.control.domain.privileges import (
     ACCOUNTADMIN,
@@ -35,10 +37,12 @@ from services.control.domain.privileges import (
     SYSTEM_ROLES,
     Access,
     GrantRecord,
+    ModelShare,
     ObjectType,
     Privilege,
     SecurableObject,
     check_grantable,
+    check_shareable,
     creates_cycle,
     inherited_roles,
     role_name,
@@ -236,33 +240,80 @@ class AccountDirectory:
     # -- privileges -----------------------------------------------------------------------
 
     def grant_privilege(self, principal: Principal, privilege: Privilege,
-                        obj: SecurableObject, role: str) -> bool:
-        """GRANT privilege ON obj TO ROLE role (OWNERSHIP: transferred to role)."""
+                        obj: SecurableObject, role: str, grantee_account: str = "") -> bool:
+        """GRANT privilege ON obj TO ROLE role (OWNERSHIP: transferred to role). With
+        `grantee_account`: share the model with that account (`share_model`)."""
+        if grantee_account.strip():
+            return self.share_model(principal, privilege, obj, grantee_account, role)
         check_grantable(privilege, obj)
         role = role_name(role)
 
         def work(tx: Tx, access: Access) -> bool:
             access.require(Privilege.OWNERSHIP, obj)   # before existence (AIP-211)
-            self._require_exists(tx, principal.account_id, obj)
+            local = obj.local()                        # the caller's own, once allowed
+            self._require_exists(tx, principal.account_id, local)
             grantee = self._role(tx, principal.account_id, role)
             if privilege is Privilege.OWNERSHIP:
-                for owner in tx.access.owners(principal.account_id, obj):
+                for owner in tx.access.owners(principal.account_id, local):
                     if owner != grantee.id:
-                        tx.access.revoke_privilege(owner, Privilege.OWNERSHIP, obj)
-            return tx.access.grant_privilege(principal.account_id, grantee.id, privilege, obj,
+                        tx.access.revoke_privilege(owner, Privilege.OWNERSHIP, local)
+            return tx.access.grant_privilege(principal.account_id, grantee.id, privilege, local,
                                              principal.user_name, self._clock())
         return self._run(principal, work)
 
     def revoke_privilege(self, principal: Principal, privilege: Privilege,
-                         obj: SecurableObject, role: str) -> bool:
+                         obj: SecurableObject, role: str, grantee_account: str = "") -> bool:
+        if grantee_account.strip():
+            return self.unshare_model(principal, privilege, obj, grantee_account, role)
         check_grantable(privilege, obj)
         role = role_name(role)
 
         def work(tx: Tx, access: Access) -> bool:
             access.require(Privilege.OWNERSHIP, obj)
             grantee = self._role(tx, principal.account_id, role)
-            return tx.access.revoke_privilege(grantee.id, privilege, obj)
+            return tx.access.revoke_privilege(grantee.id, privilege, obj.local())
         return self._run(principal, work)
+
+    # -- models shared with other accounts --------------------------------------------------
+
+    def share_model(self, principal: Principal, privilege: Privilege, obj: SecurableObject,
+                    account: str, role: str = "") -> bool:
+        """GRANT USAGE ON MODEL m TO ACCOUNT a [ROLE r]: the model's owner (OWNERSHIP on it or
+        its container) or ACCOUNTADMIN shares it with every role of account `a`, or with role
+        `r` of it (matched by name there: the owner cannot see another account's roles).
+        False if it was already shared so."""
+        share = self._share(principal, privilege, obj, account, role)
+
+        def work(tx: Tx, access: Access) -> bool:
+            access.require(Privilege.OWNERSHIP, obj)   # before existence (AIP-211)
+            self._require_exists(tx, principal.account_id, obj.local())
+            if not tx.accounts.exists(share.grantee_account_id):
+                raise NotFound(f"account {share.grantee_account_id} does not exist")
+            return tx.shares.grant(share, principal.user_name, self._clock())
+        return self._run(principal, work)
+
+    def unshare_model(self, principal: Principal, privilege: Privilege, obj: SecurableObject,
+                      account: str, role: str = "") -> bool:
+        """REVOKE what share_model granted; the other account's COMPLETE stops within the
+        resolution cache TTL. False if it was not shared so."""
+        share = self._share(principal, privilege, obj, account, role)
+
+        def work(tx: Tx, access: Access) -> bool:
+            access.require(Privilege.OWNERSHIP, obj)
+            return tx.shares.revoke(share)
+        return self._run(principal, work)
+
+    @staticmethod
+    def _share(principal: Principal, privilege: Privilege, obj: SecurableObject, account: str,
+               role: str) -> ModelShare:
+        check_shareable(privilege, obj)
+        account = identifier(account, "grantee_account")
+        if account == principal.account_id:
+            raise InvalidArgument(f"grantee_account {account} is your own account: grant to "
+                                  "one of its roles, without grantee_account")
+        return ModelShare(owner_account_id=principal.account_id, model=obj.name,
+                          grantee_account_id=account,
+                          grantee_role=role_name(role) if role.strip() else "")
 
     def show_grants(self, principal: Principal, query: GrantsQuery) -> list[GrantRecord]:
         account = principal.account_id
@@ -270,7 +321,10 @@ class AccountDirectory:
         def work(tx: Tx, access: Access) -> list[GrantRecord]:
             if query.on is not None:
                 access.require(Privilege.OWNERSHIP, query.on)
-                return tx.access.privilege_grants(account, obj=query.on)
+                on = query.on.local()
+                shares = tx.shares.grants_on(account, on.name) \
+                    if on.type is ObjectType.MODEL else []
+                return tx.access.privilege_grants(account, obj=on) + shares
             if query.to_role or query.of_role:
                 name = role_name(query.to_role or query.of_role)
                 if not access.admin and name not in access.roles:

@@ -1,5 +1,6 @@
-"""The one place that decides what a caller may do: its effective access, read fresh from the
-store for every decision, and `authorize(principal, privilege, object)`."""
+"""The one place that decides what a caller may do: its effective access (its roles, their
+grants, and the models other accounts share with it), read fresh from the store for every
+decision, and `authorize(principal, privilege, object)`."""
 
 from __future__ import annotations
 
@@ -26,9 +27,11 @@ def load_access(tx: Tx, account_id: str, user_id: str) -> Access:
     role_ids = inherited_roles(direct, tx.access.role_hierarchy(account_id))
     names = tx.access.role_names(role_ids)
     role_ids = frozenset(r for r in role_ids if r in names)
-    return Access(account_id=account_id, user_id=user_id,
-                  roles=frozenset(names[r] for r in role_ids) | {PUBLIC},
-                  role_ids=role_ids, grants=frozenset(tx.access.privileges_of(role_ids)))
+    roles = frozenset(names[r] for r in role_ids) | {PUBLIC}
+    shared = frozenset((s.owner_account_id, s.model) for s in tx.shares.to_account(account_id)
+                       if s.reaches(account_id, roles))
+    return Access(account_id=account_id, user_id=user_id, roles=roles, role_ids=role_ids,
+                  grants=frozenset(tx.access.privileges_of(role_ids)), shared=shared)
 
 
 class Authorizer:

@@ -25,7 +25,6 @@ from services.control.core.authorization import Authorizer
 from services.control.core.clock import Clock, utc_now
 from services.control.domain.evaluations import Evaluation
 from services.control.domain.models import RegisteredModel
-from services.control.domain.names import qualified_name
 from services.control.domain.principals import Principal
 from services.control.domain.privileges import Privilege, SecurableObject
 from services.control.store.database import Store
@@ -69,8 +68,9 @@ class ModelExports:
 
     def export(self, principal: Principal, name: str, fmt: ExportFormat) -> Export:
         """Needs OWNERSHIP (PERMISSION_DENIED whether or not the model exists)."""
-        self._authorizer.authorize(principal, Privilege.OWNERSHIP, SecurableObject.model(name))
-        canonical = str(qualified_name(name, "model name"))
+        target = SecurableObject.model(name)
+        self._authorizer.authorize(principal, Privilege.OWNERSHIP, target)
+        canonical = target.name   # the caller's own account's, once allowed
         model = self._store.run(lambda tx: tx.models.get(principal.account_id, canonical))
         if model is None or not model.ready:
             raise NotFound(f"model {canonical} does not exist")

@@ -1,6 +1,8 @@
 """The model registry as callers see it: base models from the catalog, fine-tuned models of
 their account, and the files of a model's output folder. Listing shows the models the caller
-holds USAGE on; describing one needs USAGE, its files and deleting it need OWNERSHIP."""
+holds USAGE on; describing one needs USAGE, its files and deleting it need OWNERSHIP. Models
+other accounts share with the caller are listed apart (`shared`) and described as a
+`RegisteredModel.shared_view`: no files, no lineage."""
 
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ from services.common.artifacts import ArtifactStore
 from services.common.base_models import BaseModelSpec
 from services.common.errors import InvalidArgument, NotFound
 from services.control.core import paging
-from services.control.core.authorization import Authorizer
+from services.control.core.authorization import Authorizer, load_access
 from services.control.core.clock import Clock, utc_now
 from services.control.domain.models import RegisteredModel
 from services.control.domain.names import qualified_name
@@ -77,10 +79,33 @@ class ModelRegistry:
             token = paging.encode_token([models[-1].name])
         return ModelPage(models, token)
 
+    def shared(self, principal: Principal, page_size: int = 0,
+               page_token: str = "") -> ModelPage:
+        """The models other accounts share with the caller (its account, or a role it holds),
+        by their four-part names."""
+        def work(tx) -> list[RegisteredModel]:
+            access = load_access(tx, principal.account_id, principal.user_id)
+            found = (tx.models.get(owner, name) for owner, name in access.shared)
+            return sorted((m.shared_view(principal.account_id) for m in found
+                           if m is not None and m.ready), key=lambda m: m.name)
+
+        size = paging.page_size(page_size)
+        after = str(paging.decode_token(page_token)[0]) if page_token else ""
+        models = [m for m in self._store.run(work) if m.name > after]
+        token = paging.encode_token([models[size - 1].name]) if len(models) > size else ""
+        return ModelPage(models[:size], token)
+
     def get(self, principal: Principal, name: str) -> RegisteredModel:
-        """Needs USAGE on the model (PERMISSION_DENIED whether or not it exists)."""
-        self._authorizer.authorize(principal, Privilege.USAGE, SecurableObject.model(name))
-        return self._registered(principal, name)
+        """Needs USAGE on the model (PERMISSION_DENIED whether or not it exists); a model of
+        another account (`account.db.schema.name`), USAGE shared with the caller."""
+        target = SecurableObject.model(name)
+        self._authorizer.authorize(principal, Privilege.USAGE, target)
+        if not target.in_other_account(principal.account_id):
+            return self._registered(principal, target.name)
+        model = self._store.run(lambda tx: tx.models.get(target.account_id, target.name))
+        if model is None or not model.ready:
+            raise NotFound(f"model {target.account_id}.{target.name} does not exist")
+        return model.shared_view(principal.account_id)
 
     def _registered(self, principal: Principal, name: str) -> RegisteredModel:
         canonical = str(qualified_name(name, "model name"))
@@ -90,13 +115,15 @@ class ModelRegistry:
         return model
 
     def artifacts(self, model: RegisteredModel) -> builtins.list[str]:
-        return self._artifacts.list(model.adapter_uri)
+        """The files of the model's folder; none in another account's view of it."""
+        return [] if model.shared_from else self._artifacts.list(model.adapter_uri)
 
     def delete(self, principal: Principal, name: str) -> None:
         """Unregister the model. Its files stay with the job that produced them (a running job
         may continue from them); its id is never handed out again. Needs OWNERSHIP."""
-        self._authorizer.authorize(principal, Privilege.OWNERSHIP, SecurableObject.model(name))
-        canonical = str(qualified_name(name, "model name"))
+        target = SecurableObject.model(name)
+        self._authorizer.authorize(principal, Privilege.OWNERSHIP, target)
+        canonical = target.name   # the caller's own account's, once allowed
 
         def work(tx):
             live = tx.models.get(principal.account_id, canonical)
@@ -113,11 +140,12 @@ class ModelRegistry:
     def artifact_chunks(self, principal: Principal, name: str,
                         artifact: str) -> Generator[bytes, None, None]:
         """A file of the model's output folder, in chunks. Needs OWNERSHIP."""
-        self._authorizer.authorize(principal, Privilege.OWNERSHIP, SecurableObject.model(name))
+        target = SecurableObject.model(name)
+        self._authorizer.authorize(principal, Privilege.OWNERSHIP, target)
         if not artifact or "/" in artifact or "\\" in artifact or artifact in (".", ".."):
             raise InvalidArgument("artifact must be a plain file name such as "
                                   "training_results.csv")
-        model = self._registered(principal, name)
+        model = self._registered(principal, target.name)
         if artifact not in self.artifacts(model):
             raise NotFound(f"model {model.name} has no artifact {artifact}")
         return self._artifacts.iter_chunks(f"{model.adapter_uri.rstrip('/')}/{artifact}",

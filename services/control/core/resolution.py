@@ -1,8 +1,9 @@
 """Model resolution for the inference service (its usage reports: core.usage).
 
 Inference presents the end user's key with every COMPLETE; control authenticates it, decides
-whether that user may use the model (FINETUNE_USER, and USAGE on a fine-tuned model), and says
-where the weights are. Inference caches an answer for at most `cache_ttl_seconds`, which bounds
+whether that user may use the model (FINETUNE_USER, and USAGE on a fine-tuned model: granted in
+its account, or shared by another account whose model it names `account.db.schema.model`), and
+says where the weights are. Inference caches an answer for at most `cache_ttl_seconds`, which bounds
 how long a revoked key or grant still works there.
 """
 
@@ -16,7 +17,7 @@ from services.common.errors import FailedPrecondition, InvalidArgument, NotFound
 from services.common.keys import tokens_equal
 from services.control.core.authorization import load_access
 from services.control.domain.models import RegisteredModel
-from services.control.domain.names import qualified_name
+from services.control.domain.names import shared_model_name
 from services.control.domain.principals import Principal
 from services.control.domain.privileges import Privilege, SecurableObject
 from services.control.store.database import Store
@@ -71,15 +72,18 @@ class ModelResolution:
             if model in self._base_models:
                 return None
             try:
-                canonical = str(qualified_name(model, "model"))
+                target = SecurableObject.model(model)
             except InvalidArgument:  # not a name any model could have: nothing to hide
                 raise NotFound(f"model {model} does not exist") from None
-            access.require(Privilege.USAGE, SecurableObject.model(canonical))  # before existence
-            found = tx.models.get(principal.account_id, canonical)
-            if found is None:
-                raise NotFound(f"model {canonical} does not exist")
+            access.require(Privilege.USAGE, target)  # before existence; a share across accounts
+            owner = target.account_id or principal.account_id
+            shared = owner != principal.account_id
+            found = tx.models.get(owner, target.name)
+            if found is None or (shared and not found.ready):
+                named = shared_model_name(owner, target.name) if shared else target.name
+                raise NotFound(f"model {named} does not exist")
             if not found.ready and not delegated:  # a job's candidate: its evaluations only
-                raise FailedPrecondition(f"model {canonical} is being evaluated by job "
+                raise FailedPrecondition(f"model {found.name} is being evaluated by job "
                                          f"{found.job_id} and cannot be used yet")
             return found
 
@@ -87,7 +91,9 @@ class ModelResolution:
         if adapter is None:
             base = self._base_models[model]
             return Resolved(principal.account_id, principal.user_id, base.name, base, None)
-        canonical = adapter.name
+        # Another account's model keeps its four-part name: usage rows then name its owner.
+        canonical = adapter.name if adapter.account_id == principal.account_id else \
+            shared_model_name(adapter.account_id, adapter.name)
         adapter_base = self._base_models.get(adapter.base_model)
         if adapter_base is None:
             raise FailedPrecondition(

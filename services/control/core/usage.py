@@ -1,6 +1,8 @@
 """Usage history: fine-tuning usage written once per finished job, inference usage recorded
 per request as inference reports it (ModelResolutionService.ReportUsage), and the views
-UsageService serves. Administrators see their account's usage; other users their own."""
+UsageService serves. Administrators see their account's usage; other users their own. A COMPLETE
+of a model another account shares is billed to the caller's account; its row also names the
+model's owner account, which sees such usage aggregated (`shared_models`), never by user."""
 
 from __future__ import annotations
 
@@ -19,10 +21,15 @@ from services.control.core import paging
 from services.control.core.authorization import Authorizer
 from services.control.core.clock import Clock, utc_now
 from services.control.domain.jobs import Job, JobStatus
-from services.control.domain.names import qualified_name
+from services.control.domain.names import account_model_name, shared_model_name
 from services.control.domain.prices import PriceTable, parse_prices
 from services.control.domain.principals import Principal
-from services.control.domain.privileges import Privilege, SecurableObject, user_name
+from services.control.domain.privileges import (
+    Privilege,
+    SecurableObject,
+    model_owner_account,
+    user_name,
+)
 from services.control.domain.usage import (
     FineTuningUsage,
     Grouping,
@@ -106,7 +113,8 @@ class InferenceUsageRecorder:
                          prompt_tokens=usage.prompt_tokens,
                          completion_tokens=usage.completion_tokens, created_on=self._clock(),
                          credits=self._prices.inference_credits(
-                             usage.base_model, usage.prompt_tokens + usage.completion_tokens))
+                             usage.base_model, usage.prompt_tokens + usage.completion_tokens),
+                         model_account_id=model_owner_account(usage.model, usage.account_id))
             return True
 
         try:
@@ -168,23 +176,47 @@ class UsageHistory:
 
     def aggregate_inference(self, principal: Principal, group_by: Sequence[Grouping],
                             start: datetime | None = None, end: datetime | None = None,
-                            model: str = "", user: str = "") -> list[UsageGroup]:
+                            model: str = "", user: str = "",
+                            shared_models: bool = False) -> list[UsageGroup]:
         if len(set(group_by)) != len(group_by):
             raise InvalidArgument("group_by names a grouping twice")
-        f = self._filter(principal, start, end, model, user)
+        if shared_models:
+            f = self._shared_filter(principal, start, end, model, user, group_by)
+        else:
+            f = self._filter(principal, start, end, model, user)
         return self._store.run(lambda tx: tx.usage.inference_groups(
-            principal.account_id, f, list(group_by)))
+            principal.account_id, f, list(group_by), shared=shared_models))
+
+    def _shared_filter(self, principal: Principal, start: datetime | None,
+                       end: datetime | None, model: str, user: str,
+                       group_by: Sequence[Grouping]) -> UsageFilter:
+        """Other accounts' usage of the caller's models: ACCOUNTADMIN sees every model's, the
+        owner of a model (OWNERSHIP) that model's; never by user (theirs, not the owner's)."""
+        if user.strip() or Grouping.USER in group_by:
+            raise InvalidArgument("the usage of shared models is not shown by user: the users "
+                                  "are the other accounts'")
+        if start is not None and end is not None and end <= start:
+            raise InvalidArgument("end_time must be after start_time")
+        access = self._authorizer.access(principal)
+        if not model.strip():
+            access.require(Privilege.MANAGE_ACCESS, SecurableObject.account())
+            return UsageFilter(start, end)
+        target = SecurableObject.model(model)
+        access.require(Privilege.OWNERSHIP, target)   # never held on another account's model
+        return UsageFilter(start, end, target.name)
 
 
 def canonical_model(model: str) -> str:
-    """A fine-tuned model's canonical name; base model names (not identifiers) as given."""
+    """A fine-tuned model's canonical name (one shared by another account keeps that account as
+    its first part); base model names (not identifiers) as given."""
     model = model.strip()
     if not model:
         return ""
     try:
-        return str(qualified_name(model, "model"))
+        account_id, name = account_model_name(model, "model")
     except InvalidArgument:
         return model
+    return shared_model_name(account_id, str(name)) if account_id else str(name)
 
 
 def _position(token: str) -> tuple[datetime, int] | None:

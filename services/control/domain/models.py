@@ -6,6 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from services.control.domain.names import shared_model_name
+
 
 class ModelState:
     READY = "READY"            # registered and usable
@@ -29,6 +31,9 @@ class RegisteredModel:
     imported_from: str = ""    # an imported model's source: "upload" or the URI it was read from
     file_sha256: dict[str, str] = field(default_factory=dict)   # an import's files, as imported
     request_id: str = ""       # the import's, for idempotent retries
+    # Set on the view another account gets of a model shared with it (`shared_view`): the
+    # owner account. That view carries no lineage, training figures or files.
+    shared_from: str = ""
 
     @property
     def ready(self) -> bool:
@@ -37,3 +42,13 @@ class RegisteredModel:
     @property
     def imported(self) -> bool:
         return bool(self.imported_from)
+
+    def shared_view(self, viewer_account_id: str) -> "RegisteredModel":
+        """What an account this model is shared with may see of it: its four-part name, base
+        model, version and date. The view belongs to the viewer's account, so nothing the owner
+        keeps under the name (evaluations, say) is found through it."""
+        return RegisteredModel(
+            id=self.id, account_id=viewer_account_id,
+            name=shared_model_name(self.account_id, self.name),
+            version=self.version, base_model=self.base_model, job_id="", adapter_uri="",
+            created_on=self.created_on, state=self.state, shared_from=self.account_id)

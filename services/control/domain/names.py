@@ -1,4 +1,5 @@
-"""Object names: `name`, `schema.name` or `database.schema.name`, as in Snowflake.
+"""Object names: `name`, `schema.name` or `database.schema.name`, as in Snowflake; a model
+another account shares is named `account.database.schema.name` (`account_model_name`).
 
 Identifiers are case-insensitive; the canonical form is lower case (as PostgreSQL and DuckDB
 fold them), so `Sales.Public.My_Model` and `sales.public.my_model` are one object. A name
@@ -59,3 +60,22 @@ def qualified_name(value: str, what: str = "name") -> QualifiedName:
         return QualifiedName(DEFAULT_DATABASE, parts[0], parts[1])
     return QualifiedName(*parts)
 
+
+
+def account_model_name(value: str, what: str = "model name") -> tuple[str, QualifiedName]:
+    """A model name that may carry its owner account as a fourth, leading part, as a model
+    shared across accounts is named: (account, name) with account "" when it has 1-3 parts
+    (the caller's own account)."""
+    parts = (value or "").strip().split(".")
+    if len(parts) == 4:
+        return identifier(parts[0], "account"), qualified_name(".".join(parts[1:]), what)
+    if len(parts) > 4:
+        raise InvalidArgument(
+            f"{what} {value!r} has too many parts: use name, schema.name, database.schema.name "
+            "or account.database.schema.name")
+    return "", qualified_name(value, what)
+
+
+def shared_model_name(owner_account_id: str, model: str) -> str:
+    """How another account names model `model` (canonical) of account `owner_account_id`."""
+    return f"{owner_account_id}.{model}"

@@ -7,17 +7,27 @@
   is a role whose holders may FINETUNE and COMPLETE.
 - OWNERSHIP of an object implies every privilege on it and on what it contains (a database's
   schemas and models, a schema's models).
+- One thing crosses accounts: USAGE on a MODEL, shared by its owner with another account (all
+  its roles, or one role of it named explicitly). The other account names the model
+  `owner_account.database.schema.model`; ACCOUNTADMIN there holds nothing on it unless the
+  share reaches one of its roles, and no privilege but USAGE is ever held on another account's
+  object.
 """
 
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Iterable, Mapping
 
 from services.common.errors import InvalidArgument, PermissionDenied
-from services.control.domain.names import DEFAULT_DATABASE, identifier, qualified_name
+from services.control.domain.names import (
+    DEFAULT_DATABASE,
+    account_model_name,
+    identifier,
+    shared_model_name,
+)
 
 ACCOUNTADMIN = "ACCOUNTADMIN"
 PUBLIC = "PUBLIC"
@@ -66,6 +76,9 @@ def user_name(value: str, what: str = "user name") -> str:
 class SecurableObject:
     type: ObjectType
     name: str  # canonical: "" (account), db, db.schema, db.schema.model
+    # The account holding the object when named with it (a model's four-part name):
+    # "" means the caller's own account.
+    account_id: str = ""
 
     ACCOUNT_NAME = ""
 
@@ -89,7 +102,17 @@ class SecurableObject:
 
     @classmethod
     def model(cls, name: str) -> "SecurableObject":
-        return cls(ObjectType.MODEL, str(qualified_name(name, "model name")))
+        """`name` .. `database.schema.name` in the caller's account, or
+        `account.database.schema.name`: a model of that account (its owner may share it)."""
+        account_id, qualified = account_model_name(name, "model name")
+        return cls(ObjectType.MODEL, str(qualified), account_id)
+
+    def in_other_account(self, account_id: str) -> bool:
+        return self.account_id not in ("", account_id)
+
+    def local(self) -> "SecurableObject":
+        """The same object, named within its account."""
+        return replace(self, account_id="") if self.account_id else self
 
     @classmethod
     def parse(cls, object_type: ObjectType, name: str) -> "SecurableObject":
@@ -116,7 +139,10 @@ class SecurableObject:
         return out
 
     def __str__(self) -> str:
-        return "ACCOUNT" if self.type is ObjectType.ACCOUNT else f"{self.type.value} {self.name}"
+        if self.type is ObjectType.ACCOUNT:
+            return "ACCOUNT"
+        prefix = f"{self.account_id}." if self.account_id else ""
+        return f"{self.type.value} {prefix}{self.name}"
 
 
 def check_grantable(privilege: Privilege, obj: SecurableObject) -> None:
@@ -124,6 +150,44 @@ def check_grantable(privilege: Privilege, obj: SecurableObject) -> None:
         allowed = ", ".join(sorted(p.value for p in GRANTABLE[obj.type]))
         raise InvalidArgument(f"{privilege.value} cannot be granted on {obj.type.value} "
                               f"(grantable: {allowed})")
+
+
+def check_shareable(privilege: Privilege, obj: SecurableObject) -> None:
+    """Only USAGE on a MODEL crosses accounts."""
+    if obj.type is not ObjectType.MODEL or privilege is not Privilege.USAGE:
+        raise InvalidArgument(
+            f"only USAGE on a MODEL can be granted to another account, not {privilege.value} "
+            f"on {obj.type.value}")
+
+
+# -- models shared across accounts -------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ModelShare:
+    """USAGE on model `model` of account `owner_account_id`, granted to account
+    `grantee_account_id`: to every role of it (`grantee_role` "") or to that one role."""
+
+    owner_account_id: str
+    model: str                 # canonical db.schema.name in the owner's account
+    grantee_account_id: str
+    grantee_role: str = ""     # a role name of the grantee account (upper case), or ""
+
+    def reaches(self, account_id: str, roles: Iterable[str]) -> bool:
+        return self.grantee_account_id == account_id and (
+            not self.grantee_role or self.grantee_role in set(roles))
+
+    @property
+    def shared_name(self) -> str:
+        return shared_model_name(self.owner_account_id, self.model)
+
+
+def model_owner_account(model: str, caller_account_id: str) -> str | None:
+    """The account owning `model` as a caller named it, when that is not the caller's own
+    (a four-part name of another account); None otherwise. Base model names are not split."""
+    parts = model.split(".")
+    if len(parts) != 4 or parts[0] == caller_account_id:
+        return None
+    return parts[0]
 
 
 # -- the role hierarchy ------------------------------------------------------------------------
@@ -163,6 +227,8 @@ class Access:
     roles: frozenset[str]                      # names, effective (transitive, with PUBLIC)
     role_ids: frozenset[str]                   # the same roles, by id
     grants: frozenset[tuple[Privilege, SecurableObject]]
+    # Models other accounts share with this user: (owner account, db.schema.name).
+    shared: frozenset[tuple[str, str]] = frozenset()
 
     @property
     def admin(self) -> bool:
@@ -174,6 +240,10 @@ class Access:
         return not self.admin
 
     def allows(self, privilege: Privilege, obj: SecurableObject) -> bool:
+        if obj.in_other_account(self.account_id):   # a share, or nothing (not even for admins)
+            return (privilege is Privilege.USAGE and obj.type is ObjectType.MODEL
+                    and (obj.account_id, obj.name) in self.shared)
+        obj = obj.local()
         if self.admin:
             return True
         if privilege is Privilege.FINETUNE:
@@ -220,6 +290,7 @@ class GrantRecord:
     privilege: str
     granted_on: str        # ACCOUNT, DATABASE, SCHEMA, MODEL or ROLE
     name: str
-    granted_to: str        # ROLE or USER
-    grantee_name: str
+    granted_to: str        # ROLE or USER; ACCOUNT or ROLE for a share
+    grantee_name: str      # a share to every role of an account: the account
     granted_by: str
+    grantee_account: str = ""   # a share: the account it was granted to

@@ -1,5 +1,6 @@
 """Usage history records and filters (pure): fine-tuning usage per job, inference usage per
-request and aggregated by model, user and day."""
+request and aggregated by model, user, day and account (the caller's, or for the owner of a
+shared model, the other accounts that used it)."""
 
 from __future__ import annotations
 
@@ -51,6 +52,7 @@ class Grouping(enum.Enum):
     MODEL = "model"
     USER = "user"
     DAY = "day"
+    ACCOUNT = "account"
 
 
 @dataclass(frozen=True)
@@ -62,6 +64,7 @@ class UsageGroup:
     prompt_tokens: int
     completion_tokens: int
     credits: float
+    account: str = ""     # the calling (billed) account, empty unless grouped by account
 
 
 @dataclass(frozen=True)

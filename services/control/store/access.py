@@ -12,7 +12,13 @@ from sqlalchemy.orm import Session
 
 from services.control.domain.principals import Role
 from services.control.domain.privileges import GrantRecord, ObjectType, Privilege, SecurableObject
-from services.control.store.tables import PrivilegeGrantRow, RoleGrantRow, RoleRow, UserRow
+from services.control.store.tables import (
+    ModelShareRow,
+    PrivilegeGrantRow,
+    RoleGrantRow,
+    RoleRow,
+    UserRow,
+)
 
 USER = "USER"
 ROLE = "ROLE"
@@ -155,7 +161,11 @@ class AccessRepository:
             PrivilegeGrantRow.object_name == obj.name)))
 
     def delete_grants_on(self, account_id: str, obj: SecurableObject) -> int:
-        """Dropping an object drops its grants: a new object of the same name starts clean."""
+        """Dropping an object drops its grants, and a model its shares with other accounts:
+        a new object of the same name starts clean."""
+        if obj.type is ObjectType.MODEL:
+            self._s.execute(delete(ModelShareRow).where(ModelShareRow.account_id == account_id,
+                                                        ModelShareRow.model_name == obj.name))
         result = self._s.execute(delete(PrivilegeGrantRow).where(
             PrivilegeGrantRow.account_id == account_id,
             PrivilegeGrantRow.object_type == obj.type.value,

@@ -24,6 +24,7 @@ from services.control.store.events import EventRepository
 from services.control.store.generations import GenerationRepository
 from services.control.store.jobs import JobRepository
 from services.control.store.models import ModelRepository
+from services.control.store.shares import ShareRepository
 from services.control.store.usage import UsageRepository
 
 log = logging.getLogger(__name__)
@@ -84,6 +85,7 @@ class Tx:
         self.events = EventRepository(session)
         self.evaluations = EvaluationRepository(session)
         self.generations = GenerationRepository(session)
+        self.shares = ShareRepository(session)
 
 
 class Store:

@@ -9,6 +9,7 @@ from typing import Any, Sequence
 from sqlalchemy import and_, func, or_, select, true
 from sqlalchemy.orm import Session
 
+from services.control.domain.names import shared_model_name
 from services.control.domain.usage import (
     FineTuningUsage,
     Grouping,
@@ -39,11 +40,12 @@ class UsageRepository:
 
     def add(self, *, request_id: str, account_id: str, user_id: str, model: str,
             base_model: str, prompt_tokens: int, completion_tokens: int,
-            created_on: datetime, credits: float = 0.0) -> None:
+            created_on: datetime, credits: float = 0.0,
+            model_account_id: str | None = None) -> None:
         self._s.add(UsageRow(request_id=request_id, account_id=account_id, user_id=user_id,
                              model=model, base_model=base_model, prompt_tokens=prompt_tokens,
                              completion_tokens=completion_tokens, created_on=created_on,
-                             credits=credits))
+                             credits=credits, model_account_id=model_account_id))
         self._s.flush()
 
     def totals(self, account_id: str) -> tuple[int, int, int]:
@@ -54,14 +56,19 @@ class UsageRepository:
             .where(UsageRow.account_id == account_id)).one()
         return int(row[0]), int(row[1]), int(row[2])
 
-    def _inference_conditions(self, account_id: str, f: UsageFilter) -> list:
-        conditions = [UsageRow.account_id == account_id]
+    def _inference_conditions(self, account_id: str, f: UsageFilter,
+                              shared: bool = False) -> list:
+        """The account's own usage; `shared`: other accounts' usage of its models (billed to
+        them, named there `account.db.schema.model`)."""
+        conditions = [UsageRow.model_account_id == account_id] if shared else \
+            [UsageRow.account_id == account_id]
         if f.start_time is not None:
             conditions.append(UsageRow.created_on >= f.start_time)
         if f.end_time is not None:
             conditions.append(UsageRow.created_on < f.end_time)
         if f.model:
-            conditions.append(UsageRow.model == f.model)
+            conditions.append(UsageRow.model == (shared_model_name(account_id, f.model)
+                                                 if shared else f.model))
         if f.user_id is not None:
             conditions.append(UsageRow.user_id == f.user_id)
         return conditions
@@ -82,15 +89,17 @@ class UsageRepository:
             (r.created_on, r.id)) for r, name in self._s.execute(query)]
 
     def inference_groups(self, account_id: str, f: UsageFilter,
-                         group_by: Sequence[Grouping]) -> list[UsageGroup]:
+                         group_by: Sequence[Grouping], shared: bool = False) -> list[UsageGroup]:
+        """Sums by the groupings; `shared`: other accounts' usage of this account's models,
+        each model by its name in this account."""
         keys = {Grouping.MODEL: UsageRow.model, Grouping.USER: UsageRow.user_id,
-                Grouping.DAY: func.date(UsageRow.created_on)}
+                Grouping.DAY: func.date(UsageRow.created_on), Grouping.ACCOUNT: UsageRow.account_id}
         columns: list[Any] = [keys[g].label(g.value) for g in group_by]
         query = select(*columns, func.count(UsageRow.id),
                        func.coalesce(func.sum(UsageRow.prompt_tokens), 0),
                        func.coalesce(func.sum(UsageRow.completion_tokens), 0),
                        func.coalesce(func.sum(UsageRow.credits), 0.0)
-                       ).where(*self._inference_conditions(account_id, f))
+                       ).where(*self._inference_conditions(account_id, f, shared))
         if columns:
             query = query.group_by(*columns).order_by(*columns)
         rows = self._s.execute(query).all()
@@ -105,14 +114,17 @@ class UsageRepository:
                 continue
             day = values.get(Grouping.DAY)
             user_id = values.get(Grouping.USER)
+            model = values.get(Grouping.MODEL) or ""
             groups.append(UsageGroup(
-                model=values.get(Grouping.MODEL) or "",
+                model=model.removeprefix(f"{account_id}.") if shared else model,
+                account=values.get(Grouping.ACCOUNT) or "",
                 user_name=users.get(user_id, user_id) if user_id else "",
                 day=day.isoformat() if isinstance(day, (date, datetime)) else (day or ""),
                 requests=int(requests), prompt_tokens=int(prompt),
                 completion_tokens=int(completion), credits=float(credits)))
         # By the groupings in the order asked, users by name (the query sorted by id).
-        fields = {Grouping.MODEL: "model", Grouping.USER: "user_name", Grouping.DAY: "day"}
+        fields = {Grouping.MODEL: "model", Grouping.USER: "user_name", Grouping.DAY: "day",
+                  Grouping.ACCOUNT: "account"}
         return sorted(groups, key=lambda g: tuple(getattr(g, fields[k]) for k in group_by))
 
     def user_names_of(self, user_ids: set[str]) -> dict[str, str]:

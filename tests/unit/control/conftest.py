@@ -5,10 +5,18 @@ from __future__ import annotations
 
 import pytest
 from control_components import control_components
-from control_testbed import SERVICE_TOKEN, FakeDispatcher, word_tokenizers
+from control_testbed import (
+    SERVICE_TOKEN,
+    FakeDispatcher,
+    instruction_rows,
+    load_rows,
+    succeed,
+    word_tokenizers,
+)
 
 from services.common.base_models import BaseModelSpec
 from services.control.app import Components
+from services.control.core.jobs import CreateJob
 
 
 @pytest.fixture
@@ -44,3 +52,15 @@ def admin_key(control) -> str:
 @pytest.fixture
 def admin(control, admin_key):
     return control.store.run(lambda tx: tx.accounts.authenticate(admin_key))
+
+
+@pytest.fixture
+def bot(control, admin, dispatcher):
+    """Database sales with a table, and model sales.public.bot (owned by ACCOUNTADMIN)."""
+    control.catalog.create_database(admin.account_id, "sales")
+    load_rows(control, admin.account_id, "sales.public.train", instruction_rows(3))
+    job = control.fine_tuning.create(admin, CreateJob(
+        model="sales.public.bot", base_model="tiny-base",
+        training_query="SELECT * FROM sales.public.train"))
+    succeed(control, dispatcher, job)
+    return control.registry.get(admin, "sales.public.bot")

@@ -2,15 +2,19 @@
 SHOW GRANTS, API keys, and the invariants (no cycles, an administrator always remains)."""
 
 import pytest
-from control_testbed import acting_as, instruction_rows, load_rows, new_account, new_user, succeed
+from control_testbed import acting_as, new_account, new_user
 
 from finetune.control.v1 import access_pb2
-from services.common.errors import (AlreadyExists, FailedPrecondition, InvalidArgument,
-                                    NotFound, PermissionDenied)
+from services.common.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+)
 from services.common.keys import hash_key
 from services.control.api.access import AccessServicer
 from services.control.core.access_control import GrantsQuery
-from services.control.core.jobs import CreateJob
 from services.control.domain.privileges import Privilege, SecurableObject
 from services.control.store.tables import ApiKeyRow
 
@@ -30,18 +34,6 @@ def authenticate(control, key):
 
 def access_of(control, principal):
     return control.authorizer.access(principal)
-
-
-@pytest.fixture
-def bot(control, admin, dispatcher):
-    """Database sales with a table, and model sales.public.bot (owned by ACCOUNTADMIN)."""
-    control.catalog.create_database(admin.account_id, "sales")
-    load_rows(control, admin.account_id, "sales.public.train", instruction_rows(3))
-    job = control.fine_tuning.create(admin, CreateJob(
-        model="sales.public.bot", base_model="tiny-base",
-        training_query="SELECT * FROM sales.public.train"))
-    succeed(control, dispatcher, job)
-    return control.registry.get(admin, "sales.public.bot")
 
 
 def test_users_roles_and_effective_privileges(control, directory, admin):

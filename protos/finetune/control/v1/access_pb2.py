@@ -25,19 +25,19 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n finetune/control/v1/access.proto\x12\x13\x66inetune.control.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"x\n\tPrincipal\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x11\n\tuser_name\x18\x03 \x01(\t\x12\r\n\x05roles\x18\x04 \x03(\t\x12\x14\n\x0c\x64\x65\x66\x61ult_role\x18\x05 \x01(\t\x12\x0e\n\x06key_id\x18\x06 \x01(\t\"\x0f\n\rWhoAmIRequest\"f\n\x04User\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x14\n\x0c\x64\x65\x66\x61ult_role\x18\x03 \x01(\t\x12.\n\ncreated_on\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"7\n\x11\x43reateUserRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x14\n\x0c\x64\x65\x66\x61ult_role\x18\x02 \x01(\t\"\x12\n\x10ListUsersRequest\"=\n\x11ListUsersResponse\x12(\n\x05users\x18\x01 \x03(\x0b\x32\x19.finetune.control.v1.User\"3\n\x15SetDefaultRoleRequest\x12\x0c\n\x04user\x18\x01 \x01(\t\x12\x0c\n\x04role\x18\x02 \x01(\t\"a\n\x04Role\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0f\n\x07\x63omment\x18\x03 \x01(\t\x12.\n\ncreated_on\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"2\n\x11\x43reateRoleRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07\x63omment\x18\x02 \x01(\t\"\x1f\n\x0f\x44ropRoleRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x12\n\x10\x44ropRoleResponse\"\x12\n\x10ListRolesRequest\"=\n\x11ListRolesResponse\x12(\n\x05roles\x18\x01 \x03(\x0b\x32\x19.finetune.control.v1.Role\"i\n\x10GrantRoleRequest\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x36\n\x0cgrantee_type\x18\x02 \x01(\x0e\x32 .finetune.control.v1.GranteeType\x12\x0f\n\x07grantee\x18\x03 \x01(\t\"$\n\x11GrantRoleResponse\x12\x0f\n\x07granted\x18\x01 \x01(\x08\"j\n\x11RevokeRoleRequest\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x36\n\x0cgrantee_type\x18\x02 \x01(\x0e\x32 .finetune.control.v1.GranteeType\x12\x0f\n\x07grantee\x18\x03 \x01(\t\"%\n\x12RevokeRoleResponse\x12\x0f\n\x07revoked\x18\x01 \x01(\x08\"\xa3\x01\n\x15GrantPrivilegeRequest\x12\x31\n\tprivilege\x18\x01 \x01(\x0e\x32\x1e.finetune.control.v1.Privilege\x12\x34\n\x0bobject_type\x18\x02 \x01(\x0e\x32\x1f.finetune.control.v1.ObjectType\x12\x13\n\x0bobject_name\x18\x03 \x01(\t\x12\x0c\n\x04role\x18\x04 \x01(\t\")\n\x16GrantPrivilegeResponse\x12\x0f\n\x07granted\x18\x01 \x01(\x08\"\xa4\x01\n\x16RevokePrivilegeRequest\x12\x31\n\tprivilege\x18\x01 \x01(\x0e\x32\x1e.finetune.control.v1.Privilege\x12\x34\n\x0bobject_type\x18\x02 \x01(\x0e\x32\x1f.finetune.control.v1.ObjectType\x12\x13\n\x0bobject_name\x18\x03 \x01(\t\x12\x0c\n\x04role\x18\x04 \x01(\t\"*\n\x17RevokePrivilegeResponse\x12\x0f\n\x07revoked\x18\x01 \x01(\x08\"H\n\tObjectRef\x12-\n\x04type\x18\x01 \x01(\x0e\x32\x1f.finetune.control.v1.ObjectType\x12\x0c\n\x04name\x18\x02 \x01(\t\"\x84\x01\n\x11ShowGrantsRequest\x12\x11\n\x07to_role\x18\x01 \x01(\tH\x00\x12\x11\n\x07to_user\x18\x02 \x01(\tH\x00\x12,\n\x02on\x18\x03 \x01(\x0b\x32\x1e.finetune.control.v1.ObjectRefH\x00\x12\x11\n\x07of_role\x18\x04 \x01(\tH\x00\x42\x08\n\x06target\"\xed\x01\n\x05Grant\x12.\n\ncreated_on\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tprivilege\x18\x02 \x01(\t\x12\x33\n\ngranted_on\x18\x03 \x01(\x0e\x32\x1f.finetune.control.v1.ObjectType\x12\x0c\n\x04name\x18\x04 \x01(\t\x12\x34\n\ngranted_to\x18\x05 \x01(\x0e\x32 .finetune.control.v1.GranteeType\x12\x14\n\x0cgrantee_name\x18\x06 \x01(\t\x12\x12\n\ngranted_by\x18\x07 \x01(\t\"@\n\x12ShowGrantsResponse\x12*\n\x06grants\x18\x01 \x03(\x0b\x32\x1a.finetune.control.v1.Grant\"\x82\x01\n\x06\x41piKey\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04user\x18\x02 \x01(\t\x12.\n\ncreated_on\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nrevoked_on\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"#\n\x13\x43reateApiKeyRequest\x12\x0c\n\x04user\x18\x01 \x01(\t\"G\n\rCreatedApiKey\x12)\n\x04info\x18\x01 \x01(\x0b\x32\x1b.finetune.control.v1.ApiKey\x12\x0b\n\x03key\x18\x02 \x01(\t\"5\n\x12ListApiKeysRequest\x12\x0c\n\x04user\x18\x01 \x01(\t\x12\x11\n\tall_users\x18\x02 \x01(\x08\"@\n\x13ListApiKeysResponse\x12)\n\x04keys\x18\x01 \x03(\x0b\x32\x1b.finetune.control.v1.ApiKey\"%\n\x13RevokeApiKeyRequest\x12\x0e\n\x06key_id\x18\x01 \x01(\t*e\n\nObjectType\x12\x1b\n\x17OBJECT_TYPE_UNSPECIFIED\x10\x00\x12\x0b\n\x07\x41\x43\x43OUNT\x10\x01\x12\x0c\n\x08\x44\x41TABASE\x10\x02\x12\n\n\x06SCHEMA\x10\x03\x12\t\n\x05MODEL\x10\x04\x12\x08\n\x04ROLE\x10\x05*y\n\tPrivilege\x12\x19\n\x15PRIVILEGE_UNSPECIFIED\x10\x00\x12\t\n\x05USAGE\x10\x01\x12\r\n\tOWNERSHIP\x10\x02\x12\x10\n\x0c\x43REATE_MODEL\x10\x03\x12\x10\n\x0c\x43REATE_TABLE\x10\x04\x12\x13\n\x0f\x43REATE_DATABASE\x10\x05*E\n\x0bGranteeType\x12\x1c\n\x18GRANTEE_TYPE_UNSPECIFIED\x10\x00\x12\x0b\n\x07TO_USER\x10\x01\x12\x0b\n\x07TO_ROLE\x10\x02\x32\xf3\n\n\rAccessService\x12L\n\x06WhoAmI\x12\".finetune.control.v1.WhoAmIRequest\x1a\x1e.finetune.control.v1.Principal\x12O\n\nCreateUser\x12&.finetune.control.v1.CreateUserRequest\x1a\x19.finetune.control.v1.User\x12Z\n\tListUsers\x12%.finetune.control.v1.ListUsersRequest\x1a&.finetune.control.v1.ListUsersResponse\x12W\n\x0eSetDefaultRole\x12*.finetune.control.v1.SetDefaultRoleRequest\x1a\x19.finetune.control.v1.User\x12O\n\nCreateRole\x12&.finetune.control.v1.CreateRoleRequest\x1a\x19.finetune.control.v1.Role\x12W\n\x08\x44ropRole\x12$.finetune.control.v1.DropRoleRequest\x1a%.finetune.control.v1.DropRoleResponse\x12Z\n\tListRoles\x12%.finetune.control.v1.ListRolesRequest\x1a&.finetune.control.v1.ListRolesResponse\x12Z\n\tGrantRole\x12%.finetune.control.v1.GrantRoleRequest\x1a&.finetune.control.v1.GrantRoleResponse\x12]\n\nRevokeRole\x12&.finetune.control.v1.RevokeRoleRequest\x1a\'.finetune.control.v1.RevokeRoleResponse\x12i\n\x0eGrantPrivilege\x12*.finetune.control.v1.GrantPrivilegeRequest\x1a+.finetune.control.v1.GrantPrivilegeResponse\x12l\n\x0fRevokePrivilege\x12+.finetune.control.v1.RevokePrivilegeRequest\x1a,.finetune.control.v1.RevokePrivilegeResponse\x12]\n\nShowGrants\x12&.finetune.control.v1.ShowGrantsRequest\x1a\'.finetune.control.v1.ShowGrantsResponse\x12\\\n\x0c\x43reateApiKey\x12(.finetune.control.v1.CreateApiKeyRequest\x1a\".finetune.control.v1.CreatedApiKey\x12`\n\x0bListApiKeys\x12\'.finetune.control.v1.ListApiKeysRequest\x1a(.finetune.control.v1.ListApiKeysResponse\x12U\n\x0cRevokeApiKey\x12(.finetune.control.v1.RevokeApiKeyRequest\x1a\x1b.finetune.control.v1.ApiKeyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n finetune/control/v1/access.proto\x12\x13\x66inetune.control.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"x\n\tPrincipal\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x11\n\tuser_name\x18\x03 \x01(\t\x12\r\n\x05roles\x18\x04 \x03(\t\x12\x14\n\x0c\x64\x65\x66\x61ult_role\x18\x05 \x01(\t\x12\x0e\n\x06key_id\x18\x06 \x01(\t\"\x0f\n\rWhoAmIRequest\"f\n\x04User\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x14\n\x0c\x64\x65\x66\x61ult_role\x18\x03 \x01(\t\x12.\n\ncreated_on\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"7\n\x11\x43reateUserRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x14\n\x0c\x64\x65\x66\x61ult_role\x18\x02 \x01(\t\"\x12\n\x10ListUsersRequest\"=\n\x11ListUsersResponse\x12(\n\x05users\x18\x01 \x03(\x0b\x32\x19.finetune.control.v1.User\"3\n\x15SetDefaultRoleRequest\x12\x0c\n\x04user\x18\x01 \x01(\t\x12\x0c\n\x04role\x18\x02 \x01(\t\"a\n\x04Role\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0f\n\x07\x63omment\x18\x03 \x01(\t\x12.\n\ncreated_on\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"2\n\x11\x43reateRoleRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07\x63omment\x18\x02 \x01(\t\"\x1f\n\x0f\x44ropRoleRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x12\n\x10\x44ropRoleResponse\"\x12\n\x10ListRolesRequest\"=\n\x11ListRolesResponse\x12(\n\x05roles\x18\x01 \x03(\x0b\x32\x19.finetune.control.v1.Role\"i\n\x10GrantRoleRequest\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x36\n\x0cgrantee_type\x18\x02 \x01(\x0e\x32 .finetune.control.v1.GranteeType\x12\x0f\n\x07grantee\x18\x03 \x01(\t\"$\n\x11GrantRoleResponse\x12\x0f\n\x07granted\x18\x01 \x01(\x08\"j\n\x11RevokeRoleRequest\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x36\n\x0cgrantee_type\x18\x02 \x01(\x0e\x32 .finetune.control.v1.GranteeType\x12\x0f\n\x07grantee\x18\x03 \x01(\t\"%\n\x12RevokeRoleResponse\x12\x0f\n\x07revoked\x18\x01 \x01(\x08\"\xbc\x01\n\x15GrantPrivilegeRequest\x12\x31\n\tprivilege\x18\x01 \x01(\x0e\x32\x1e.finetune.control.v1.Privilege\x12\x34\n\x0bobject_type\x18\x02 \x01(\x0e\x32\x1f.finetune.control.v1.ObjectType\x12\x13\n\x0bobject_name\x18\x03 \x01(\t\x12\x0c\n\x04role\x18\x04 \x01(\t\x12\x17\n\x0fgrantee_account\x18\x05 \x01(\t\")\n\x16GrantPrivilegeResponse\x12\x0f\n\x07granted\x18\x01 \x01(\x08\"\xbd\x01\n\x16RevokePrivilegeRequest\x12\x31\n\tprivilege\x18\x01 \x01(\x0e\x32\x1e.finetune.control.v1.Privilege\x12\x34\n\x0bobject_type\x18\x02 \x01(\x0e\x32\x1f.finetune.control.v1.ObjectType\x12\x13\n\x0bobject_name\x18\x03 \x01(\t\x12\x0c\n\x04role\x18\x04 \x01(\t\x12\x17\n\x0fgrantee_account\x18\x05 \x01(\t\"*\n\x17RevokePrivilegeResponse\x12\x0f\n\x07revoked\x18\x01 \x01(\x08\"H\n\tObjectRef\x12-\n\x04type\x18\x01 \x01(\x0e\x32\x1f.finetune.control.v1.ObjectType\x12\x0c\n\x04name\x18\x02 \x01(\t\"\x84\x01\n\x11ShowGrantsRequest\x12\x11\n\x07to_role\x18\x01 \x01(\tH\x00\x12\x11\n\x07to_user\x18\x02 \x01(\tH\x00\x12,\n\x02on\x18\x03 \x01(\x0b\x32\x1e.finetune.control.v1.ObjectRefH\x00\x12\x11\n\x07of_role\x18\x04 \x01(\tH\x00\x42\x08\n\x06target\"\x86\x02\n\x05Grant\x12.\n\ncreated_on\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tprivilege\x18\x02 \x01(\t\x12\x33\n\ngranted_on\x18\x03 \x01(\x0e\x32\x1f.finetune.control.v1.ObjectType\x12\x0c\n\x04name\x18\x04 \x01(\t\x12\x34\n\ngranted_to\x18\x05 \x01(\x0e\x32 .finetune.control.v1.GranteeType\x12\x14\n\x0cgrantee_name\x18\x06 \x01(\t\x12\x12\n\ngranted_by\x18\x07 \x01(\t\x12\x17\n\x0fgrantee_account\x18\x08 \x01(\t\"@\n\x12ShowGrantsResponse\x12*\n\x06grants\x18\x01 \x03(\x0b\x32\x1a.finetune.control.v1.Grant\"\x82\x01\n\x06\x41piKey\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04user\x18\x02 \x01(\t\x12.\n\ncreated_on\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nrevoked_on\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"#\n\x13\x43reateApiKeyRequest\x12\x0c\n\x04user\x18\x01 \x01(\t\"G\n\rCreatedApiKey\x12)\n\x04info\x18\x01 \x01(\x0b\x32\x1b.finetune.control.v1.ApiKey\x12\x0b\n\x03key\x18\x02 \x01(\t\"5\n\x12ListApiKeysRequest\x12\x0c\n\x04user\x18\x01 \x01(\t\x12\x11\n\tall_users\x18\x02 \x01(\x08\"@\n\x13ListApiKeysResponse\x12)\n\x04keys\x18\x01 \x03(\x0b\x32\x1b.finetune.control.v1.ApiKey\"%\n\x13RevokeApiKeyRequest\x12\x0e\n\x06key_id\x18\x01 \x01(\t*e\n\nObjectType\x12\x1b\n\x17OBJECT_TYPE_UNSPECIFIED\x10\x00\x12\x0b\n\x07\x41\x43\x43OUNT\x10\x01\x12\x0c\n\x08\x44\x41TABASE\x10\x02\x12\n\n\x06SCHEMA\x10\x03\x12\t\n\x05MODEL\x10\x04\x12\x08\n\x04ROLE\x10\x05*y\n\tPrivilege\x12\x19\n\x15PRIVILEGE_UNSPECIFIED\x10\x00\x12\t\n\x05USAGE\x10\x01\x12\r\n\tOWNERSHIP\x10\x02\x12\x10\n\x0c\x43REATE_MODEL\x10\x03\x12\x10\n\x0c\x43REATE_TABLE\x10\x04\x12\x13\n\x0f\x43REATE_DATABASE\x10\x05*U\n\x0bGranteeType\x12\x1c\n\x18GRANTEE_TYPE_UNSPECIFIED\x10\x00\x12\x0b\n\x07TO_USER\x10\x01\x12\x0b\n\x07TO_ROLE\x10\x02\x12\x0e\n\nTO_ACCOUNT\x10\x03\x32\xf3\n\n\rAccessService\x12L\n\x06WhoAmI\x12\".finetune.control.v1.WhoAmIRequest\x1a\x1e.finetune.control.v1.Principal\x12O\n\nCreateUser\x12&.finetune.control.v1.CreateUserRequest\x1a\x19.finetune.control.v1.User\x12Z\n\tListUsers\x12%.finetune.control.v1.ListUsersRequest\x1a&.finetune.control.v1.ListUsersResponse\x12W\n\x0eSetDefaultRole\x12*.finetune.control.v1.SetDefaultRoleRequest\x1a\x19.finetune.control.v1.User\x12O\n\nCreateRole\x12&.finetune.control.v1.CreateRoleRequest\x1a\x19.finetune.control.v1.Role\x12W\n\x08\x44ropRole\x12$.finetune.control.v1.DropRoleRequest\x1a%.finetune.control.v1.DropRoleResponse\x12Z\n\tListRoles\x12%.finetune.control.v1.ListRolesRequest\x1a&.finetune.control.v1.ListRolesResponse\x12Z\n\tGrantRole\x12%.finetune.control.v1.GrantRoleRequest\x1a&.finetune.control.v1.GrantRoleResponse\x12]\n\nRevokeRole\x12&.finetune.control.v1.RevokeRoleRequest\x1a\'.finetune.control.v1.RevokeRoleResponse\x12i\n\x0eGrantPrivilege\x12*.finetune.control.v1.GrantPrivilegeRequest\x1a+.finetune.control.v1.GrantPrivilegeResponse\x12l\n\x0fRevokePrivilege\x12+.finetune.control.v1.RevokePrivilegeRequest\x1a,.finetune.control.v1.RevokePrivilegeResponse\x12]\n\nShowGrants\x12&.finetune.control.v1.ShowGrantsRequest\x1a\'.finetune.control.v1.ShowGrantsResponse\x12\\\n\x0c\x43reateApiKey\x12(.finetune.control.v1.CreateApiKeyRequest\x1a\".finetune.control.v1.CreatedApiKey\x12`\n\x0bListApiKeys\x12\'.finetune.control.v1.ListApiKeysRequest\x1a(.finetune.control.v1.ListApiKeysResponse\x12U\n\x0cRevokeApiKey\x12(.finetune.control.v1.RevokeApiKeyRequest\x1a\x1b.finetune.control.v1.ApiKeyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'finetune.control.v1.access_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_OBJECTTYPE']._serialized_start=2443
-  _globals['_OBJECTTYPE']._serialized_end=2544
-  _globals['_PRIVILEGE']._serialized_start=2546
-  _globals['_PRIVILEGE']._serialized_end=2667
-  _globals['_GRANTEETYPE']._serialized_start=2669
-  _globals['_GRANTEETYPE']._serialized_end=2738
+  _globals['_OBJECTTYPE']._serialized_start=2518
+  _globals['_OBJECTTYPE']._serialized_end=2619
+  _globals['_PRIVILEGE']._serialized_start=2621
+  _globals['_PRIVILEGE']._serialized_end=2742
+  _globals['_GRANTEETYPE']._serialized_start=2744
+  _globals['_GRANTEETYPE']._serialized_end=2829
   _globals['_PRINCIPAL']._serialized_start=90
   _globals['_PRINCIPAL']._serialized_end=210
   _globals['_WHOAMIREQUEST']._serialized_start=212
@@ -73,33 +73,33 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_REVOKEROLERESPONSE']._serialized_start=1066
   _globals['_REVOKEROLERESPONSE']._serialized_end=1103
   _globals['_GRANTPRIVILEGEREQUEST']._serialized_start=1106
-  _globals['_GRANTPRIVILEGEREQUEST']._serialized_end=1269
-  _globals['_GRANTPRIVILEGERESPONSE']._serialized_start=1271
-  _globals['_GRANTPRIVILEGERESPONSE']._serialized_end=1312
-  _globals['_REVOKEPRIVILEGEREQUEST']._serialized_start=1315
-  _globals['_REVOKEPRIVILEGEREQUEST']._serialized_end=1479
-  _globals['_REVOKEPRIVILEGERESPONSE']._serialized_start=1481
-  _globals['_REVOKEPRIVILEGERESPONSE']._serialized_end=1523
-  _globals['_OBJECTREF']._serialized_start=1525
-  _globals['_OBJECTREF']._serialized_end=1597
-  _globals['_SHOWGRANTSREQUEST']._serialized_start=1600
-  _globals['_SHOWGRANTSREQUEST']._serialized_end=1732
-  _globals['_GRANT']._serialized_start=1735
-  _globals['_GRANT']._serialized_end=1972
-  _globals['_SHOWGRANTSRESPONSE']._serialized_start=1974
-  _globals['_SHOWGRANTSRESPONSE']._serialized_end=2038
-  _globals['_APIKEY']._serialized_start=2041
-  _globals['_APIKEY']._serialized_end=2171
-  _globals['_CREATEAPIKEYREQUEST']._serialized_start=2173
-  _globals['_CREATEAPIKEYREQUEST']._serialized_end=2208
-  _globals['_CREATEDAPIKEY']._serialized_start=2210
-  _globals['_CREATEDAPIKEY']._serialized_end=2281
-  _globals['_LISTAPIKEYSREQUEST']._serialized_start=2283
-  _globals['_LISTAPIKEYSREQUEST']._serialized_end=2336
-  _globals['_LISTAPIKEYSRESPONSE']._serialized_start=2338
-  _globals['_LISTAPIKEYSRESPONSE']._serialized_end=2402
-  _globals['_REVOKEAPIKEYREQUEST']._serialized_start=2404
-  _globals['_REVOKEAPIKEYREQUEST']._serialized_end=2441
-  _globals['_ACCESSSERVICE']._serialized_start=2741
-  _globals['_ACCESSSERVICE']._serialized_end=4136
+  _globals['_GRANTPRIVILEGEREQUEST']._serialized_end=1294
+  _globals['_GRANTPRIVILEGERESPONSE']._serialized_start=1296
+  _globals['_GRANTPRIVILEGERESPONSE']._serialized_end=1337
+  _globals['_REVOKEPRIVILEGEREQUEST']._serialized_start=1340
+  _globals['_REVOKEPRIVILEGEREQUEST']._serialized_end=1529
+  _globals['_REVOKEPRIVILEGERESPONSE']._serialized_start=1531
+  _globals['_REVOKEPRIVILEGERESPONSE']._serialized_end=1573
+  _globals['_OBJECTREF']._serialized_start=1575
+  _globals['_OBJECTREF']._serialized_end=1647
+  _globals['_SHOWGRANTSREQUEST']._serialized_start=1650
+  _globals['_SHOWGRANTSREQUEST']._serialized_end=1782
+  _globals['_GRANT']._serialized_start=1785
+  _globals['_GRANT']._serialized_end=2047
+  _globals['_SHOWGRANTSRESPONSE']._serialized_start=2049
+  _globals['_SHOWGRANTSRESPONSE']._serialized_end=2113
+  _globals['_APIKEY']._serialized_start=2116
+  _globals['_APIKEY']._serialized_end=2246
+  _globals['_CREATEAPIKEYREQUEST']._serialized_start=2248
+  _globals['_CREATEAPIKEYREQUEST']._serialized_end=2283
+  _globals['_CREATEDAPIKEY']._serialized_start=2285
+  _globals['_CREATEDAPIKEY']._serialized_end=2356
+  _globals['_LISTAPIKEYSREQUEST']._serialized_start=2358
+  _globals['_LISTAPIKEYSREQUEST']._serialized_end=2411
+  _globals['_LISTAPIKEYSRESPONSE']._serialized_start=2413
+  _globals['_LISTAPIKEYSRESPONSE']._serialized_end=2477
+  _globals['_REVOKEAPIKEYREQUEST']._serialized_start=2479
+  _globals['_REVOKEAPIKEYREQUEST']._serialized_end=2516
+  _globals['_ACCESSSERVICE']._serialized_start=2832
+  _globals['_ACCESSSERVICE']._serialized_end=4227
 # @@protoc_insertion_point(module_scope)

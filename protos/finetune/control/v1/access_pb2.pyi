@@ -33,6 +33,7 @@ class GranteeType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     GRANTEE_TYPE_UNSPECIFIED: _ClassVar[GranteeType]
     TO_USER: _ClassVar[GranteeType]
     TO_ROLE: _ClassVar[GranteeType]
+    TO_ACCOUNT: _ClassVar[GranteeType]
 OBJECT_TYPE_UNSPECIFIED: ObjectType
 ACCOUNT: ObjectType
 DATABASE: ObjectType
@@ -48,6 +49,7 @@ CREATE_DATABASE: Privilege
 GRANTEE_TYPE_UNSPECIFIED: GranteeType
 TO_USER: GranteeType
 TO_ROLE: GranteeType
+TO_ACCOUNT: GranteeType
 
 class Principal(_message.Message):
     __slots__ = ("account_id", "user_id", "user_name", "roles", "default_role", "key_id")
@@ -180,16 +182,18 @@ class RevokeRoleResponse(_message.Message):
     def __init__(self, revoked: _Optional[bool] = ...) -> None: ...
 
 class GrantPrivilegeRequest(_message.Message):
-    __slots__ = ("privilege", "object_type", "object_name", "role")
+    __slots__ = ("privilege", "object_type", "object_name", "role", "grantee_account")
     PRIVILEGE_FIELD_NUMBER: _ClassVar[int]
     OBJECT_TYPE_FIELD_NUMBER: _ClassVar[int]
     OBJECT_NAME_FIELD_NUMBER: _ClassVar[int]
     ROLE_FIELD_NUMBER: _ClassVar[int]
+    GRANTEE_ACCOUNT_FIELD_NUMBER: _ClassVar[int]
     privilege: Privilege
     object_type: ObjectType
     object_name: str
     role: str
-    def __init__(self, privilege: _Optional[_Union[Privilege, str]] = ..., object_type: _Optional[_Union[ObjectType, str]] = ..., object_name: _Optional[str] = ..., role: _Optional[str] = ...) -> None: ...
+    grantee_account: str
+    def __init__(self, privilege: _Optional[_Union[Privilege, str]] = ..., object_type: _Optional[_Union[ObjectType, str]] = ..., object_name: _Optional[str] = ..., role: _Optional[str] = ..., grantee_account: _Optional[str] = ...) -> None: ...
 
 class GrantPrivilegeResponse(_message.Message):
     __slots__ = ("granted",)
@@ -198,16 +202,18 @@ class GrantPrivilegeResponse(_message.Message):
     def __init__(self, granted: _Optional[bool] = ...) -> None: ...
 
 class RevokePrivilegeRequest(_message.Message):
-    __slots__ = ("privilege", "object_type", "object_name", "role")
+    __slots__ = ("privilege", "object_type", "object_name", "role", "grantee_account")
     PRIVILEGE_FIELD_NUMBER: _ClassVar[int]
     OBJECT_TYPE_FIELD_NUMBER: _ClassVar[int]
     OBJECT_NAME_FIELD_NUMBER: _ClassVar[int]
     ROLE_FIELD_NUMBER: _ClassVar[int]
+    GRANTEE_ACCOUNT_FIELD_NUMBER: _ClassVar[int]
     privilege: Privilege
     object_type: ObjectType
     object_name: str
     role: str
-    def __init__(self, privilege: _Optional[_Union[Privilege, str]] = ..., object_type: _Optional[_Union[ObjectType, str]] = ..., object_name: _Optional[str] = ..., role: _Optional[str] = ...) -> None: ...
+    grantee_account: str
+    def __init__(self, privilege: _Optional[_Union[Privilege, str]] = ..., object_type: _Optional[_Union[ObjectType, str]] = ..., object_name: _Optional[str] = ..., role: _Optional[str] = ..., grantee_account: _Optional[str] = ...) -> None: ...
 
 class RevokePrivilegeResponse(_message.Message):
     __slots__ = ("revoked",)
@@ -236,7 +242,7 @@ class ShowGrantsRequest(_message.Message):
     def __init__(self, to_role: _Optional[str] = ..., to_user: _Optional[str] = ..., on: _Optional[_Union[ObjectRef, _Mapping]] = ..., of_role: _Optional[str] = ...) -> None: ...
 
 class Grant(_message.Message):
-    __slots__ = ("created_on", "privilege", "granted_on", "name", "granted_to", "grantee_name", "granted_by")
+    __slots__ = ("created_on", "privilege", "granted_on", "name", "granted_to", "grantee_name", "granted_by", "grantee_account")
     CREATED_ON_FIELD_NUMBER: _ClassVar[int]
     PRIVILEGE_FIELD_NUMBER: _ClassVar[int]
     GRANTED_ON_FIELD_NUMBER: _ClassVar[int]
@@ -244,6 +250,7 @@ class Grant(_message.Message):
     GRANTED_TO_FIELD_NUMBER: _ClassVar[int]
     GRANTEE_NAME_FIELD_NUMBER: _ClassVar[int]
     GRANTED_BY_FIELD_NUMBER: _ClassVar[int]
+    GRANTEE_ACCOUNT_FIELD_NUMBER: _ClassVar[int]
     created_on: _timestamp_pb2.Timestamp
     privilege: str
     granted_on: ObjectType
@@ -251,7 +258,8 @@ class Grant(_message.Message):
     granted_to: GranteeType
     grantee_name: str
     granted_by: str
-    def __init__(self, created_on: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., privilege: _Optional[str] = ..., granted_on: _Optional[_Union[ObjectType, str]] = ..., name: _Optional[str] = ..., granted_to: _Optional[_Union[GranteeType, str]] = ..., grantee_name: _Optional[str] = ..., granted_by: _Optional[str] = ...) -> None: ...
+    grantee_account: str
+    def __init__(self, created_on: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., privilege: _Optional[str] = ..., granted_on: _Optional[_Union[ObjectType, str]] = ..., name: _Optional[str] = ..., granted_to: _Optional[_Union[GranteeType, str]] = ..., grantee_name: _Optional[str] = ..., granted_by: _Optional[str] = ..., grantee_account: _Optional[str] = ...) -> None: ...
 
 class ShowGrantsResponse(_message.Message):
     __slots__ = ("grants",)

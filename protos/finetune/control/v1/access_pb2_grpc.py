@@ -29,7 +29,11 @@ class AccessServiceStub:
     """Users, roles, API keys and privileges of the caller's account, after Snowflake's model:
     privileges are granted to roles, roles to users and to other roles; a user acts with all
     its roles (transitively) plus PUBLIC. ACCOUNTADMIN holds everything in the account;
-    FINETUNE_USER is needed for CreateFineTuningJob and COMPLETE. Nothing crosses accounts.
+    FINETUNE_USER is needed for CreateFineTuningJob and COMPLETE. One thing crosses accounts:
+    a model's owner may share it, granting USAGE on it to another account (grantee_account),
+    to all its roles or to one role of it; the other account names it
+    <owner account>.<database>.<schema>.<model> and may COMPLETE it (nothing else: no artifacts,
+    jobs, training data or evaluations of the owner's). See docs/access.md.
     OWNERSHIP of a database or schema covers everything in it. What each RPC needs:
     CreateDatabase            CREATE DATABASE on ACCOUNT (the caller's default role owns it)
     LoadTable                 CREATE TABLE on the schema (+ CREATE DATABASE for a new database)
@@ -130,7 +134,11 @@ class AccessServiceServicer:
     """Users, roles, API keys and privileges of the caller's account, after Snowflake's model:
     privileges are granted to roles, roles to users and to other roles; a user acts with all
     its roles (transitively) plus PUBLIC. ACCOUNTADMIN holds everything in the account;
-    FINETUNE_USER is needed for CreateFineTuningJob and COMPLETE. Nothing crosses accounts.
+    FINETUNE_USER is needed for CreateFineTuningJob and COMPLETE. One thing crosses accounts:
+    a model's owner may share it, granting USAGE on it to another account (grantee_account),
+    to all its roles or to one role of it; the other account names it
+    <owner account>.<database>.<schema>.<model> and may COMPLETE it (nothing else: no artifacts,
+    jobs, training data or evaluations of the owner's). See docs/access.md.
     OWNERSHIP of a database or schema covers everything in it. What each RPC needs:
     CreateDatabase            CREATE DATABASE on ACCOUNT (the caller's default role owns it)
     LoadTable                 CREATE TABLE on the schema (+ CREATE DATABASE for a new database)
@@ -203,7 +211,9 @@ class AccessServiceServicer:
 
     def GrantPrivilege(self, request, context):
         """The object's owner (OWNERSHIP on it or its container) or ACCOUNTADMIN.
-        Granting OWNERSHIP transfers it.
+        Granting OWNERSHIP transfers it. With grantee_account: USAGE on a MODEL only (anything else
+        is INVALID_ARGUMENT), shared with that account; NOT_FOUND if the model or account does not
+        exist (after the OWNERSHIP check). ShowGrants ON a model lists its shares too.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -330,7 +340,11 @@ class AccessService:
     """Users, roles, API keys and privileges of the caller's account, after Snowflake's model:
     privileges are granted to roles, roles to users and to other roles; a user acts with all
     its roles (transitively) plus PUBLIC. ACCOUNTADMIN holds everything in the account;
-    FINETUNE_USER is needed for CreateFineTuningJob and COMPLETE. Nothing crosses accounts.
+    FINETUNE_USER is needed for CreateFineTuningJob and COMPLETE. One thing crosses accounts:
+    a model's owner may share it, granting USAGE on it to another account (grantee_account),
+    to all its roles or to one role of it; the other account names it
+    <owner account>.<database>.<schema>.<model> and may COMPLETE it (nothing else: no artifacts,
+    jobs, training data or evaluations of the owner's). See docs/access.md.
     OWNERSHIP of a database or schema covers everything in it. What each RPC needs:
     CreateDatabase            CREATE DATABASE on ACCOUNT (the caller's default role owns it)
     LoadTable                 CREATE TABLE on the schema (+ CREATE DATABASE for a new database)

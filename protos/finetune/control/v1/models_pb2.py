@@ -26,7 +26,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from finetune.control.v1 import evaluations_pb2 as finetune_dot_control_dot_v1_dot_evaluations__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n finetune/control/v1/models.proto\x12\x13\x66inetune.control.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a%finetune/control/v1/evaluations.proto\"\x92\x01\n\tBaseModel\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x16\n\x0e\x63ontext_window\x18\x02 \x01(\x05\x12\x15\n\rprompt_tokens\x18\x03 \x01(\x05\x12\x19\n\x11\x63ompletion_tokens\x18\x04 \x01(\x05\x12\x16\n\x0erows_per_epoch\x18\x05 \x01(\x03\x12\x15\n\rmax_lora_rank\x18\x06 \x01(\x05\"\x96\x03\n\x05Model\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\nbase_model\x18\x02 \x01(\t\x12\x0e\n\x06job_id\x18\x03 \x01(\t\x12\x0f\n\x07version\x18\x04 \x01(\x03\x12.\n\ncreated_on\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x16\n\x0etrained_tokens\x18\x06 \x01(\x03\x12\x15\n\rtraining_loss\x18\x07 \x01(\x01\x12\x17\n\x0fvalidation_loss\x18\x08 \x01(\x01\x12\x11\n\tartifacts\x18\t \x03(\t\x12\x34\n\x0b\x65valuations\x18\n \x03(\x0b\x32\x1f.finetune.control.v1.Evaluation\x12\x15\n\rimported_from\x18\x0b \x01(\t\x12?\n\x0b\x66ile_sha256\x18\x0c \x03(\x0b\x32*.finetune.control.v1.Model.FileSha256Entry\x1a\x31\n\x0f\x46ileSha256Entry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x17\n\x15ListBaseModelsRequest\"M\n\x16ListBaseModelsResponse\x12\x33\n\x0b\x62\x61se_models\x18\x01 \x03(\x0b\x32\x1e.finetune.control.v1.BaseModel\":\n\x11ListModelsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"Y\n\x12ListModelsResponse\x12*\n\x06models\x18\x01 \x03(\x0b\x32\x1a.finetune.control.v1.Model\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x1f\n\x0fGetModelRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\"\n\x12\x44\x65leteModelRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x15\n\x13\x44\x65leteModelResponse\"9\n\x17GetModelArtifactRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08\x61rtifact\x18\x02 \x01(\t\"\x1d\n\rArtifactChunk\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\"\x96\x01\n\x12ImportModelRequest\x12\x38\n\x06header\x18\x01 \x01(\x0b\x32&.finetune.control.v1.ImportModelHeaderH\x00\x12;\n\nfile_chunk\x18\x02 \x01(\x0b\x32%.finetune.control.v1.AdapterFileChunkH\x00\x42\t\n\x07payload\"]\n\x11ImportModelHeader\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\nbase_model\x18\x02 \x01(\t\x12\x12\n\nsource_uri\x18\x03 \x01(\t\x12\x12\n\nrequest_id\x18\x04 \x01(\t\".\n\x10\x41\x64\x61pterFileChunk\x12\x0c\n\x04\x66ile\x18\x01 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"U\n\x12\x45xportModelRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x31\n\x06\x66ormat\x18\x02 \x01(\x0e\x32!.finetune.control.v1.ExportFormat\"F\n\x13\x45xportModelResponse\x12\x0c\n\x04\x66ile\x18\x01 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x12\x13\n\x0btotal_bytes\x18\x03 \x01(\x03*]\n\x0c\x45xportFormat\x12\x1d\n\x19\x45XPORT_FORMAT_UNSPECIFIED\x10\x00\x12\x17\n\x13\x45XPORT_FORMAT_FILES\x10\x01\x12\x15\n\x11\x45XPORT_FORMAT_TAR\x10\x02\x32\xaa\x05\n\x0cModelService\x12i\n\x0eListBaseModels\x12*.finetune.control.v1.ListBaseModelsRequest\x1a+.finetune.control.v1.ListBaseModelsResponse\x12]\n\nListModels\x12&.finetune.control.v1.ListModelsRequest\x1a\'.finetune.control.v1.ListModelsResponse\x12L\n\x08GetModel\x12$.finetune.control.v1.GetModelRequest\x1a\x1a.finetune.control.v1.Model\x12`\n\x0b\x44\x65leteModel\x12\'.finetune.control.v1.DeleteModelRequest\x1a(.finetune.control.v1.DeleteModelResponse\x12\x66\n\x10GetModelArtifact\x12,.finetune.control.v1.GetModelArtifactRequest\x1a\".finetune.control.v1.ArtifactChunk0\x01\x12T\n\x0bImportModel\x12\'.finetune.control.v1.ImportModelRequest\x1a\x1a.finetune.control.v1.Model(\x01\x12\x62\n\x0b\x45xportModel\x12\'.finetune.control.v1.ExportModelRequest\x1a(.finetune.control.v1.ExportModelResponse0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n finetune/control/v1/models.proto\x12\x13\x66inetune.control.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a%finetune/control/v1/evaluations.proto\"\x92\x01\n\tBaseModel\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x16\n\x0e\x63ontext_window\x18\x02 \x01(\x05\x12\x15\n\rprompt_tokens\x18\x03 \x01(\x05\x12\x19\n\x11\x63ompletion_tokens\x18\x04 \x01(\x05\x12\x16\n\x0erows_per_epoch\x18\x05 \x01(\x03\x12\x15\n\rmax_lora_rank\x18\x06 \x01(\x05\"\xbd\x03\n\x05Model\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\nbase_model\x18\x02 \x01(\t\x12\x0e\n\x06job_id\x18\x03 \x01(\t\x12\x0f\n\x07version\x18\x04 \x01(\x03\x12.\n\ncreated_on\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x16\n\x0etrained_tokens\x18\x06 \x01(\x03\x12\x15\n\rtraining_loss\x18\x07 \x01(\x01\x12\x17\n\x0fvalidation_loss\x18\x08 \x01(\x01\x12\x11\n\tartifacts\x18\t \x03(\t\x12\x34\n\x0b\x65valuations\x18\n \x03(\x0b\x32\x1f.finetune.control.v1.Evaluation\x12\x15\n\rimported_from\x18\x0b \x01(\t\x12?\n\x0b\x66ile_sha256\x18\x0c \x03(\x0b\x32*.finetune.control.v1.Model.FileSha256Entry\x12\x15\n\rowner_account\x18\r \x01(\t\x12\x0e\n\x06shared\x18\x0e \x01(\x08\x1a\x31\n\x0f\x46ileSha256Entry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x17\n\x15ListBaseModelsRequest\"M\n\x16ListBaseModelsResponse\x12\x33\n\x0b\x62\x61se_models\x18\x01 \x03(\x0b\x32\x1e.finetune.control.v1.BaseModel\"J\n\x11ListModelsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x0e\n\x06shared\x18\x03 \x01(\x08\"Y\n\x12ListModelsResponse\x12*\n\x06models\x18\x01 \x03(\x0b\x32\x1a.finetune.control.v1.Model\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x1f\n\x0fGetModelRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\"\n\x12\x44\x65leteModelRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x15\n\x13\x44\x65leteModelResponse\"9\n\x17GetModelArtifactRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08\x61rtifact\x18\x02 \x01(\t\"\x1d\n\rArtifactChunk\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\"\x96\x01\n\x12ImportModelRequest\x12\x38\n\x06header\x18\x01 \x01(\x0b\x32&.finetune.control.v1.ImportModelHeaderH\x00\x12;\n\nfile_chunk\x18\x02 \x01(\x0b\x32%.finetune.control.v1.AdapterFileChunkH\x00\x42\t\n\x07payload\"]\n\x11ImportModelHeader\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\nbase_model\x18\x02 \x01(\t\x12\x12\n\nsource_uri\x18\x03 \x01(\t\x12\x12\n\nrequest_id\x18\x04 \x01(\t\".\n\x10\x41\x64\x61pterFileChunk\x12\x0c\n\x04\x66ile\x18\x01 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"U\n\x12\x45xportModelRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x31\n\x06\x66ormat\x18\x02 \x01(\x0e\x32!.finetune.control.v1.ExportFormat\"F\n\x13\x45xportModelResponse\x12\x0c\n\x04\x66ile\x18\x01 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x12\x13\n\x0btotal_bytes\x18\x03 \x01(\x03*]\n\x0c\x45xportFormat\x12\x1d\n\x19\x45XPORT_FORMAT_UNSPECIFIED\x10\x00\x12\x17\n\x13\x45XPORT_FORMAT_FILES\x10\x01\x12\x15\n\x11\x45XPORT_FORMAT_TAR\x10\x02\x32\xaa\x05\n\x0cModelService\x12i\n\x0eListBaseModels\x12*.finetune.control.v1.ListBaseModelsRequest\x1a+.finetune.control.v1.ListBaseModelsResponse\x12]\n\nListModels\x12&.finetune.control.v1.ListModelsRequest\x1a\'.finetune.control.v1.ListModelsResponse\x12L\n\x08GetModel\x12$.finetune.control.v1.GetModelRequest\x1a\x1a.finetune.control.v1.Model\x12`\n\x0b\x44\x65leteModel\x12\'.finetune.control.v1.DeleteModelRequest\x1a(.finetune.control.v1.DeleteModelResponse\x12\x66\n\x10GetModelArtifact\x12,.finetune.control.v1.GetModelArtifactRequest\x1a\".finetune.control.v1.ArtifactChunk0\x01\x12T\n\x0bImportModel\x12\'.finetune.control.v1.ImportModelRequest\x1a\x1a.finetune.control.v1.Model(\x01\x12\x62\n\x0b\x45xportModel\x12\'.finetune.control.v1.ExportModelRequest\x1a(.finetune.control.v1.ExportModelResponse0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,42 +35,42 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_MODEL_FILESHA256ENTRY']._loaded_options = None
   _globals['_MODEL_FILESHA256ENTRY']._serialized_options = b'8\001'
-  _globals['_EXPORTFORMAT']._serialized_start=1579
-  _globals['_EXPORTFORMAT']._serialized_end=1672
+  _globals['_EXPORTFORMAT']._serialized_start=1634
+  _globals['_EXPORTFORMAT']._serialized_end=1727
   _globals['_BASEMODEL']._serialized_start=130
   _globals['_BASEMODEL']._serialized_end=276
   _globals['_MODEL']._serialized_start=279
-  _globals['_MODEL']._serialized_end=685
-  _globals['_MODEL_FILESHA256ENTRY']._serialized_start=636
-  _globals['_MODEL_FILESHA256ENTRY']._serialized_end=685
-  _globals['_LISTBASEMODELSREQUEST']._serialized_start=687
-  _globals['_LISTBASEMODELSREQUEST']._serialized_end=710
-  _globals['_LISTBASEMODELSRESPONSE']._serialized_start=712
-  _globals['_LISTBASEMODELSRESPONSE']._serialized_end=789
-  _globals['_LISTMODELSREQUEST']._serialized_start=791
-  _globals['_LISTMODELSREQUEST']._serialized_end=849
-  _globals['_LISTMODELSRESPONSE']._serialized_start=851
-  _globals['_LISTMODELSRESPONSE']._serialized_end=940
-  _globals['_GETMODELREQUEST']._serialized_start=942
-  _globals['_GETMODELREQUEST']._serialized_end=973
-  _globals['_DELETEMODELREQUEST']._serialized_start=975
-  _globals['_DELETEMODELREQUEST']._serialized_end=1009
-  _globals['_DELETEMODELRESPONSE']._serialized_start=1011
-  _globals['_DELETEMODELRESPONSE']._serialized_end=1032
-  _globals['_GETMODELARTIFACTREQUEST']._serialized_start=1034
-  _globals['_GETMODELARTIFACTREQUEST']._serialized_end=1091
-  _globals['_ARTIFACTCHUNK']._serialized_start=1093
-  _globals['_ARTIFACTCHUNK']._serialized_end=1122
-  _globals['_IMPORTMODELREQUEST']._serialized_start=1125
-  _globals['_IMPORTMODELREQUEST']._serialized_end=1275
-  _globals['_IMPORTMODELHEADER']._serialized_start=1277
-  _globals['_IMPORTMODELHEADER']._serialized_end=1370
-  _globals['_ADAPTERFILECHUNK']._serialized_start=1372
-  _globals['_ADAPTERFILECHUNK']._serialized_end=1418
-  _globals['_EXPORTMODELREQUEST']._serialized_start=1420
-  _globals['_EXPORTMODELREQUEST']._serialized_end=1505
-  _globals['_EXPORTMODELRESPONSE']._serialized_start=1507
-  _globals['_EXPORTMODELRESPONSE']._serialized_end=1577
-  _globals['_MODELSERVICE']._serialized_start=1675
-  _globals['_MODELSERVICE']._serialized_end=2357
+  _globals['_MODEL']._serialized_end=724
+  _globals['_MODEL_FILESHA256ENTRY']._serialized_start=675
+  _globals['_MODEL_FILESHA256ENTRY']._serialized_end=724
+  _globals['_LISTBASEMODELSREQUEST']._serialized_start=726
+  _globals['_LISTBASEMODELSREQUEST']._serialized_end=749
+  _globals['_LISTBASEMODELSRESPONSE']._serialized_start=751
+  _globals['_LISTBASEMODELSRESPONSE']._serialized_end=828
+  _globals['_LISTMODELSREQUEST']._serialized_start=830
+  _globals['_LISTMODELSREQUEST']._serialized_end=904
+  _globals['_LISTMODELSRESPONSE']._serialized_start=906
+  _globals['_LISTMODELSRESPONSE']._serialized_end=995
+  _globals['_GETMODELREQUEST']._serialized_start=997
+  _globals['_GETMODELREQUEST']._serialized_end=1028
+  _globals['_DELETEMODELREQUEST']._serialized_start=1030
+  _globals['_DELETEMODELREQUEST']._serialized_end=1064
+  _globals['_DELETEMODELRESPONSE']._serialized_start=1066
+  _globals['_DELETEMODELRESPONSE']._serialized_end=1087
+  _globals['_GETMODELARTIFACTREQUEST']._serialized_start=1089
+  _globals['_GETMODELARTIFACTREQUEST']._serialized_end=1146
+  _globals['_ARTIFACTCHUNK']._serialized_start=1148
+  _globals['_ARTIFACTCHUNK']._serialized_end=1177
+  _globals['_IMPORTMODELREQUEST']._serialized_start=1180
+  _globals['_IMPORTMODELREQUEST']._serialized_end=1330
+  _globals['_IMPORTMODELHEADER']._serialized_start=1332
+  _globals['_IMPORTMODELHEADER']._serialized_end=1425
+  _globals['_ADAPTERFILECHUNK']._serialized_start=1427
+  _globals['_ADAPTERFILECHUNK']._serialized_end=1473
+  _globals['_EXPORTMODELREQUEST']._serialized_start=1475
+  _globals['_EXPORTMODELREQUEST']._serialized_end=1560
+  _globals['_EXPORTMODELRESPONSE']._serialized_start=1562
+  _globals['_EXPORTMODELRESPONSE']._serialized_end=1632
+  _globals['_MODELSERVICE']._serialized_start=1730
+  _globals['_MODELSERVICE']._serialized_end=2412
 # @@protoc_insertion_point(module_scope)

@@ -37,7 +37,7 @@ class BaseModel(_message.Message):
     def __init__(self, name: _Optional[str] = ..., context_window: _Optional[int] = ..., prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ..., rows_per_epoch: _Optional[int] = ..., max_lora_rank: _Optional[int] = ...) -> None: ...
 
 class Model(_message.Message):
-    __slots__ = ("name", "base_model", "job_id", "version", "created_on", "trained_tokens", "training_loss", "validation_loss", "artifacts", "evaluations", "imported_from", "file_sha256")
+    __slots__ = ("name", "base_model", "job_id", "version", "created_on", "trained_tokens", "training_loss", "validation_loss", "artifacts", "evaluations", "imported_from", "file_sha256", "owner_account", "shared")
     class FileSha256Entry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -57,6 +57,8 @@ class Model(_message.Message):
     EVALUATIONS_FIELD_NUMBER: _ClassVar[int]
     IMPORTED_FROM_FIELD_NUMBER: _ClassVar[int]
     FILE_SHA256_FIELD_NUMBER: _ClassVar[int]
+    OWNER_ACCOUNT_FIELD_NUMBER: _ClassVar[int]
+    SHARED_FIELD_NUMBER: _ClassVar[int]
     name: str
     base_model: str
     job_id: str
@@ -69,7 +71,9 @@ class Model(_message.Message):
     evaluations: _containers.RepeatedCompositeFieldContainer[_evaluations_pb2.Evaluation]
     imported_from: str
     file_sha256: _containers.ScalarMap[str, str]
-    def __init__(self, name: _Optional[str] = ..., base_model: _Optional[str] = ..., job_id: _Optional[str] = ..., version: _Optional[int] = ..., created_on: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., trained_tokens: _Optional[int] = ..., training_loss: _Optional[float] = ..., validation_loss: _Optional[float] = ..., artifacts: _Optional[_Iterable[str]] = ..., evaluations: _Optional[_Iterable[_Union[_evaluations_pb2.Evaluation, _Mapping]]] = ..., imported_from: _Optional[str] = ..., file_sha256: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    owner_account: str
+    shared: bool
+    def __init__(self, name: _Optional[str] = ..., base_model: _Optional[str] = ..., job_id: _Optional[str] = ..., version: _Optional[int] = ..., created_on: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., trained_tokens: _Optional[int] = ..., training_loss: _Optional[float] = ..., validation_loss: _Optional[float] = ..., artifacts: _Optional[_Iterable[str]] = ..., evaluations: _Optional[_Iterable[_Union[_evaluations_pb2.Evaluation, _Mapping]]] = ..., imported_from: _Optional[str] = ..., file_sha256: _Optional[_Mapping[str, str]] = ..., owner_account: _Optional[str] = ..., shared: _Optional[bool] = ...) -> None: ...
 
 class ListBaseModelsRequest(_message.Message):
     __slots__ = ()
@@ -82,12 +86,14 @@ class ListBaseModelsResponse(_message.Message):
     def __init__(self, base_models: _Optional[_Iterable[_Union[BaseModel, _Mapping]]] = ...) -> None: ...
 
 class ListModelsRequest(_message.Message):
-    __slots__ = ("page_size", "page_token")
+    __slots__ = ("page_size", "page_token", "shared")
     PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
     PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    SHARED_FIELD_NUMBER: _ClassVar[int]
     page_size: int
     page_token: str
-    def __init__(self, page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+    shared: bool
+    def __init__(self, page_size: _Optional[int] = ..., page_token: _Optional[str] = ..., shared: _Optional[bool] = ...) -> None: ...
 
 class ListModelsResponse(_message.Message):
     __slots__ = ("models", "next_page_token")

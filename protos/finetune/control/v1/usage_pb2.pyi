@@ -16,10 +16,12 @@ class UsageGrouping(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     GROUP_BY_MODEL: _ClassVar[UsageGrouping]
     GROUP_BY_USER: _ClassVar[UsageGrouping]
     GROUP_BY_DAY: _ClassVar[UsageGrouping]
+    GROUP_BY_ACCOUNT: _ClassVar[UsageGrouping]
 USAGE_GROUPING_UNSPECIFIED: UsageGrouping
 GROUP_BY_MODEL: UsageGrouping
 GROUP_BY_USER: UsageGrouping
 GROUP_BY_DAY: UsageGrouping
+GROUP_BY_ACCOUNT: UsageGrouping
 
 class UsageFilter(_message.Message):
     __slots__ = ("start_time", "end_time", "model", "user")
@@ -116,15 +118,17 @@ class ListInferenceUsageResponse(_message.Message):
     def __init__(self, usage: _Optional[_Iterable[_Union[InferenceUsage, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class AggregateInferenceUsageRequest(_message.Message):
-    __slots__ = ("filter", "group_by")
+    __slots__ = ("filter", "group_by", "shared_models")
     FILTER_FIELD_NUMBER: _ClassVar[int]
     GROUP_BY_FIELD_NUMBER: _ClassVar[int]
+    SHARED_MODELS_FIELD_NUMBER: _ClassVar[int]
     filter: UsageFilter
     group_by: _containers.RepeatedScalarFieldContainer[UsageGrouping]
-    def __init__(self, filter: _Optional[_Union[UsageFilter, _Mapping]] = ..., group_by: _Optional[_Iterable[_Union[UsageGrouping, str]]] = ...) -> None: ...
+    shared_models: bool
+    def __init__(self, filter: _Optional[_Union[UsageFilter, _Mapping]] = ..., group_by: _Optional[_Iterable[_Union[UsageGrouping, str]]] = ..., shared_models: _Optional[bool] = ...) -> None: ...
 
 class InferenceUsageGroup(_message.Message):
-    __slots__ = ("model", "user", "day", "requests", "prompt_tokens", "completion_tokens", "total_tokens", "credits")
+    __slots__ = ("model", "user", "day", "requests", "prompt_tokens", "completion_tokens", "total_tokens", "credits", "account")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     USER_FIELD_NUMBER: _ClassVar[int]
     DAY_FIELD_NUMBER: _ClassVar[int]
@@ -133,6 +137,7 @@ class InferenceUsageGroup(_message.Message):
     COMPLETION_TOKENS_FIELD_NUMBER: _ClassVar[int]
     TOTAL_TOKENS_FIELD_NUMBER: _ClassVar[int]
     CREDITS_FIELD_NUMBER: _ClassVar[int]
+    ACCOUNT_FIELD_NUMBER: _ClassVar[int]
     model: str
     user: str
     day: str
@@ -141,7 +146,8 @@ class InferenceUsageGroup(_message.Message):
     completion_tokens: int
     total_tokens: int
     credits: float
-    def __init__(self, model: _Optional[str] = ..., user: _Optional[str] = ..., day: _Optional[str] = ..., requests: _Optional[int] = ..., prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ..., total_tokens: _Optional[int] = ..., credits: _Optional[float] = ...) -> None: ...
+    account: str
+    def __init__(self, model: _Optional[str] = ..., user: _Optional[str] = ..., day: _Optional[str] = ..., requests: _Optional[int] = ..., prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ..., total_tokens: _Optional[int] = ..., credits: _Optional[float] = ..., account: _Optional[str] = ...) -> None: ...
 
 class AggregateInferenceUsageResponse(_message.Message):
     __slots__ = ("groups",)

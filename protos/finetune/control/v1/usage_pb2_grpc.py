@@ -73,7 +73,8 @@ class UsageServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def AggregateInferenceUsage(self, request, context):
-        """Inference usage summed by any of model, user and day (UTC).
+        """Inference usage summed by any of model, user, day (UTC) and account. With shared_models:
+        the usage of this account's models by the accounts they are shared with (billed to them).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
