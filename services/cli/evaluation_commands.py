@@ -34,13 +34,16 @@ def evaluate(model: str = typer.Argument(..., help="fine-tuned or base model"),
              compare: Optional[str] = typer.Option(None, help="a second model, side by side"),
              max_tokens: int = typer.Option(0, help="0: the longest label or answer + 4 tokens"),
              concurrency: int = typer.Option(0, help="requests in flight (0: service default)"),
+             free_form: bool = typer.Option(False, help="classification: answer freely instead "
+                                                        "of one of the query's labels"),
              labels: bool = typer.Option(False, help="also per-label metrics"),
              wait: bool = typer.Option(True, help="show progress and the results")):
     """Evaluate a model (and optionally a second one) on an evaluation query."""
     models = [model] + ([compare] if compare else [])
     with _client() as client:
         started = [client.evaluate_model(m, query, task, max_tokens=max_tokens,
-                                         concurrency=concurrency) for m in models]
+                                         concurrency=concurrency, free_form=free_form)
+                   for m in models]
         for e in started:
             console.print(f"started {e.id} for {e.model}")
         if not wait:

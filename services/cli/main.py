@@ -9,6 +9,7 @@ from typing import Optional
 import typer
 
 from finetune.control.v1 import evaluations_pb2, jobs_pb2
+from finetune.inference.v1 import inference_pb2
 from services.cli import connection, views
 from services.cli.access_commands import access_app
 from services.cli.client import FinetuneClient, evaluation_task_value
@@ -312,13 +313,17 @@ def engine():
 @app.command()
 @_rpc
 def complete(model: str, prompt: str, max_tokens: int = typer.Option(128),
-             temperature: float = typer.Option(0.0), stream: bool = typer.Option(False)):
+             temperature: float = typer.Option(0.0), stream: bool = typer.Option(False),
+             choice: list[str] = typer.Option([], help="answer exactly one of these "
+                                                       "(repeat the option)")):
     """COMPLETE: generate with a base or fine-tuned model."""
     with _client() as client:
         if stream:
+    options: dict = {"max_tokens": max_tokens, "temperature": temperature}
+    if choice:
+        options["response_format"] = inference_pb2.ResponseFormat(choices=choice)
             last = None
-            for msg in client.complete_stream(model, prompt, max_tokens=max_tokens,
-                                              temperature=temperature):
+            for msg in client.complete_stream(model, prompt, **options):
                 sys.stdout.write(msg.delta)
                 sys.stdout.flush()
                 last = msg
@@ -326,7 +331,7 @@ def complete(model: str, prompt: str, max_tokens: int = typer.Option(128),
             if last is not None:
                 console.print(f"[dim]{last.finish_reason}  {views.usage_line(last.usage)}")
             return
-        res = client.complete(model, prompt, max_tokens=max_tokens, temperature=temperature)
+        res = client.complete(model, prompt, **options)
     console.print(res.text)
     console.print(f"[dim]{res.finish_reason}  {views.usage_line(res.usage)}")
 

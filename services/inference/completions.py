@@ -31,6 +31,8 @@ MAX_STOP_CHARS = 256
 MAX_REQUEST_ID_CHARS = 128
 MAX_MODEL_NAME_CHARS = 512
 MAX_JSON_SCHEMA_CHARS = 64 * 1024
+MAX_CHOICES = 1024
+MAX_CHOICE_CHARS = 256
 # vLLM's own finish reasons that are a normal end of generation, as the API names them.
 FINISH_REASONS = {"stop": "stop", "length": "length", "repetition": "stop"}
 
@@ -47,6 +49,7 @@ class CompletionInput:
     seed: int | None = None
     request_id: str = ""
     json_schema: str | None = None  # response_format: the output must be JSON valid against it
+    choices: tuple[str, ...] = ()   # response_format: the output is exactly one of these
     # "account_id/user_id" a service-token caller (control's evaluations) acts for; control
     # accepts it only with the service token and then resolves the model as that user.
     on_behalf_of: str = ""
@@ -119,8 +122,21 @@ def check_input(inp: CompletionInput) -> None:
     if len(inp.request_id) > MAX_REQUEST_ID_CHARS or not inp.request_id.isprintable():
         raise InvalidArgument(f"request_id must be printable, at most {MAX_REQUEST_ID_CHARS} "
                               "characters")
-    if inp.json_schema is not None:
+    if inp.choices:
+        check_choices(inp.choices)
+        if inp.json_schema is not None:
+            raise InvalidArgument("give response_format.json_schema or response_format.choices, "
+                                  "not both")
+    elif inp.json_schema is not None:
         check_json_schema(inp.json_schema)
+
+
+def check_choices(choices: tuple[str, ...]) -> None:
+    if len(choices) > MAX_CHOICES:
+        raise InvalidArgument(f"response_format.choices: at most {MAX_CHOICES} choices")
+    if any(not c or len(c) > MAX_CHOICE_CHARS for c in choices):
+        raise InvalidArgument(f"response_format.choices must have 1 to {MAX_CHOICE_CHARS} "
+                              "characters each")
 
 
 def check_json_schema(text: str) -> None:
@@ -133,7 +149,7 @@ def check_json_schema(text: str) -> None:
     from jsonschema import SchemaError, validators
 
     if not text.strip():
-        raise InvalidArgument("response_format.json_schema is required in a response_format")
+        raise InvalidArgument("a response_format needs json_schema or choices")
     if len(text) > MAX_JSON_SCHEMA_CHARS:
         raise InvalidArgument(f"response_format.json_schema is longer than "
                               f"{MAX_JSON_SCHEMA_CHARS} characters")
@@ -175,6 +191,7 @@ def plan_sampling(inp: CompletionInput, prompt_tokens: int, context_window: int,
         stop=inp.stop,
         seed=inp.seed,
         json_schema=inp.json_schema,
+        choices=tuple(dict.fromkeys(inp.choices)),
     )
 
 

@@ -110,6 +110,7 @@ class Sampling:
     stop: tuple[str, ...] = ()
     seed: int | None = None
     json_schema: str | None = None   # constrain the output to JSON valid against this schema
+    choices: tuple[str, ...] = ()    # or to exactly one of these strings
 
 
 @dataclass(frozen=True)
@@ -225,8 +226,7 @@ class VllmEngine:
             # vLLM compiles the schema to a grammar (xgrammar, or guidance where xgrammar lacks
             # a feature) and masks every step's logits with it; a schema it cannot compile is a
             # VLLMValidationError when the request is added, before anything is scheduled.
-            structured_outputs=(StructuredOutputsParams(json=sampling.json_schema)
-                                if sampling.json_schema else None),
+            structured_outputs=_structured_outputs(sampling, StructuredOutputsParams),
         )
         # A rendered token input: vLLM uses these ids as they are, never re-tokenizes.
         stream = self._llm.generate(tokens_input(list(prompt_token_ids)), params, request_id,
@@ -273,3 +273,12 @@ class VllmEngine:
             # intact, instead of at exit where it fails noisily.
             del llm
             self._tokenizer = None
+
+
+def _structured_outputs(sampling: Sampling, params_type):
+    """vLLM's constraint for a request's response_format, or None for free text."""
+    if sampling.choices:
+        return params_type(choice=list(sampling.choices))
+    if sampling.json_schema:
+        return params_type(json=sampling.json_schema)
+    return None

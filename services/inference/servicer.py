@@ -102,10 +102,19 @@ def to_input(request: inference_pb2.CompleteRequest, on_behalf_of: str = "") -> 
         stop=tuple(opts.stop),
         seed=opts.seed if opts.HasField("seed") else None,
         request_id=request.request_id,
-        json_schema=(opts.response_format.json_schema if opts.HasField("response_format")
-                     else None),
+        json_schema=_json_schema(opts),
+        choices=tuple(opts.response_format.choices),
         on_behalf_of=on_behalf_of,
     )
+
+
+def _json_schema(opts: inference_pb2.CompletionOptions) -> str | None:
+    """The schema of a response_format, None for free text or choices; set but empty (neither
+    a schema nor choices) is a malformed request, not free text."""
+    if not opts.HasField("response_format"):
+        return None
+    rf = opts.response_format
+    return rf.json_schema if rf.json_schema or not rf.choices else None
 
 
 def to_proto(usage: Usage) -> inference_pb2.Usage:
@@ -122,6 +131,8 @@ def to_request(inp: CompletionInput) -> inference_pb2.CompleteRequest:
             setattr(options, name, value)
     if inp.json_schema is not None:
         options.response_format.json_schema = inp.json_schema
+    if inp.choices:
+        options.response_format.choices.extend(inp.choices)
     return inference_pb2.CompleteRequest(
         model=inp.model, prompt=inp.prompt, options=options, request_id=inp.request_id,
         messages=[inference_pb2.ChatMessage(role=r, content=c) for r, c in inp.messages])

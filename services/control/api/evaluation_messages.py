@@ -39,7 +39,7 @@ def task(value: evaluations_pb2.EvaluationTask) -> EvaluationTask | None:
 def requested_generation(g: evaluations_pb2.GenerationOptions) -> RequestedGeneration:
     return RequestedGeneration(max_tokens=g.max_tokens, temperature=g.temperature,
                                top_p=g.top_p, stop=tuple(g.stop), seed=g.seed,
-                               concurrency=g.concurrency)
+                               concurrency=g.concurrency, free_form=g.free_form)
 
 
 def evaluate_request(request: evaluations_pb2.EvaluateModelRequest) -> EvaluateModel:
@@ -69,7 +69,7 @@ def job_evaluation_request(options: jobs_pb2.FineTuningOptions) -> JobEvaluation
 def generation_message(g: Generation) -> evaluations_pb2.GenerationOptions:
     return evaluations_pb2.GenerationOptions(
         max_tokens=g.max_tokens, temperature=g.temperature, top_p=g.top_p, stop=list(g.stop),
-        seed=g.seed, concurrency=g.concurrency)
+        seed=g.seed, concurrency=g.concurrency, free_form=g.free_form)
 
 
 def evaluation_message(e: Evaluation) -> evaluations_pb2.Evaluation:

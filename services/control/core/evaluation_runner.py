@@ -34,6 +34,7 @@ from services.control.dispatch.inference import CompletionCall, CompletionClient
 from services.control.domain.evaluations import (
     Evaluation,
     EvaluationStatus,
+    answer_choices,
     prediction_text,
 )
 from services.control.domain.metrics import compute_metrics
@@ -72,7 +73,9 @@ class EvaluationRunner(BackgroundRunner):
         assert evaluation.data_uri is not None   # set when the evaluation was created
         rows = await asyncio.to_thread(read_rows, self._artifacts, evaluation.data_uri)
         tally = _Tally()
-        predictions = await self._generate(evaluation, rows, tally, stop)
+        choices = answer_choices(evaluation.task, evaluation.generation,
+                                 [row["reference"] for row in rows])
+        predictions = await self._generate(evaluation, rows, choices, tally, stop)
         return await asyncio.to_thread(self._finish, evaluation, rows, predictions, tally)
 
     def _check_access(self, evaluation: Evaluation) -> None:
@@ -83,7 +86,8 @@ class EvaluationRunner(BackgroundRunner):
             require_model_call(access, evaluation.model, bool(evaluation.adapter_id))
         self._store.run(work)
 
-    async def _generate(self, evaluation: Evaluation, rows: list[dict], tally: _Tally,
+    async def _generate(self, evaluation: Evaluation, rows: list[dict],
+                        choices: tuple[str, ...], tally: _Tally,
                         stop: asyncio.Event) -> list[str]:
         predictions: list[str | None] = [None] * len(rows)
         flushing = asyncio.Lock()
@@ -103,7 +107,7 @@ class EvaluationRunner(BackgroundRunner):
                     stop.set()
 
         async def predict(i: int) -> None:
-            answer = await self._call(evaluation, i, rows[i])
+            answer = await self._call(evaluation, i, rows[i], choices)
             predictions[i] = prediction_text(answer.text, evaluation.task)
             tally.done += 1
             tally.prompt_tokens += answer.prompt_tokens
@@ -114,12 +118,13 @@ class EvaluationRunner(BackgroundRunner):
                                 predict, stop)
         return [p or "" for p in predictions]
 
-    async def _call(self, evaluation: Evaluation, index: int, row: dict):
+    async def _call(self, evaluation: Evaluation, index: int, row: dict,
+                    choices: tuple[str, ...]):
         g = evaluation.generation
         return await self._complete(CompletionCall(
             model=evaluation.model, prompt=row["prompt"], account_id=evaluation.account_id,
             user_id=evaluation.user_id, max_tokens=g.max_tokens, temperature=g.temperature,
-            top_p=g.top_p, stop=g.stop, seed=g.seed,
+            top_p=g.top_p, stop=g.stop, seed=g.seed, choices=choices,
             request_id=f"{evaluation.id}/{evaluation.attempts}/{index}"), index)
 
     def _report(self, evaluation_id: str, tally: _Tally) -> bool:

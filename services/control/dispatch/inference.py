@@ -34,6 +34,7 @@ class CompletionCall:
     seed: int = 0
     request_id: str = ""
     json_schema: str = ""        # constrain the text to this JSON Schema (response_format)
+    choices: tuple[str, ...] = ()  # or to exactly one of these strings (response_format)
 
 
 @dataclass(frozen=True)
@@ -77,6 +78,8 @@ class GrpcCompletionClient:
             options.seed = call.seed
         if call.json_schema:
             options.response_format.json_schema = call.json_schema
+        if call.choices:
+            options.response_format.choices.extend(call.choices)
         metadata = (("authorization", f"Bearer {self._token}"),
                     (ON_BEHALF_OF_HEADER, f"{call.account_id}/{call.user_id}"))
         try:

@@ -51,6 +51,10 @@ DEFAULT_MAX_TOKENS = {
 # and a base model that never stops costs no more than the longest label. Generation gets at
 # least its default, room for a sentence.
 REFERENCE_MARGIN_TOKENS = 4
+# Classification answers are one of the labels (answer_choices) within inference's limits on
+# response_format.choices; beyond them the answers are free text.
+MAX_ANSWER_CHOICES = 1024
+MAX_ANSWER_CHOICE_CHARS = 256
 
 
 class EvaluationStatus(enum.Enum):
@@ -123,6 +127,7 @@ class RequestedGeneration:
     stop: tuple[str, ...] = ()
     seed: int = 0
     concurrency: int = 0
+    free_form: bool = False
 
 
 @dataclass(frozen=True)
@@ -135,6 +140,7 @@ class Generation:
     stop: tuple[str, ...]
     seed: int
     concurrency: int
+    free_form: bool = False   # classification: answer freely, not one of the labels
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -187,7 +193,24 @@ def resolve_generation(requested: RequestedGeneration, task: EvaluationTask) -> 
         stop=tuple(requested.stop),
         seed=requested.seed,
         concurrency=requested.concurrency or DEFAULT_CONCURRENCY,
+        free_form=requested.free_form,
     )
+
+
+def answer_choices(task: EvaluationTask, generation: Generation,
+                   references: Sequence[str]) -> tuple[str, ...]:
+    """The answers a classification may give: its references' labels, each in its first
+    spelling (labels compare case-insensitively, see metrics.label_key). A classifier picks
+    one of its classes; a free answer that names no label cannot be right, and a base model's
+    chatter says nothing about what it knows. Empty (free text) for other tasks, with
+    free_form, or where the labels do not fit a response_format (too many or too long)."""
+    if task is not EvaluationTask.CLASSIFICATION or generation.free_form:
+        return ()
+    labels = tuple(label_spellings(references).values())
+    if (not labels or len(labels) > MAX_ANSWER_CHOICES
+            or any(not 0 < len(label) <= MAX_ANSWER_CHOICE_CHARS for label in labels)):
+        return ()
+    return labels
 
 
 def fit_max_tokens(generation: Generation, requested: RequestedGeneration,
@@ -264,6 +287,14 @@ def prediction_text(generated: str, task: EvaluationTask) -> str:
 def label_key(text: str) -> str:
     """Classification labels compare case-insensitively, whitespace collapsed."""
     return _WHITESPACE.sub(" ", text.strip()).casefold()
+
+
+def label_spellings(references: Sequence[str]) -> dict[str, str]:
+    """Each label (by label_key) and its first spelling among the references, in order."""
+    shown: dict[str, str] = {}
+    for reference in references:
+        shown.setdefault(label_key(reference), reference.strip())
+    return shown
 
 
 def answer_key(text: str) -> str:

@@ -10,7 +10,13 @@ from dataclasses import dataclass, field
 from typing import Sequence
 
 from services.common.errors import InvalidArgument
-from services.control.domain.evaluations import EvaluationTask, LabelMetric, answer_key, label_key
+from services.control.domain.evaluations import (
+    EvaluationTask,
+    LabelMetric,
+    answer_key,
+    label_key,
+    label_spellings,
+)
 
 
 @dataclass(frozen=True)
@@ -43,9 +49,7 @@ def classification_metrics(references: Sequence[str], predictions: Sequence[str]
     model does not add dozens of zero-support rows that would dilute macro-F1."""
     from sklearn.metrics import accuracy_score, precision_recall_fscore_support
 
-    shown: dict[str, str] = {}
-    for reference in references:
-        shown.setdefault(label_key(reference), reference.strip())
+    shown = label_spellings(references)
     y_true = [label_key(r) for r in references]
     y_pred = [label_key(p) for p in predictions]
     keys = sorted(shown, key=lambda k: (shown[k], k))

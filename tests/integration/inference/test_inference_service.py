@@ -182,6 +182,25 @@ async def test_a_streamed_json_schema_response_is_valid_json(inference):
     jsonschema.validate(json.loads("".join(p.delta for p in parts)), PERSON)
 
 
+LABELS = ["card_arrival", "lost_or_stolen_card", "top_up_failed", "exchange_rate"]
+
+
+@pytest.mark.parametrize("model", ["base", MODEL_A])
+async def test_choices_make_the_answer_one_of_them(inference, base_model_spec, model):
+    model = base_model_spec.name if model == "base" else model
+    prompts = ["My card has not arrived yet", "I think someone stole my card",
+               "Why did my top up fail?"]
+    for prompt in prompts:
+        r = await complete(inference, request(
+            model, prompt, max_tokens=16,
+            response_format=inference_pb2.ResponseFormat(choices=LABELS)))
+        assert r.text in LABELS and r.finish_reason == "stop", r.text
+        # Exact accounting holds under a constraint: the label's tokens and the end of turn.
+        assert 1 <= r.usage.completion_tokens <= 16
+    free = await complete(inference, request(model, prompts[0], max_tokens=16))
+    assert free.text not in LABELS   # the constraint is what made the answers labels
+
+
 async def test_without_a_schema_the_same_prompt_is_not_json(inference, base_model_spec):
     # Shows the constraint is what makes the answers above JSON.
     r = await complete(inference, request(
@@ -204,6 +223,10 @@ async def test_without_a_schema_the_same_prompt_is_not_json(inference, base_mode
      grpc.StatusCode.INVALID_ARGUMENT),
     ("key-alice", "base", {"response_format": inference_pb2.ResponseFormat(
         json_schema='{"type": "object", "properties": {"a": {"type": "nope"}}}')},
+     grpc.StatusCode.INVALID_ARGUMENT),
+    ("key-alice", "base", {"response_format": inference_pb2.ResponseFormat(
+        json_schema='{"type": "object"}', choices=["a"])}, grpc.StatusCode.INVALID_ARGUMENT),
+    ("key-alice", "base", {"response_format": inference_pb2.ResponseFormat(choices=["a", ""])},
      grpc.StatusCode.INVALID_ARGUMENT),
 ])
 async def test_errors_have_the_documented_codes(inference, base_model_spec, key, model,

@@ -72,6 +72,38 @@ async def test_a_base_model_evaluation_runs_to_metrics_and_csvs(control, admin, 
         control.evaluations.result_chunks(admin, done.id, "../data.jsonl")
 
 
+async def test_classification_answers_are_one_of_the_labels_unless_free_form(control, admin,
+                                                                              table, fake):
+    constrained = await control.evaluation_runner.run_one(evaluate(control, admin, table).id)
+    # Every call offers the query's labels, once each, in their order in the result.
+    assert {call.choices for call in fake.calls} == {("FRUIT", "ANIMAL", "COLOUR", "TOOL")}
+    assert constrained.generation.free_form is False
+
+    fake.calls.clear()
+    free = evaluate(control, admin, table, generation=RequestedGeneration(free_form=True))
+    assert free.generation.free_form is True
+    await control.evaluation_runner.run_one(free.id)
+    assert {call.choices for call in fake.calls} == {()}
+
+    fake.calls.clear()
+    text = evaluate(control, admin, table, task=EvaluationTask.TEXT_GENERATION)
+    await control.evaluation_runner.run_one(text.id)
+    assert {call.choices for call in fake.calls} == {()}
+
+
+def test_answer_choices_fall_back_to_free_text_beyond_the_limits():
+    from services.control.domain.evaluations import (MAX_ANSWER_CHOICES, EvaluationTask,
+                                                     answer_choices, resolve_generation)
+
+    g = resolve_generation(RequestedGeneration(), EvaluationTask.CLASSIFICATION)
+    assert answer_choices(EvaluationTask.CLASSIFICATION, g, [" Yes", "yes ", "NO"]) == \
+        ("Yes", "NO")   # compared as metrics compare labels, first spelling kept
+    many = [f"label {i}" for i in range(MAX_ANSWER_CHOICES + 1)]
+    assert answer_choices(EvaluationTask.CLASSIFICATION, g, many) == ()
+    assert answer_choices(EvaluationTask.CLASSIFICATION, g, ["x" * 300]) == ()
+    assert answer_choices(EvaluationTask.QUESTION_ANSWERING, g, ["a"]) == ()
+
+
 async def test_progress_is_recorded_while_it_runs(control, admin, table, fake):
     created = evaluate(control, admin, table, generation=RequestedGeneration(concurrency=1))
     seen = []

@@ -100,8 +100,8 @@ SCHEMA = '{"type": "object", "properties": {"name": {"type": "string"}}, "requir
 
 
 @pytest.mark.parametrize("schema, message", [
-    ("", "json_schema is required"),
-    ("   ", "json_schema is required"),
+    ("", "needs json_schema or choices"),
+    ("   ", "needs json_schema or choices"),
     ("{not json", "not valid JSON"),
     ("[1, 2]", "must be a JSON object"),
     ('"string"', "must be a JSON object"),
@@ -125,6 +125,49 @@ async def test_a_json_schema_reaches_the_engine(make_completions, engine):
     await core.complete("key", inp())
     assert engine.calls[0]["sampling"].json_schema == SCHEMA
     assert engine.calls[1]["sampling"].json_schema is None
+
+
+@pytest.mark.parametrize("fields, message", [
+    ({"choices": ("a", "")}, "1 to 256 characters"),
+    ({"choices": ("x" * 257,)}, "1 to 256 characters"),
+    ({"choices": tuple(str(i) for i in range(1025))}, "at most 1024 choices"),
+    ({"choices": ("a", "b"), "json_schema": SCHEMA}, "not both"),
+])
+async def test_bad_choices_are_invalid_argument(make_completions, engine, resolver, fields,
+                                                message):
+    core = make_completions()
+    with pytest.raises(errors.InvalidArgument, match=message):
+        await core.complete("key", inp(**fields))
+    assert engine.calls == [] and resolver.calls == []
+
+
+async def test_choices_reach_the_engine_once_each_in_order(make_completions, engine):
+    core = make_completions()
+    await core.complete("key", inp(choices=("card_arrival", "top_up_failed", "card_arrival")))
+    sampling = engine.calls[0]["sampling"]
+    assert sampling.choices == ("card_arrival", "top_up_failed")
+    assert sampling.json_schema is None
+
+
+def test_the_engine_asks_vllm_for_a_choice_a_schema_or_nothing():
+    from vllm.sampling_params import StructuredOutputsParams
+
+    from services.inference.engine import Sampling, _structured_outputs
+
+    chosen = _structured_outputs(Sampling(max_tokens=4, choices=("a", "b")),
+                                 StructuredOutputsParams)
+    assert chosen.choice == ["a", "b"] and chosen.json is None
+    assert _structured_outputs(Sampling(max_tokens=4, json_schema=SCHEMA),
+                               StructuredOutputsParams).json == SCHEMA
+    assert _structured_outputs(Sampling(max_tokens=4), StructuredOutputsParams) is None
+
+
+def test_choices_are_read_from_the_proto():
+    request = inference_pb2.CompleteRequest(
+        model="m", prompt="p", options=inference_pb2.CompletionOptions(
+            response_format=inference_pb2.ResponseFormat(choices=["yes", "no"])))
+    assert to_input(request).choices == ("yes", "no")
+    assert to_input(request).json_schema is None
 
 
 def test_response_format_is_read_from_the_proto():

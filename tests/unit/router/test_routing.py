@@ -178,6 +178,7 @@ async def test_get_engine_needs_a_name_when_several_are_behind(routes):
                     temperature=0.0, top_p=0.9, max_tokens=7, stop=(".", "\n"), seed=0,
                     request_id="r-1", json_schema='{"type": "object"}'),
     CompletionInput(model="m", prompt="p", json_schema=""),
+    CompletionInput(model="m", prompt="p", choices=("yes", "no")),
 ])
 def test_a_forwarded_request_is_the_request(inp):
     assert to_input(to_request(inp)) == inp

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n%finetune/control/v1/evaluations.proto\x12\x13\x66inetune.control.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"|\n\x11GenerationOptions\x12\x12\n\nmax_tokens\x18\x01 \x01(\x05\x12\x13\n\x0btemperature\x18\x02 \x01(\x01\x12\r\n\x05top_p\x18\x03 \x01(\x01\x12\x0c\n\x04stop\x18\x04 \x03(\t\x12\x0c\n\x04seed\x18\x05 \x01(\x03\x12\x13\n\x0b\x63oncurrency\x18\x06 \x01(\x05\"]\n\x0cLabelMetrics\x12\r\n\x05label\x18\x01 \x01(\t\x12\x11\n\tprecision\x18\x02 \x01(\x01\x12\x0e\n\x06recall\x18\x03 \x01(\x01\x12\n\n\x02\x66\x31\x18\x04 \x01(\x01\x12\x0f\n\x07support\x18\x05 \x01(\x03\"\xb4\x05\n\nEvaluation\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x12\n\nbase_model\x18\x03 \x01(\t\x12\x15\n\rmodel_version\x18\x04 \x01(\x03\x12\x31\n\x04task\x18\x05 \x01(\x0e\x32#.finetune.control.v1.EvaluationTask\x12\r\n\x05query\x18\x06 \x01(\t\x12:\n\ngeneration\x18\x07 \x01(\x0b\x32&.finetune.control.v1.GenerationOptions\x12\x35\n\x06status\x18\x08 \x01(\x0e\x32%.finetune.control.v1.EvaluationStatus\x12\x10\n\x08progress\x18\t \x01(\x01\x12\r\n\x05\x65rror\x18\n \x01(\t\x12\x0c\n\x04rows\x18\x0b \x01(\x03\x12\x11\n\trows_done\x18\x0c \x01(\x03\x12=\n\x07metrics\x18\r \x03(\x0b\x32,.finetune.control.v1.Evaluation.MetricsEntry\x12\x31\n\x06labels\x18\x0e \x03(\x0b\x32!.finetune.control.v1.LabelMetrics\x12\x16\n\x0eprimary_metric\x18\x0f \x01(\t\x12.\n\ncreated_on\x18\x10 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x66inished_on\x18\x11 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06job_id\x18\x12 \x01(\t\x12\x0c\n\x04role\x18\x13 \x01(\t\x12\x15\n\rprompt_tokens\x18\x14 \x01(\x03\x12\x19\n\x11\x63ompletion_tokens\x18\x15 \x01(\x03\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\xb7\x01\n\x14\x45valuateModelRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\r\n\x05query\x18\x02 \x01(\t\x12\x31\n\x04task\x18\x03 \x01(\x0e\x32#.finetune.control.v1.EvaluationTask\x12:\n\ngeneration\x18\x04 \x01(\x0b\x32&.finetune.control.v1.GenerationOptions\x12\x12\n\nrequest_id\x18\x05 \x01(\t\"\"\n\x14GetEvaluationRequest\x12\n\n\x02id\x18\x01 \x01(\t\"N\n\x16ListEvaluationsRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"h\n\x17ListEvaluationsResponse\x12\x34\n\x0b\x65valuations\x18\x01 \x03(\x0b\x32\x1f.finetune.control.v1.Evaluation\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"%\n\x17\x43\x61ncelEvaluationRequest\x12\n\n\x02id\x18\x01 \x01(\t\"$\n\x16WatchEvaluationRequest\x12\n\n\x02id\x18\x01 \x01(\t\"7\n\x1bGetEvaluationResultsRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04\x66ile\x18\x02 \x01(\t\"\x1f\n\x0f\x45valuationChunk\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\"\xca\x01\n\x14JobEvaluationOptions\x12\r\n\x05query\x18\x01 \x01(\t\x12\x31\n\x04task\x18\x02 \x01(\x0e\x32#.finetune.control.v1.EvaluationTask\x12:\n\ngeneration\x18\x03 \x01(\x0b\x32&.finetune.control.v1.GenerationOptions\x12\x17\n\x0fmin_improvement\x18\x04 \x01(\x01\x12\x1b\n\x13has_min_improvement\x18\x05 \x01(\x08*r\n\x0e\x45valuationTask\x12\x1f\n\x1b\x45VALUATION_TASK_UNSPECIFIED\x10\x00\x12\x12\n\x0e\x43LASSIFICATION\x10\x01\x12\x13\n\x0fTEXT_GENERATION\x10\x02\x12\x16\n\x12QUESTION_ANSWERING\x10\x03*\xb0\x01\n\x10\x45valuationStatus\x12!\n\x1d\x45VALUATION_STATUS_UNSPECIFIED\x10\x00\x12\x16\n\x12\x45VALUATION_PENDING\x10\x01\x12\x16\n\x12\x45VALUATION_RUNNING\x10\x02\x12\x18\n\x14\x45VALUATION_SUCCEEDED\x10\x03\x12\x15\n\x11\x45VALUATION_FAILED\x10\x04\x12\x18\n\x14\x45VALUATION_CANCELLED\x10\x05\x32\xf3\x04\n\x11\x45valuationService\x12[\n\rEvaluateModel\x12).finetune.control.v1.EvaluateModelRequest\x1a\x1f.finetune.control.v1.Evaluation\x12[\n\rGetEvaluation\x12).finetune.control.v1.GetEvaluationRequest\x1a\x1f.finetune.control.v1.Evaluation\x12l\n\x0fListEvaluations\x12+.finetune.control.v1.ListEvaluationsRequest\x1a,.finetune.control.v1.ListEvaluationsResponse\x12\x61\n\x10\x43\x61ncelEvaluation\x12,.finetune.control.v1.CancelEvaluationRequest\x1a\x1f.finetune.control.v1.Evaluation\x12\x61\n\x0fWatchEvaluation\x12+.finetune.control.v1.WatchEvaluationRequest\x1a\x1f.finetune.control.v1.Evaluation0\x01\x12p\n\x14GetEvaluationResults\x12\x30.finetune.control.v1.GetEvaluationResultsRequest\x1a$.finetune.control.v1.EvaluationChunk0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n%finetune/control/v1/evaluations.proto\x12\x13\x66inetune.control.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x8f\x01\n\x11GenerationOptions\x12\x12\n\nmax_tokens\x18\x01 \x01(\x05\x12\x13\n\x0btemperature\x18\x02 \x01(\x01\x12\r\n\x05top_p\x18\x03 \x01(\x01\x12\x0c\n\x04stop\x18\x04 \x03(\t\x12\x0c\n\x04seed\x18\x05 \x01(\x03\x12\x13\n\x0b\x63oncurrency\x18\x06 \x01(\x05\x12\x11\n\tfree_form\x18\x07 \x01(\x08\"]\n\x0cLabelMetrics\x12\r\n\x05label\x18\x01 \x01(\t\x12\x11\n\tprecision\x18\x02 \x01(\x01\x12\x0e\n\x06recall\x18\x03 \x01(\x01\x12\n\n\x02\x66\x31\x18\x04 \x01(\x01\x12\x0f\n\x07support\x18\x05 \x01(\x03\"\xb4\x05\n\nEvaluation\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x12\n\nbase_model\x18\x03 \x01(\t\x12\x15\n\rmodel_version\x18\x04 \x01(\x03\x12\x31\n\x04task\x18\x05 \x01(\x0e\x32#.finetune.control.v1.EvaluationTask\x12\r\n\x05query\x18\x06 \x01(\t\x12:\n\ngeneration\x18\x07 \x01(\x0b\x32&.finetune.control.v1.GenerationOptions\x12\x35\n\x06status\x18\x08 \x01(\x0e\x32%.finetune.control.v1.EvaluationStatus\x12\x10\n\x08progress\x18\t \x01(\x01\x12\r\n\x05\x65rror\x18\n \x01(\t\x12\x0c\n\x04rows\x18\x0b \x01(\x03\x12\x11\n\trows_done\x18\x0c \x01(\x03\x12=\n\x07metrics\x18\r \x03(\x0b\x32,.finetune.control.v1.Evaluation.MetricsEntry\x12\x31\n\x06labels\x18\x0e \x03(\x0b\x32!.finetune.control.v1.LabelMetrics\x12\x16\n\x0eprimary_metric\x18\x0f \x01(\t\x12.\n\ncreated_on\x18\x10 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x66inished_on\x18\x11 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06job_id\x18\x12 \x01(\t\x12\x0c\n\x04role\x18\x13 \x01(\t\x12\x15\n\rprompt_tokens\x18\x14 \x01(\x03\x12\x19\n\x11\x63ompletion_tokens\x18\x15 \x01(\x03\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\xb7\x01\n\x14\x45valuateModelRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\r\n\x05query\x18\x02 \x01(\t\x12\x31\n\x04task\x18\x03 \x01(\x0e\x32#.finetune.control.v1.EvaluationTask\x12:\n\ngeneration\x18\x04 \x01(\x0b\x32&.finetune.control.v1.GenerationOptions\x12\x12\n\nrequest_id\x18\x05 \x01(\t\"\"\n\x14GetEvaluationRequest\x12\n\n\x02id\x18\x01 \x01(\t\"N\n\x16ListEvaluationsRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"h\n\x17ListEvaluationsResponse\x12\x34\n\x0b\x65valuations\x18\x01 \x03(\x0b\x32\x1f.finetune.control.v1.Evaluation\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"%\n\x17\x43\x61ncelEvaluationRequest\x12\n\n\x02id\x18\x01 \x01(\t\"$\n\x16WatchEvaluationRequest\x12\n\n\x02id\x18\x01 \x01(\t\"7\n\x1bGetEvaluationResultsRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04\x66ile\x18\x02 \x01(\t\"\x1f\n\x0f\x45valuationChunk\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\"\xca\x01\n\x14JobEvaluationOptions\x12\r\n\x05query\x18\x01 \x01(\t\x12\x31\n\x04task\x18\x02 \x01(\x0e\x32#.finetune.control.v1.EvaluationTask\x12:\n\ngeneration\x18\x03 \x01(\x0b\x32&.finetune.control.v1.GenerationOptions\x12\x17\n\x0fmin_improvement\x18\x04 \x01(\x01\x12\x1b\n\x13has_min_improvement\x18\x05 \x01(\x08*r\n\x0e\x45valuationTask\x12\x1f\n\x1b\x45VALUATION_TASK_UNSPECIFIED\x10\x00\x12\x12\n\x0e\x43LASSIFICATION\x10\x01\x12\x13\n\x0fTEXT_GENERATION\x10\x02\x12\x16\n\x12QUESTION_ANSWERING\x10\x03*\xb0\x01\n\x10\x45valuationStatus\x12!\n\x1d\x45VALUATION_STATUS_UNSPECIFIED\x10\x00\x12\x16\n\x12\x45VALUATION_PENDING\x10\x01\x12\x16\n\x12\x45VALUATION_RUNNING\x10\x02\x12\x18\n\x14\x45VALUATION_SUCCEEDED\x10\x03\x12\x15\n\x11\x45VALUATION_FAILED\x10\x04\x12\x18\n\x14\x45VALUATION_CANCELLED\x10\x05\x32\xf3\x04\n\x11\x45valuationService\x12[\n\rEvaluateModel\x12).finetune.control.v1.EvaluateModelRequest\x1a\x1f.finetune.control.v1.Evaluation\x12[\n\rGetEvaluation\x12).finetune.control.v1.GetEvaluationRequest\x1a\x1f.finetune.control.v1.Evaluation\x12l\n\x0fListEvaluations\x12+.finetune.control.v1.ListEvaluationsRequest\x1a,.finetune.control.v1.ListEvaluationsResponse\x12\x61\n\x10\x43\x61ncelEvaluation\x12,.finetune.control.v1.CancelEvaluationRequest\x1a\x1f.finetune.control.v1.Evaluation\x12\x61\n\x0fWatchEvaluation\x12+.finetune.control.v1.WatchEvaluationRequest\x1a\x1f.finetune.control.v1.Evaluation0\x01\x12p\n\x14GetEvaluationResults\x12\x30.finetune.control.v1.GetEvaluationResultsRequest\x1a$.finetune.control.v1.EvaluationChunk0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,36 +34,36 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_EVALUATION_METRICSENTRY']._loaded_options = None
   _globals['_EVALUATION_METRICSENTRY']._serialized_options = b'8\001'
-  _globals['_EVALUATIONTASK']._serialized_start=1791
-  _globals['_EVALUATIONTASK']._serialized_end=1905
-  _globals['_EVALUATIONSTATUS']._serialized_start=1908
-  _globals['_EVALUATIONSTATUS']._serialized_end=2084
-  _globals['_GENERATIONOPTIONS']._serialized_start=95
-  _globals['_GENERATIONOPTIONS']._serialized_end=219
-  _globals['_LABELMETRICS']._serialized_start=221
-  _globals['_LABELMETRICS']._serialized_end=314
-  _globals['_EVALUATION']._serialized_start=317
-  _globals['_EVALUATION']._serialized_end=1009
-  _globals['_EVALUATION_METRICSENTRY']._serialized_start=963
-  _globals['_EVALUATION_METRICSENTRY']._serialized_end=1009
-  _globals['_EVALUATEMODELREQUEST']._serialized_start=1012
-  _globals['_EVALUATEMODELREQUEST']._serialized_end=1195
-  _globals['_GETEVALUATIONREQUEST']._serialized_start=1197
-  _globals['_GETEVALUATIONREQUEST']._serialized_end=1231
-  _globals['_LISTEVALUATIONSREQUEST']._serialized_start=1233
-  _globals['_LISTEVALUATIONSREQUEST']._serialized_end=1311
-  _globals['_LISTEVALUATIONSRESPONSE']._serialized_start=1313
-  _globals['_LISTEVALUATIONSRESPONSE']._serialized_end=1417
-  _globals['_CANCELEVALUATIONREQUEST']._serialized_start=1419
-  _globals['_CANCELEVALUATIONREQUEST']._serialized_end=1456
-  _globals['_WATCHEVALUATIONREQUEST']._serialized_start=1458
-  _globals['_WATCHEVALUATIONREQUEST']._serialized_end=1494
-  _globals['_GETEVALUATIONRESULTSREQUEST']._serialized_start=1496
-  _globals['_GETEVALUATIONRESULTSREQUEST']._serialized_end=1551
-  _globals['_EVALUATIONCHUNK']._serialized_start=1553
-  _globals['_EVALUATIONCHUNK']._serialized_end=1584
-  _globals['_JOBEVALUATIONOPTIONS']._serialized_start=1587
-  _globals['_JOBEVALUATIONOPTIONS']._serialized_end=1789
-  _globals['_EVALUATIONSERVICE']._serialized_start=2087
-  _globals['_EVALUATIONSERVICE']._serialized_end=2714
+  _globals['_EVALUATIONTASK']._serialized_start=1811
+  _globals['_EVALUATIONTASK']._serialized_end=1925
+  _globals['_EVALUATIONSTATUS']._serialized_start=1928
+  _globals['_EVALUATIONSTATUS']._serialized_end=2104
+  _globals['_GENERATIONOPTIONS']._serialized_start=96
+  _globals['_GENERATIONOPTIONS']._serialized_end=239
+  _globals['_LABELMETRICS']._serialized_start=241
+  _globals['_LABELMETRICS']._serialized_end=334
+  _globals['_EVALUATION']._serialized_start=337
+  _globals['_EVALUATION']._serialized_end=1029
+  _globals['_EVALUATION_METRICSENTRY']._serialized_start=983
+  _globals['_EVALUATION_METRICSENTRY']._serialized_end=1029
+  _globals['_EVALUATEMODELREQUEST']._serialized_start=1032
+  _globals['_EVALUATEMODELREQUEST']._serialized_end=1215
+  _globals['_GETEVALUATIONREQUEST']._serialized_start=1217
+  _globals['_GETEVALUATIONREQUEST']._serialized_end=1251
+  _globals['_LISTEVALUATIONSREQUEST']._serialized_start=1253
+  _globals['_LISTEVALUATIONSREQUEST']._serialized_end=1331
+  _globals['_LISTEVALUATIONSRESPONSE']._serialized_start=1333
+  _globals['_LISTEVALUATIONSRESPONSE']._serialized_end=1437
+  _globals['_CANCELEVALUATIONREQUEST']._serialized_start=1439
+  _globals['_CANCELEVALUATIONREQUEST']._serialized_end=1476
+  _globals['_WATCHEVALUATIONREQUEST']._serialized_start=1478
+  _globals['_WATCHEVALUATIONREQUEST']._serialized_end=1514
+  _globals['_GETEVALUATIONRESULTSREQUEST']._serialized_start=1516
+  _globals['_GETEVALUATIONRESULTSREQUEST']._serialized_end=1571
+  _globals['_EVALUATIONCHUNK']._serialized_start=1573
+  _globals['_EVALUATIONCHUNK']._serialized_end=1604
+  _globals['_JOBEVALUATIONOPTIONS']._serialized_start=1607
+  _globals['_JOBEVALUATIONOPTIONS']._serialized_end=1809
+  _globals['_EVALUATIONSERVICE']._serialized_start=2107
+  _globals['_EVALUATIONSERVICE']._serialized_end=2734
 # @@protoc_insertion_point(module_scope)

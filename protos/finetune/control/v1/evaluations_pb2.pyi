@@ -37,20 +37,22 @@ EVALUATION_FAILED: EvaluationStatus
 EVALUATION_CANCELLED: EvaluationStatus
 
 class GenerationOptions(_message.Message):
-    __slots__ = ("max_tokens", "temperature", "top_p", "stop", "seed", "concurrency")
+    __slots__ = ("max_tokens", "temperature", "top_p", "stop", "seed", "concurrency", "free_form")
     MAX_TOKENS_FIELD_NUMBER: _ClassVar[int]
     TEMPERATURE_FIELD_NUMBER: _ClassVar[int]
     TOP_P_FIELD_NUMBER: _ClassVar[int]
     STOP_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
     CONCURRENCY_FIELD_NUMBER: _ClassVar[int]
+    FREE_FORM_FIELD_NUMBER: _ClassVar[int]
     max_tokens: int
     temperature: float
     top_p: float
     stop: _containers.RepeatedScalarFieldContainer[str]
     seed: int
     concurrency: int
-    def __init__(self, max_tokens: _Optional[int] = ..., temperature: _Optional[float] = ..., top_p: _Optional[float] = ..., stop: _Optional[_Iterable[str]] = ..., seed: _Optional[int] = ..., concurrency: _Optional[int] = ...) -> None: ...
+    free_form: bool
+    def __init__(self, max_tokens: _Optional[int] = ..., temperature: _Optional[float] = ..., top_p: _Optional[float] = ..., stop: _Optional[_Iterable[str]] = ..., seed: _Optional[int] = ..., concurrency: _Optional[int] = ..., free_form: _Optional[bool] = ...) -> None: ...
 
 class LabelMetrics(_message.Message):
     __slots__ = ("label", "precision", "recall", "f1", "support")

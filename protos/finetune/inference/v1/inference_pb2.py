@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n%finetune/inference/v1/inference.proto\x12\x15\x66inetune.inference.v1\",\n\x0b\x43hatMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\"\xed\x01\n\x11\x43ompletionOptions\x12\x18\n\x0btemperature\x18\x01 \x01(\x01H\x00\x88\x01\x01\x12\x12\n\x05top_p\x18\x02 \x01(\x01H\x01\x88\x01\x01\x12\x17\n\nmax_tokens\x18\x03 \x01(\x05H\x02\x88\x01\x01\x12\x0c\n\x04stop\x18\x04 \x03(\t\x12\x11\n\x04seed\x18\x05 \x01(\x03H\x03\x88\x01\x01\x12>\n\x0fresponse_format\x18\x06 \x01(\x0b\x32%.finetune.inference.v1.ResponseFormatB\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\r\n\x0b_max_tokensB\x07\n\x05_seed\"%\n\x0eResponseFormat\x12\x13\n\x0bjson_schema\x18\x01 \x01(\t\"\xb5\x01\n\x0f\x43ompleteRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0e\n\x06prompt\x18\x02 \x01(\t\x12\x34\n\x08messages\x18\x03 \x03(\x0b\x32\".finetune.inference.v1.ChatMessage\x12\x39\n\x07options\x18\x04 \x01(\x0b\x32(.finetune.inference.v1.CompletionOptions\x12\x12\n\nrequest_id\x18\x05 \x01(\t\"O\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\x03\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\x03\x12\x14\n\x0ctotal_tokens\x18\x03 \x01(\x03\"\x87\x01\n\x10\x43ompleteResponse\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x15\n\rfinish_reason\x18\x02 \x01(\t\x12+\n\x05usage\x18\x03 \x01(\x0b\x32\x1c.finetune.inference.v1.Usage\x12\r\n\x05model\x18\x04 \x01(\t\x12\x12\n\nrequest_id\x18\x05 \x01(\t\"\x7f\n\x16\x43ompleteStreamResponse\x12\r\n\x05\x64\x65lta\x18\x01 \x01(\t\x12\x15\n\rfinish_reason\x18\x02 \x01(\t\x12+\n\x05usage\x18\x03 \x01(\x0b\x32\x1c.finetune.inference.v1.Usage\x12\x12\n\nrequest_id\x18\x04 \x01(\t\"&\n\x10GetEngineRequest\x12\x12\n\nbase_model\x18\x01 \x01(\t\"@\n\x0fPrecisionTiming\x12\r\n\x05\x64type\x18\x01 \x01(\t\x12\x0f\n\x07seconds\x18\x02 \x01(\x01\x12\r\n\x05\x65rror\x18\x03 \x01(\x01\"\xa6\x01\n\x06\x45ngine\x12\x12\n\nbase_model\x18\x01 \x01(\t\x12\r\n\x05\x64type\x18\x02 \x01(\t\x12\x18\n\x10precision_source\x18\x03 \x01(\t\x12\x35\n\x05probe\x18\x04 \x03(\x0b\x32&.finetune.inference.v1.PrecisionTiming\x12\x15\n\rmax_model_len\x18\x05 \x01(\x05\x12\x11\n\tmax_loras\x18\x06 \x01(\x05\x32\xaf\x02\n\x10InferenceService\x12[\n\x08\x43omplete\x12&.finetune.inference.v1.CompleteRequest\x1a\'.finetune.inference.v1.CompleteResponse\x12i\n\x0e\x43ompleteStream\x12&.finetune.inference.v1.CompleteRequest\x1a-.finetune.inference.v1.CompleteStreamResponse0\x01\x12S\n\tGetEngine\x12\'.finetune.inference.v1.GetEngineRequest\x1a\x1d.finetune.inference.v1.Engineb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n%finetune/inference/v1/inference.proto\x12\x15\x66inetune.inference.v1\",\n\x0b\x43hatMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\"\xed\x01\n\x11\x43ompletionOptions\x12\x18\n\x0btemperature\x18\x01 \x01(\x01H\x00\x88\x01\x01\x12\x12\n\x05top_p\x18\x02 \x01(\x01H\x01\x88\x01\x01\x12\x17\n\nmax_tokens\x18\x03 \x01(\x05H\x02\x88\x01\x01\x12\x0c\n\x04stop\x18\x04 \x03(\t\x12\x11\n\x04seed\x18\x05 \x01(\x03H\x03\x88\x01\x01\x12>\n\x0fresponse_format\x18\x06 \x01(\x0b\x32%.finetune.inference.v1.ResponseFormatB\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\r\n\x0b_max_tokensB\x07\n\x05_seed\"6\n\x0eResponseFormat\x12\x13\n\x0bjson_schema\x18\x01 \x01(\t\x12\x0f\n\x07\x63hoices\x18\x02 \x03(\t\"\xb5\x01\n\x0f\x43ompleteRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0e\n\x06prompt\x18\x02 \x01(\t\x12\x34\n\x08messages\x18\x03 \x03(\x0b\x32\".finetune.inference.v1.ChatMessage\x12\x39\n\x07options\x18\x04 \x01(\x0b\x32(.finetune.inference.v1.CompletionOptions\x12\x12\n\nrequest_id\x18\x05 \x01(\t\"O\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\x03\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\x03\x12\x14\n\x0ctotal_tokens\x18\x03 \x01(\x03\"\x87\x01\n\x10\x43ompleteResponse\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x15\n\rfinish_reason\x18\x02 \x01(\t\x12+\n\x05usage\x18\x03 \x01(\x0b\x32\x1c.finetune.inference.v1.Usage\x12\r\n\x05model\x18\x04 \x01(\t\x12\x12\n\nrequest_id\x18\x05 \x01(\t\"\x7f\n\x16\x43ompleteStreamResponse\x12\r\n\x05\x64\x65lta\x18\x01 \x01(\t\x12\x15\n\rfinish_reason\x18\x02 \x01(\t\x12+\n\x05usage\x18\x03 \x01(\x0b\x32\x1c.finetune.inference.v1.Usage\x12\x12\n\nrequest_id\x18\x04 \x01(\t\"&\n\x10GetEngineRequest\x12\x12\n\nbase_model\x18\x01 \x01(\t\"@\n\x0fPrecisionTiming\x12\r\n\x05\x64type\x18\x01 \x01(\t\x12\x0f\n\x07seconds\x18\x02 \x01(\x01\x12\r\n\x05\x65rror\x18\x03 \x01(\x01\"\xa6\x01\n\x06\x45ngine\x12\x12\n\nbase_model\x18\x01 \x01(\t\x12\r\n\x05\x64type\x18\x02 \x01(\t\x12\x18\n\x10precision_source\x18\x03 \x01(\t\x12\x35\n\x05probe\x18\x04 \x03(\x0b\x32&.finetune.inference.v1.PrecisionTiming\x12\x15\n\rmax_model_len\x18\x05 \x01(\x05\x12\x11\n\tmax_loras\x18\x06 \x01(\x05\x32\xaf\x02\n\x10InferenceService\x12[\n\x08\x43omplete\x12&.finetune.inference.v1.CompleteRequest\x1a\'.finetune.inference.v1.CompleteResponse\x12i\n\x0e\x43ompleteStream\x12&.finetune.inference.v1.CompleteRequest\x1a-.finetune.inference.v1.CompleteStreamResponse0\x01\x12S\n\tGetEngine\x12\'.finetune.inference.v1.GetEngineRequest\x1a\x1d.finetune.inference.v1.Engineb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,21 +36,21 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_COMPLETIONOPTIONS']._serialized_start=111
   _globals['_COMPLETIONOPTIONS']._serialized_end=348
   _globals['_RESPONSEFORMAT']._serialized_start=350
-  _globals['_RESPONSEFORMAT']._serialized_end=387
-  _globals['_COMPLETEREQUEST']._serialized_start=390
-  _globals['_COMPLETEREQUEST']._serialized_end=571
-  _globals['_USAGE']._serialized_start=573
-  _globals['_USAGE']._serialized_end=652
-  _globals['_COMPLETERESPONSE']._serialized_start=655
-  _globals['_COMPLETERESPONSE']._serialized_end=790
-  _globals['_COMPLETESTREAMRESPONSE']._serialized_start=792
-  _globals['_COMPLETESTREAMRESPONSE']._serialized_end=919
-  _globals['_GETENGINEREQUEST']._serialized_start=921
-  _globals['_GETENGINEREQUEST']._serialized_end=959
-  _globals['_PRECISIONTIMING']._serialized_start=961
-  _globals['_PRECISIONTIMING']._serialized_end=1025
-  _globals['_ENGINE']._serialized_start=1028
-  _globals['_ENGINE']._serialized_end=1194
-  _globals['_INFERENCESERVICE']._serialized_start=1197
-  _globals['_INFERENCESERVICE']._serialized_end=1500
+  _globals['_RESPONSEFORMAT']._serialized_end=404
+  _globals['_COMPLETEREQUEST']._serialized_start=407
+  _globals['_COMPLETEREQUEST']._serialized_end=588
+  _globals['_USAGE']._serialized_start=590
+  _globals['_USAGE']._serialized_end=669
+  _globals['_COMPLETERESPONSE']._serialized_start=672
+  _globals['_COMPLETERESPONSE']._serialized_end=807
+  _globals['_COMPLETESTREAMRESPONSE']._serialized_start=809
+  _globals['_COMPLETESTREAMRESPONSE']._serialized_end=936
+  _globals['_GETENGINEREQUEST']._serialized_start=938
+  _globals['_GETENGINEREQUEST']._serialized_end=976
+  _globals['_PRECISIONTIMING']._serialized_start=978
+  _globals['_PRECISIONTIMING']._serialized_end=1042
+  _globals['_ENGINE']._serialized_start=1045
+  _globals['_ENGINE']._serialized_end=1211
+  _globals['_INFERENCESERVICE']._serialized_start=1214
+  _globals['_INFERENCESERVICE']._serialized_end=1517
 # @@protoc_insertion_point(module_scope)
