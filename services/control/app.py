@@ -24,6 +24,7 @@ from finetune.control.v1 import (
     internal_pb2_grpc,
     jobs_pb2_grpc,
     models_pb2_grpc,
+    sweeps_pb2_grpc,
     usage_pb2_grpc,
 )
 from services.common.artifacts import ArtifactStore
@@ -39,6 +40,7 @@ from services.control.api.internal import JobReportingServicer, ModelResolutionS
 from services.control.api.jobs import FineTuningServicer
 from services.control.api.models import ModelServicer
 from services.control.api.sql_finetune import SqlFinetune
+from services.control.api.sweeps import SweepServicer
 from services.control.api.usage import UsageServicer
 from services.control.config import ControlConfig
 from services.control.core.access_control import AccountDirectory
@@ -56,6 +58,8 @@ from services.control.core.models import ModelRegistry
 from services.control.core.notifier import ChangeNotifier
 from services.control.core.reconciler import Reconciler, ReconcilerSettings
 from services.control.core.resolution import ModelResolution
+from services.control.core.sweep_runner import SweepRunner
+from services.control.core.sweeps import Sweeps
 from services.control.core.usage import (
     InferenceUsageRecorder,
     UsageHistory,
@@ -123,6 +127,8 @@ class Components:
     evaluation_runner: EvaluationRunner
     generations: Generations
     generation_runner: GenerationRunner
+    sweeps: Sweeps
+    sweep_runner: SweepRunner
     base_models: Mapping[str, BaseModelSpec]
     control_address: ControlAddress
     metrics: ControlMetrics
@@ -150,6 +156,8 @@ class Components:
             Registration(generations_pb2_grpc.add_GenerationServiceServicer_to_server,
                          GenerationServicer(self.generations, self.events),
                          f"{PACKAGE}.GenerationService"),
+            Registration(sweeps_pb2_grpc.add_SweepServiceServicer_to_server,
+                         SweepServicer(self.sweeps, self.events), f"{PACKAGE}.SweepService"),
             Registration(usage_pb2_grpc.add_UsageServiceServicer_to_server,
                          UsageServicer(self.usage), f"{PACKAGE}.UsageService"),
             Registration(internal_pb2_grpc.add_JobReportingServiceServicer_to_server,
@@ -222,6 +230,12 @@ def build_components(config: ControlConfig, dispatcher: JobDispatcher | None = N
                             ReconcilerSettings(interval_s=config.reconcile_interval_s,
                                                max_submit_attempts=config.max_submit_attempts),
                             prices=prices, on_evaluations_created=runner.wake)
+    sweep_runner = SweepRunner(store, fine_tuning, events, prices,
+                               interval_s=config.reconcile_interval_s)
+    sweeps = Sweeps(store, fine_tuning, authorizer, events, base_models,
+                    limits=WorkerLimits(config.default_num_workers, config.max_num_workers),
+                    cluster_concurrency=config.max_concurrent_trials, prices=prices,
+                    on_changed=sweep_runner.wake)
     return Components(
         config=config, store=store, artifacts=artifacts, catalog=catalog, events=events,
         dispatcher=dispatcher, fine_tuning=fine_tuning,
@@ -240,7 +254,8 @@ def build_components(config: ControlConfig, dispatcher: JobDispatcher | None = N
         usage=UsageHistory(store, authorizer),
         inference_usage=InferenceUsageRecorder(store, prices=prices),
         evaluations=evaluations, evaluation_runner=runner, generations=generations,
-        generation_runner=generation_runner, base_models=base_models,
+        generation_runner=generation_runner, sweeps=sweeps, sweep_runner=sweep_runner,
+        base_models=base_models,
         control_address=control_address, metrics=control_metrics(store))
 
 
@@ -261,6 +276,7 @@ class ControlApp:
         self._reconcile_task: asyncio.Task | None = None
         self._evaluation_task: asyncio.Task | None = None
         self._generation_task: asyncio.Task | None = None
+        self._sweep_task: asyncio.Task | None = None
 
     @property
     def address(self) -> str:
@@ -273,6 +289,8 @@ class ControlApp:
         if reconcile:
             self._reconcile_task = asyncio.create_task(self.components.reconciler.run(),
                                                        name="reconciler")
+            self._sweep_task = asyncio.create_task(self.components.sweep_runner.run(),
+                                                   name="sweeps")
         if evaluate:
             self._evaluation_task = asyncio.create_task(
                 self.components.evaluation_runner.run(), name="evaluations")
@@ -280,7 +298,8 @@ class ControlApp:
                 self.components.generation_runner.run(), name="generations")
 
     async def stop(self, grace: float = 5.0) -> None:
-        for task in (self._reconcile_task, self._evaluation_task, self._generation_task):
+        for task in (self._reconcile_task, self._sweep_task, self._evaluation_task,
+                     self._generation_task):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):

@@ -62,6 +62,9 @@ class ControlConfig:
     max_running_evaluations: int = 2   # evaluations run at once (each `concurrency` calls)
     max_generation_rows: int = 100_000  # rows one batch generation's query may return
     max_running_generations: int = 2   # batch generations run at once
+    # Training jobs the cluster runs side by side: a sweep runs at most this many trials at
+    # once (1 on a small machine, where two jobs would only share its cores).
+    max_concurrent_trials: int = 1
     # COMPLETE inside queries (RunQuery): rows one query may generate, and calls at a time.
     max_sql_completions: int = 1000
     sql_completion_concurrency: int = 8
@@ -107,6 +110,7 @@ _SETTINGS = {
     "max_running_evaluations": ("FINETUNE_MAX_RUNNING_EVALUATIONS", int),
     "max_generation_rows": ("FINETUNE_MAX_GENERATION_ROWS", int),
     "max_running_generations": ("FINETUNE_MAX_RUNNING_GENERATIONS", int),
+    "max_concurrent_trials": ("FINETUNE_MAX_CONCURRENT_TRIALS", int),
     "max_sql_completions": ("FINETUNE_MAX_SQL_COMPLETIONS", int),
     "sql_completion_concurrency": ("FINETUNE_SQL_COMPLETION_CONCURRENCY", int),
     "metrics_port": ("FINETUNE_METRICS_PORT", int),

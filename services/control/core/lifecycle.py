@@ -44,12 +44,16 @@ def grant_model_ownership(tx: Tx, account_id: str, owner_role_id: str | None, mo
 
 
 def check_model_name_free(tx: Tx, account_id: str, name: str) -> None:
-    """AlreadyExists while a live model has the name, or a job is training one of it."""
+    """AlreadyExists while a live model has the name, a job is training one of it, or a
+    running sweep will register its best trial under it."""
     if tx.models.get(account_id, name) is not None:
         raise AlreadyExists(f"model {name} already exists")
     active = tx.jobs.active_with_model_name(account_id, name)
     if active is not None:
         raise AlreadyExists(f"job {active.id} is already training model {name}")
+    sweep = tx.sweeps.running_with_model(account_id, name)
+    if sweep is not None:
+        raise AlreadyExists(f"sweep {sweep.id} will register model {name}")
 
 
 def registered_event(model: RegisteredModel) -> NewEvent:

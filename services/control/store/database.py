@@ -25,6 +25,7 @@ from services.control.store.generations import GenerationRepository
 from services.control.store.jobs import JobRepository
 from services.control.store.models import ModelRepository
 from services.control.store.shares import ShareRepository
+from services.control.store.sweeps import SweepRepository
 from services.control.store.usage import UsageRepository
 
 log = logging.getLogger(__name__)
@@ -86,6 +87,7 @@ class Tx:
         self.evaluations = EvaluationRepository(session)
         self.generations = GenerationRepository(session)
         self.shares = ShareRepository(session)
+        self.sweeps = SweepRepository(session)
 
 
 class Store:
