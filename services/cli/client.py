@@ -15,7 +15,7 @@ import json
 import os
 import uuid
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, cast
+from typing import Callable, Iterable, Iterator, Mapping, Sequence, cast
 
 import grpc
 
@@ -32,6 +32,8 @@ from finetune.control.v1 import (
     jobs_pb2_grpc,
     models_pb2,
     models_pb2_grpc,
+    sweeps_pb2,
+    sweeps_pb2_grpc,
 )
 from finetune.inference.v1 import inference_pb2, inference_pb2_grpc
 from services.common.adapter_files import ADAPTER_FILES, PICKLE_SUFFIXES
@@ -97,6 +99,7 @@ class FinetuneClient:
         self.access = access_pb2_grpc.AccessServiceStub(self._control)
         self.evaluations = evaluations_pb2_grpc.EvaluationServiceStub(self._control)
         self.generations = generations_pb2_grpc.GenerationServiceStub(self._control)
+        self.sweeps = sweeps_pb2_grpc.SweepServiceStub(self._control)
         self.inference = inference_pb2_grpc.InferenceServiceStub(self._inference)
 
     def close(self) -> None:
@@ -353,6 +356,66 @@ class FinetuneClient:
         for _ in self.watch_generation(generation_id, timeout=timeout):
             pass
         return self.get_generation(generation_id)
+
+    # -- hyperparameter sweeps -----------------------------------------------------------------
+
+    def create_sweep(self, model: str, base_model: str, training_query: str,
+                     grid: Mapping[str, Sequence[float]] | None = None,
+                     ranges: Mapping[str, tuple[float, float]] | None = None,
+                     log_scale: Iterable[str] = (), random_search: bool = False,
+                     trials: int = 0, seed: int = 0,
+                     max_jobs: int = 0, max_trained_tokens: int = 0, max_concurrent: int = 0,
+                     objective: str = "", delete_candidates: bool = False,
+                     validation_query: str = "", request_id: str | None = None,
+                     **options) -> sweeps_pb2.Sweep:
+        """A sweep over `grid` (option -> values: every combination) or, with `random_search`
+        (implied by `ranges` or `trials`), a random search: `grid` values are then choices,
+        `ranges` option -> (min, max), uniform in log space for the options in `log_scale`.
+        `options` are every trial's FineTuningOptions (with `evaluation`, trials are ranked by
+        its metric)."""
+        ranges = dict(ranges or {})
+        log_scale = set(log_scale)
+        parameters = [sweeps_pb2.SweepParameter(name=name, values=list(values))
+                      for name, values in (grid or {}).items()]
+        parameters += [sweeps_pb2.SweepParameter(name=name, min=low, max=high,
+                                                 log_scale=name in log_scale)
+                       for name, (low, high) in ranges.items()]
+        method = sweeps_pb2.RANDOM if random_search or ranges or trials else sweeps_pb2.GRID
+        return self.sweeps.CreateSweep(sweeps_pb2.CreateSweepRequest(
+            model=model, base_model=base_model, training_query=training_query,
+            validation_query=validation_query, options=jobs_pb2.FineTuningOptions(**options),
+            space=sweeps_pb2.SearchSpace(method=method, parameters=parameters, trials=trials,
+                                         seed=seed),
+            budget=sweeps_pb2.SweepBudget(max_jobs=max_jobs,
+                                          max_trained_tokens=max_trained_tokens,
+                                          max_concurrent=max_concurrent),
+            objective=objective, delete_candidates=delete_candidates,
+            request_id=request_id or str(uuid.uuid4())))
+
+    def get_sweep(self, sweep_id: str) -> sweeps_pb2.Sweep:
+        return self.sweeps.GetSweep(sweeps_pb2.GetSweepRequest(id=sweep_id))
+
+    def list_sweeps(self) -> list[sweeps_pb2.Sweep]:
+        out, token = [], ""
+        while True:
+            page = self.sweeps.ListSweeps(sweeps_pb2.ListSweepsRequest(page_token=token))
+            out.extend(page.sweeps)
+            token = page.next_page_token
+            if not token:
+                return out
+
+    def cancel_sweep(self, sweep_id: str) -> sweeps_pb2.Sweep:
+        return self.sweeps.CancelSweep(sweeps_pb2.CancelSweepRequest(id=sweep_id))
+
+    def watch_sweep(self, sweep_id: str,
+                    timeout: float | None = None) -> Iterator[sweeps_pb2.Sweep]:
+        return self.sweeps.WatchSweep(sweeps_pb2.WatchSweepRequest(id=sweep_id), timeout=timeout)
+
+    def wait_sweep(self, sweep_id: str, timeout: float | None = None) -> sweeps_pb2.Sweep:
+        """Blocks until the sweep is terminal and returns its final state."""
+        for _ in self.watch_sweep(sweep_id, timeout=timeout):
+            pass
+        return self.get_sweep(sweep_id)
 
     def whoami(self) -> access_pb2.Principal:
         return self.access.WhoAmI(access_pb2.WhoAmIRequest())

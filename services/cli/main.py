@@ -23,6 +23,7 @@ from services.cli.model_commands import describe as _describe_model
 from services.cli.model_commands import models_app
 from services.cli.query_commands import sql
 from services.cli.settings import Endpoints, default_home
+from services.cli.sweep_commands import sweeps_app
 from services.cli.usage_commands import usage_app
 from services.common.base_models import DEFAULT_BASE_MODEL
 
@@ -50,6 +51,7 @@ app.add_typer(jobs_app, name="jobs")
 app.add_typer(evaluations_app, name="evaluations")
 app.add_typer(generations_app, name="generations")
 app.add_typer(models_app, name="models")
+app.add_typer(sweeps_app, name="sweeps")
 app.command("model", help="One model: lineage, losses and its evaluations (= models "
                           "describe).")(_describe_model)
 app.command("sql")(sql)

@@ -159,7 +159,8 @@ class VllmEngine:
 
     @classmethod
     def start(cls, config: "InferenceConfig") -> "VllmEngine":
-        """Build the engine (blocks ~45 s on this CPU; the engine core is a spawned process)."""
+        """Build the engine (blocks for tens of seconds on a CPU; the engine core is a spawned
+        process)."""
         from vllm import AsyncEngineArgs
         from vllm.config import StructuredOutputsConfig
         from vllm.platforms import current_platform

@@ -12,9 +12,10 @@ do) and never copy weights per token:
   own slot through a one-hot mask. It does slots-times the (tiny) arithmetic but a fixed handful
   of torch calls, where per-adapter grouping costs ~5 calls per adapter per op, and at decode
   sizes the calls, not the arithmetic, are the cost.
-The products run in float32 and only the result is cast to the output's dtype: this CPU's bf16
-GEMM for LoRA's thin shapes (K = rank, or N = rank) is 10-50x slower than fp32 (a [16, 64] x
-[64, 3072] product: 6.3 ms in bf16, 0.2 ms in fp32), which made LoRA most of a decode step.
+The products run in float32 and only the result is cast to the output's dtype: on CPUs without
+native bf16 matrix instructions torch's bf16 GEMM for LoRA's thin shapes (K = rank, or N = rank)
+is many times slower than fp32 (docs/benchmarks.md, inference (d)), which made LoRA most of a
+decode step.
 Pure torch: no vLLM import, so unit tests can compare them directly.
 """
 

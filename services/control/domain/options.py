@@ -77,8 +77,8 @@ PROVISIONAL = {"max_epochs": 1, "batch_size": AUTO_BATCH_RANGE[1]}  # until the 
 # A learning rate left to the service follows the batch: the catalog's `learning_rate` is the
 # rate for its `learning_rate_batch` examples per step, scaled by sqrt(batch / that batch)
 # (square-root scaling keeps the update's noise level as the batch grows). Measured through
-# the service on BANKING77 at batch 16: 2e-3 gave 77.3% accuracy against 73.4% at 1e-3, and
-# 3e-3 fell back to 66.9%; the demo (batch 4) is best at 1e-3 (88.9% against 79.2% at 2e-3).
+# the service (docs/benchmarks.md, "Quality"): on BANKING77 at batch 16, 2e-3 beat both 1e-3
+# and 3e-3; the demo (batch 4) is best at 1e-3.
 # A catalog entry without `learning_rate_batch` keeps its rate at every batch.
 
 
