@@ -71,7 +71,7 @@ def test_readme_usage_block_runs_as_written(stack, tmp_path):
         TRAINING_SAMPLE: _head(ROOT / TRAINING_SAMPLE, tmp_path / "tickets.csv", TRAINING_ROWS),
         HELD_OUT_SAMPLE: _head(ROOT / HELD_OUT_SAMPLE, tmp_path / "held_out.csv", HELD_OUT_ROWS),
     }
-    job_id = evaluation_id = ""
+    job_id = evaluation_id = sweep_id = ""
     outputs: dict[str, str] = {}
     for command in commands:
         if command.startswith(SKIPPED):
@@ -85,6 +85,9 @@ def test_readme_usage_block_runs_as_written(stack, tmp_path):
         if "ev_..." in run.split("#")[0]:
             assert evaluation_id, f"{command!r} needs an evaluation started before it"
             run = run.replace("ev_...", evaluation_id)
+        if "sw_..." in run.split("#")[0]:
+            assert sweep_id, f"{command!r} needs a sweep created before it"
+            run = run.replace("sw_...", sweep_id)
         assignment = re.match(r"([A-Z_]+)=\$\((.*)\)\s*(#.*)?$", run)
         script = (f'{assignment[1]}=$({assignment[2]}) && printf %s "${assignment[1]}"'
                   if assignment else run)
@@ -98,6 +101,8 @@ def test_readme_usage_block_runs_as_written(stack, tmp_path):
             env[assignment[1]] = done.stdout.strip()
         if created := re.findall(r"created (ft_[\w-]+)", out):
             job_id = created[-1]
+        if swept := re.findall(r"created (sw_[\w-]+)", out):
+            sweep_id = swept[-1]
         if started := re.findall(r"started (ev_[\w-]+)", out):
             evaluation_id = started[0]
 
