@@ -128,6 +128,13 @@ def run(args) -> dict:
         tuned_predictions = client.evaluation_results(
             job.tuned_evaluation.id, "predictions.csv").decode() \
             if job.tuned_evaluation.id else ""
+        # The job-end evaluation answers among the labels (the default); the same model asked
+        # freely, beside it, shows what the constraint adds.
+        free = client.wait_evaluation(client.evaluate_model(
+            MODEL, f"SELECT prompt, label FROM {EVAL_TABLE}", "CLASSIFICATION",
+            free_form=True).id) if job.status == jobs_pb2.SUCCESS else None
+        free_predictions = client.evaluation_results(free.id, "predictions.csv").decode() \
+            if free is not None else ""
     base, tuned = job.base_evaluation, job.tuned_evaluation
     # Training ends with the trainer's last progress report; the job-end evaluation follows.
     trained_at = [e.time.ToDatetime() for e in events if e.type == "training.progress"][-1:]
@@ -163,8 +170,14 @@ def run(args) -> dict:
                  "weighted_f1": metric(base, "weighted_f1")},
         "tuned": {"accuracy": metric(tuned, "accuracy"), "macro_f1": metric(tuned, "macro_f1"),
                   "weighted_f1": metric(tuned, "weighted_f1")},
+        "tuned_free_form": {"accuracy": metric(free, "accuracy"),
+                            "macro_f1": metric(free, "macro_f1"),
+                            "weighted_f1": metric(free, "weighted_f1")} if free else None,
+        "constrained_to_labels": not tuned.generation.free_form,
         "tuned_errors": error_kinds(tuned_predictions, {r["completion"] for r in train}),
-        "evaluation_ids": [base.id, tuned.id],
+        "tuned_free_form_errors": error_kinds(free_predictions,
+                                              {r["completion"] for r in train}),
+        "evaluation_ids": [base.id, tuned.id] + ([free.id] if free else []),
     }
 
 
@@ -181,8 +194,10 @@ def error_kinds(predictions_csv: str, labels: set[str]) -> dict:
 
 def show(result: dict) -> None:
     table = Table("model", "accuracy", "macro-F1", "weighted-F1")
-    for name in ("base", "tuned"):
+    for name in ("base", "tuned", "tuned_free_form"):
         m = result[name]
+        if m is None:
+            continue
         table.add_row(name, *(f"{m[k]:.3f}" if m[k] is not None else "-"
                               for k in ("accuracy", "macro_f1", "weighted_f1")))
     console.print(table)
