@@ -39,6 +39,7 @@ from finetune.control.v1 import (
     generations_pb2,
     jobs_pb2,
     models_pb2,
+    sweeps_pb2,
     usage_pb2,
 )
 from finetune.inference.v1 import inference_pb2
@@ -52,7 +53,8 @@ SERVICE_TOKEN = "hostile-service-token"
 SECRET = "canary-7f3a9c-never-in-an-answer"
 CONTROL_RPCS = public_rpcs(access_pb2.DESCRIPTOR, data_pb2.DESCRIPTOR, jobs_pb2.DESCRIPTOR,
                            models_pb2.DESCRIPTOR, usage_pb2.DESCRIPTOR,
-                           evaluations_pb2.DESCRIPTOR, generations_pb2.DESCRIPTOR)
+                           evaluations_pb2.DESCRIPTOR, generations_pb2.DESCRIPTOR,
+                           sweeps_pb2.DESCRIPTOR)
 INFERENCE_RPCS = public_rpcs(inference_pb2.DESCRIPTOR)
 # Documented answers to a bad request; anything else (INTERNAL, UNKNOWN, DATA_LOSS) is a defect.
 ALLOWED = {grpc.StatusCode.OK, grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND,
