@@ -5,6 +5,7 @@
     finetune access grant-role finetune_user --to-role analyst
     finetune access grant usage database sales --to-role analyst
     finetune access grant "create model" schema sales.public --to-role analyst
+    finetune access grant usage model sales.public.bot --to-account acme [--to-role partner]
     finetune access show-grants --to-role analyst
     finetune access key revoke key_0123abcd
 
@@ -150,23 +151,43 @@ def grant(privilege: str = typer.Argument(..., help="USAGE, OWNERSHIP, 'CREATE M
                                                     "'CREATE TABLE', 'CREATE DATABASE'"),
           object_type: str = typer.Argument(..., help="account, database, schema or model"),
           object_name: str = typer.Argument("", help="db, db.schema or db.schema.model"),
-          to_role: str = typer.Option(..., help="the role receiving it")):
-    """GRANT privilege ON object TO ROLE r (granting OWNERSHIP transfers it)."""
+          to_role: str = typer.Option("", help="the role receiving it (with --to-account: a "
+                                               "role of that account)"),
+          to_account: str = typer.Option("", help="share a model with another account: USAGE "
+                                                  "only; every role of it without --to-role")):
+    """GRANT privilege ON object TO ROLE r (granting OWNERSHIP transfers it), or share a
+    model: GRANT USAGE ON MODEL m TO ACCOUNT a [ROLE r]."""
+    _require_grantee(to_role, to_account, "--to-role", "--to-account")
     with _client() as client:
-        added = client.grant(privilege, object_type, object_name, to_role)
+        added = client.grant(privilege, object_type, object_name, to_role, to_account)
     console.print(f"granted {privilege.upper()} on {object_type.upper()} {object_name} to "
-                  f"{to_role.upper()}" + ("" if added else " (it already was)"))
+                  f"{_grantee(to_role, to_account)}" + ("" if added else " (it already was)"))
 
 
 @access_app.command()
 @_rpc
 def revoke(privilege: str, object_type: str, object_name: str = typer.Argument(""),
-           from_role: str = typer.Option(...)):
-    """REVOKE privilege ON object FROM ROLE r."""
+           from_role: str = typer.Option("", help="with --from-account: a role of that account"),
+           from_account: str = typer.Option("", help="end a share with another account")):
+    """REVOKE privilege ON object FROM ROLE r, or end a share FROM ACCOUNT a [ROLE r]."""
+    _require_grantee(from_role, from_account, "--from-role", "--from-account")
     with _client() as client:
-        removed = client.revoke(privilege, object_type, object_name, from_role)
+        removed = client.revoke(privilege, object_type, object_name, from_role, from_account)
     console.print(f"revoked {privilege.upper()} on {object_type.upper()} {object_name} from "
-                  f"{from_role.upper()}" + ("" if removed else " (it was not granted)"))
+                  f"{_grantee(from_role, from_account)}"
+                  + ("" if removed else " (it was not granted)"))
+
+
+def _require_grantee(role: str, account: str, role_flag: str, account_flag: str) -> None:
+    if not role.strip() and not account.strip():
+        raise ValueError(f"name a grantee: {role_flag}, or {account_flag} (another account: "
+                         "a model's USAGE only)")
+
+
+def _grantee(role: str, account: str) -> str:
+    if not account:
+        return role.upper()
+    return f"account {account}" + (f" role {role.upper()}" if role else " (every role)")
 
 
 @access_app.command("show-grants")
@@ -180,12 +201,12 @@ def show_grants(to_role: str = typer.Option(""), to_user: str = typer.Option("")
         grants = client.show_grants(to_role=to_role, to_user=to_user, on_type=on_type,
                                     on_name=on_name, of_role=of_role)
     table = Table("created", "privilege", "granted on", "name", "granted to", "grantee",
-                  "granted by")
-    for g in grants:
+                  "account", "granted by")
+    for g in grants:   # account: a share's other account, empty inside this one
         table.add_row(views.when(g.created_on), g.privilege,
                       access_pb2.ObjectType.Name(g.granted_on), g.name,
                       access_pb2.GranteeType.Name(g.granted_to).removeprefix("TO_"),
-                      g.grantee_name, g.granted_by)
+                      g.grantee_name, g.grantee_account, g.granted_by)
     console.print(table)
 
 

@@ -228,8 +228,17 @@ class FinetuneClient:
     def base_models(self) -> list[models_pb2.BaseModel]:
         return list(self.models.ListBaseModels(models_pb2.ListBaseModelsRequest()).base_models)
 
-    def list_models(self) -> list[models_pb2.Model]:
-        return list(self.models.ListModels(models_pb2.ListModelsRequest()).models)
+    def list_models(self, shared: bool = False) -> list[models_pb2.Model]:
+        """The account's models; `shared`: those other accounts share with the caller."""
+        out: list[models_pb2.Model] = []
+        token = ""
+        while True:
+            page = self.models.ListModels(models_pb2.ListModelsRequest(page_token=token,
+                                                                       shared=shared))
+            out.extend(page.models)
+            token = page.next_page_token
+            if not token:
+                return out
 
     def get_model(self, name: str) -> models_pb2.Model:
         return self.models.GetModel(models_pb2.GetModelRequest(name=name))
@@ -477,16 +486,19 @@ class FinetuneClient:
         return self.access.RevokeRole(access_pb2.RevokeRoleRequest(
             role=role, grantee_type=kind, grantee=grantee)).revoked
 
-    def grant(self, privilege: str, object_type: str, object_name: str, role: str) -> bool:
-        """GRANT privilege ON object_type object_name TO ROLE role."""
+    def grant(self, privilege: str, object_type: str, object_name: str, role: str = "",
+              account: str = "") -> bool:
+        """GRANT privilege ON object_type object_name TO ROLE role; with `account`, share a
+        model with that account (USAGE only): every role of it, or `role` of it."""
         return self.access.GrantPrivilege(access_pb2.GrantPrivilegeRequest(
             privilege=privilege_value(privilege), object_type=object_type_value(object_type),
-            object_name=object_name, role=role)).granted
+            object_name=object_name, role=role, grantee_account=account)).granted
 
-    def revoke(self, privilege: str, object_type: str, object_name: str, role: str) -> bool:
+    def revoke(self, privilege: str, object_type: str, object_name: str, role: str = "",
+               account: str = "") -> bool:
         return self.access.RevokePrivilege(access_pb2.RevokePrivilegeRequest(
             privilege=privilege_value(privilege), object_type=object_type_value(object_type),
-            object_name=object_name, role=role)).revoked
+            object_name=object_name, role=role, grantee_account=account)).revoked
 
     def show_grants(self, to_role: str = "", to_user: str = "", on_type: str = "",
                     on_name: str = "", of_role: str = "") -> list[access_pb2.Grant]:
@@ -528,13 +540,15 @@ class FinetuneClient:
             page_token=page_token))
 
     def aggregate_inference_usage(self, group_by: Iterable[str] = (), start=None, end=None,
-                                  model: str = "", user: str = ""):
-        """group_by: any of "model", "user", "day"."""
+                                  model: str = "", user: str = "", shared_models: bool = False):
+        """group_by: any of "model", "user", "day", "account"; `shared_models`: other
+        accounts' usage of this account's models."""
         from finetune.control.v1 import usage_pb2
         groupings = [usage_pb2.UsageGrouping.Value(f"GROUP_BY_{g.strip().upper()}")
                      for g in group_by]
         return list(self.usage.AggregateInferenceUsage(usage_pb2.AggregateInferenceUsageRequest(
-            filter=_usage_filter(start, end, model, user), group_by=groupings)).groups)
+            filter=_usage_filter(start, end, model, user), group_by=groupings,
+            shared_models=shared_models)).groups)
 
     # -- estimates, job events, data definitions ---------------------------------------------
 

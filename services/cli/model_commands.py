@@ -34,10 +34,12 @@ models_app = typer.Typer(help="Fine-tuned and imported models: list, describe, i
 
 
 @models_app.callback(invoke_without_command=True)
-def _list(ctx: typer.Context):
+def _list(ctx: typer.Context,
+          shared: bool = typer.Option(False, "--shared", help="the models other accounts share "
+                                                             "with you instead")):
     """Fine-tuned and imported models of this account (a subcommand does more)."""
     if ctx.invoked_subcommand is None:
-        _rpc(_print_models)()
+        _rpc(_print_shared if shared else _print_models)()
 
 
 def _print_models():
@@ -47,6 +49,15 @@ def _print_models():
         for m in client.list_models():
             out.add_row(m.name, m.base_model, m.job_id or f"imported ({m.imported_from})",
                         str(m.version), str(m.trained_tokens), f"{m.training_loss:.4f}")
+    console.print(out)
+
+
+def _print_shared():
+    with _client() as client:
+        out = Table("name", "owner account", "base model", "version", "created")
+        for m in client.list_models(shared=True):
+            out.add_row(m.name, m.owner_account, m.base_model, str(m.version),
+                        views.when(m.created_on))
     console.print(out)
 
 

@@ -78,19 +78,25 @@ def inference(since: Optional[datetime] = SINCE, until: Optional[datetime] = UNT
 
 @usage_app.command()
 @_rpc
-def summary(by: List[str] = typer.Option([], help="model, user and/or day (repeatable)"),
+def summary(by: List[str] = typer.Option([], help="model, user, day and/or account "
+                                                  "(repeatable)"),
             since: Optional[datetime] = SINCE, until: Optional[datetime] = UNTIL,
-            model: str = MODEL, user: str = USER):
-    """Inference usage aggregated by model, user and/or day."""
+            model: str = MODEL, user: str = USER,
+            shared_models: bool = typer.Option(False, "--shared-models",
+                                               help="other accounts' usage of your models "
+                                                    "shared with them (not by user)")):
+    """Inference usage aggregated by model, user, day and/or account."""
     groupings = [part.strip().lower() for item in by for part in item.split(",") if part.strip()]
-    unknown = set(groupings) - {"model", "user", "day"}
+    unknown = set(groupings) - {"model", "user", "day", "account"}
     if unknown:
-        raise ValueError(f"--by takes model, user or day (not {', '.join(sorted(unknown))})")
+        raise ValueError(f"--by takes model, user, day or account (not "
+                         f"{', '.join(sorted(unknown))})")
     with _client() as client:
-        groups = client.aggregate_inference_usage(groupings, since, until, model, user)
+        groups = client.aggregate_inference_usage(groupings, since, until, model, user,
+                                                  shared_models)
     table = Table(*groupings, "requests", "prompt", "completion", "total", "credits")
     for g in groups:
-        keys = {"model": g.model, "user": g.user, "day": g.day}
+        keys = {"model": g.model, "user": g.user, "day": g.day, "account": g.account}
         table.add_row(*[keys[name] for name in groupings], str(g.requests),
                       str(g.prompt_tokens), str(g.completion_tokens), str(g.total_tokens),
                       _credits(g.credits))

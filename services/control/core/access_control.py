@@ -415,11 +415,13 @@ class AccountDirectory:
     def _require_exists(self, tx: Tx, account_id: str, obj: SecurableObject) -> None:
         if obj.type is ObjectType.ACCOUNT:
             return
+        if obj.type is ObjectType.MODEL:   # registered, whether or not its database holds tables
+            if tx.models.get(account_id, obj.name) is None:
+                raise NotFound(f"model {obj.name} does not exist")
+            return
         database = obj.name.split(".")[0]
         if database != DEFAULT_DATABASE and not self._database_exists(account_id, database):
             raise NotFound(f"database {database} does not exist")
-        if obj.type is ObjectType.MODEL and tx.models.get(account_id, obj.name) is None:
-            raise NotFound(f"model {obj.name} does not exist")
 
     @staticmethod
     def _require_an_administrator(tx: Tx, account_id: str) -> None:

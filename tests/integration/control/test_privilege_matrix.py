@@ -11,7 +11,9 @@ Set-ups (account `default` unless said otherwise):
   nobody    no roles (PUBLIC only)
   revoked   role FORMER: had FINETUNE_USER, USAGE on sales, sales.public and bot; all revoked
   x_admin   ACCOUNTADMIN of another account, acme (which has its own database sales)
-  x_user    a user of acme holding FINETUNE_USER
+  x_user    a user of acme holding FINETUNE_USER and acme's role PARTNER, with which the owner
+            shares bot (acme names it default.sales.public.bot)
+  x_other   a user of acme holding FINETUNE_USER only (the share does not reach it)
   bad_key   a key that was revoked;  no_key: no credentials at all
 """
 
@@ -45,6 +47,8 @@ UN = grpc.StatusCode.UNAUTHENTICATED
 
 BOT = "sales.public.bot"
 GHOST = "sales.public.ghost"   # a model that does not exist
+SHARED_BOT = f"default.{BOT}"  # bot named with its account, as acme names it
+SHARED_GHOST = f"default.{GHOST}"
 _unique = itertools.count()
 
 
@@ -72,10 +76,10 @@ class World:
                 rows=[data_pb2.Row(values=r) for r in rows]))
         return await self.data.LoadTable(stream(), metadata=auth(key))
 
-    async def grant(self, key, privilege, object_type, name, role):
+    async def grant(self, key, privilege, object_type, name, role, account=""):
         await self.access.GrantPrivilege(access_pb2.GrantPrivilegeRequest(
-            privilege=privilege, object_type=object_type, object_name=name, role=role),
-            metadata=auth(key))
+            privilege=privilege, object_type=object_type, object_name=name, role=role,
+            grantee_account=account), metadata=auth(key))
 
     async def revoke(self, key, privilege, object_type, name, role):
         await self.access.RevokePrivilege(access_pb2.RevokePrivilegeRequest(
@@ -182,7 +186,14 @@ async def _set_up(w: World, admin):
     keys["x_admin"] = new.key
     await w.load(new.key, "sales.public.mine", rows)
     keys["x_user"] = await w.user_with_key(new.key, "xavier")
-    await w.grant_role(new.key, "finetune_user", "xavier", access_pb2.TO_USER)
+    keys["x_other"] = await w.user_with_key(new.key, "olga")
+    await w.access.CreateRole(access_pb2.CreateRoleRequest(name="partner"),
+                              metadata=auth(new.key))
+    for user in ("xavier", "olga"):
+        await w.grant_role(new.key, "finetune_user", user, access_pb2.TO_USER)
+    await w.grant_role(new.key, "partner", "xavier", access_pb2.TO_USER)
+    # the owner shares bot with acme's role PARTNER
+    await w.grant(keys["owner"], access_pb2.USAGE, access_pb2.MODEL, BOT, "partner", "acme")
     keys["no_key"] = ""
 
 
@@ -267,6 +278,25 @@ OPERATIONS = {
     "Complete(bot)": lambda w, k: w.resolve(k, BOT),
     "Complete(base)": lambda w, k: w.resolve(k, "tiny-base"),
     "Complete(ghost)": lambda w, k: w.resolve(k, GHOST),
+    "ShareUsage(bot)": lambda w, k: w.grant(k, access_pb2.USAGE, access_pb2.MODEL, BOT, "spare",
+                                            "acme"),
+    "ShareUsage(ghost)": lambda w, k: w.grant(k, access_pb2.USAGE, access_pb2.MODEL, GHOST, "",
+                                              "acme"),
+    "ShareOwnership(bot)": lambda w, k: w.grant(k, access_pb2.OWNERSHIP, access_pb2.MODEL, BOT,
+                                                "", "acme"),
+    "ListModels(shared)": lambda w, k: w.models.ListModels(models_pb2.ListModelsRequest(
+        shared=True), metadata=auth(k)),
+    "GetModel(shared bot)": lambda w, k: w.models.GetModel(models_pb2.GetModelRequest(
+        name=SHARED_BOT), metadata=auth(k)),
+    "GetArtifact(shared bot)": lambda w, k: _drain(w.models.GetModelArtifact(
+        models_pb2.GetModelArtifactRequest(name=SHARED_BOT, artifact="training_results.csv"),
+        metadata=auth(k))),
+    "Complete(shared bot)": lambda w, k: w.resolve(k, SHARED_BOT),
+    "Complete(shared ghost)": lambda w, k: w.resolve(k, SHARED_GHOST),
+    "SharedUsage(bot)": lambda w, k: w.usage.AggregateInferenceUsage(
+        usage_pb2.AggregateInferenceUsageRequest(shared_models=True,
+                                                 filter=usage_pb2.UsageFilter(model=BOT)),
+        metadata=auth(k)),
     "InferenceUsage": lambda w, k: w.usage.ListInferenceUsage(
         usage_pb2.ListInferenceUsageRequest(), metadata=auth(k)),
     "FineTuningUsage(of admin)": lambda w, k: w.usage.ListFineTuningUsage(
@@ -274,47 +304,57 @@ OPERATIONS = {
         metadata=auth(k)),
 }
 
-PRINCIPALS = ("admin", "owner", "inherits", "user", "nobody", "revoked", "x_admin", "x_user")
+PRINCIPALS = ("admin", "owner", "inherits", "user", "nobody", "revoked", "x_admin", "x_user",
+              "x_other")
 # Every operation for every authenticated set-up. bad_key and no_key: UNAUTHENTICATED always.
 EXPECTED = {
-    #                              admin owner inher user nobody revkd x_adm x_usr
-    "WhoAmI":                      (OK,  OK,   OK,   OK,  OK,    OK,   OK,   OK),
-    "CreateUser":                  (OK,  PD,   PD,   PD,  PD,    PD,   OK,   PD),
-    "CreateRole":                  (OK,  PD,   PD,   PD,  PD,    PD,   OK,   PD),
-    "GrantRole":                   (OK,  PD,   PD,   PD,  PD,    PD,   NF,   PD),
-    "GrantUsage(bot)":             (OK,  OK,   OK,   PD,  PD,    PD,   NF,   PD),
-    "GrantUsage(ghost)":           (NF,  PD,   PD,   PD,  PD,    PD,   NF,   PD),
-    "ShowGrants(on bot)":          (OK,  OK,   OK,   PD,  PD,    PD,   OK,   PD),
-    "ShowGrants(mine)":            (OK,  OK,   OK,   OK,  OK,    OK,   OK,   OK),
-    "CreateApiKey(self)":          (OK,  OK,   OK,   OK,  OK,    OK,   OK,   OK),
-    "CreateApiKey(admin)":         (OK,  PD,   PD,   PD,  PD,    PD,   NF,   PD),
-    "RevokeApiKey(ghost)":         (NF,  PD,   PD,   PD,  PD,    PD,   NF,   PD),
-    "CreateDatabase":              (OK,  PD,   PD,   PD,  PD,    PD,   OK,   PD),
-    "LoadTable(sales)":            (OK,  OK,   OK,   PD,  PD,    PD,   OK,   PD),
-    "LoadTable(secret)":           (OK,  PD,   PD,   PD,  PD,    PD,   OK,   PD),
-    "ListTables(vault)":           (OK,  PD,   PD,   PD,  PD,    PD,   NF,   PD),
-    "ListTables(ghost)":           (NF,  PD,   PD,   PD,  PD,    PD,   NF,   PD),
-    "Preview(sales)":              (OK,  OK,   OK,   PD,  PD,    PD,   IA,   PD),
-    "Preview(secret)":             (OK,  PD,   PD,   PD,  PD,    PD,   IA,   PD),
-    "Preview(ghost db)":           (IA,  PD,   PD,   PD,  PD,    PD,   IA,   PD),
-    "CreateJob(sales)":            (OK,  OK,   OK,   PD,  PD,    PD,   IA,   PD),
-    "CreateJob(secret)":           (OK,  PD,   PD,   PD,  PD,    PD,   IA,   PD),
-    "CreateJob(into other schema)": (OK, PD,   PD,   PD,  PD,    PD,   IA,   PD),
-    "ListJobs":                    (OK,  OK,   OK,   OK,  OK,    OK,   OK,   OK),
-    "GetJob(J)":                   (OK,  OK,   OK,   PD,  PD,    PD,   NF,   PD),
-    "GetJob(ghost)":               (NF,  PD,   PD,   PD,  PD,    PD,   NF,   PD),
-    "CancelJob(J)":                (FP,  FP,   FP,   PD,  PD,    PD,   NF,   PD),
-    "WatchJob(J)":                 (OK,  OK,   OK,   PD,  PD,    PD,   NF,   PD),
-    "ListModels":                  (OK,  OK,   OK,   OK,  OK,    OK,   OK,   OK),
-    "GetModel(bot)":               (OK,  OK,   OK,   OK,  PD,    PD,   NF,   PD),
-    "GetModel(ghost)":             (NF,  PD,   PD,   PD,  PD,    PD,   NF,   PD),
-    "GetArtifact(bot)":            (OK,  OK,   OK,   PD,  PD,    PD,   NF,   PD),
-    "DeleteModel(ghost)":          (NF,  PD,   PD,   PD,  PD,    PD,   NF,   PD),
-    "Complete(bot)":               (OK,  OK,   OK,   OK,  PD,    PD,   NF,   PD),
-    "Complete(base)":              (OK,  OK,   OK,   OK,  PD,    PD,   OK,   OK),
-    "Complete(ghost)":             (NF,  PD,   PD,   PD,  PD,    PD,   NF,   PD),
-    "InferenceUsage":              (OK,  OK,   OK,   OK,  OK,    OK,   OK,   OK),
-    "FineTuningUsage(of admin)":   (OK,  PD,   PD,   PD,  PD,    PD,   NF,   PD),
+    #                              admin owner inher user nobody revkd x_adm x_usr x_oth
+    "WhoAmI":                      (OK,  OK,   OK,   OK,  OK,    OK,   OK,   OK,   OK),
+    "CreateUser":                  (OK,  PD,   PD,   PD,  PD,    PD,   OK,   PD,   PD),
+    "CreateRole":                  (OK,  PD,   PD,   PD,  PD,    PD,   OK,   PD,   PD),
+    "GrantRole":                   (OK,  PD,   PD,   PD,  PD,    PD,   NF,   PD,   PD),
+    "GrantUsage(bot)":             (OK,  OK,   OK,   PD,  PD,    PD,   NF,   PD,   PD),
+    "GrantUsage(ghost)":           (NF,  PD,   PD,   PD,  PD,    PD,   NF,   PD,   PD),
+    "ShowGrants(on bot)":          (OK,  OK,   OK,   PD,  PD,    PD,   OK,   PD,   PD),
+    "ShowGrants(mine)":            (OK,  OK,   OK,   OK,  OK,    OK,   OK,   OK,   OK),
+    "CreateApiKey(self)":          (OK,  OK,   OK,   OK,  OK,    OK,   OK,   OK,   OK),
+    "CreateApiKey(admin)":         (OK,  PD,   PD,   PD,  PD,    PD,   NF,   PD,   PD),
+    "RevokeApiKey(ghost)":         (NF,  PD,   PD,   PD,  PD,    PD,   NF,   PD,   PD),
+    "CreateDatabase":              (OK,  PD,   PD,   PD,  PD,    PD,   OK,   PD,   PD),
+    "LoadTable(sales)":            (OK,  OK,   OK,   PD,  PD,    PD,   OK,   PD,   PD),
+    "LoadTable(secret)":           (OK,  PD,   PD,   PD,  PD,    PD,   OK,   PD,   PD),
+    "ListTables(vault)":           (OK,  PD,   PD,   PD,  PD,    PD,   NF,   PD,   PD),
+    "ListTables(ghost)":           (NF,  PD,   PD,   PD,  PD,    PD,   NF,   PD,   PD),
+    "Preview(sales)":              (OK,  OK,   OK,   PD,  PD,    PD,   IA,   PD,   PD),
+    "Preview(secret)":             (OK,  PD,   PD,   PD,  PD,    PD,   IA,   PD,   PD),
+    "Preview(ghost db)":           (IA,  PD,   PD,   PD,  PD,    PD,   IA,   PD,   PD),
+    "CreateJob(sales)":            (OK,  OK,   OK,   PD,  PD,    PD,   IA,   PD,   PD),
+    "CreateJob(secret)":           (OK,  PD,   PD,   PD,  PD,    PD,   IA,   PD,   PD),
+    "CreateJob(into other schema)": (OK, PD,   PD,   PD,  PD,    PD,   IA,   PD,   PD),
+    "ListJobs":                    (OK,  OK,   OK,   OK,  OK,    OK,   OK,   OK,   OK),
+    "GetJob(J)":                   (OK,  OK,   OK,   PD,  PD,    PD,   NF,   PD,   PD),
+    "GetJob(ghost)":               (NF,  PD,   PD,   PD,  PD,    PD,   NF,   PD,   PD),
+    "CancelJob(J)":                (FP,  FP,   FP,   PD,  PD,    PD,   NF,   PD,   PD),
+    "WatchJob(J)":                 (OK,  OK,   OK,   PD,  PD,    PD,   NF,   PD,   PD),
+    "ListModels":                  (OK,  OK,   OK,   OK,  OK,    OK,   OK,   OK,   OK),
+    "GetModel(bot)":               (OK,  OK,   OK,   OK,  PD,    PD,   NF,   PD,   PD),
+    "GetModel(ghost)":             (NF,  PD,   PD,   PD,  PD,    PD,   NF,   PD,   PD),
+    "GetArtifact(bot)":            (OK,  OK,   OK,   PD,  PD,    PD,   NF,   PD,   PD),
+    "DeleteModel(ghost)":          (NF,  PD,   PD,   PD,  PD,    PD,   NF,   PD,   PD),
+    "Complete(bot)":               (OK,  OK,   OK,   OK,  PD,    PD,   NF,   PD,   PD),
+    "Complete(base)":              (OK,  OK,   OK,   OK,  PD,    PD,   OK,   OK,   OK),
+    "Complete(ghost)":             (NF,  PD,   PD,   PD,  PD,    PD,   NF,   PD,   PD),
+    "InferenceUsage":              (OK,  OK,   OK,   OK,  OK,    OK,   OK,   OK,   OK),
+    "FineTuningUsage(of admin)":   (OK,  PD,   PD,   PD,  PD,    PD,   NF,   PD,   PD),
+    "ShareUsage(bot)":             (OK,  OK,   OK,   PD,  PD,    PD,   IA,   IA,   IA),
+    "ShareUsage(ghost)":           (NF,  PD,   PD,   PD,  PD,    PD,   IA,   IA,   IA),
+    "ShareOwnership(bot)":         (IA,  IA,   IA,   IA,  IA,    IA,   IA,   IA,   IA),
+    "ListModels(shared)":          (OK,  OK,   OK,   OK,  OK,    OK,   OK,   OK,   OK),
+    "GetModel(shared bot)":        (OK,  OK,   OK,   OK,  PD,    PD,   PD,   OK,   PD),
+    "GetArtifact(shared bot)":     (OK,  OK,   OK,   PD,  PD,    PD,   PD,   PD,   PD),
+    "Complete(shared bot)":        (OK,  OK,   OK,   OK,  PD,    PD,   PD,   OK,   PD),
+    "Complete(shared ghost)":      (NF,  PD,   PD,   PD,  PD,    PD,   PD,   PD,   PD),
+    "SharedUsage(bot)":            (OK,  OK,   OK,   PD,  PD,    PD,   OK,   PD,   PD),
 }
 
 CASES = [(op, who, EXPECTED[op][i]) for op in OPERATIONS for i, who in enumerate(PRINCIPALS)]
@@ -351,13 +391,20 @@ async def test_the_views_are_filtered_by_privilege(world):
 
     for who in ("admin", "owner", "inherits", "user"):
         assert BOT in await models(who)
-    for who in ("nobody", "revoked", "x_admin", "x_user"):
+    for who in ("nobody", "revoked", "x_admin", "x_user", "x_other"):
         assert BOT not in await models(who)
+    shared = {}
+    for who in PRINCIPALS:
+        reply = await world.models.ListModels(models_pb2.ListModelsRequest(shared=True),
+                                              metadata=auth(world.keys[who]))
+        shared[who] = [(m.name, m.owner_account, m.shared, m.job_id) for m in reply.models]
+    assert shared.pop("x_user") == [(SHARED_BOT, "default", True, "")]
+    assert set(map(tuple, shared.values())) == {()}   # the share reaches PARTNER only
     for who in ("admin", "owner", "inherits"):
         assert world.job_id in (await jobs(who))[1]
     listed, full = await jobs("user")   # FINETUNE_USER: every job of the account, as Cortex's
     assert world.job_id in listed and world.job_id not in full   # SHOW; another role's: summary
-    for who in ("nobody", "revoked", "x_admin", "x_user"):
+    for who in ("nobody", "revoked", "x_admin", "x_user", "x_other"):
         assert world.job_id not in (await jobs(who))[0]
     me = await world.access.WhoAmI(access_pb2.WhoAmIRequest(),
                                    metadata=auth(world.keys["inherits"]))
