@@ -33,7 +33,7 @@ class AccessServiceStub:
     a model's owner may share it, granting USAGE on it to another account (grantee_account),
     to all its roles or to one role of it; the other account names it
     <owner account>.<database>.<schema>.<model> and may COMPLETE it (nothing else: no artifacts,
-    jobs, training data or evaluations of the owner's). See docs/access.md.
+    jobs, training data or evaluations of the owner's). See docs/models.md.
     OWNERSHIP of a database or schema covers everything in it. What each RPC needs:
     CreateDatabase            CREATE DATABASE on ACCOUNT (the caller's default role owns it)
     LoadTable                 CREATE TABLE on the schema (+ CREATE DATABASE for a new database)
@@ -138,7 +138,7 @@ class AccessServiceServicer:
     a model's owner may share it, granting USAGE on it to another account (grantee_account),
     to all its roles or to one role of it; the other account names it
     <owner account>.<database>.<schema>.<model> and may COMPLETE it (nothing else: no artifacts,
-    jobs, training data or evaluations of the owner's). See docs/access.md.
+    jobs, training data or evaluations of the owner's). See docs/models.md.
     OWNERSHIP of a database or schema covers everything in it. What each RPC needs:
     CreateDatabase            CREATE DATABASE on ACCOUNT (the caller's default role owns it)
     LoadTable                 CREATE TABLE on the schema (+ CREATE DATABASE for a new database)
@@ -344,7 +344,7 @@ class AccessService:
     a model's owner may share it, granting USAGE on it to another account (grantee_account),
     to all its roles or to one role of it; the other account names it
     <owner account>.<database>.<schema>.<model> and may COMPLETE it (nothing else: no artifacts,
-    jobs, training data or evaluations of the owner's). See docs/access.md.
+    jobs, training data or evaluations of the owner's). See docs/models.md.
     OWNERSHIP of a database or schema covers everything in it. What each RPC needs:
     CreateDatabase            CREATE DATABASE on ACCOUNT (the caller's default role owns it)
     LoadTable                 CREATE TABLE on the schema (+ CREATE DATABASE for a new database)
