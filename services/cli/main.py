@@ -319,11 +319,11 @@ def complete(model: str, prompt: str, max_tokens: int = typer.Option(128),
              choice: list[str] = typer.Option([], help="answer exactly one of these "
                                                        "(repeat the option)")):
     """COMPLETE: generate with a base or fine-tuned model."""
-    with _client() as client:
-        if stream:
     options: dict = {"max_tokens": max_tokens, "temperature": temperature}
     if choice:
         options["response_format"] = inference_pb2.ResponseFormat(choices=choice)
+    with _client() as client:
+        if stream:
             last = None
             for msg in client.complete_stream(model, prompt, **options):
                 sys.stdout.write(msg.delta)
