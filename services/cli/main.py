@@ -194,6 +194,9 @@ def create(model: str = typer.Argument(..., help="output model: name or db.schem
                        "(0: off); the best epoch becomes the model either way"),
            checkpoint_every_steps: int = typer.Option(
                0, help="optimizer steps between checkpoints (0: every quarter epoch)"),
+           neftune_noise_alpha: Optional[float] = typer.Option(
+               None, help="noise on the input embeddings while training (NEFTune; 0: off; "
+                          "default: the base model's)"),
            request_id: str = typer.Option("", help="idempotency key"),
            eval_query: str = typer.Option(
                "", help="evaluate base and tuned model on this query (prompt, label) at the end"),
@@ -215,6 +218,7 @@ def create(model: str = typer.Argument(..., help="output model: name or db.schem
         raise ValueError("--min-improvement needs --eval-query")
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}: {', '.join(TASKS)}")
+    extra = {} if neftune_noise_alpha is None else {"neftune_noise_alpha": neftune_noise_alpha}
     with _client() as client:
         job = client.create_job(model, base_model, training_query, validation_query,
                                 request_id=request_id or None, max_epochs=epochs,
@@ -224,7 +228,7 @@ def create(model: str = typer.Argument(..., help="output model: name or db.schem
                                 task_type=TASKS[task], from_model=from_model,
                                 early_stopping_patience=early_stopping_patience,
                                 checkpoint_every_steps=checkpoint_every_steps,
-                                evaluation=evaluation)
+                                evaluation=evaluation, **extra)
         console.print(f"created {job.id} ({views.status_name(job)})")
         if wait:
             _follow(client, job)

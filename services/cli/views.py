@@ -59,6 +59,7 @@ def job_details(job) -> Table:
     o = job.options
     rows.append(("options", f"epochs={o.max_epochs} lr={o.learning_rate:g} batch={o.batch_size} "
                             f"rank={o.lora_rank} alpha={o.lora_alpha} dropout={o.lora_dropout:g} "
+                            f"neftune={o.neftune_noise_alpha:g} "
                             f"seed={o.seed} workers={o.num_workers} "
                             f"task={jobs_pb2.TaskType.Name(o.task_type)}"))
     for name, value in rows:

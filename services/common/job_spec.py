@@ -17,6 +17,7 @@ from services.common.formatting import TASK_TYPES
 SPEC_VERSION = 1
 DEFAULT_TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
                           "down_proj")
+MAX_NEFTUNE_NOISE_ALPHA = 100.0
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,8 @@ class TrainerOptions:
     checkpoint_every_steps: int = 0
     # Stop once validation loss has not improved for this many epochs; 0: never stop early.
     early_stopping_patience: int = 0
+    # NEFTune's alpha: noise on the input embeddings while training; 0: none (older specs).
+    neftune_noise_alpha: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -144,6 +147,7 @@ def _options(raw) -> TrainerOptions:
             num_workers=int(values["num_workers"]),
             checkpoint_every_steps=int(values["checkpoint_every_steps"]),
             early_stopping_patience=int(values["early_stopping_patience"]),
+            neftune_noise_alpha=float(values["neftune_noise_alpha"]),
         )
     except (TypeError, ValueError) as exc:
         raise InvalidArgument(f"spec.options: {exc}") from None
@@ -158,6 +162,8 @@ def _options(raw) -> TrainerOptions:
         (opts.num_workers >= 1, "num_workers must be at least 1"),
         (opts.checkpoint_every_steps >= 0, "checkpoint_every_steps must not be negative"),
         (opts.early_stopping_patience >= 0, "early_stopping_patience must not be negative"),
+        (0 <= opts.neftune_noise_alpha <= MAX_NEFTUNE_NOISE_ALPHA,
+         f"neftune_noise_alpha must be between 0 and {MAX_NEFTUNE_NOISE_ALPHA:g}"),
     ]
     for ok, message in checks:
         if not ok:

@@ -192,6 +192,22 @@ def build_model(spec: JobSpec, dtype: torch.dtype, adapter_dir: str | None) -> n
     return model
 
 
+def add_embedding_noise(model: nn.Module, alpha: float) -> None:
+    """NEFTune: while the model trains, add uniform noise of magnitude alpha / sqrt(L x d) to
+    the input embeddings (L tokens per row, d their width). A regularizer that lets a small
+    table be learnt without being memorized; evaluation (eval mode) sees none. The noise comes
+    from torch's generator, which the loop seeds per step, so a resumed run draws the same."""
+    embeddings = model.get_input_embeddings()   # type: ignore[operator]  # peft's, not a tensor
+
+    def noisy(module: nn.Module, _args, output: torch.Tensor) -> torch.Tensor:
+        if not module.training:
+            return output
+        scale = alpha / math.sqrt(output.shape[-2] * output.shape[-1])
+        return output + torch.empty_like(output).uniform_(-scale, scale)
+
+    embeddings.register_forward_hook(noisy)
+
+
 def lr_factor(step: int, total_steps: int) -> float:
     """Linear warmup then linear decay; the first and last steps both get a non-zero rate."""
     warmup = max(1, math.ceil(WARMUP_FRACTION * total_steps))
@@ -219,6 +235,8 @@ def train(cfg: RecipeConfig, train_examples: Sequence[Example],
         if dtype != torch.float32 else nullcontext
     decided = time.perf_counter()
     model = build_model(spec, dtype, cfg.adapter_dir)
+    if opts.neftune_noise_alpha:
+        add_embedding_noise(model, opts.neftune_noise_alpha)
     model.to(ctx.device)
     built = time.perf_counter()
 

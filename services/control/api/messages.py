@@ -72,6 +72,8 @@ def requested_options(options: jobs_pb2.FineTuningOptions) -> RequestedOptions:
         num_workers=options.num_workers,
         checkpoint_every_steps=options.checkpoint_every_steps,
         early_stopping_patience=options.early_stopping_patience,
+        neftune_noise_alpha=(options.neftune_noise_alpha
+                             if options.HasField("neftune_noise_alpha") else None),
     )
 
 
@@ -90,6 +92,7 @@ def options_message(options: TrainingOptions) -> jobs_pb2.FineTuningOptions:
         num_workers=options.num_workers,
         checkpoint_every_steps=options.checkpoint_every_steps,
         early_stopping_patience=options.early_stopping_patience,
+        neftune_noise_alpha=options.neftune_noise_alpha,
     )
 
 

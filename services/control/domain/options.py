@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from services.common.base_models import BaseModelSpec
 from services.common.errors import InvalidArgument
 from services.common.formatting import RECORD_FIELDS
-from services.common.job_spec import TrainerOptions
+from services.common.job_spec import MAX_NEFTUNE_NOISE_ALPHA, TrainerOptions
 
 MAX_EPOCHS = 10
 MAX_BATCH_SIZE = 1024
@@ -31,6 +31,7 @@ FALLBACK_DEFAULTS = {
     "lora_alpha": _TRAINER.lora_alpha,
     "lora_dropout": _TRAINER.lora_dropout,
     "seed": _TRAINER.seed,
+    "neftune_noise_alpha": _TRAINER.neftune_noise_alpha,
 }
 
 
@@ -62,6 +63,7 @@ class RequestedOptions:
     num_workers: int = 0
     checkpoint_every_steps: int = 0
     early_stopping_patience: int = 0
+    neftune_noise_alpha: float | None = None   # None: the default; 0 is off
 
 
 # The automatic schedule (max_epochs / batch_size left to the service). Epochs: train until the
@@ -130,6 +132,7 @@ class TrainingOptions:
     from_model: str | None = None   # canonical name of the model training continues from
     checkpoint_every_steps: int = 0    # mid-epoch checkpoints; 0: every quarter of an epoch
     early_stopping_patience: int = 0   # epochs without validation improvement; 0: never stop
+    neftune_noise_alpha: float = 0.0   # noise on the input embeddings while training; 0: none
     # Options the service picks from the data (auto_schedule), fixed once the rows are counted.
     auto: tuple[str, ...] = ()
 
@@ -217,6 +220,9 @@ def resolve_options(requested: RequestedOptions, base: BaseModelSpec,
         checkpoint_every_steps=int(requested.checkpoint_every_steps),
         early_stopping_patience=int(requested.early_stopping_patience
                                     or (AUTO_PATIENCE if "max_epochs" in auto else 0)),
+        neftune_noise_alpha=float(defaults["neftune_noise_alpha"]
+                                  if requested.neftune_noise_alpha is None
+                                  else requested.neftune_noise_alpha),
         auto=auto,
     )
 
@@ -233,6 +239,10 @@ def resolve_options(requested: RequestedOptions, base: BaseModelSpec,
                    f"lora_alpha must be between 1 and {MAX_LORA_ALPHA} (got {options.lora_alpha})")
     problems.check(0 <= options.lora_dropout < 1,
                    f"lora_dropout must be in [0, 1) (got {options.lora_dropout})")
+    problems.check(math.isfinite(options.neftune_noise_alpha)
+                   and 0 <= options.neftune_noise_alpha <= MAX_NEFTUNE_NOISE_ALPHA,
+                   f"neftune_noise_alpha must be between 0 and {MAX_NEFTUNE_NOISE_ALPHA:g} "
+                   f"(got {options.neftune_noise_alpha}; 0 turns it off)")
     problems.check(1 <= options.num_workers <= limits.max_num_workers,
                    f"num_workers must be between 1 and {limits.max_num_workers} "
                    f"(got {options.num_workers})")

@@ -82,7 +82,7 @@ async def test_create_snapshots_writes_spec_and_submits(data, servicer, admin, d
                     "lora_alpha": 16, "lora_dropout": 0.05,
                     "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"], "seed": 42,
                     "num_workers": 2, "checkpoint_every_steps": 0,
-                    "early_stopping_patience": 0},
+                    "early_stopping_patience": 0, "neftune_noise_alpha": 0.0},
         "control_address": "127.0.0.1:50999",
         "spec_version": 1,
     }

@@ -86,7 +86,8 @@ def test_trainer_options_match_the_spec_contract(tiny_base):
 
 
 def test_the_fallback_defaults_are_the_trainers():
-    for name in ("learning_rate", "lora_rank", "lora_alpha", "lora_dropout", "seed"):
+    for name in ("learning_rate", "lora_rank", "lora_alpha", "lora_dropout", "seed",
+                 "neftune_noise_alpha"):
         assert FALLBACK_DEFAULTS[name] == getattr(TrainerOptions(), name)
 
 
@@ -165,6 +166,37 @@ def test_checkpoint_and_early_stopping_options_cross_the_api(tiny_base):
                                                              early_stopping_patience=2))
     message = options_message(resolve_options(requested, tiny_base))
     assert (message.checkpoint_every_steps, message.early_stopping_patience) == (7, 2)
+
+
+def test_neftune_noise_defaults_to_the_catalog_and_zero_turns_it_off(smollm, tiny_base):
+    from finetune.control.v1 import jobs_pb2
+    from services.control.api.messages import options_message, requested_options
+
+    assert resolve_options(RequestedOptions(), smollm).neftune_noise_alpha == 5.0
+    assert resolve_options(RequestedOptions(), tiny_base).neftune_noise_alpha == 0.0  # fallback
+    unset = requested_options(jobs_pb2.FineTuningOptions())
+    off = requested_options(jobs_pb2.FineTuningOptions(neftune_noise_alpha=0.0))
+    strong = requested_options(jobs_pb2.FineTuningOptions(neftune_noise_alpha=15.0))
+    assert (unset.neftune_noise_alpha, off.neftune_noise_alpha) == (None, 0.0)
+    assert resolve_options(off, smollm).neftune_noise_alpha == 0.0
+    resolved = resolve_options(strong, smollm)
+    assert options_message(resolved).neftune_noise_alpha == 15.0
+    assert resolved.trainer_options().neftune_noise_alpha == 15.0
+    for bad in (-1.0, 101.0, float("nan"), float("inf")):
+        with pytest.raises(InvalidArgument, match="neftune_noise_alpha"):
+            resolve_options(RequestedOptions(neftune_noise_alpha=bad), smollm)
+
+
+def test_a_spec_without_neftune_trains_without_noise():
+    raw = {"job_id": "ft_1", "task_type": "INSTRUCTION",
+           "base_model": {"name": "b", "path": "/b", "context_window": 8, "prompt_tokens": 4,
+                          "completion_tokens": 4},
+           "training_data_uri": "t", "output_uri": "o", "checkpoint_uri": "c",
+           "artifact_root": "r", "options": {}}
+    assert parse_spec(raw).options.neftune_noise_alpha == 0.0   # written before the option
+    raw["options"] = {"neftune_noise_alpha": -2}
+    with pytest.raises(InvalidArgument, match="neftune_noise_alpha"):
+        parse_spec(raw)
 
 
 @pytest.mark.parametrize("rows,batch,rate", [

@@ -359,3 +359,40 @@ def test_the_last_epoch_report_says_why_training_stopped_early():
     assert recipe._epoch_message(2, 8, None) == "epoch 2 of 8 done"
     assert recipe._epoch_message(6, 8, "early stopping: no better after epoch 5") == \
         "epoch 6 of 8 done; early stopping: no better after epoch 5"
+
+
+def test_neftune_noise_is_bounded_training_only_and_seeded(tiny_model_dir):
+    spec = make_spec(tiny_model_dir)
+    model = build_model(spec, torch.float32, None)
+    embeddings = model.get_input_embeddings()
+    ids = torch.tensor([[5, 6, 7, 8, 9, 10]])
+    clean = embeddings(ids).detach()
+    recipe.add_embedding_noise(model, alpha=5.0)
+    model.train()
+    torch.manual_seed(3)
+    noisy = embeddings(ids).detach()
+    bound = 5.0 / (ids.shape[1] * clean.shape[-1]) ** 0.5
+    assert 0 < (noisy - clean).abs().max() <= bound * (1 + 1e-6)
+    torch.manual_seed(3)
+    assert torch.equal(embeddings(ids).detach(), noisy)   # a resumed step draws the same
+    model.eval()
+    assert torch.equal(embeddings(ids).detach(), clean)   # validation and export see none
+
+
+def test_a_job_with_neftune_trains_and_resumes_exactly(tiny_model_dir, tmp_path):
+    spec = make_spec(tiny_model_dir, max_epochs=2, batch_size=4, neftune_noise_alpha=5.0,
+                     checkpoint_every_steps=2)
+    train_set = synthetic_examples(16)
+    full = FakeContext(tmp_path / "full")
+    train(config(spec), train_set, [], full)
+    reference = recipe.read_checkpoint_state(full.reports[-1][1])
+    resumed = FakeContext(tmp_path / "resumed", resume_from=full.reports[1][1])
+    train(config(spec), train_set, [], resumed)
+    again = recipe.read_checkpoint_state(resumed.reports[-1][1])
+    assert [r.training_loss for r in again.history] == \
+        pytest.approx([r.training_loss for r in reference.history], rel=1e-5)
+    plain = FakeContext(tmp_path / "plain")
+    train(config(make_spec(tiny_model_dir, max_epochs=2, batch_size=4,
+                           checkpoint_every_steps=2)), train_set, [], plain)
+    without = recipe.read_checkpoint_state(plain.reports[-1][1])
+    assert without.history[-1].training_loss != reference.history[-1].training_loss

@@ -60,7 +60,7 @@ EVENT_WARNING: EventLevel
 EVENT_ERROR: EventLevel
 
 class FineTuningOptions(_message.Message):
-    __slots__ = ("max_epochs", "learning_rate", "batch_size", "lora_rank", "lora_alpha", "lora_dropout", "target_modules", "seed", "task_type", "from_model", "num_workers", "evaluation", "checkpoint_every_steps", "early_stopping_patience")
+    __slots__ = ("max_epochs", "learning_rate", "batch_size", "lora_rank", "lora_alpha", "lora_dropout", "target_modules", "seed", "task_type", "from_model", "num_workers", "evaluation", "checkpoint_every_steps", "early_stopping_patience", "neftune_noise_alpha")
     MAX_EPOCHS_FIELD_NUMBER: _ClassVar[int]
     LEARNING_RATE_FIELD_NUMBER: _ClassVar[int]
     BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
@@ -75,6 +75,7 @@ class FineTuningOptions(_message.Message):
     EVALUATION_FIELD_NUMBER: _ClassVar[int]
     CHECKPOINT_EVERY_STEPS_FIELD_NUMBER: _ClassVar[int]
     EARLY_STOPPING_PATIENCE_FIELD_NUMBER: _ClassVar[int]
+    NEFTUNE_NOISE_ALPHA_FIELD_NUMBER: _ClassVar[int]
     max_epochs: int
     learning_rate: float
     batch_size: int
@@ -89,7 +90,8 @@ class FineTuningOptions(_message.Message):
     evaluation: _evaluations_pb2.JobEvaluationOptions
     checkpoint_every_steps: int
     early_stopping_patience: int
-    def __init__(self, max_epochs: _Optional[int] = ..., learning_rate: _Optional[float] = ..., batch_size: _Optional[int] = ..., lora_rank: _Optional[int] = ..., lora_alpha: _Optional[int] = ..., lora_dropout: _Optional[float] = ..., target_modules: _Optional[_Iterable[str]] = ..., seed: _Optional[int] = ..., task_type: _Optional[_Union[TaskType, str]] = ..., from_model: _Optional[str] = ..., num_workers: _Optional[int] = ..., evaluation: _Optional[_Union[_evaluations_pb2.JobEvaluationOptions, _Mapping]] = ..., checkpoint_every_steps: _Optional[int] = ..., early_stopping_patience: _Optional[int] = ...) -> None: ...
+    neftune_noise_alpha: float
+    def __init__(self, max_epochs: _Optional[int] = ..., learning_rate: _Optional[float] = ..., batch_size: _Optional[int] = ..., lora_rank: _Optional[int] = ..., lora_alpha: _Optional[int] = ..., lora_dropout: _Optional[float] = ..., target_modules: _Optional[_Iterable[str]] = ..., seed: _Optional[int] = ..., task_type: _Optional[_Union[TaskType, str]] = ..., from_model: _Optional[str] = ..., num_workers: _Optional[int] = ..., evaluation: _Optional[_Union[_evaluations_pb2.JobEvaluationOptions, _Mapping]] = ..., checkpoint_every_steps: _Optional[int] = ..., early_stopping_patience: _Optional[int] = ..., neftune_noise_alpha: _Optional[float] = ...) -> None: ...
 
 class DataSnapshot(_message.Message):
     __slots__ = ("uri", "rows", "sha256", "prompt_tokens", "completion_tokens", "truncated_rows")
