@@ -1,19 +1,22 @@
 """BANKING77 recipe lab: the trainer's own recipe in one process, test accuracy after every epoch.
 
-    .venv/bin/python -m benchmarks.quality.banking77_recipe --variant baseline --variant neftune
+    .venv/bin/python -m benchmarks.quality.banking77_recipe --variant baseline --variant no_neftune
 
 The quality benchmark (`benchmarks.quality.banking77`) runs the whole service and reports one
 accuracy at the end, about 15 minutes a run. Choosing a recipe needs more than that: how
 accuracy moves epoch by epoch, free against label-constrained answers, one lever at a time. This
 lab trains with `services.trainer.recipe.train` itself (the same data, holdout, schedule and
 early stopping as a job with no options: control's `holdout_rows`, `auto_schedule` and
-`batch_learning_rate`), in one process without Ray, and after each epoch greedily answers the
-same test sample as the quality benchmark with the epoch's adapter, twice: free, and constrained
-to the training labels (a prefix tree over their token ids).
+`batch_learning_rate`), in one process without Ray, and after each epoch from
+`--first-eval-epoch` on greedily answers the quality benchmark's test sample with the epoch's
+adapter, constrained to the training labels as the service's classification evaluations are (a
+prefix tree over their token ids), and with `--free` also freely.
 
-A variant changes one thing of the recipe. Variants that the recipe does not offer as an option
-are patched in here, so a lever is measured before it is built; what wins moves into the recipe.
-Results: benchmarks/quality/results/banking77_recipe_<variant>.json; nothing here asserts.
+A variant changes one thing of the recipe. Levers the recipe does not offer as an option are
+patched in here, so a lever is measured before it is built; what wins moves into the recipe.
+(Until NEFTune became a default, `baseline` had none: those runs' `neftune` variant is today's
+`baseline`, and their `baseline` today's `no_neftune`.)
+Results: benchmarks/quality/results/banking77_recipe_<date>_<variant>.json; nothing here asserts.
 """
 
 from __future__ import annotations
@@ -39,7 +42,6 @@ RESULTS = Path(__file__).resolve().parent / "results"
 class Variant:
     options: dict = dataclasses.field(default_factory=dict)   # TrainerOptions fields
     label_smoothing: float = 0.0
-    neftune_alpha: float = 0.0
     loraplus_ratio: float = 0.0        # lr of lora_B = ratio x lr of lora_A
     schedule: str = "linear"           # linear (the recipe's) | cosine
     ema_decay: float = 0.0             # evaluate an exponential moving average of the weights
@@ -47,9 +49,9 @@ class Variant:
 
 
 VARIANTS = {
-    "baseline": Variant(),
+    "baseline": Variant(),            # the service's defaults (NEFTune alpha 5 since 2026-12-07)
+    "no_neftune": Variant(options={"neftune_noise_alpha": 0.0}),
     "label_smoothing": Variant(label_smoothing=0.1),
-    "neftune": Variant(neftune_alpha=5.0),
     "loraplus": Variant(loraplus_ratio=8.0),
     "cosine": Variant(schedule="cosine"),
     "dropout": Variant(options={"lora_dropout": 0.1}),
@@ -90,19 +92,6 @@ def patched(variant: Variant):
             return (step + 1) / (warmup + 1)
         progress = (step - warmup) / max(1, total - warmup)
         return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-
-    def build_with_noise(spec, dtype, adapter_dir):
-        model = saved[2](spec, dtype, adapter_dir)
-        embeddings = model.get_base_model().get_input_embeddings()
-
-        def noise(module, args, output):   # NEFTune: uniform noise scaled by 1/sqrt(L*d)
-            if not module.training:
-                return output
-            scale = variant.neftune_alpha / math.sqrt(output.shape[1] * output.shape[2])
-            return output + torch.zeros_like(output).uniform_(-scale, scale)
-
-        embeddings.register_forward_hook(noise)
-        return model
 
     class LoraPlusAdamW(torch.optim.AdamW):
         def __init__(self, params, lr, **kwargs):
@@ -152,8 +141,7 @@ def patched(variant: Variant):
         return [(named.get(id(p), ""), p) for p in params if part in named.get(id(p), "")]
 
     def build_naming(spec, dtype, adapter_dir):
-        model = (build_with_noise if variant.neftune_alpha else saved[2])(spec, dtype,
-                                                                           adapter_dir)
+        model = saved[2](spec, dtype, adapter_dir)
         named.update({id(p): n for n, p in model.named_parameters()})
         return model
 
@@ -329,6 +317,7 @@ def run_variant(name: str, variant: Variant, args) -> dict:
                "learning_rate": batch_learning_rate(base, batch),
                "lora_rank": int(defaults["lora_rank"]), "lora_alpha": int(defaults["lora_alpha"]),
                "lora_dropout": float(defaults["lora_dropout"]),
+               "neftune_noise_alpha": float(defaults.get("neftune_noise_alpha", 0.0)),
                "target_modules": list(base.target_modules), "seed": seed, "num_workers": 1,
                "early_stopping_patience": 1 if held else 0, **variant.options}
 
@@ -405,7 +394,7 @@ def main() -> None:
     RESULTS.mkdir(exist_ok=True)
     for name in args.variant or ["baseline"]:
         result = run_variant(name, VARIANTS[name], args)
-        out = RESULTS / f"banking77_recipe_{name}.json"
+        out = RESULTS / f"banking77_recipe_{time.strftime('%Y-%m-%d')}_{name}.json"
         out.write_text(json.dumps(result, indent=1) + "\n")
         print(json.dumps({k: result[k] for k in ("variant", "best_epoch", "train_seconds")}),
               flush=True)
