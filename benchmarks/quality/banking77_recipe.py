@@ -1,6 +1,6 @@
 """BANKING77 recipe lab: the trainer's own recipe in one process, test accuracy after every epoch.
 
-    .venv/bin/python -m benchmarks.quality.banking77_recipe --variant baseline --variant no_neftune
+    .venv/bin/python -m benchmarks.quality.banking77_recipe --variant baseline --variant neftune
 
 The quality benchmark (`benchmarks.quality.banking77`) runs the whole service and reports one
 accuracy at the end, about 15 minutes a run. Choosing a recipe needs more than that: how
@@ -14,8 +14,7 @@ prefix tree over their token ids), and with `--free` also freely.
 
 A variant changes one thing of the recipe. Levers the recipe does not offer as an option are
 patched in here, so a lever is measured before it is built; what wins moves into the recipe.
-(Until NEFTune became a default, `baseline` had none: those runs' `neftune` variant is today's
-`baseline`, and their `baseline` today's `no_neftune`.)
+(The first runs patched NEFTune in; it is now the job option `neftune_noise_alpha`.)
 Results: benchmarks/quality/results/banking77_recipe_<date>_<variant>.json; nothing here asserts.
 """
 
@@ -49,8 +48,8 @@ class Variant:
 
 
 VARIANTS = {
-    "baseline": Variant(),            # the service's defaults (NEFTune alpha 5 since 2026-12-07)
-    "no_neftune": Variant(options={"neftune_noise_alpha": 0.0}),
+    "baseline": Variant(),            # the service's defaults
+    "neftune": Variant(options={"neftune_noise_alpha": 5.0}),
     "label_smoothing": Variant(label_smoothing=0.1),
     "loraplus": Variant(loraplus_ratio=8.0),
     "cosine": Variant(schedule="cosine"),

@@ -172,13 +172,15 @@ def test_neftune_noise_defaults_to_the_catalog_and_zero_turns_it_off(smollm, tin
     from finetune.control.v1 import jobs_pb2
     from services.control.api.messages import options_message, requested_options
 
-    assert resolve_options(RequestedOptions(), smollm).neftune_noise_alpha == 5.0
+    assert resolve_options(RequestedOptions(), smollm).neftune_noise_alpha == 0.0
     assert resolve_options(RequestedOptions(), tiny_base).neftune_noise_alpha == 0.0  # fallback
     unset = requested_options(jobs_pb2.FineTuningOptions())
     off = requested_options(jobs_pb2.FineTuningOptions(neftune_noise_alpha=0.0))
     strong = requested_options(jobs_pb2.FineTuningOptions(neftune_noise_alpha=15.0))
     assert (unset.neftune_noise_alpha, off.neftune_noise_alpha) == (None, 0.0)
     assert resolve_options(off, smollm).neftune_noise_alpha == 0.0
+    assert resolve_options(RequestedOptions(neftune_noise_alpha=5.0),
+                           smollm).neftune_noise_alpha == 5.0
     resolved = resolve_options(strong, smollm)
     assert options_message(resolved).neftune_noise_alpha == 15.0
     assert resolved.trainer_options().neftune_noise_alpha == 15.0
