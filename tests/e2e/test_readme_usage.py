@@ -77,6 +77,7 @@ def test_readme_usage_block_runs_as_written(stack, tmp_path):
         if command.startswith(SKIPPED):
             continue
         run = command.replace("--epochs 3", "--epochs 1")
+        run = run.replace("--out sweep.png", f"--out {tmp_path / 'sweep.png'}")  # not in the repo
         for sample, copy in files.items():
             run = run.replace(sample, str(copy))
         if "ft_..." in run.split("#")[0]:
@@ -111,5 +112,6 @@ def test_readme_usage_block_runs_as_written(stack, tmp_path):
     assert "SUCCESS" in outputs[waited], outputs[waited]
     whoami = next(o for c, o in outputs.items() if "whoami" in c)
     assert "user alice" in whoami, whoami
+    assert (tmp_path / "sweep.png").read_bytes().startswith(b"\x89PNG")   # the trials' chart
     completed = [o for c, o in outputs.items() if "finetune complete" in c]
     assert completed and all(o.strip() for o in completed)
