@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, replace
 from typing import AsyncGenerator, Protocol
 
 from services.common.chat_format import prompt_token_ids
+from services.common.choices import MAX_CHOICE_CHARS, MAX_CHOICES, choice_length_ok
 from services.common.errors import InvalidArgument, ResourceExhausted, Unavailable
 from services.inference.accounting import Answer, Usage, UsageCounter, UsageLedger, UsageRecord
 from services.inference.adapters import AdapterRegistry, ModelResolver, ResolvedModel
@@ -31,8 +32,6 @@ MAX_STOP_CHARS = 256
 MAX_REQUEST_ID_CHARS = 128
 MAX_MODEL_NAME_CHARS = 512
 MAX_JSON_SCHEMA_CHARS = 64 * 1024
-MAX_CHOICES = 1024
-MAX_CHOICE_CHARS = 256
 # vLLM's own finish reasons that are a normal end of generation, as the API names them.
 FINISH_REASONS = {"stop": "stop", "length": "length", "repetition": "stop"}
 
@@ -134,7 +133,7 @@ def check_input(inp: CompletionInput) -> None:
 def check_choices(choices: tuple[str, ...]) -> None:
     if len(choices) > MAX_CHOICES:
         raise InvalidArgument(f"response_format.choices: at most {MAX_CHOICES} choices")
-    if any(not c or len(c) > MAX_CHOICE_CHARS for c in choices):
+    if not all(map(choice_length_ok, choices)):
         raise InvalidArgument(f"response_format.choices must have 1 to {MAX_CHOICE_CHARS} "
                               "characters each")
 

@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime
 from typing import Sequence
 
+from services.common.choices import choices_fit
 from services.common.errors import FailedPrecondition, InvalidArgument
 
 EVALUATION_ID_PREFIX = "ev_"
@@ -51,10 +52,6 @@ DEFAULT_MAX_TOKENS = {
 # and a base model that never stops costs no more than the longest label. Generation gets at
 # least its default, room for a sentence.
 REFERENCE_MARGIN_TOKENS = 4
-# Classification answers are one of the labels (answer_choices) within inference's limits on
-# response_format.choices; beyond them the answers are free text.
-MAX_ANSWER_CHOICES = 1024
-MAX_ANSWER_CHOICE_CHARS = 256
 
 
 class EvaluationStatus(enum.Enum):
@@ -207,8 +204,7 @@ def answer_choices(task: EvaluationTask, generation: Generation,
     if task is not EvaluationTask.CLASSIFICATION or generation.free_form:
         return ()
     labels = tuple(label_spellings(references).values())
-    if (not labels or len(labels) > MAX_ANSWER_CHOICES
-            or any(not 0 < len(label) <= MAX_ANSWER_CHOICE_CHARS for label in labels)):
+    if not labels or not choices_fit(labels):   # inference would refuse them
         return ()
     return labels
 

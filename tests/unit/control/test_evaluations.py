@@ -92,13 +92,14 @@ async def test_classification_answers_are_one_of_the_labels_unless_free_form(con
 
 
 def test_answer_choices_fall_back_to_free_text_beyond_the_limits():
-    from services.control.domain.evaluations import (MAX_ANSWER_CHOICES, EvaluationTask,
-                                                     answer_choices, resolve_generation)
+    from services.common.choices import MAX_CHOICES
+    from services.control.domain.evaluations import (EvaluationTask, answer_choices,
+                                                     resolve_generation)
 
     g = resolve_generation(RequestedGeneration(), EvaluationTask.CLASSIFICATION)
     assert answer_choices(EvaluationTask.CLASSIFICATION, g, [" Yes", "yes ", "NO"]) == \
         ("Yes", "NO")   # compared as metrics compare labels, first spelling kept
-    many = [f"label {i}" for i in range(MAX_ANSWER_CHOICES + 1)]
+    many = [f"label {i}" for i in range(MAX_CHOICES + 1)]
     assert answer_choices(EvaluationTask.CLASSIFICATION, g, many) == ()
     assert answer_choices(EvaluationTask.CLASSIFICATION, g, ["x" * 300]) == ()
     assert answer_choices(EvaluationTask.QUESTION_ANSWERING, g, ["a"]) == ()
