@@ -13,13 +13,14 @@ ROOT = Path(__file__).resolve().parents[3]
 SERVICES = ROOT / "services"
 
 # What the control domain may import besides itself: pure standard library and the shared
-# vocabulary (errors, chat and row formatting, the job spec, the base-model spec type).
+# vocabulary (errors, chat and row formatting, the job spec, the base-model spec type, the
+# bounds of a response_format's choices).
 PURE_STDLIB = {"__future__", "abc", "base64", "collections", "dataclasses", "datetime", "enum",
                "functools", "hashlib", "itertools", "json", "math", "random", "re", "string",
                "typing", "uuid"}
 DOMAIN_MAY_USE = {"services.common.errors", "services.common.chat_format",
                   "services.common.base_models", "services.common.formatting",
-                  "services.common.job_spec"}
+                  "services.common.job_spec", "services.common.choices"}
 
 
 def module_name(path: Path) -> str:
