@@ -1,6 +1,8 @@
 """Benchmark (a): throughput with 8 different LoRA adapters mixed in one batch vs the base model
-alone, with the grouped CPU LoRA ops (services/inference/lora_ops.py) and vLLM's stock ops side
-by side in one run, plus the base model in an engine without LoRA support as the ceiling.
+alone, side by side in one run: the fused punica wrapper (services/inference/punica_fused.py,
+the default), vLLM's wrapper over our grouped ops (services/inference/lora_ops.py, the
+previous default: FINETUNE_LORA_PATH=per-op), vLLM's stock ops, and the base model in an
+engine without LoRA support as the ceiling.
 
     .venv/bin/python -m benchmarks.inference.lora_mix [--requests 16] [--prompt-tokens 64]
 
@@ -10,7 +12,7 @@ Each engine serves three workloads, each as one concurrent wave of `--requests` 
   8 mixed   requests spread round-robin over 8 adapters (all 8 in one batch)
 and each workload in two passes: prefill (random prompts of --prompt-tokens, 1 output token) and
 decode (8-token prompts, --decode-tokens output tokens, EOS ignored). Prompts are random token
-ids, fresh for every pass, so the prefix cache never helps. All three engines run at once and
+ids, fresh for every pass, so the prefix cache never helps. All four engines run at once and
 `--rounds` rounds interleave them, so load from elsewhere on the machine hits all alike; the
 best and the median round are reported.
 
@@ -24,6 +26,7 @@ import argparse
 import asyncio
 import gc
 import logging
+import os
 import statistics
 import tempfile
 import time
@@ -110,6 +113,10 @@ async def warm_up(llm, lora_requests, vocab, rng):
         await wave(llm, random_prompts(rng, 1, 16, vocab), [lora], 2)
 
 
+# The LoRA path each engine must report (VllmEngine.lora_path), and how it is chosen.
+KINDS = {"no LoRA": None, "fused": "fused", "per-op": "per-op", "stock ops": "stock"}
+
+
 async def start_engine(kind: str, config, adapters: list[Path], vocab: int):
     """(engine or None, the AsyncLLM, its LoRARequests or None), warmed up."""
     from vllm.lora.request import LoRARequest
@@ -117,13 +124,20 @@ async def start_engine(kind: str, config, adapters: list[Path], vocab: int):
     if kind == "no LoRA":
         engine, llm, lora_requests = None, start_plain_engine(config), None
     else:
-        engine = VllmEngine.start(config)
+        # The engine core is spawned now and reads FINETUNE_LORA_PATH when it imports
+        # services.inference.vllm_worker.
+        os.environ["FINETUNE_LORA_PATH"] = KINDS[kind]
+        try:
+            engine = VllmEngine.start(config)
+        finally:
+            del os.environ["FINETUNE_LORA_PATH"]
         llm = engine.async_llm
         lora_requests = [LoRARequest(lora_name=f"bench-{i}", lora_int_id=i + 1,
                                      lora_path=str(path)) for i, path in enumerate(adapters)]
     await warm_up(llm, lora_requests, vocab, torch.Generator().manual_seed(99))
-    if kind == "grouped ops":  # the flag really chose the ops running in the worker
-        assert await engine.grouped_lora_ops_active(), "grouped ops are not active"
+    if engine is not None:  # the setting really chose what runs in the worker
+        path = await engine.lora_path()
+        assert path == KINDS[kind], f"{kind}: the worker runs {path}"
     return engine, llm, lora_requests
 
 
@@ -171,18 +185,29 @@ def ops_profile(tokens: int, adapters_in_batch: int, rank: int = 8, slots: int =
                 ops.bgmv_expand_slice(buffers[i], b[i], y, indices, offset, out, True)
                 offset += out
 
-    def best_ms_per_forward(ops) -> float:
-        layer(ops)
+    fused = [(grouped.FusedLoraWeights(a, b, outs), in_f, outs) for in_f, outs, a, b in modules]
+    for weights, _, _ in fused:
+        weights.refresh(tuple(range(1, slots + 1)))
+
+    def fused_layer(_):
+        plan = grouped.plan_step(indices, slots)   # once per step in the engine
+        for weights, in_f, outs in fused:
+            y = torch.zeros(tokens, sum(outs), dtype=dtype)
+            grouped.add_fused_lora(y, x[:, :in_f], weights, plan)
+
+    def best_ms_per_forward(ops, run=layer) -> float:
+        run(ops)
         times = []
         for _ in range(repeat):
             start = time.perf_counter()
-            layer(ops)
+            run(ops)
             times.append(time.perf_counter() - start)
         return round(min(times) * LAYERS * 1000, 2)   # the least disturbed repetition
 
     result = {"tokens": tokens, "adapters_in_batch": adapters_in_batch, "rank": rank,
               "stock_ms_per_forward": best_ms_per_forward(stock),
-              "ours_ms_per_forward": best_ms_per_forward(grouped)}
+              "per_op_ms_per_forward": best_ms_per_forward(grouped),
+              "fused_ms_per_forward": best_ms_per_forward(None, fused_layer)}
     if adapters_in_batch > 1:  # both of our paths for several adapters, whichever is chosen
         default = grouped.DENSE_MAX_ROW_SLOTS
         try:
@@ -235,7 +260,7 @@ async def main_async(args) -> None:
     result = {"benchmark": "lora_mix", "machine_before": machine(),
               "settings": vars(args) | {"dtype": configured_dtype(engine_config(base, Path(tempfile.gettempdir())))[0],
                                         "max_loras": 8, "lora_rank": 8}}
-    kinds = ("no LoRA", "grouped ops", "stock ops")
+    kinds = tuple(KINDS)
     with tempfile.TemporaryDirectory(prefix="bench-lora-") as tmp:
         tmp = Path(tmp)
         adapters = [random_adapter(base, tmp / f"adapter-{i}", seed=i) for i in range(8)]

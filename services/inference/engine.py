@@ -259,12 +259,14 @@ class VllmEngine:
         """The adapter ids vLLM holds in memory now (at most max_cpu_loras: LRU-evicted)."""
         return set(await self._llm.list_loras())
 
-    async def grouped_lora_ops_active(self) -> bool:
-        """Whether every worker process runs services.inference.lora_ops (see vllm_worker.py)."""
+    async def lora_path(self) -> str:
+        """The CPU LoRA implementation every worker process runs (vllm_worker.lora_path):
+        `fused`, `per-op`, or `stock` when the extension is not installed."""
         try:
-            return all(await self._llm.collective_rpc("grouped_lora_ops_active"))
+            paths = set(await self._llm.collective_rpc("lora_path"))
         except Exception:  # noqa: BLE001 - the extension is not installed: vLLM's own ops
-            return False
+            return "stock"
+        return paths.pop() if len(paths) == 1 else "mixed: " + ", ".join(sorted(paths))
 
     def shutdown(self) -> None:
         llm, self._llm = self._llm, None

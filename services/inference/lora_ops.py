@@ -17,11 +17,20 @@ native bf16 matrix instructions torch's bf16 GEMM for LoRA's thin shapes (K = ra
 is many times slower than fp32 (docs/benchmarks.md, inference (d)), which made LoRA most of a
 decode step.
 Pure torch: no vLLM import, so unit tests can compare them directly.
+
+Those ops still make ~25 torch calls per LoRA layer (one shrink and one expand per slice, each
+deciding its path again, each casting its weights to float32), and at decode sizes the calls
+are the cost. `FusedLoraWeights`, `plan_step` and `add_fused_lora` are what the fused punica
+wrapper (services/inference/punica_fused.py) uses instead for every linear layer: the
+batch's adapter layout is decided once per step, and each layer's weights are cast once per
+adapter load, its slices' A stacked into one matrix and trimmed to the largest rank actually
+loaded: a layer is one product in and one per slice out, whatever its adapters.
 """
 
 from __future__ import annotations
 
-from typing import Iterator
+from dataclasses import dataclass, field
+from typing import Iterator, Sequence
 
 import torch
 
@@ -202,3 +211,190 @@ def sgmv_expand_slice(inputs, lora_b_weights, output_tensor, b_seq_start_loc, se
 
 OPS = {f.__name__: f for f in (bgmv_shrink, bgmv_expand, bgmv_expand_slice, sgmv_shrink,
                                sgmv_expand, sgmv_expand_slice)}
+
+
+# --- The fused path -------------------------------------------------------------------------
+
+Rows = slice | torch.Tensor
+
+
+@dataclass
+class StepPlan:
+    """How one engine step applies LoRA, decided once from its per-token adapter slots.
+
+    `slot` set: one adapter for the step (`row_mask` marks its rows when base rows share the
+    batch). `one_hot` set: several adapters in a small step, one product against every slot.
+    `groups` set: several adapters in a large step, one product per adapter over its rows.
+    None of them: no row uses an adapter."""
+
+    rows: int
+    slot: int | None = None
+    row_mask: torch.Tensor | None = None        # [rows, 1]
+    one_hot: torch.Tensor | None = None         # [rows, slots]
+    groups: tuple[tuple[int, Rows], ...] = ()
+    _masks: dict[tuple[int, int], torch.Tensor] = field(default_factory=dict)
+
+    @property
+    def idle(self) -> bool:
+        return self.slot is None and self.one_hot is None and not self.groups
+
+    def block_mask(self, slices: int, rank: int) -> torch.Tensor:
+        """[rows, slices x slots x rank], in FusedLoraWeights.a_dense's order: 1 over the rank
+        rows of each row's own slot, in every slice (cached; a step's layers have at most
+        three slice counts)."""
+        mask = self._masks.get((slices, rank))
+        if mask is None:
+            assert self.one_hot is not None
+            mask = self.one_hot.repeat_interleave(rank, dim=1).repeat(1, slices)
+            self._masks[slices, rank] = mask
+        return mask
+
+
+def plan_step(indices: torch.Tensor, slots: int) -> StepPlan:
+    """The plan for a step whose token t uses adapter slot indices[t] (-1: the base model)."""
+    rows = int(indices.shape[0])
+    if rows == 0:
+        return StepPlan(0)
+    used = [s for s in torch.unique(indices).tolist() if s != NO_LORA]
+    if not used:
+        return StepPlan(rows)
+    if len(used) == 1:
+        applied = indices == used[0]
+        mask = None if bool(applied.all()) else applied.to(COMPUTE).unsqueeze(1)
+        return StepPlan(rows, slot=used[0], row_mask=mask)
+    if rows * slots <= DENSE_MAX_ROW_SLOTS:
+        return StepPlan(rows, one_hot=_one_hot(indices, slots, COMPUTE))
+    return StepPlan(rows, groups=tuple(_runs_by_slot(indices)))
+
+
+def _runs_by_slot(indices: torch.Tensor) -> Iterator[tuple[int, Rows]]:
+    """(slot, its rows) per adapter: a slice when its rows are one run (a prefill's requests
+    usually are), else an index tensor."""
+    values, counts = torch.unique_consecutive(indices, return_counts=True)
+    starts: dict[int, list[tuple[int, int]]] = {}
+    at = 0
+    for value, count in zip(values.tolist(), counts.tolist(), strict=True):
+        if value != NO_LORA:
+            starts.setdefault(value, []).append((at, at + count))
+        at += count
+    for slot, runs in starts.items():
+        if len(runs) == 1:
+            yield slot, slice(*runs[0])
+        else:
+            yield slot, torch.cat([torch.arange(a, b) for a, b in runs])
+
+
+def _rank_in_use(slices: Sequence[torch.Tensor]) -> int:
+    """The highest nonzero rank row over one slot's A slices ([max_rank, in] each): vLLM pads
+    every adapter with zero rows to the engine's max_lora_rank."""
+    rank = 0
+    for a in slices:
+        nonzero = a.ne(0).any(dim=1).nonzero()
+        if nonzero.numel():
+            rank = max(rank, int(nonzero[-1]) + 1)
+    return rank
+
+
+class FusedLoraWeights:
+    """One LoRA layer's adapter slots in float32, cast once per adapter load, its slices' A
+    fused so the layer's shrink is one product:
+      a        [slots, slices x rank, in]   one slot's rows, every slice stacked
+      a_dense  [slices x slots x rank, in]  slice-major: all slots, for the one-hot path
+      b[i]     [slots, rank, out_i]         per slice (a block-diagonal B would read 2-3x the
+                                            bytes, and at decode the products are bound by
+                                            the bytes of weight they read)
+
+    `rank` is the largest rank loaded, not the engine's max_lora_rank (64 by default, where
+    adapters are usually 8-16). `refresh` rewrites only the slots whose adapter changed, when
+    the slot layout (vLLM's lora_index_to_id: an adapter id never names other weights) does."""
+
+    def __init__(self, a_stacked: Sequence[torch.Tensor], b_stacked: Sequence[torch.Tensor],
+                 output_slices: Sequence[int]):
+        self.a_stacked = tuple(_matrices(a) for a in a_stacked)    # [slots, max_rank, in]
+        self.b_stacked = tuple(_matrices(b) for b in b_stacked)    # [slots, out_i, max_rank]
+        self.source = a_stacked[0]
+        self.output_slices = tuple(output_slices)
+        self.slots = self.a_stacked[0].shape[0]
+        self.layout: tuple | None = None
+        self.ids: list = [None] * self.slots
+        self.rank = 0
+        self.a = self.a_dense = torch.zeros(0)
+        self.b: tuple[torch.Tensor, ...] = ()
+
+    def refresh(self, layout: tuple) -> None:
+        if layout is self.layout:
+            return
+        changed = [s for s in range(self.slots)
+                   if (layout[s] if s < len(layout) else None) != self.ids[s]]
+        rank = max([self.rank] + [_rank_in_use([a[s] for a in self.a_stacked])
+                                  for s in changed])
+        if rank != self.rank or not self.b:
+            slices, features = len(self.a_stacked), self.a_stacked[0].shape[2]
+            self.rank = rank
+            self.a = torch.zeros(self.slots, slices * rank, features, dtype=COMPUTE)
+            self.a_dense = torch.zeros(slices * self.slots * rank, features, dtype=COMPUTE)
+            self.b = tuple(torch.zeros(self.slots, rank, size, dtype=COMPUTE)
+                           for size in self.output_slices)
+            changed = list(range(self.slots))
+        for slot in changed:
+            self._fill(slot)
+        self.layout = layout
+        self.ids = [layout[s] if s < len(layout) else None for s in range(self.slots)]
+
+    def _fill(self, slot: int) -> None:
+        r = self.rank
+        for i, (a, b, size, fused_b) in enumerate(zip(self.a_stacked, self.b_stacked,
+                                                      self.output_slices, self.b, strict=True)):
+            self.a[slot, i * r:(i + 1) * r].copy_(a[slot, :r])
+            dense_at = (i * self.slots + slot) * r
+            self.a_dense[dense_at:dense_at + r].copy_(a[slot, :r])
+            fused_b[slot].copy_(b[slot, :size, :r].t())
+
+
+def add_fused_lora(y: torch.Tensor, x: torch.Tensor, weights: FusedLoraWeights,
+                   plan: StepPlan, scale: float = 1.0) -> None:
+    """y[t] += scale * x[t] @ A[slot(t)].T @ B[slot(t)].T for the plan's rows with an adapter
+    (rows without one add exact zeros, or nothing).
+
+    In float32 whatever the engine's dtype, cast once when added to y: every path rounds the
+    same way, so a request's answer does not depend on what shares its batch. (bf16 products
+    were 1.5-3x faster at prefill sizes on a CPU with AVX512-BF16 but 2.5x slower at decode
+    sizes, where each bf16 call costs ~20 us against ~6 in float32.)"""
+    if plan.idle or weights.rank == 0:
+        return
+    n, r = plan.rows, weights.rank
+    xs = x[:n].to(COMPUTE)
+    target = y[:n]
+    if plan.one_hot is not None:
+        block = weights.slots * r
+        h = torch.mm(xs, weights.a_dense.t())
+        h.mul_(plan.block_mask(len(weights.b), r))
+        _expand(target, h, [b.view(block, -1) for b in weights.b], weights.output_slices,
+                block, scale)
+        return
+    groups = plan.groups or ((plan.slot, slice(None)),)
+    for slot, rows in groups:
+        h = torch.mm(xs[rows], weights.a[slot].t())
+        if plan.row_mask is not None:
+            h.mul_(plan.row_mask)
+        b = [fused[slot] for fused in weights.b]
+        if isinstance(rows, slice):
+            _expand(target[rows], h, b, weights.output_slices, r, scale)
+        else:
+            part = target.index_select(0, rows)
+            _expand(part, h, b, weights.output_slices, r, scale)
+            target.index_copy_(0, rows, part)
+
+
+def _expand(target: torch.Tensor, h: torch.Tensor, b: Sequence[torch.Tensor],
+            output_slices: Sequence[int], block: int, scale: float) -> None:
+    """target[:, slice i] += scale * h[:, block i] @ b[i], for each slice: accumulated in
+    place when the target is float32, else computed in float32 and added (cast once)."""
+    if scale != 1.0:
+        h.mul_(scale)
+    in_place = target.dtype == COMPUTE
+    offset = 0
+    for i, (weights, size) in enumerate(zip(b, output_slices, strict=True)):
+        out, part = target[:, offset:offset + size], h[:, i * block:(i + 1) * block]
+        out.addmm_(part, weights) if in_place else out.add_(torch.mm(part, weights))
+        offset += size

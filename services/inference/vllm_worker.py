@@ -2,12 +2,14 @@
 
 vLLM starts the engine core and its workers as spawned processes, so a patch applied in the
 service's own process never reaches the model. The worker imports the extension class named in
-the engine args before it loads the model; importing this module installs the grouped LoRA ops.
+the engine args before it loads the model; importing this module installs the grouped LoRA ops
+and the fused punica wrapper that uses them (services/inference/punica_fused.py).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +38,34 @@ def install_grouped_lora_ops() -> None:
     log.info("installed grouped LoRA ops in the vLLM CPU punica wrapper")
 
 
+FUSED_PUNICA_WRAPPER = "services.inference.punica_fused.FusedPunicaWrapperCPU"
+
+
+def install_fused_punica_wrapper() -> None:
+    """Make vLLM CPU build the fused punica wrapper for the model's LoRA layers."""
+    from vllm.platforms.cpu import CpuPlatform
+
+    if not hasattr(CpuPlatform, "get_punica_wrapper"):
+        raise RuntimeError("vllm.platforms.cpu.CpuPlatform.get_punica_wrapper not found: "
+                           "vLLM changed how it picks the punica wrapper")
+    CpuPlatform.get_punica_wrapper = classmethod(lambda cls: FUSED_PUNICA_WRAPPER)  # type: ignore[method-assign,assignment]
+    log.info("the vLLM CPU platform builds %s", FUSED_PUNICA_WRAPPER)
+
+
+def fused_punica_wrapper_active() -> bool:
+    from vllm.platforms import current_platform
+
+    return bool(current_platform.get_punica_wrapper() == FUSED_PUNICA_WRAPPER)
+
+
+def lora_path() -> str:
+    """The CPU LoRA implementation this worker runs: `fused` (punica_fused.py), `per-op`
+    (vLLM's punica wrapper calling the grouped ops) or `stock` (vLLM's own)."""
+    if not grouped_lora_ops_active():
+        return "stock"
+    return "fused" if fused_punica_wrapper_active() else "per-op"
+
+
 def grouped_lora_ops_active() -> bool:
     """Whether the CPU punica wrapper in this process calls the grouped ops."""
     import vllm.lora.punica_wrapper.punica_cpu as punica_cpu
@@ -48,12 +78,17 @@ def grouped_lora_ops_active() -> bool:
 class GroupedLoraOpsExtension:
     """Naming this class as vLLM's worker extension makes every worker import this module.
 
-    Its method is callable through `AsyncLLM.collective_rpc("grouped_lora_ops_active")`, so a
-    test (or an operator) can check the patch really reached the worker processes.
+    Its method is callable through `AsyncLLM.collective_rpc("lora_path")`, so a test (or an
+    operator) can check the patch really reached the worker processes.
     """
 
-    def grouped_lora_ops_active(self) -> bool:
-        return grouped_lora_ops_active()
+    def lora_path(self) -> str:
+        return lora_path()
 
 
 install_grouped_lora_ops()
+# FINETUNE_LORA_PATH=per-op keeps vLLM's own punica wrapper over the grouped ops: what the
+# fused wrapper is measured against (benchmarks/inference/lora_mix.py), and a way back should
+# a vLLM upgrade break it.
+if os.environ.get("FINETUNE_LORA_PATH", "fused") != "per-op":
+    install_fused_punica_wrapper()

@@ -1,0 +1,152 @@
+"""The fused LoRA path (one plan per step, slices fused, weights cast once per adapter load)
+against a per-row, per-slice reference, on each of its paths: one adapter, one adapter beside
+base rows, several adapters in a small step (one-hot) and in a large one (per adapter, rows
+in one run or scattered)."""
+
+import pytest
+import torch
+
+from services.inference import lora_ops
+
+SLOTS, MAX_RANK, IN = 4, 8, 12
+SLICES = (10, 6, 6)    # a merged qkv-like layer
+
+
+def stacks(ranks, dtype=torch.bfloat16, seed=0):
+    """vLLM's stacked layout: [slots, 1, max_rank, in] and [slots, 1, out_i, max_rank] per
+    slice, each adapter's rank zero-padded to max_rank."""
+    g = torch.Generator().manual_seed(seed)
+    a = [torch.zeros(SLOTS, 1, MAX_RANK, IN, dtype=dtype) for _ in SLICES]
+    b = [torch.zeros(SLOTS, 1, out, MAX_RANK, dtype=dtype) for out in SLICES]
+    for slot, rank in enumerate(ranks):
+        for a_i, b_i in zip(a, b):
+            a_i[slot, 0, :rank] = torch.randn(rank, IN, generator=g)
+            b_i[slot, 0, :, :rank] = torch.randn(b_i.shape[2], rank, generator=g)
+    return a, b
+
+
+def reference(y, x, a, b, indices, scale):
+    y = y.float().clone()
+    for t, slot in enumerate(indices):
+        if slot < 0:
+            continue
+        offset = 0
+        for a_i, b_i, size in zip(a, b, SLICES):
+            h = scale * (x[t].float() @ a_i[slot, 0].float().t())
+            y[t, offset:offset + size] += h @ b_i[slot, 0].float().t()
+            offset += size
+    return y
+
+
+INDICES = {
+    "one adapter": [1, 1, 1, 1],
+    "base only": [-1, -1, -1],
+    "one adapter and base rows": [-1, 2, 2, -1, 2],
+    "several, interleaved": [-1, 0, 1, -1, 3, 0, -1, 1],
+    "several, in runs": [0, 0, 0, 2, 2, -1, -1, 3],
+}
+
+
+@pytest.mark.parametrize("path", ["small step", "large step"])
+@pytest.mark.parametrize("name", list(INDICES))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_the_fused_path_matches_the_reference(monkeypatch, path, name, dtype):
+    if path == "large step":
+        monkeypatch.setattr(lora_ops, "DENSE_MAX_ROW_SLOTS", 0)
+    indices = INDICES[name]
+    a, b = stacks([8, 3, 5, 8], dtype)
+    weights = lora_ops.FusedLoraWeights(a, b, SLICES)
+    weights.refresh((11, 12, 13, 14))
+    x = torch.randn(len(indices), IN).to(dtype)
+    y = torch.randn(len(indices), sum(SLICES)).to(dtype)
+    expected = reference(y, x, a, b, indices, 0.5)
+    lora_ops.add_fused_lora(y, x, weights, lora_ops.plan_step(torch.tensor(indices), SLOTS),
+                            0.5)
+    tolerance = 1e-5 if dtype == torch.float32 else 2e-2
+    torch.testing.assert_close(y.float(), expected, rtol=tolerance, atol=tolerance * 10)
+
+
+def test_base_rows_are_left_exactly_as_they_were():
+    a, b = stacks([8, 8, 8, 8])
+    weights = lora_ops.FusedLoraWeights(a, b, SLICES)
+    weights.refresh((1, 2, 3, 4))
+    indices = [-1, 0, 3, -1, 1, 2]
+    y = torch.randn(len(indices), sum(SLICES)).to(torch.bfloat16)
+    before = y.clone()
+    lora_ops.add_fused_lora(y, torch.randn(len(indices), IN).to(torch.bfloat16), weights,
+                            lora_ops.plan_step(torch.tensor(indices), SLOTS))
+    assert torch.equal(y[[0, 3]], before[[0, 3]])
+    assert not torch.equal(y[[1, 2, 4, 5]], before[[1, 2, 4, 5]])
+
+
+def test_a_row_gets_the_same_answer_alone_and_in_any_batch():
+    """What the engine's mixed-batch test relies on: every path rounds alike."""
+    a, b = stacks([8, 4, 8, 2])
+    weights = lora_ops.FusedLoraWeights(a, b, SLICES)
+    weights.refresh((1, 2, 3, 4))
+    x = torch.randn(1, IN).to(torch.bfloat16)
+    y = torch.randn(1, sum(SLICES)).to(torch.bfloat16)
+    alone = y.clone()
+    lora_ops.add_fused_lora(alone, x, weights, lora_ops.plan_step(torch.tensor([1]), SLOTS))
+    for batch in ([1, -1, -1], [1, 0, 2, 3], [1, 1, 3]):
+        rows = len(batch)
+        together = torch.cat([y, torch.randn(rows - 1, sum(SLICES)).to(torch.bfloat16)])
+        xs = torch.cat([x, torch.randn(rows - 1, IN).to(torch.bfloat16)])
+        lora_ops.add_fused_lora(together, xs, weights,
+                                lora_ops.plan_step(torch.tensor(batch), SLOTS))
+        torch.testing.assert_close(together[:1], alone, rtol=0, atol=0)
+
+
+def test_weights_are_trimmed_to_the_largest_rank_loaded_and_follow_the_slots():
+    a, b = stacks([3, 0, 2, 0])
+    weights = lora_ops.FusedLoraWeights(a, b, SLICES)
+    weights.refresh((7, None, 9, None))
+    assert weights.rank == 3
+    assert weights.a.shape == (SLOTS, len(SLICES) * 3, IN)
+
+    # vLLM loads a rank-5 adapter into slot 1: the layout changes, the rank grows.
+    g = torch.Generator().manual_seed(1)
+    for a_i, b_i in zip(a, b):
+        a_i[1, 0, :5] = torch.randn(5, IN, generator=g)
+        b_i[1, 0, :, :5] = torch.randn(b_i.shape[2], 5, generator=g)
+    layout = (7, 8, 9, None)
+    weights.refresh(layout)
+    assert weights.rank == 5
+    x, y = torch.randn(2, IN), torch.zeros(2, sum(SLICES))
+    lora_ops.add_fused_lora(y, x, weights, lora_ops.plan_step(torch.tensor([1, 0]), SLOTS))
+    torch.testing.assert_close(y, reference(torch.zeros(2, sum(SLICES)), x, a, b, [1, 0], 1.0),
+                               rtol=1e-2, atol=1e-2)
+
+    # The same layout object again: nothing is re-read, even if the stacks change under it.
+    for a_i in a:
+        a_i[1].zero_()
+    weights.refresh(layout)
+    assert weights.a[1].abs().sum() > 0
+    # A new layout where slot 1 holds another adapter: only then is it re-read.
+    weights.refresh((7, 10, 9, None))
+    assert weights.a[1].abs().sum() == 0
+
+
+def test_an_idle_step_touches_nothing():
+    a, b = stacks([4, 4, 4, 4])
+    weights = lora_ops.FusedLoraWeights(a, b, SLICES)
+    weights.refresh((1, 2, 3, 4))
+    y = torch.randn(3, sum(SLICES))
+    before = y.clone()
+    plan = lora_ops.plan_step(torch.tensor([-1, -1, -1]), SLOTS)
+    assert plan.idle
+    lora_ops.add_fused_lora(y, torch.randn(3, IN), weights, plan)
+    assert torch.equal(y, before)
+
+
+def test_plans_pick_their_path():
+    plan = lora_ops.plan_step(torch.tensor([2, 2, 2]), SLOTS)
+    assert (plan.slot, plan.row_mask) == (2, None)
+    plan = lora_ops.plan_step(torch.tensor([2, -1, 2]), SLOTS)
+    assert plan.slot == 2 and plan.row_mask.flatten().tolist() == [1.0, 0.0, 1.0]
+    plan = lora_ops.plan_step(torch.tensor([0, 1, -1]), SLOTS)
+    assert plan.one_hot is not None and plan.one_hot.sum().item() == 2
+    many = torch.tensor([0] * 600 + [1] * 500 + [0] * 10)
+    groups = dict(lora_ops.plan_step(many, SLOTS).groups)
+    assert groups[1] == slice(600, 1100)
+    assert groups[0].tolist() == list(range(600)) + list(range(1100, 1110))
