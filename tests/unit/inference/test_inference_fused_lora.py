@@ -66,6 +66,20 @@ def test_the_fused_path_matches_the_reference(monkeypatch, path, name, dtype):
     torch.testing.assert_close(y.float(), expected, rtol=tolerance, atol=tolerance * 10)
 
 
+def test_a_long_step_is_done_in_blocks_with_the_same_result(monkeypatch):
+    monkeypatch.setattr(lora_ops, "CHUNK_ROWS", 3)
+    a, b = stacks([8, 3, 5, 8])
+    weights = lora_ops.FusedLoraWeights(a, b, SLICES)
+    weights.refresh((11, 12, 13, 14))
+    for indices in ([2] * 10, [2, -1] * 5, [0] * 4 + [1] * 7):
+        x = torch.randn(len(indices), IN)
+        y = torch.randn(len(indices), sum(SLICES))
+        expected = reference(y, x, a, b, indices, 1.0)
+        monkeypatch.setattr(lora_ops, "DENSE_MAX_ROW_SLOTS", 0)
+        lora_ops.add_fused_lora(y, x, weights, lora_ops.plan_step(torch.tensor(indices), SLOTS))
+        torch.testing.assert_close(y, expected, rtol=1e-5, atol=1e-4)
+
+
 def test_base_rows_are_left_exactly_as_they_were():
     a, b = stacks([8, 8, 8, 8])
     weights = lora_ops.FusedLoraWeights(a, b, SLICES)
