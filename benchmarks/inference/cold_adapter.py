@@ -23,18 +23,19 @@ import tempfile
 import time
 from pathlib import Path
 
-import grpc
-
-from benchmarks.inference.common import (SERVICE_TOKEN, base_model, engine_config, machine,
-                                         metadata, random_adapter, start_control, summary,
-                                         write_result)
-from finetune.inference.v1 import inference_pb2, inference_pb2_grpc
-from services.inference.accounting import GrpcUsageReporter
-from services.inference.adapters import AdapterRegistry, GrpcModelResolver, ResolvedModel
-from services.inference.engine import VllmEngine
-from services.inference.outbox import OutboxStore, UsageOutbox
-from services.inference.server import build_completions, build_server
-from services.inference.servicer import InferenceServicer
+from benchmarks.inference.common import (
+    base_model,
+    engine_config,
+    machine,
+    metadata,
+    random_adapter,
+    served_engine,
+    start_control,
+    summary,
+    write_result,
+)
+from finetune.inference.v1 import inference_pb2
+from services.inference.adapters import AdapterRegistry, ResolvedModel
 
 PROMPT = "Name three rivers."
 
@@ -70,18 +71,8 @@ async def main_async(args) -> None:
 
         config = engine_config(base, tmp, max_loras=2, max_cpu_loras=3, max_lora_rank=args.rank,
                                resolution_cache_ttl_s=300)
-        engine = VllmEngine.start(config)
-        channel = grpc.aio.insecure_channel(control_server.address)
-        outbox = UsageOutbox(OutboxStore(tmp / "outbox.sqlite3"),
-                             GrpcUsageReporter(channel, SERVICE_TOKEN))
-        outbox.start()
-        servicer = InferenceServicer(build_completions(
-            config, engine, GrpcModelResolver(channel, SERVICE_TOKEN), outbox))
-        server = build_server(config.listen_address, servicer)
-        await server.start()
         try:
-            async with grpc.aio.insecure_channel(server.address) as ch:
-                stub = inference_pb2_grpc.InferenceServiceStub(ch)
+            async with served_engine(config, control_server.address, tmp) as (engine, stub):
 
                 async def ask(model: str) -> float:
                     start = time.perf_counter()
@@ -114,14 +105,10 @@ async def main_async(args) -> None:
                 result["warm_ms"] = [round(x * 1000, 1) for x in warm]
                 # Paired: each adapter's cold and warm request ran back to back, so their
                 # difference is the first-use cost with the machine's load mostly cancelled.
-                extra = sorted((c - w) * 1000 for c, w in zip(cold, warm))
+                extra = sorted((c - w) * 1000 for c, w in zip(cold, warm, strict=True))
                 result["cold_minus_warm_ms"] = {"each": [round(x, 1) for x in extra],
                                                 "median": round(statistics.median(extra), 1)}
         finally:
-            await server.stop(0)
-            await outbox.stop(5)
-            await channel.close()
-            engine.shutdown()
             await control_server.stop(0)
     result["machine_after"] = machine()
     write_result("cold_adapter", result)

@@ -6,6 +6,7 @@ Benchmarks measure and print; nothing here asserts a speed.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -14,6 +15,7 @@ import statistics
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import AsyncIterator
 
 import grpc
 
@@ -163,3 +165,37 @@ def write_result(name: str, result: dict) -> Path:
 
 def grpc_channel(address: str) -> grpc.aio.Channel:
     return grpc.aio.insecure_channel(address)
+
+
+@contextlib.asynccontextmanager
+async def served_engine(config: InferenceConfig, control_address: str,
+                        state: Path) -> AsyncIterator[tuple]:
+    """The inference service as it runs in production, in this process: the engine, the
+    usage outbox delivering to the loopback control at `control_address`, and
+    InferenceService on loopback gRPC. Yields (engine, InferenceService stub); stops all."""
+    from finetune.inference.v1 import inference_pb2_grpc
+    from services.inference.accounting import GrpcUsageReporter
+    from services.inference.adapters import GrpcModelResolver
+    from services.inference.engine import VllmEngine
+    from services.inference.outbox import OutboxStore, UsageOutbox
+    from services.inference.server import build_completions, build_server
+    from services.inference.servicer import InferenceServicer
+
+    engine = VllmEngine.start(config)
+    channel = grpc.aio.insecure_channel(control_address)
+    outbox = UsageOutbox(OutboxStore(state / "outbox.sqlite3"),
+                         GrpcUsageReporter(channel, SERVICE_TOKEN))
+    outbox.start()
+    servicer = InferenceServicer(build_completions(
+        config, engine, GrpcModelResolver(channel, SERVICE_TOKEN), outbox))
+    server = build_server(config.listen_address, servicer)
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(server.address) as client:
+            yield engine, inference_pb2_grpc.InferenceServiceStub(client)
+        await outbox.flush(timeout_s=120)
+    finally:
+        await server.stop(0)
+        await outbox.stop(5)
+        await channel.close()
+        engine.shutdown()
