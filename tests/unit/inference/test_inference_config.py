@@ -75,14 +75,15 @@ def test_precision_cache_and_dtype_come_from_flags_and_env():
     assert parse_config([], {"FINETUNE_SERVICE_TOKEN": "s"}).precision_cache is None
 
 
-def test_engine_threads_leave_out_the_reserved_cores():
+def test_engine_threads_are_every_core_unless_the_operator_reserves_some():
     import os
 
     from services.inference.engine import cpu_compute_threads
 
     cores = len(os.sched_getaffinity(0))
-    assert cpu_compute_threads({}) == max(1, cores - 1)
+    assert cpu_compute_threads({}) == cores
     assert cpu_compute_threads({"VLLM_CPU_NUM_OF_RESERVED_CPU": "0"}) == cores
+    assert cpu_compute_threads({"VLLM_CPU_NUM_OF_RESERVED_CPU": "1"}) == max(1, cores - 1)
 
 
 GPU_FLAGS = ["--kv-cache-gib=8", "--gpu-memory-utilization=0.9", "--max-num-seqs=128",
