@@ -62,6 +62,10 @@ class InferenceConfig:
     grouped_lora_ops: bool = True      # replace vLLM CPU's per-token LoRA ops (see lora_ops.py)
     structured_output_backend: str = "xgrammar"   # response_format grammars: xgrammar | guidance
     # serving
+    # Requests in flight before RESOURCE_EXHAUSTED: two engine batches (max_num_seqs 32). At 32
+    # concurrent a 32-token answer took 3.3 s p50 on a 2-core CPU (docs/benchmarks.md,
+    # inference (b)), so the last admitted request waits about one batch more; past that a
+    # client is better told to retry than queued.
     max_queued_requests: int = 64
     default_max_tokens: int = 256
     resolution_cache_ttl_s: float = 30.0

@@ -358,10 +358,12 @@ def add_fused_lora(y: torch.Tensor, x: torch.Tensor, weights: FusedLoraWeights,
     """y[t] += scale * x[t] @ A[slot(t)].T @ B[slot(t)].T for the plan's rows with an adapter
     (rows without one add exact zeros, or nothing).
 
-    In float32 whatever the engine's dtype, cast once when added to y: every path rounds the
-    same way, so a request's answer does not depend on what shares its batch. (bf16 products
-    were 1.5-3x faster at prefill sizes on a CPU with AVX512-BF16 but 2.5x slower at decode
-    sizes, where each bf16 call costs ~20 us against ~6 in float32.)"""
+    In float32 whatever the engine's dtype, cast once when added to y: no path adds a rounding
+    step of its own, so the paths agree to float32's last bit (BLAS itself may round a row
+    differently with the number of rows beside it: docs/benchmarks.md, inference (g)). bf16
+    products were 1.5-3x faster at prefill sizes on a CPU with AVX512-BF16 but 2.5x slower at
+    decode sizes, where each bf16 call costs ~20 us against ~6 in float32, and using them for
+    large steps only would round a request differently by the size of its step."""
     if plan.idle or weights.rank == 0:
         return
     n, r = plan.rows, weights.rank

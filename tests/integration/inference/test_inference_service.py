@@ -278,6 +278,30 @@ async def test_client_cancellation_aborts_the_engine_request(inference):
     assert still_running == 0  # vLLM no longer holds it
 
 
+async def test_a_burst_past_the_admission_limit_is_refused_and_nothing_else_is_lost(inference):
+    """The fixture admits 16 requests in flight: a burst of 48 at once gets RESOURCE_EXHAUSTED
+    for what does not fit, right away, while every admitted request is answered and billed
+    once; the service takes new requests afterwards."""
+    n = 48
+    async with inference.channel() as ch:
+        stub = inference_pb2_grpc.InferenceServiceStub(ch)
+        results = await asyncio.gather(
+            *[stub.Complete(request(MODEL_A, f"Count to {i}.", max_tokens=24),
+                            metadata=inference.metadata(), timeout=300) for i in range(n)],
+            return_exceptions=True)
+    answered = [r for r in results if isinstance(r, inference_pb2.CompleteResponse)]
+    refused = [r for r in results if isinstance(r, grpc.aio.AioRpcError)]
+    assert len(answered) + len(refused) == n
+    assert {e.code() for e in refused} == {grpc.StatusCode.RESOURCE_EXHAUSTED}
+    assert 16 <= len(answered) < n and all(r.usage.completion_tokens > 0 for r in answered)
+    assert "retry later" in refused[0].details()
+    assert await inference.usage.flush(timeout_s=60) == 0
+    assert all(inference.control.usage[r.request_id].completion_tokens
+               == r.usage.completion_tokens for r in answered)
+    after = await complete(inference, request(MODEL_A, max_tokens=4))
+    assert after.usage.completion_tokens > 0
+
+
 async def test_deadline_aborts_the_engine_request(inference):
     inference.engine.aborted.clear()
     got, _ = await code_of(complete(inference, request(

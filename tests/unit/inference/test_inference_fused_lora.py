@@ -94,7 +94,8 @@ def test_base_rows_are_left_exactly_as_they_were():
 
 
 def test_a_row_gets_the_same_answer_alone_and_in_any_batch():
-    """What the engine's mixed-batch test relies on: every path rounds alike."""
+    """What the engine's mixed-batch test relies on: every path rounds alike (at these small
+    shapes BLAS does too; at the model's it may not, docs/benchmarks.md inference (g))."""
     a, b = stacks([8, 4, 8, 2])
     weights = lora_ops.FusedLoraWeights(a, b, SLICES)
     weights.refresh((1, 2, 3, 4))
