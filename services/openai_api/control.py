@@ -30,6 +30,11 @@ class ControlApi(Protocol):
 
     async def models(self, key: str) -> list[models_pb2.Model]: ...
 
+    async def shared_models(self, key: str) -> list[models_pb2.Model]:
+        """Models other accounts share with the key's (`shared` set, named
+        `<owner account>.<db>.<schema>.<model>`)."""
+        ...
+
     async def get_model(self, key: str, name: str) -> models_pb2.Model: ...
 
     async def load_rows(self, key: str, table: str,
@@ -92,12 +97,18 @@ class GrpcControl:
         return list(response.base_models)
 
     async def models(self, key: str) -> list[models_pb2.Model]:
+        return await self._list_models(key, shared=False)
+
+    async def shared_models(self, key: str) -> list[models_pb2.Model]:
+        return await self._list_models(key, shared=True)
+
+    async def _list_models(self, key: str, shared: bool) -> list[models_pb2.Model]:
         out: list[models_pb2.Model] = []
         token = ""
         while True:
             page = await self._models.ListModels(
-                models_pb2.ListModelsRequest(page_token=token), metadata=self._auth(key),
-                timeout=self._timeout_s)
+                models_pb2.ListModelsRequest(page_token=token, shared=shared),
+                metadata=self._auth(key), timeout=self._timeout_s)
             out += page.models
             token = page.next_page_token
             if not token:

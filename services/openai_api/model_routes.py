@@ -1,5 +1,6 @@
 """GET /v1/models: the base models and the fine-tuned models the caller may use (control
-filters them by the caller's USAGE privileges)."""
+filters them by the caller's USAGE privileges), those other accounts share with it included,
+`owned_by` their account."""
 
 from __future__ import annotations
 
@@ -21,14 +22,15 @@ def base_model_object(base: models_pb2.BaseModel) -> dict[str, Any]:
 
 def model_object(model: models_pb2.Model) -> dict[str, Any]:
     return {"id": model.name, "object": "model", "created": model.created_on.seconds,
-            "owned_by": OWNER, "root": model.base_model, "parent": model.base_model}
+            "owned_by": model.owner_account if model.shared else OWNER,
+            "root": model.base_model, "parent": model.base_model}
 
 
 @router.get("/v1/models")
 async def list_models(key: ApiKey,
                       ctx: Context) -> dict[str, Any]:
     bases = await ctx.control.base_models(key)
-    models = await ctx.control.models(key)
+    models = await ctx.control.models(key) + await ctx.control.shared_models(key)
     return {"object": "list",
             "data": [base_model_object(b) for b in bases] + [model_object(m) for m in models]}
 

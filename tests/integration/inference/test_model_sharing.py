@@ -23,6 +23,8 @@ from services.cli import main
 from services.cli.client import FinetuneClient
 from services.control import provisioning
 from services.control.app import ControlApp
+from services.openai_api.control import GrpcControl
+from services.openai_api.model_routes import model_object
 
 pytestmark = pytest.mark.integration
 
@@ -124,6 +126,16 @@ async def test_a_shared_model_answers_the_other_account_and_is_billed_to_it(stac
     assert "ACCOUNT" in shown.output and "acme" in shown.output, shown.output
     listed = await asyncio.to_thread(stack.cli, stack.other_key, "models", "--shared")
     assert SHARED in listed.output and listed.exit_code == 0, listed.output
+    # The OpenAI door's control client lists it with acme's models (GET /v1/models), as the
+    # owner's; the owner's own list is unchanged.
+    async with grpc.aio.insecure_channel(stack.control.address) as channel:
+        door = GrpcControl(channel)
+        theirs_listed = await door.shared_models(stack.other_key)
+        assert [(m.name, m.owner_account, m.shared) for m in theirs_listed] == [
+            (SHARED, "default", True)]
+        assert model_object(theirs_listed[0])["owned_by"] == "default"
+        assert await door.shared_models(stack.owner_key) == []
+        assert [m.name for m in await door.models(stack.owner_key)] == [BOT]
 
     theirs = await stack.complete(stack.other_key, SHARED)
     mine = await stack.complete(stack.owner_key, BOT)

@@ -19,6 +19,7 @@ from services.openai_api.context import ApiContext
 KEY = "ft_test_key"
 BASE = "tiny-base"
 TUNED = "shop.public.router"
+SHARED = "partner.shop.public.router"   # another account's model, shared with this key's
 
 
 class FakeCore:
@@ -89,8 +90,15 @@ class FakeControl:
         self._check(key)
         return [models_pb2.Model(name=TUNED, base_model=BASE, created_on=ts(1700000000))]
 
+    async def shared_models(self, key):
+        self._check(key)
+        return [models_pb2.Model(name=SHARED, base_model=BASE, created_on=ts(1700000500),
+                                 owner_account="partner", shared=True)]
+
     async def get_model(self, key, name):
         self._check(key)
+        if name == SHARED:
+            return (await self.shared_models(key))[0]
         if name != TUNED:
             raise NotFound(f"model {name} does not exist")
         return (await self.models(key))[0]

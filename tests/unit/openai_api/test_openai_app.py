@@ -7,7 +7,7 @@ import json
 
 import openai
 import pytest
-from openai_fakes import BASE, KEY, TUNED, ts
+from openai_fakes import BASE, KEY, SHARED, TUNED, ts
 
 from finetune.control.v1 import jobs_pb2
 from services.common.errors import InvalidArgument, ResourceExhausted
@@ -177,14 +177,17 @@ async def test_before_the_engine_is_ready_completions_are_unavailable(door):
     assert raised.value.status_code == 503
 
 
-async def test_models_lists_base_and_fine_tuned_models(door):
+async def test_models_lists_base_fine_tuned_and_shared_models(door):
     async with door.sdk() as client:
         models = [m async for m in client.models.list()]
         tuned = await client.models.retrieve(TUNED)
+        shared = await client.models.retrieve(SHARED)
         with pytest.raises(openai.NotFoundError):
             await client.models.retrieve("shop.public.missing")
-    assert [m.id for m in models] == [BASE, TUNED]
+    assert [m.id for m in models] == [BASE, TUNED, SHARED]
+    assert [m.owned_by for m in models] == ["finetune", "finetune", "partner"]
     assert tuned.id == TUNED and tuned.created == 1700000000
+    assert (shared.id, shared.owned_by, shared.root) == (SHARED, "partner", BASE)
 
 
 async def test_an_upload_becomes_a_table_of_the_callers_rows(door):
