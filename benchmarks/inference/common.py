@@ -15,7 +15,7 @@ import statistics
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import AsyncIterator
+from typing import AsyncIterator, Iterator
 
 import grpc
 
@@ -132,6 +132,22 @@ async def start_control(base: BaseModel) -> tuple[LoopbackControl, GrpcServer]:
         interceptors=[AuthInterceptor(_service_token_only)])
     await server.start()
     return fake, server
+
+
+@contextlib.contextmanager
+def spawn_environment(**values: str) -> Iterator[None]:
+    """Environment variables for an engine started inside the block: vLLM's engine core is a
+    spawned process and reads them when it starts. The previous values come back after."""
+    before = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, value in before.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def metadata() -> tuple:

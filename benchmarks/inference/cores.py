@@ -16,7 +16,6 @@ import argparse
 import asyncio
 import contextlib
 import logging
-import os
 import statistics
 import tempfile
 import time
@@ -29,13 +28,14 @@ from benchmarks.inference.common import (
     metadata,
     random_adapter,
     served_engine,
+    spawn_environment,
     start_control,
     write_result,
 )
 from finetune.inference.v1 import inference_pb2
 
 PROMPT = "Write a short story about a lighthouse keeper."
-VARIANTS = {"one core reserved (default)": "1", "every core computes": "0"}
+VARIANTS = {"one core reserved (vLLM's default)": "1", "every core computes (ours)": "0"}
 
 
 async def wave(stub, model: str, n: int, max_tokens: int) -> dict:
@@ -65,16 +65,13 @@ async def main_async(args) -> None:
         try:
             async with contextlib.AsyncExitStack() as stack:
                 for name, reserved in VARIANTS.items():
-                    os.environ["VLLM_CPU_NUM_OF_RESERVED_CPU"] = reserved
-                    try:
-                        state = tmp / reserved
-                        state.mkdir()
-                        config = engine_config(base, state, max_num_seqs=args.concurrency,
-                                               max_queued_requests=args.concurrency * 2)
+                    state = tmp / reserved
+                    state.mkdir()
+                    config = engine_config(base, state, max_num_seqs=args.concurrency,
+                                           max_queued_requests=args.concurrency * 2)
+                    with spawn_environment(VLLM_CPU_NUM_OF_RESERVED_CPU=reserved):
                         services[name] = await stack.enter_async_context(
                             served_engine(config, control_server.address, state))
-                    finally:
-                        del os.environ["VLLM_CPU_NUM_OF_RESERVED_CPU"]
                 runs: dict = {name: {"base": [], "adapter": []} for name in VARIANTS}
                 for _, stub in services.values():   # warm-up
                     for model in (base.name, "db.public.tuned"):

@@ -26,7 +26,6 @@ import argparse
 import asyncio
 import gc
 import logging
-import os
 import statistics
 import tempfile
 import time
@@ -35,7 +34,7 @@ from pathlib import Path
 import torch
 
 from benchmarks.inference.common import (base_model, engine_config, machine, random_adapter,
-                                         write_result)
+                                         spawn_environment, write_result)
 from services.inference.engine import GiB, VllmEngine, configured_dtype
 
 
@@ -124,13 +123,9 @@ async def start_engine(kind: str, config, adapters: list[Path], vocab: int):
     if kind == "no LoRA":
         engine, llm, lora_requests = None, start_plain_engine(config), None
     else:
-        # The engine core is spawned now and reads FINETUNE_LORA_PATH when it imports
-        # services.inference.vllm_worker.
-        os.environ["FINETUNE_LORA_PATH"] = KINDS[kind]
-        try:
+        # The engine core reads FINETUNE_LORA_PATH when it imports vllm_worker.
+        with spawn_environment(FINETUNE_LORA_PATH=KINDS[kind]):
             engine = VllmEngine.start(config)
-        finally:
-            del os.environ["FINETUNE_LORA_PATH"]
         llm = engine.async_llm
         lora_requests = [LoRARequest(lora_name=f"bench-{i}", lora_int_id=i + 1,
                                      lora_path=str(path)) for i, path in enumerate(adapters)]

@@ -326,8 +326,8 @@ class FusedLoraWeights:
     def refresh(self, layout: tuple) -> None:
         if layout is self.layout:
             return
-        changed = [s for s in range(self.slots)
-                   if (layout[s] if s < len(layout) else None) != self.ids[s]]
+        ids = [layout[s] if s < len(layout) else None for s in range(self.slots)]
+        changed = [s for s in range(self.slots) if ids[s] != self.ids[s]]
         rank = max([self.rank] + [_rank_in_use([a[s] for a in self.a_stacked])
                                   for s in changed])
         if rank != self.rank or not self.b:
@@ -340,8 +340,7 @@ class FusedLoraWeights:
             changed = list(range(self.slots))
         for slot in changed:
             self._fill(slot)
-        self.layout = layout
-        self.ids = [layout[s] if s < len(layout) else None for s in range(self.slots)]
+        self.layout, self.ids = layout, ids
 
     def _fill(self, slot: int) -> None:
         r = self.rank
