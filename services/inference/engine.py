@@ -272,7 +272,7 @@ class VllmEngine:
 
     async def lora_path(self) -> str:
         """The CPU LoRA implementation every worker process runs (vllm_worker.lora_path):
-        `fused`, `per-op`, or `stock` when the extension is not installed."""
+        `kernel`, `fused`, `per-op`, or `stock` when the extension is not installed."""
         try:
             paths = set(await self._llm.collective_rpc("lora_path"))
         except Exception:  # noqa: BLE001 - the extension is not installed: vLLM's own ops

@@ -29,10 +29,14 @@ loaded: a layer is one product in and one per slice out, whatever its adapters.
 
 from __future__ import annotations
 
+import ctypes
 from dataclasses import dataclass, field
-from typing import Iterator, Sequence
+from typing import TYPE_CHECKING, Iterator, Sequence
 
 import torch
+
+if TYPE_CHECKING:
+    from services.inference.lora_kernel import LoraKernel
 
 NO_LORA = -1
 COMPUTE = torch.float32   # see the module docstring
@@ -227,13 +231,16 @@ class StepPlan:
     `slot` set: one adapter for the step (`row_mask` marks its rows when base rows share the
     batch). `one_hot` set: several adapters in a small step, one product against every slot.
     `groups` set: several adapters in a large step, one product per adapter over its rows.
-    None of them: no row uses an adapter."""
+    None of them: no row uses an adapter. `slot_of_row` and `order` (the rows sorted by slot)
+    are what the kernel reads instead, whatever the case."""
 
     rows: int
     slot: int | None = None
     row_mask: torch.Tensor | None = None        # [rows, 1]
     one_hot: torch.Tensor | None = None         # [rows, slots]
     groups: tuple[tuple[int, Rows], ...] = ()
+    slot_of_row: torch.Tensor | None = None     # [rows] int64
+    order: torch.Tensor | None = None           # [rows] int64
     _masks: dict[tuple[int, int], torch.Tensor] = field(default_factory=dict)
 
     @property
@@ -260,13 +267,18 @@ def plan_step(indices: torch.Tensor, slots: int) -> StepPlan:
     used = [s for s in torch.unique(indices).tolist() if s != NO_LORA]
     if not used:
         return StepPlan(rows)
+    slot_of_row = indices.to(torch.int64).contiguous()
+    order = torch.argsort(slot_of_row, stable=True)
     if len(used) == 1:
         applied = indices == used[0]
         mask = None if bool(applied.all()) else applied.to(COMPUTE).unsqueeze(1)
-        return StepPlan(rows, slot=used[0], row_mask=mask)
+        return StepPlan(rows, slot=used[0], row_mask=mask, slot_of_row=slot_of_row,
+                        order=order)
     if rows * slots <= DENSE_MAX_ROW_SLOTS:
-        return StepPlan(rows, one_hot=_one_hot(indices, slots, COMPUTE))
-    return StepPlan(rows, groups=tuple(_runs_by_slot(indices)))
+        return StepPlan(rows, one_hot=_one_hot(indices, slots, COMPUTE),
+                        slot_of_row=slot_of_row, order=order)
+    return StepPlan(rows, groups=tuple(_runs_by_slot(indices)), slot_of_row=slot_of_row,
+                    order=order)
 
 
 def _runs_by_slot(indices: torch.Tensor) -> Iterator[tuple[int, Rows]]:
@@ -305,13 +317,15 @@ class FusedLoraWeights:
       b[i]     [slots, rank, out_i]         per slice (a block-diagonal B would read 2-3x the
                                             bytes, and at decode the products are bound by
                                             the bytes of weight they read)
+      a_t      [slots, in, >= slices x rank] `a` transposed and zero-padded to the kernel's
+                                            vector width (with_kernel only)
 
     `rank` is the largest rank loaded, not the engine's max_lora_rank (64 by default, where
     adapters are usually 8-16). `refresh` rewrites only the slots whose adapter changed, when
     the slot layout (vLLM's lora_index_to_id: an adapter id never names other weights) does."""
 
     def __init__(self, a_stacked: Sequence[torch.Tensor], b_stacked: Sequence[torch.Tensor],
-                 output_slices: Sequence[int]):
+                 output_slices: Sequence[int], with_kernel: bool = False):
         self.a_stacked = tuple(_matrices(a) for a in a_stacked)    # [slots, max_rank, in]
         self.b_stacked = tuple(_matrices(b) for b in b_stacked)    # [slots, out_i, max_rank]
         self.source = a_stacked[0]
@@ -322,6 +336,11 @@ class FusedLoraWeights:
         self.rank = 0
         self.a = self.a_dense = torch.zeros(0)
         self.b: tuple[torch.Tensor, ...] = ()
+        self.with_kernel = with_kernel
+        self.a_t = torch.zeros(0)
+        # The kernel's view of b and the slices' sizes, as C arrays (kept alive here).
+        self.b_pointers = (ctypes.c_void_p * 0)()
+        self.out_sizes = (ctypes.c_int64 * len(self.output_slices))(*self.output_slices)
 
     def refresh(self, layout: tuple) -> None:
         if layout is self.layout:
@@ -337,6 +356,12 @@ class FusedLoraWeights:
             self.a_dense = torch.zeros(slices * self.slots * rank, features, dtype=COMPUTE)
             self.b = tuple(torch.zeros(self.slots, rank, size, dtype=COMPUTE)
                            for size in self.output_slices)
+            if self.with_kernel:
+                from services.inference.lora_kernel import padded
+
+                self.a_t = torch.zeros(self.slots, features, padded(slices * rank),
+                                       dtype=COMPUTE)
+                self.b_pointers = (ctypes.c_void_p * slices)(*(b.data_ptr() for b in self.b))
             changed = list(range(self.slots))
         for slot in changed:
             self._fill(slot)
@@ -350,10 +375,13 @@ class FusedLoraWeights:
             dense_at = (i * self.slots + slot) * r
             self.a_dense[dense_at:dense_at + r].copy_(a[slot, :r])
             fused_b[slot].copy_(b[slot, :size, :r].t())
+        if self.with_kernel:
+            self.a_t[slot, :, :self.a.shape[1]].copy_(self.a[slot].t())
 
 
 def add_fused_lora(y: torch.Tensor, x: torch.Tensor, weights: FusedLoraWeights,
-                   plan: StepPlan, scale: float = 1.0) -> None:
+                   plan: StepPlan, scale: float = 1.0,
+                   kernel: LoraKernel | None = None) -> None:
     """y[t] += scale * x[t] @ A[slot(t)].T @ B[slot(t)].T for the plan's rows with an adapter
     (rows without one add exact zeros, or nothing).
 
@@ -362,8 +390,18 @@ def add_fused_lora(y: torch.Tensor, x: torch.Tensor, weights: FusedLoraWeights,
     differently with the number of rows beside it: docs/benchmarks.md, inference (g)). bf16
     products were 1.5-3x faster at prefill sizes on a CPU with AVX512-BF16 but 2.5x slower at
     decode sizes, where each bf16 call costs ~20 us against ~6 in float32, and using them for
-    large steps only would round a request differently by the size of its step."""
+    large steps only would round a request differently by the size of its step.
+
+    With `kernel` (services/inference/lora_kernel.py; `weights` built with_kernel) the layer is
+    one call to it when it takes these tensors, and each row is then summed in one fixed order
+    whatever its batch."""
     if plan.idle or weights.rank == 0:
+        return
+    if kernel is not None and weights.with_kernel and plan.slot_of_row is not None \
+            and plan.order is not None \
+            and kernel.add(y, x, plan.slot_of_row, plan.order, plan.rows, weights.a_t,
+                           len(weights.b), weights.rank, weights.b_pointers, weights.out_sizes,
+                           scale):
         return
     n, r = plan.rows, weights.rank
     xs = x[:n].to(COMPUTE)

@@ -8,6 +8,10 @@ adapter, decode ran at 0.43x the base model. Here the step's plan is made once p
 layout (`update_metadata`, which vLLM calls only when the mapping or the slot layout changes)
 and each layer is one product each way against weights fused once per adapter load.
 
+With the LoRA kernel (services/inference/lora_kernel.py, the default where it builds) a layer
+is one call into C instead of one product each way; FINETUNE_LORA_PATH=fused keeps the torch
+products.
+
 Embedding and logits LoRA stay with the parent class, which calls the grouped ops installed by
 services.inference.vllm_worker. vLLM wraps the logits processor whether or not any adapter
 trains lm_head, and its B there is [slots, vocabulary, rank]: with no loaded adapter touching
@@ -17,12 +21,21 @@ more than every other LoRA layer together with several adapters in the batch.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import torch
 from vllm.lora.punica_wrapper.punica_cpu import PunicaWrapperCPU
 
+from services.inference import lora_kernel
 from services.inference.lora_ops import FusedLoraWeights, StepPlan, add_fused_lora, plan_step
+
+
+def kernel() -> lora_kernel.LoraKernel | None:
+    """The LoRA kernel this process's layers call, or None for the torch products."""
+    if os.environ.get("FINETUNE_LORA_PATH", "kernel") != "kernel":
+        return None
+    return lora_kernel.load()
 
 
 class FusedPunicaWrapperCPU(PunicaWrapperCPU):
@@ -33,6 +46,7 @@ class FusedPunicaWrapperCPU(PunicaWrapperCPU):
         self._weights: dict[int, FusedLoraWeights] = {}
         self._logits_checked: tuple | None = None
         self._logits_used = True
+        self._kernel = kernel()
 
     def update_metadata(self, mapping: Any, lora_index_to_id: list[int | None], max_loras: int,
                         vocab_size: int, **kwargs: Any) -> None:
@@ -49,10 +63,11 @@ class FusedPunicaWrapperCPU(PunicaWrapperCPU):
                         **kwargs: Any) -> None:
         weights = self._weights.get(id(lora_a_stacked[0]))
         if weights is None or weights.source is not lora_a_stacked[0]:
-            weights = FusedLoraWeights(lora_a_stacked, lora_b_stacked, output_slices)
+            weights = FusedLoraWeights(lora_a_stacked, lora_b_stacked, output_slices,
+                                       with_kernel=self._kernel is not None)
             self._weights[id(lora_a_stacked[0])] = weights
         weights.refresh(self._layout)
-        add_fused_lora(y, x.view(-1, x.shape[-1]), weights, self._plan, scale)
+        add_fused_lora(y, x.view(-1, x.shape[-1]), weights, self._plan, scale, self._kernel)
 
     def add_lora_logits(self, y: torch.Tensor, x: torch.Tensor, lora_a_stacked: torch.Tensor,
                         lora_b_stacked: torch.Tensor, scale: Any, *, buffer: Any = None,

@@ -59,11 +59,16 @@ def fused_punica_wrapper_active() -> bool:
 
 
 def lora_path() -> str:
-    """The CPU LoRA implementation this worker runs: `fused` (punica_fused.py), `per-op`
-    (vLLM's punica wrapper calling the grouped ops) or `stock` (vLLM's own)."""
+    """The CPU LoRA implementation this worker runs: `kernel` (punica_fused.py calling
+    lora_kernel.py), `fused` (punica_fused.py with torch products), `per-op` (vLLM's punica
+    wrapper calling the grouped ops) or `stock` (vLLM's own)."""
     if not grouped_lora_ops_active():
         return "stock"
-    return "fused" if fused_punica_wrapper_active() else "per-op"
+    if not fused_punica_wrapper_active():
+        return "per-op"
+    from services.inference.punica_fused import kernel
+
+    return "kernel" if kernel() is not None else "fused"
 
 
 def grouped_lora_ops_active() -> bool:
@@ -87,8 +92,8 @@ class GroupedLoraOpsExtension:
 
 
 install_grouped_lora_ops()
-# FINETUNE_LORA_PATH=per-op keeps vLLM's own punica wrapper over the grouped ops: what the
-# fused wrapper is measured against (benchmarks/inference/lora_mix.py), and a way back should
-# a vLLM upgrade break it.
-if os.environ.get("FINETUNE_LORA_PATH", "fused") != "per-op":
+# FINETUNE_LORA_PATH=per-op keeps vLLM's own punica wrapper over the grouped ops, and =fused
+# the fused wrapper without the kernel: what the default (kernel) is measured against
+# (benchmarks/inference/lora_mix.py), and ways back should a vLLM upgrade break it.
+if os.environ.get("FINETUNE_LORA_PATH", "kernel") != "per-op":
     install_fused_punica_wrapper()

@@ -105,8 +105,8 @@ async def test_adapters_change_the_output(inference, base_model_spec):
     assert a.model == MODEL_A
 
 
-async def test_the_fused_lora_path_runs_in_the_engine_worker(inference):
-    assert await inference.engine.lora_path() == "fused"
+async def test_the_lora_kernel_runs_in_the_engine_worker(inference):
+    assert await inference.engine.lora_path() == "kernel"
 
 
 async def test_mixed_batches_answer_as_each_request_alone(inference, base_model_spec):

@@ -18,15 +18,16 @@ def seeded():
     torch.manual_seed(0)
 
 
-def stacks(ranks, dtype=torch.bfloat16, seed=0):
+def stacks(ranks, dtype=torch.bfloat16, seed=0, features=IN, slices=SLICES,
+           max_rank=MAX_RANK):
     """vLLM's stacked layout: [slots, 1, max_rank, in] and [slots, 1, out_i, max_rank] per
     slice, each adapter's rank zero-padded to max_rank."""
     g = torch.Generator().manual_seed(seed)
-    a = [torch.zeros(SLOTS, 1, MAX_RANK, IN, dtype=dtype) for _ in SLICES]
-    b = [torch.zeros(SLOTS, 1, out, MAX_RANK, dtype=dtype) for out in SLICES]
+    a = [torch.zeros(SLOTS, 1, max_rank, features, dtype=dtype) for _ in slices]
+    b = [torch.zeros(SLOTS, 1, out, max_rank, dtype=dtype) for out in slices]
     for slot, rank in enumerate(ranks):
         for a_i, b_i in zip(a, b):
-            a_i[slot, 0, :rank] = torch.randn(rank, IN, generator=g)
+            a_i[slot, 0, :rank] = torch.randn(rank, features, generator=g)
             b_i[slot, 0, :, :rank] = torch.randn(b_i.shape[2], rank, generator=g)
     return a, b
 
@@ -37,7 +38,8 @@ def reference(y, x, a, b, indices, scale):
         if slot < 0:
             continue
         offset = 0
-        for a_i, b_i, size in zip(a, b, SLICES):
+        for a_i, b_i in zip(a, b):
+            size = b_i.shape[2]
             h = scale * (x[t].float() @ a_i[slot, 0].float().t())
             y[t, offset:offset + size] += h @ b_i[slot, 0].float().t()
             offset += size
@@ -173,3 +175,161 @@ def test_plans_pick_their_path():
     groups = dict(lora_ops.plan_step(many, SLOTS).groups)
     assert groups[1] == slice(600, 1100)
     assert groups[0].tolist() == list(range(600)) + list(range(1100, 1110))
+
+
+# --- the LoRA kernel (services/inference/lora_kernel.py) ------------------------------------
+
+@pytest.fixture(scope="module")
+def kernel():
+    """Built from the repository's source into a fresh cache (gcc is part of the install)."""
+    from services.inference import lora_kernel
+
+    return lora_kernel.LoraKernel(lora_kernel.build())
+
+
+def kernel_weights(ranks, dtype=torch.bfloat16, **shape):
+    a, b = stacks(ranks, dtype, **shape)
+    weights = lora_ops.FusedLoraWeights(a, b, shape.get("slices", SLICES), with_kernel=True)
+    weights.refresh((11, 12, 13, 14))
+    return weights, a, b
+
+
+def kernel_add(kernel, y, x, weights, indices, scale=1.0):
+    """The kernel itself, asserting it took the layer (add_fused_lora would fall back)."""
+    plan = lora_ops.plan_step(torch.tensor(indices), SLOTS)
+    if plan.idle:
+        return
+    assert kernel.add(y, x, plan.slot_of_row, plan.order, plan.rows, weights.a_t,
+                      len(weights.b), weights.rank, weights.b_pointers, weights.out_sizes, scale)
+
+
+def test_the_fused_path_calls_the_kernel_when_given_one(kernel, monkeypatch):
+    weights, a, b = kernel_weights([8, 3, 5, 8], torch.float32)
+    calls = []
+    monkeypatch.setattr(type(kernel), "add", lambda self, *args: calls.append(args) or True)
+    y = torch.zeros(2, sum(SLICES))
+    lora_ops.add_fused_lora(y, torch.randn(2, IN), weights,
+                            lora_ops.plan_step(torch.tensor([0, 1]), SLOTS), 1.0, kernel)
+    assert len(calls) == 1 and torch.equal(y, torch.zeros(2, sum(SLICES)))
+
+
+@pytest.mark.parametrize("name", list(INDICES))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("ranks", [[8, 3, 5, 8], [1, 1, 1, 1]])
+def test_the_kernel_matches_the_reference(kernel, name, dtype, ranks):
+    """Slices of 10 and 6 outputs over 12 inputs: every tail of the kernel's vector loops."""
+    indices = INDICES[name]
+    weights, a, b = kernel_weights(ranks, dtype)
+    x = torch.randn(len(indices), IN).to(dtype)
+    y = torch.randn(len(indices), sum(SLICES)).to(dtype)
+    expected = reference(y, x, a, b, indices, 0.5)
+    kernel_add(kernel, y, x, weights, indices, 0.5)
+    tolerance = 1e-5 if dtype == torch.float32 else 2e-2
+    torch.testing.assert_close(y.float(), expected, rtol=tolerance, atol=tolerance * 10)
+
+
+def test_the_kernel_takes_real_layer_shapes_and_strided_rows(kernel):
+    """A merged qkv layer of the default model (576 in; 576, 192, 192 out) at rank 16, over
+    row views with strides wider than their rows, as vLLM hands them over."""
+    features, slices = 576, (576, 192, 192)
+    weights, a, b = kernel_weights([16, 16, 8, 16], torch.bfloat16, features=features,
+                                   slices=slices, max_rank=64)
+    indices = [0, 1, -1, 2, 3, 0, 0, 0, 0, 1]
+    x = torch.randn(len(indices), features + 64).to(torch.bfloat16)[:, :features]
+    y = torch.randn(len(indices), sum(slices) + 32).to(torch.bfloat16)[:, :sum(slices)]
+    expected = reference(y, x, a, b, indices, 2.0)
+    kernel_add(kernel, y, x, weights, indices, 2.0)
+    torch.testing.assert_close(y.float(), expected, rtol=2e-2, atol=2e-1)
+
+
+def test_the_kernel_gives_a_row_the_same_bits_alone_and_in_any_batch(kernel):
+    """A fixed summation order per row: unlike BLAS, the kernel's answer for a request does
+    not depend on which rows share its step, its tile of four or its position."""
+    weights, _, _ = kernel_weights([8, 4, 8, 2], torch.bfloat16)
+    x = torch.randn(1, IN).to(torch.bfloat16)
+    y = torch.randn(1, sum(SLICES)).to(torch.bfloat16)
+    alone = y.clone()
+    kernel_add(kernel, alone, x, weights, [1])
+    for batch in ([1, -1, -1], [1, 0, 2, 3], [1, 1, 3], [1] * 9, [0, 0, 0, 0, 1, 1, 1]):
+        rows = len(batch)
+        at = batch.index(1) if batch[0] != 1 else 0
+        together = torch.randn(rows, sum(SLICES)).to(torch.bfloat16)
+        xs = torch.randn(rows, IN).to(torch.bfloat16)
+        together[at], xs[at] = y[0], x[0]
+        kernel_add(kernel, together, xs, weights, batch)
+        assert torch.equal(together[at], alone[0]), batch
+
+
+def test_the_kernel_leaves_base_rows_and_idle_steps_exactly_as_they_were(kernel):
+    weights, _, _ = kernel_weights([8, 8, 8, 8])
+    indices = [-1, 0, 3, -1, 1, 2]
+    y = torch.randn(len(indices), sum(SLICES)).to(torch.bfloat16)
+    before = y.clone()
+    kernel_add(kernel, y, torch.randn(len(indices), IN).to(torch.bfloat16), weights, indices)
+    assert torch.equal(y[[0, 3]], before[[0, 3]])
+    assert not torch.equal(y[[1, 2, 4, 5]], before[[1, 2, 4, 5]])
+    y = before.clone()
+    lora_ops.add_fused_lora(y, torch.randn(len(indices), IN).to(torch.bfloat16), weights,
+                            lora_ops.plan_step(torch.tensor([-1] * len(indices)), SLOTS), 1.0,
+                            kernel)
+    assert torch.equal(y, before)
+
+
+def test_tensors_the_kernel_does_not_take_go_the_torch_way(kernel):
+    """float16 rows are not the kernel's: the same call answers through the torch products."""
+    weights, a, b = kernel_weights([8, 3, 5, 8], torch.float16)
+    indices = [0, 1, -1, 2]
+    x = torch.randn(len(indices), IN).to(torch.float16)
+    y = torch.randn(len(indices), sum(SLICES)).to(torch.float16)
+    expected = reference(y, x, a, b, indices, 1.0)
+    plan = lora_ops.plan_step(torch.tensor(indices), SLOTS)
+    assert not kernel.add(y, x, plan.slot_of_row, plan.order, plan.rows, weights.a_t,
+                          len(weights.b), weights.rank, weights.b_pointers, weights.out_sizes,
+                          1.0)
+    lora_ops.add_fused_lora(y, x, weights, plan, 1.0, kernel)
+    torch.testing.assert_close(y.float(), expected, rtol=2e-2, atol=2e-1)
+
+
+def test_the_kernel_follows_slot_changes(kernel):
+    """vLLM loads another adapter into a slot: the kernel reads the new weights."""
+    weights, a, b = kernel_weights([3, 0, 2, 0], torch.float32)
+    g = torch.Generator().manual_seed(1)
+    for a_i, b_i in zip(a, b):
+        a_i[1, 0, :5] = torch.randn(5, IN, generator=g)
+        b_i[1, 0, :, :5] = torch.randn(b_i.shape[2], 5, generator=g)
+    weights.refresh((11, 15, 13, 14))
+    x, y = torch.randn(3, IN), torch.zeros(3, sum(SLICES))
+    kernel_add(kernel, y, x, weights, [1, 0, 2])
+    torch.testing.assert_close(y, reference(torch.zeros(3, sum(SLICES)), x, a, b, [1, 0, 2],
+                                            1.0), rtol=1e-5, atol=1e-4)
+
+
+def test_the_kernel_build_is_named_by_its_source_and_cached(tmp_path, monkeypatch):
+    from services.inference import lora_kernel
+
+    monkeypatch.setenv("FINETUNE_KERNEL_CACHE", str(tmp_path))
+    built = lora_kernel.build()
+    assert built.parent == tmp_path and built.exists()
+    stamp = built.stat().st_mtime_ns
+    assert lora_kernel.build() == built and built.stat().st_mtime_ns == stamp
+    source = tmp_path / "lora_add.c"
+    source.write_text(lora_kernel.SOURCE.read_text() + "\n/* changed */\n")
+    monkeypatch.setattr(lora_kernel, "SOURCE", source)
+    assert lora_kernel.library_path() != built
+
+
+def test_without_a_compiler_the_engine_runs_the_torch_path(tmp_path, monkeypatch, caplog):
+    from services.inference import lora_kernel
+
+    monkeypatch.setenv("FINETUNE_KERNEL_CACHE", str(tmp_path))
+    monkeypatch.setenv("CC", str(tmp_path / "no-such-compiler"))
+    lora_kernel.load.cache_clear()
+    try:
+        assert lora_kernel.load() is None
+        assert "LoRA kernel is unavailable" in caplog.text
+        monkeypatch.delenv("CC")
+        monkeypatch.setenv("FINETUNE_LORA_KERNEL", "0")
+        lora_kernel.load.cache_clear()
+        assert lora_kernel.load() is None
+    finally:
+        lora_kernel.load.cache_clear()
