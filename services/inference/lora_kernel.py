@@ -5,8 +5,9 @@ spreads over ~5 calls whose overhead is most of the cost. The kernel does one la
 and in a fixed summation order per row, so an adapter's answer is the same whatever else is in
 its batch.
 
-It is plain C called through ctypes (no torch headers: it compiles in about a second with the
-system's C compiler). `make setup` and the images build it (`python -m
+It is plain C with OpenMP, called through ctypes (no torch headers: it compiles in about a
+second with the system's C compiler; its OpenMP calls land in the libgomp torch has loaded, so
+it shares torch's threads). `make setup` and the images build it (`python -m
 services.inference.lora_kernel`); an engine that finds no build for this source builds it at
 start when a compiler is there, and otherwise runs the torch path (`available()` is False, and
 the engine reports its LoRA path as `fused`, not `kernel`). One shared object serves every x86
@@ -31,8 +32,7 @@ import torch
 log = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).resolve().parent / "kernels" / "lora_add.c"
-FLAGS = ("-O3", "-shared", "-fPIC", "-std=gnu11", "-fno-math-errno")
-TILE = 4                 # kernels/lora_add.c: rows per tile (the scratch it needs)
+FLAGS = ("-O3", "-shared", "-fPIC", "-std=gnu11", "-fno-math-errno", "-fopenmp")
 LANES = 16               # kernels/lora_add.c: a_t's last dimension is a multiple of this
 
 
@@ -79,33 +79,40 @@ class LoraKernel:
         lib = ctypes.CDLL(str(path))
         fn = lib.lora_add
         p, i64, i32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
-        fn.argtypes = [p, i32, i64, p, i32, i64, p, p, i64, p, i64, i64, i64, i64, p, p,
-                       ctypes.c_float, p]
+        fn.argtypes = [p, i32, i64, p, i32, i64, p, p, i64, p, i64, i64, i64, i64, p, p, i32,
+                       ctypes.c_float]
         fn.restype = ctypes.c_int
         self._fn = fn
         self.path = path
-        self._scratch = torch.empty(0)
 
-    def scratch(self, features: int) -> torch.Tensor:
-        if self._scratch.numel() < TILE * features:
-            self._scratch = torch.empty(TILE * features, dtype=torch.float32)
-        return self._scratch
+    def add(self, y: torch.Tensor, x: torch.Tensor, rows: tuple, layer: tuple,
+            scale: float) -> bool:
+        """y[t] += scale * x[t] @ A @ B for the step's rows (see kernels/lora_add.c); False
+        when the kernel cannot take these tensors (the caller uses the torch path).
 
-    def add(self, y: torch.Tensor, x: torch.Tensor, slot_of_row: torch.Tensor,
-            order: torch.Tensor, n: int, a_t: torch.Tensor, slices: int, rank: int,
-            b_pointers: ctypes.Array, out_sizes: ctypes.Array, scale: float) -> bool:
-        """y[t] += scale * x[t] @ A @ B for the first n rows (see kernels/lora_add.c); False
-        when the kernel cannot take these tensors (the caller uses the torch path)."""
+        `rows`: (slot of each row, the rows sorted by slot, how many), as int64 tensors'
+        addresses (StepPlan.kernel_rows). `layer`: the layer's weights as the kernel reads
+        them (FusedLoraWeights.kernel_layer), made once per adapter load."""
         if not supports(y, x):
             return False
-        features = x.shape[1]
         status = self._fn(y.data_ptr(), y.dtype is torch.bfloat16, y.stride(0),
-                          x.data_ptr(), x.dtype is torch.bfloat16, x.stride(0),
-                          slot_of_row.data_ptr(), order.data_ptr(), n,
-                          a_t.data_ptr(), features, a_t.shape[2], slices, rank, b_pointers,
-                          out_sizes,
-                          scale, self.scratch(features).data_ptr())
+                          x.data_ptr(), x.dtype is torch.bfloat16, x.stride(0), *rows, *layer,
+                          scale)
         return status == 0
+
+
+def layer_arguments(a_t: torch.Tensor, slices: int, rank: int, b_pointers: ctypes.Array,
+                    out_sizes: ctypes.Array) -> tuple:
+    """A layer's weights as lora_add reads them: (a_t, in, sr, slices, rank, b, out sizes,
+    weights in bf16)."""
+    return (a_t.data_ptr(), a_t.shape[1], a_t.shape[2], slices, rank, b_pointers, out_sizes,
+            a_t.dtype is torch.bfloat16)
+
+
+def weight_dtype(stacked: torch.dtype) -> torch.dtype:
+    """The kernel keeps bf16 weights as they are (widening them is exact, and at decode the
+    bytes read are the cost), anything else in float32."""
+    return torch.bfloat16 if stacked is torch.bfloat16 else torch.float32
 
 
 def padded(columns: int) -> int:

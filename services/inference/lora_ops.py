@@ -241,7 +241,12 @@ class StepPlan:
     groups: tuple[tuple[int, Rows], ...] = ()
     slot_of_row: torch.Tensor | None = None     # [rows] int64
     order: torch.Tensor | None = None           # [rows] int64
+    kernel_rows: tuple = ()                     # both as the kernel reads them, and rows
     _masks: dict[tuple[int, int], torch.Tensor] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.slot_of_row is not None and self.order is not None:
+            self.kernel_rows = (self.slot_of_row.data_ptr(), self.order.data_ptr(), self.rows)
 
     @property
     def idle(self) -> bool:
@@ -318,7 +323,8 @@ class FusedLoraWeights:
                                             bytes, and at decode the products are bound by
                                             the bytes of weight they read)
       a_t      [slots, in, >= slices x rank] `a` transposed and zero-padded to the kernel's
-                                            vector width (with_kernel only)
+                                            vector width, and b_kernel: `b`, both in the
+                                            stacks' bf16 if they are (with_kernel only)
 
     `rank` is the largest rank loaded, not the engine's max_lora_rank (64 by default, where
     adapters are usually 8-16). `refresh` rewrites only the slots whose adapter changed, when
@@ -338,9 +344,12 @@ class FusedLoraWeights:
         self.b: tuple[torch.Tensor, ...] = ()
         self.with_kernel = with_kernel
         self.a_t = torch.zeros(0)
-        # The kernel's view of b and the slices' sizes, as C arrays (kept alive here).
+        self.b_kernel: tuple[torch.Tensor, ...] = ()
+        # The kernel's view of b and the slices' sizes, as C arrays (kept alive here), and the
+        # layer's arguments to it.
         self.b_pointers = (ctypes.c_void_p * 0)()
         self.out_sizes = (ctypes.c_int64 * len(self.output_slices))(*self.output_slices)
+        self.kernel_layer: tuple = ()
 
     def refresh(self, layout: tuple) -> None:
         if layout is self.layout:
@@ -357,11 +366,7 @@ class FusedLoraWeights:
             self.b = tuple(torch.zeros(self.slots, rank, size, dtype=COMPUTE)
                            for size in self.output_slices)
             if self.with_kernel:
-                from services.inference.lora_kernel import padded
-
-                self.a_t = torch.zeros(self.slots, features, padded(slices * rank),
-                                       dtype=COMPUTE)
-                self.b_pointers = (ctypes.c_void_p * slices)(*(b.data_ptr() for b in self.b))
+                self._allocate_kernel_weights(slices, rank, features)
             changed = list(range(self.slots))
         for slot in changed:
             self._fill(slot)
@@ -377,6 +382,19 @@ class FusedLoraWeights:
             fused_b[slot].copy_(b[slot, :size, :r].t())
         if self.with_kernel:
             self.a_t[slot, :, :self.a.shape[1]].copy_(self.a[slot].t())
+            if self.b_kernel is not self.b:
+                for fused_b, kernel_b in zip(self.b, self.b_kernel, strict=True):
+                    kernel_b[slot].copy_(fused_b[slot])
+
+    def _allocate_kernel_weights(self, slices: int, rank: int, features: int) -> None:
+        from services.inference.lora_kernel import layer_arguments, padded, weight_dtype
+
+        dtype = weight_dtype(self.source.dtype)
+        self.a_t = torch.zeros(self.slots, features, padded(slices * rank), dtype=dtype)
+        self.b_kernel = self.b if dtype == COMPUTE else tuple(b.to(dtype) for b in self.b)
+        self.b_pointers = (ctypes.c_void_p * slices)(*(b.data_ptr() for b in self.b_kernel))
+        self.kernel_layer = layer_arguments(self.a_t, slices, rank, self.b_pointers,
+                                            self.out_sizes)
 
 
 def add_fused_lora(y: torch.Tensor, x: torch.Tensor, weights: FusedLoraWeights,
@@ -397,11 +415,8 @@ def add_fused_lora(y: torch.Tensor, x: torch.Tensor, weights: FusedLoraWeights,
     whatever its batch."""
     if plan.idle or weights.rank == 0:
         return
-    if kernel is not None and weights.with_kernel and plan.slot_of_row is not None \
-            and plan.order is not None \
-            and kernel.add(y, x, plan.slot_of_row, plan.order, plan.rows, weights.a_t,
-                           len(weights.b), weights.rank, weights.b_pointers, weights.out_sizes,
-                           scale):
+    if kernel is not None and weights.kernel_layer and plan.kernel_rows \
+            and kernel.add(y, x, plan.kernel_rows, weights.kernel_layer, scale):
         return
     n, r = plan.rows, weights.rank
     xs = x[:n].to(COMPUTE)

@@ -7,32 +7,37 @@
  * Why this loop order: every row's sums run in one fixed order (over the input features for
  * the shrink, over the rank for the expand), whatever rows share its step, its tile or its
  * thread: a request's answer does not depend on its batch. Rows of one slot go in tiles of
- * TILE so that each weight read from cache serves TILE rows.
+ * up to TILE so that each weight read from cache serves every row of the tile.
  *
- * Layouts (float32, contiguous): at [slots, in, sr] with sr = slices x rank rounded up to
- * LANES (slice i's rank columns at i*rank, the rest zero), b[i] [slots, rank, out_i]. x and y
- * are float32 or bf16 (rounded to nearest even, as torch casts), row-major with the given row
- * strides. `order` lists the rows grouped by slot (rows without an adapter, anywhere in it,
- * are skipped). */
+ * Threads: tiles are shared out with OpenMP. The shared object needs libgomp.so.1, which in
+ * a process that has imported torch is torch's own copy (same soname, already loaded): one
+ * thread pool, bound to the cores as vLLM bound torch's, not a second pool fighting it.
+ *
+ * Layouts (contiguous, float32 or bf16): at [slots, in, sr] with sr = slices x rank rounded
+ * up to LANES (slice i's rank columns at i*rank, the rest zero), b[i] [slots, rank, out_i].
+ * x and y are float32 or bf16 (rounded to nearest even, as torch casts), row-major with the
+ * given row strides. Sums are float32. `order` lists the rows grouped by slot (rows without an
+ * adapter, anywhere in it, are skipped). */
 
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 
-#define TILE 4
+#define TILE 4           /* rows of one slot computed together (1, 2 or 4 at a time) */
 #define LANES 16         /* one v16: a zmm register, two ymm, four xmm: GCC lowers it per clone */
 #define MAX_SR 256       /* slices x rank (padded to LANES): 3 x 64 with vLLM's largest rank */
 #define OUT_VECTORS 4    /* the expand's block of outputs: 4 x LANES per row of the tile */
 
 typedef float v16 __attribute__((vector_size(LANES * sizeof(float))));
+typedef uint16_t u16x16 __attribute__((vector_size(LANES * sizeof(uint16_t))));
+typedef uint32_t u32x16 __attribute__((vector_size(LANES * sizeof(uint32_t))));
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
 #define CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #else
 #define CLONES
 #endif
-
-static inline v16 load16(const float *p) { v16 v; memcpy(&v, p, sizeof(v)); return v; }
-static inline void store16(float *p, v16 v) { memcpy(p, &v, sizeof(v)); }
+#define INLINE static inline __attribute__((always_inline))
 
 static inline float bf16_to_float(uint16_t v) {
     union { uint32_t u; float f; } c;
@@ -46,6 +51,25 @@ static inline uint16_t float_to_bf16(float f) {
     if ((c.u & 0x7fffffffu) > 0x7f800000u) return 0x7fc0;  /* NaN, as torch writes it */
     c.u += 0x7fffu + ((c.u >> 16) & 1u);
     return (uint16_t)(c.u >> 16);
+}
+
+/* Weights are float32, or bf16 when the engine's are (widening bf16 is exact, and half the
+ * bytes is what several adapters in a decode step are bound by). */
+INLINE v16 load_w(const void *p, int64_t at, const int w_bf16) {
+    v16 v;
+    if (w_bf16) {
+        u16x16 h;
+        memcpy(&h, (const uint16_t *)p + at, sizeof(h));
+        const u32x16 wide = __builtin_convertvector(h, u32x16) << 16;
+        memcpy(&v, &wide, sizeof(v));
+    } else {
+        memcpy(&v, (const float *)p + at, sizeof(v));
+    }
+    return v;
+}
+
+INLINE float scalar_w(const void *p, int64_t at, const int w_bf16) {
+    return w_bf16 ? bf16_to_float(((const uint16_t *)p)[at]) : ((const float *)p)[at];
 }
 
 static inline void load_row(float *dst, const void *x, int x_bf16, int64_t row, int64_t stride,
@@ -70,92 +94,134 @@ static inline void add_row(void *y, int y_bf16, int64_t row, int64_t stride, int
     }
 }
 
+typedef struct {
+    void *y; int y_bf16; int64_t y_stride;
+    const void *x; int x_bf16; int64_t x_stride;
+    const void *at; int64_t in, sr, slices, rank;
+    const void *const *b; const int64_t *out_sizes;
+    float scale;
+} layer_t;
+
+/* T rows of one slot (T a constant after inlining: the accumulators stay in registers). Each
+ * row's arithmetic is the same whatever T is: one accumulator per row and lane, summed in
+ * order. */
+INLINE void tile(const layer_t *L, const int64_t *rows, int64_t slot, float *xs, const int T,
+                 const int w_bf16) {
+    const int64_t in = L->in, sr = L->sr, rank = L->rank;
+    float h[TILE][MAX_SR];
+    float delta[OUT_VECTORS * LANES];
+    for (int r = 0; r < T; r++) load_row(xs + r * in, L->x, L->x_bf16, rows[r], L->x_stride, in);
+
+    /* shrink: h[r] = scale * (x[r] @ At[slot]), each lane summed over i in order */
+    const int64_t a0 = slot * in * sr;
+    for (int64_t j = 0; j < sr; j += LANES) {
+        v16 acc[TILE] = {{0}};
+        for (int64_t i = 0; i < in; i++) {
+            const v16 ai = load_w(L->at, a0 + i * sr + j, w_bf16);
+            for (int r = 0; r < T; r++) acc[r] += xs[r * in + i] * ai;
+        }
+        for (int r = 0; r < T; r++) {
+            const v16 scaled = acc[r] * L->scale;
+            memcpy(&h[r][j], &scaled, sizeof(scaled));
+        }
+    }
+
+    /* expand: y[r, slice s] += h[r, s's rank] @ B_s[slot], each output summed over k in
+     * order; blocks of OUT_VECTORS vectors, then single vectors, then single floats */
+    int64_t offset = 0;
+    for (int64_t s = 0; s < L->slices; s++) {
+        const int64_t out = L->out_sizes[s];
+        const void *bs = L->b[s];
+        const int64_t b0 = slot * rank * out;
+        const int64_t hk = s * rank;
+        int64_t o0 = 0;
+        for (; o0 + OUT_VECTORS * LANES <= out; o0 += OUT_VECTORS * LANES) {
+            v16 acc[TILE][OUT_VECTORS] = {{{0}}};
+            for (int64_t k = 0; k < rank; k++) {
+                for (int v = 0; v < OUT_VECTORS; v++) {
+                    const v16 bv = load_w(bs, b0 + k * out + o0 + v * LANES, w_bf16);
+                    for (int r = 0; r < T; r++) acc[r][v] += h[r][hk + k] * bv;
+                }
+            }
+            for (int r = 0; r < T; r++) {
+                memcpy(delta, acc[r], sizeof(acc[r]));
+                add_row(L->y, L->y_bf16, rows[r], L->y_stride, offset + o0, delta,
+                        OUT_VECTORS * LANES);
+            }
+        }
+        for (; o0 + LANES <= out; o0 += LANES) {
+            v16 acc[TILE] = {{0}};
+            for (int64_t k = 0; k < rank; k++) {
+                const v16 bv = load_w(bs, b0 + k * out + o0, w_bf16);
+                for (int r = 0; r < T; r++) acc[r] += h[r][hk + k] * bv;
+            }
+            for (int r = 0; r < T; r++) {
+                memcpy(delta, &acc[r], sizeof(acc[r]));
+                add_row(L->y, L->y_bf16, rows[r], L->y_stride, offset + o0, delta, LANES);
+            }
+        }
+        for (; o0 < out; o0++) {
+            for (int r = 0; r < T; r++) {
+                float sum = 0.0f;
+                for (int64_t k = 0; k < rank; k++)
+                    sum += h[r][hk + k] * scalar_w(bs, b0 + k * out + o0, w_bf16);
+                add_row(L->y, L->y_bf16, rows[r], L->y_stride, offset + o0, &sum, 1);
+            }
+        }
+        offset += out;
+    }
+}
+
 /* Returns 0, or -1 when the layer does not fit the kernel's buffers (the caller then takes the
- * torch path). `sr` is slices x rank rounded up to LANES (a_t's padded columns are zero);
- * `xs` is scratch of TILE x in floats. A tile is always computed as TILE rows (missing rows
- * are zero and not written back), so a row's arithmetic never depends on its neighbours. */
+ * torch path) or memory for its tile list is short. `sr` is slices x rank rounded up to LANES
+ * (a_t's padded columns are zero); `w_bf16`: a_t and b hold bf16, else float32. */
 CLONES
 int lora_add(void *y, int y_bf16, int64_t y_stride, const void *x, int x_bf16, int64_t x_stride,
              const int64_t *slot_of_row, const int64_t *order, int64_t n,
-             const float *at, int64_t in, int64_t sr, int64_t slices, int64_t rank,
-             const float *const *b, const int64_t *out_sizes, float scale, float *xs) {
+             const void *at, int64_t in, int64_t sr, int64_t slices, int64_t rank,
+             const void *const *b, const int64_t *out_sizes, int w_bf16, float scale) {
     if (sr > MAX_SR || sr <= 0 || sr % LANES || slices * rank > sr) return -1;
-    float h[TILE][MAX_SR];
-    float delta[TILE][OUT_VECTORS * LANES];
+    const layer_t L = {y, y_bf16, y_stride, x, x_bf16, x_stride, at, in, sr, slices, rank, b,
+                       out_sizes, scale};
+    /* The tiles: where each starts in `order`, and how many rows (1, 2 or 4: three go as two
+     * and one). */
+    int64_t *start = malloc((size_t)(n > 0 ? n : 1) * sizeof(int64_t));
+    int *size = malloc((size_t)(n > 0 ? n : 1) * sizeof(int));
+    if (!start || !size) { free(start); free(size); return -1; }
+    int64_t tiles = 0;
     for (int64_t g = 0; g < n;) {
         const int64_t slot = slot_of_row[order[g]];
         if (slot < 0) { g++; continue; }
-        int64_t t = 1;
+        int t = 1;
         while (t < TILE && g + t < n && slot_of_row[order[g + t]] == slot) t++;
-        const int64_t *rows = order + g;
-        for (int64_t r = 0; r < TILE; r++) {
-            if (r < t) load_row(xs + r * in, x, x_bf16, rows[r], x_stride, in);
-            else memset(xs + r * in, 0, (size_t)in * sizeof(float));
-        }
-
-        /* shrink: h[r] = scale * (x[r] @ At[slot]), each lane summed over i in order */
-        const float *a = at + slot * in * sr;
-        for (int64_t j = 0; j < sr; j += LANES) {
-            v16 h0 = {0}, h1 = {0}, h2 = {0}, h3 = {0};
-            const float *x0 = xs, *x1 = xs + in, *x2 = xs + 2 * in, *x3 = xs + 3 * in;
-            for (int64_t i = 0; i < in; i++) {
-                const v16 ai = load16(a + i * sr + j);
-                h0 += x0[i] * ai;
-                h1 += x1[i] * ai;
-                h2 += x2[i] * ai;
-                h3 += x3[i] * ai;
-            }
-            store16(&h[0][j], h0 * scale);
-            store16(&h[1][j], h1 * scale);
-            store16(&h[2][j], h2 * scale);
-            store16(&h[3][j], h3 * scale);
-        }
-
-        /* expand: y[r, slice s] += h[r, s's rank] @ B_s[slot], each output summed over k in
-         * order; blocks of OUT_VECTORS vectors, then single vectors, then single floats */
-        int64_t offset = 0;
-        for (int64_t s = 0; s < slices; s++) {
-            const int64_t out = out_sizes[s];
-            const float *bs = b[s] + slot * rank * out;
-            const float *hs[TILE] = {&h[0][s * rank], &h[1][s * rank], &h[2][s * rank],
-                                     &h[3][s * rank]};
-            int64_t o0 = 0;
-            for (; o0 + OUT_VECTORS * LANES <= out; o0 += OUT_VECTORS * LANES) {
-                v16 acc[TILE][OUT_VECTORS] = {{{0}}};
-                for (int64_t k = 0; k < rank; k++) {
-                    const float *bk = bs + k * out + o0;
-                    for (int v = 0; v < OUT_VECTORS; v++) {
-                        const v16 bv = load16(bk + v * LANES);
-                        for (int r = 0; r < TILE; r++) acc[r][v] += hs[r][k] * bv;
-                    }
-                }
-                for (int64_t r = 0; r < t; r++) {
-                    for (int v = 0; v < OUT_VECTORS; v++) store16(&delta[r][v * LANES], acc[r][v]);
-                    add_row(y, y_bf16, rows[r], y_stride, offset + o0, delta[r],
-                            OUT_VECTORS * LANES);
-                }
-            }
-            for (; o0 + LANES <= out; o0 += LANES) {
-                v16 acc[TILE] = {{0}};
-                for (int64_t k = 0; k < rank; k++) {
-                    const v16 bv = load16(bs + k * out + o0);
-                    for (int r = 0; r < TILE; r++) acc[r] += hs[r][k] * bv;
-                }
-                for (int64_t r = 0; r < t; r++) {
-                    store16(delta[r], acc[r]);
-                    add_row(y, y_bf16, rows[r], y_stride, offset + o0, delta[r], LANES);
-                }
-            }
-            for (; o0 < out; o0++) {
-                for (int64_t r = 0; r < t; r++) {
-                    float sum = 0.0f;
-                    for (int64_t k = 0; k < rank; k++) sum += hs[r][k] * bs[k * out + o0];
-                    add_row(y, y_bf16, rows[r], y_stride, offset + o0, &sum, 1);
-                }
-            }
-            offset += out;
-        }
+        if (t == 3) t = 2;
+        start[tiles] = g;
+        size[tiles++] = t;
         g += t;
     }
-    return 0;
+    int failed = 0;
+    #pragma omp parallel if (tiles > 1) reduction(|: failed)
+    {
+        float *xs = malloc((size_t)TILE * (size_t)in * sizeof(float));
+        if (!xs) failed = 1;
+        #pragma omp for schedule(static)
+        for (int64_t i = 0; i < tiles; i++) {
+            if (!xs) continue;
+            const int64_t *rows = order + start[i];
+            const int64_t slot = slot_of_row[rows[0]];
+            if (w_bf16) {
+                if (size[i] == 4) tile(&L, rows, slot, xs, 4, 1);
+                else if (size[i] == 2) tile(&L, rows, slot, xs, 2, 1);
+                else tile(&L, rows, slot, xs, 1, 1);
+            } else {
+                if (size[i] == 4) tile(&L, rows, slot, xs, 4, 0);
+                else if (size[i] == 2) tile(&L, rows, slot, xs, 2, 0);
+                else tile(&L, rows, slot, xs, 1, 0);
+            }
+        }
+        free(xs);
+    }
+    free(start);
+    free(size);
+    return failed ? -1 : 0;
 }

@@ -199,8 +199,7 @@ def kernel_add(kernel, y, x, weights, indices, scale=1.0):
     plan = lora_ops.plan_step(torch.tensor(indices), SLOTS)
     if plan.idle:
         return
-    assert kernel.add(y, x, plan.slot_of_row, plan.order, plan.rows, weights.a_t,
-                      len(weights.b), weights.rank, weights.b_pointers, weights.out_sizes, scale)
+    assert kernel.add(y, x, plan.kernel_rows, weights.kernel_layer, scale)
 
 
 def test_the_fused_path_calls_the_kernel_when_given_one(kernel, monkeypatch):
@@ -283,9 +282,7 @@ def test_tensors_the_kernel_does_not_take_go_the_torch_way(kernel):
     y = torch.randn(len(indices), sum(SLICES)).to(torch.float16)
     expected = reference(y, x, a, b, indices, 1.0)
     plan = lora_ops.plan_step(torch.tensor(indices), SLOTS)
-    assert not kernel.add(y, x, plan.slot_of_row, plan.order, plan.rows, weights.a_t,
-                          len(weights.b), weights.rank, weights.b_pointers, weights.out_sizes,
-                          1.0)
+    assert not kernel.add(y, x, plan.kernel_rows, weights.kernel_layer, 1.0)
     lora_ops.add_fused_lora(y, x, weights, plan, 1.0, kernel)
     torch.testing.assert_close(y.float(), expected, rtol=2e-2, atol=2e-1)
 
