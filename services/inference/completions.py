@@ -310,6 +310,7 @@ class Completions:
         counter = UsageCounter(len(ids))
         text: list[str] = []
         finish_reason = None
+        caller_left = False
         deltas = self._engine.generate(engine_request_id, ids, sampling, lora)
         try:
             async for delta in deltas:
@@ -338,12 +339,25 @@ class Completions:
                     base_model=resolved.base_model, usage=usage, answer=answer))
                 yield Chunk(delta.text, FINISH_REASONS[finish_reason], usage)
                 return
+        except (GeneratorExit, asyncio.CancelledError):
+            caller_left = True
+            raise
         finally:
             await deltas.aclose()
             if finish_reason is None:
                 # The caller went away, the deadline passed, or the engine failed: free the
                 # engine's slot now rather than when the generator is collected.
                 await self._engine.abort(engine_request_id)
+                if caller_left and counter.completion_tokens:
+                    # What the engine did for a caller who left is billed, as it would have
+                    # been had they stayed: the prompt and the tokens generated up to the
+                    # abort, counted from the engine's deltas (those the caller never read
+                    # included). A request gone before its first token costs nothing, and
+                    # one the engine failed is retried, not billed.
+                    await self._record(UsageRecord(
+                        request_id=usage_id, account_id=resolved.account_id,
+                        user_id=resolved.user_id, model=resolved.model,
+                        base_model=resolved.base_model, usage=counter.usage))
         raise Unavailable("generation ended without a result, retry")
 
     async def _record(self, record: UsageRecord) -> None:

@@ -264,18 +264,37 @@ async def _wait_for_abort(engine):
     return request_id, still_running
 
 
-async def test_client_cancellation_aborts_the_engine_request(inference):
+async def test_a_stream_cancelled_under_load_is_aborted_and_billed_for_what_was_generated(
+        inference, tokenizer):
+    """Eight other requests share the engine while a caller reads three chunks of a long
+    answer and hangs up: the engine drops the request, and its usage row counts the prompt
+    and the tokens generated up to the abort (at least the chunks read, far fewer than asked
+    for); the others are answered and billed as usual."""
     inference.engine.aborted.clear()
+    prompt = "Write a very long story about a dragon."
     async with inference.channel() as ch:
-        call = inference_pb2_grpc.InferenceServiceStub(ch).CompleteStream(
-            request(MODEL_A, "Write a very long story about a dragon.", max_tokens=1500),
-            metadata=inference.metadata())
-        first = await call.read()
-        assert first.delta
+        stub = inference_pb2_grpc.InferenceServiceStub(ch)
+        load = [asyncio.ensure_future(stub.Complete(request(MODEL_A, f"Count to {i}.",
+                                                            max_tokens=48),
+                                                    metadata=inference.metadata(), timeout=300))
+                for i in range(8)]
+        call = stub.CompleteStream(request(MODEL_A, prompt, max_tokens=1500),
+                                   metadata=inference.metadata())
+        read = [await call.read() for _ in range(3)]
+        assert all(chunk.delta for chunk in read)
         call.cancel()
-        request_id, still_running = await _wait_for_abort(inference.engine)
+        request_id, _ = await _wait_for_abort(inference.engine)
+        others = await asyncio.gather(*load)
     assert request_id.startswith("cmpl-")
-    assert still_running == 0  # vLLM no longer holds it
+    # The others are done and nothing is left: vLLM no longer holds the cancelled one, which
+    # would run on for its 1500 tokens.
+    assert inference.engine.num_unfinished_requests() == 0
+    assert await inference.usage.flush(timeout_s=60) == 0
+    billed = inference.control.usage[request_id]
+    assert billed.prompt_tokens == len(prompt_token_ids(tokenizer, prompt=prompt))
+    assert len(read) <= billed.completion_tokens < 1500   # each chunk is 1+ tokens
+    assert all(inference.control.usage[r.request_id].completion_tokens
+               == r.usage.completion_tokens for r in others)
 
 
 async def test_a_burst_past_the_admission_limit_is_refused_and_nothing_else_is_lost(inference):

@@ -41,7 +41,8 @@ class FakeTokenizer:
 
 
 class FakeEngine:
-    """Answers with `reply` word by word; `gate` (when set) holds generation until released."""
+    """Answers with `reply` word by word; `gate` (when set) holds generation until released,
+    from word `hold_after` on."""
 
     def __init__(self, reply="the quick brown fox", max_model_len=64):
         self.tokenizer = FakeTokenizer()
@@ -50,6 +51,7 @@ class FakeEngine:
         self.calls: list[dict] = []
         self.aborted: list[str] = []
         self.gate: asyncio.Event | None = None
+        self.hold_after = 0   # the gate holds the words from this one on
         self.started = asyncio.Event()
         self.finish_reason_override: str | None = None
 
@@ -59,7 +61,7 @@ class FakeEngine:
         self.started.set()
         words = self.reply[: sampling.max_tokens]
         for i, word in enumerate(words):
-            if self.gate is not None:
+            if self.gate is not None and i >= self.hold_after:
                 await self.gate.wait()
             last = i == len(words) - 1
             reason = None

@@ -249,9 +249,8 @@ async def test_too_many_in_flight_is_resource_exhausted(make_completions, engine
     await core.complete("key", inp())  # room again
 
 
-async def test_cancelled_request_is_aborted_in_the_engine_and_not_billed(make_completions,
-                                                                         engine, reporter,
-                                                                         usage):
+async def test_a_request_cancelled_before_its_first_token_is_aborted_and_not_billed(
+        make_completions, engine, reporter, usage):
     core = make_completions()
     engine.gate = asyncio.Event()
     task = asyncio.create_task(core.complete("key", inp()))
@@ -265,13 +264,49 @@ async def test_cancelled_request_is_aborted_in_the_engine_and_not_billed(make_co
     assert reporter.records == []
 
 
-async def test_stream_closed_early_aborts(make_completions, engine):
+async def test_a_request_cancelled_mid_answer_is_billed_for_the_tokens_generated(
+        make_completions, engine, reporter, usage):
+    """The engine had generated two tokens when the caller (or its deadline) cancelled: the
+    row counts the prompt and those two, not max_tokens and not the answer's full length."""
+    core = make_completions()
+    engine.gate, engine.hold_after = asyncio.Event(), 2
+    task = asyncio.create_task(core.complete("key", inp(max_tokens=4)))
+    while len(engine.calls) == 0 or core.in_flight == 0:
+        await asyncio.sleep(0)
+    for _ in range(20):   # let the two ungated words through
+        await asyncio.sleep(0)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert engine.aborted == [engine.calls[0]["request_id"]]
+    await usage.flush()
+    [record] = reporter.records
+    assert (record.usage.prompt_tokens, record.usage.completion_tokens) == \
+        (len(engine.calls[0]["ids"]), 2)
+    assert record.request_id == engine.calls[0]["request_id"]
+
+
+async def test_stream_closed_early_aborts_and_bills_what_was_generated(make_completions, engine,
+                                                                       reporter, usage):
     core = make_completions()
     stream = core.stream("key", inp())
     first = await anext(stream)
     assert first.delta == "the"
     await stream.aclose()
     assert engine.aborted == [engine.calls[0]["request_id"]]
+    await usage.flush()
+    [record] = reporter.records
+    assert record.usage.completion_tokens == 1
+
+
+async def test_an_interrupted_generation_is_not_billed(make_completions, engine, reporter, usage):
+    """The engine, not the caller, ended it: the caller retries, and pays once."""
+    core = make_completions()
+    engine.finish_reason_override = "abort"
+    with pytest.raises(errors.Unavailable):
+        await core.complete("key", inp())
+    await usage.flush()
+    assert reporter.records == []
 
 
 async def test_finished_request_is_not_aborted(make_completions, engine):
