@@ -212,6 +212,7 @@ def ops_profile(tokens: int, adapters_in_batch: int, rank: int = 8, slots: int =
               "fused_ms_per_forward": best_ms_per_forward(False, fused_layer)}
     if kernel is not None:
         result["kernel_ms_per_forward"] = best_ms_per_forward(True, fused_layer)
+        result["kernel_isa"] = kernel.isa
     if adapters_in_batch > 1:  # both of our paths for several adapters, whichever is chosen
         default = grouped.DENSE_MAX_ROW_SLOTS
         try:

@@ -5,13 +5,14 @@ spreads over ~5 calls whose overhead is most of the cost. The kernel does one la
 and in a fixed summation order per row, so an adapter's answer is the same whatever else is in
 its batch.
 
-It is plain C with OpenMP, called through ctypes (no torch headers: it compiles in about a
-second with the system's C compiler; its OpenMP calls land in the libgomp torch has loaded, so
-it shares torch's threads). `make setup` and the images build it (`python -m
-services.inference.lora_kernel`); an engine that finds no build for this source builds it at
-start when a compiler is there, and otherwise runs the torch path (`available()` is False, and
-the engine reports its LoRA path as `fused`, not `kernel`). One shared object serves every x86
-CPU: GCC's target clones pick the AVX-512, AVX2 or baseline version when it loads.
+It is plain C with OpenMP, called through ctypes (no torch headers: it compiles in a few
+seconds with the system's C compiler; its OpenMP calls, for large steps only, land in the
+libgomp torch has loaded, so it shares torch's threads). `make setup` and the images build it
+(`python -m services.inference.lora_kernel`); an engine that finds no build for this source
+builds it at start when a compiler is there, and otherwise runs the torch path (`available()`
+is False, and the engine reports its LoRA path as `fused`, not `kernel`). One shared object
+serves every x86 CPU: it holds an AVX-512, an AVX2 and a baseline variant, each with its
+registers' vector width, and picks one when it loads (`LoraKernel.isa`).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import ctypes
 import hashlib
 import logging
 import os
+import platform
 import shutil
 import subprocess
 import sys
@@ -32,7 +34,17 @@ import torch
 log = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).resolve().parent / "kernels" / "lora_add.c"
-FLAGS = ("-O3", "-shared", "-fPIC", "-std=gnu11", "-fno-math-errno", "-fopenmp")
+FLAGS = ("-O3", "-fPIC", "-std=gnu11", "-fno-math-errno", "-fopenmp")
+# One variant per instruction set, each with its registers' vector width; the dispatcher in the
+# same source picks one when the library loads (lora_add_isa says which).
+X86_VARIANTS = (("avx512", 16, ("-march=x86-64-v4",)), ("avx2", 8, ("-march=x86-64-v3",)),
+                ("baseline", 4, ()))
+PORTABLE_VARIANTS = (("baseline", 4, ()),)
+ISAS = tuple(name for name, _, _ in X86_VARIANTS)
+
+
+def _variants() -> tuple:
+    return X86_VARIANTS if platform.machine() in ("x86_64", "AMD64") else PORTABLE_VARIANTS
 LANES = 16               # kernels/lora_add.c: a_t's last dimension is a multiple of this
 
 
@@ -51,7 +63,7 @@ def library_path() -> Path:
     is never answered by a stale build (and an image's runtime, which has no compiler, finds
     what its build stage compiled)."""
     digest = hashlib.sha256(SOURCE.read_bytes())
-    digest.update(" ".join(FLAGS).encode())
+    digest.update(repr((FLAGS, _variants())).encode())
     return cache_dir() / f"lora_add-{digest.hexdigest()[:16]}.so"
 
 
@@ -66,24 +78,48 @@ def build(force: bool = False) -> Path:
         raise RuntimeError("no C compiler (cc, gcc or $CC) to build the LoRA kernel")
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+        objects = []
+        for isa, lanes, flags in _variants():
+            objects.append(Path(tmp) / f"{isa}.o")
+            _compile(compiler, [*flags, f"-DNAME=lora_add_{isa}", f"-DLANES={lanes}"],
+                     objects[-1])
+        objects.append(Path(tmp) / "dispatch.o")
+        _compile(compiler, ["-DDISPATCH"], objects[-1])
         partial = Path(tmp) / target.name
-        subprocess.run([compiler, *FLAGS, "-o", str(partial), str(SOURCE)], check=True,
-                       capture_output=True, text=True)
+        subprocess.run([compiler, "-shared", "-fopenmp", "-o", str(partial),
+                        *map(str, objects)], check=True, capture_output=True, text=True)
         partial.replace(target)
     log.info("built the LoRA kernel: %s", target)
     return target
 
 
+def _compile(compiler: str, defines: list[str], output: Path) -> None:
+    subprocess.run([compiler, *FLAGS, *defines, "-c", "-o", str(output), str(SOURCE)],
+                   check=True, capture_output=True, text=True)
+
+
 class LoraKernel:
-    def __init__(self, path: Path):
+    """The built library; `isa` names a variant to call instead of the one the CPU picks
+    (tests and benchmarks compare them)."""
+
+    def __init__(self, path: Path, isa: str | None = None):
         lib = ctypes.CDLL(str(path))
-        fn = lib.lora_add
+        lib.lora_add_supported.argtypes = [ctypes.c_char_p]
+        if isa is not None and not lib.lora_add_supported(isa.encode()):
+            raise RuntimeError(f"this CPU cannot run the {isa} variant of the LoRA kernel")
+        fn = lib.lora_add if isa is None else getattr(lib, f"lora_add_{isa}")
         p, i64, i32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
-        fn.argtypes = [p, i32, i64, p, i32, i64, p, p, i64, p, i64, i64, i64, i64, p, p, i32,
+        fn.argtypes = [p, i32, i64, p, i32, i64, p, p, i64, p, i64, i64, i64, i64, p, p,
                        ctypes.c_float]
         fn.restype = ctypes.c_int
         self._fn = fn
         self.path = path
+        lib.lora_add_isa.restype = ctypes.c_char_p
+        self.isa: str = isa or lib.lora_add_isa().decode()   # the variant this calls
+        self._lib = lib
+
+    def supported(self, isa: str) -> bool:
+        return bool(self._lib.lora_add_supported(isa.encode()))
 
     def add(self, y: torch.Tensor, x: torch.Tensor, rows: tuple, layer: tuple,
             scale: float) -> bool:
@@ -103,16 +139,9 @@ class LoraKernel:
 
 def layer_arguments(a_t: torch.Tensor, slices: int, rank: int, b_pointers: ctypes.Array,
                     out_sizes: ctypes.Array) -> tuple:
-    """A layer's weights as lora_add reads them: (a_t, in, sr, slices, rank, b, out sizes,
-    weights in bf16)."""
-    return (a_t.data_ptr(), a_t.shape[1], a_t.shape[2], slices, rank, b_pointers, out_sizes,
-            a_t.dtype is torch.bfloat16)
-
-
-def weight_dtype(stacked: torch.dtype) -> torch.dtype:
-    """The kernel keeps bf16 weights as they are (widening them is exact, and at decode the
-    bytes read are the cost), anything else in float32."""
-    return torch.bfloat16 if stacked is torch.bfloat16 else torch.float32
+    """A layer's float32 weights as lora_add reads them: (a_t, in, sr, slices, rank, b, out
+    sizes)."""
+    return (a_t.data_ptr(), a_t.shape[1], a_t.shape[2], slices, rank, b_pointers, out_sizes)
 
 
 def padded(columns: int) -> int:
@@ -134,11 +163,13 @@ def load() -> LoraKernel | None:
     if os.environ.get("FINETUNE_LORA_KERNEL", "1") == "0":
         return None
     try:
-        return LoraKernel(build())
+        kernel = LoraKernel(build())
     except (OSError, RuntimeError, subprocess.CalledProcessError) as exc:
         detail = getattr(exc, "stderr", "") or exc
         log.warning("the LoRA kernel is unavailable, using the torch path: %s", detail)
         return None
+    log.info("LoRA kernel %s (%s)", kernel.path, kernel.isa)
+    return kernel
 
 
 def available() -> bool:

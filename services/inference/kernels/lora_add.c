@@ -9,12 +9,14 @@
  * thread: a request's answer does not depend on its batch. Rows of one slot go in tiles of
  * up to TILE so that each weight read from cache serves every row of the tile.
  *
- * Threads: tiles are shared out with OpenMP. The shared object needs libgomp.so.1, which in
- * a process that has imported torch is torch's own copy (same soname, already loaded): one
- * thread pool, bound to the cores as vLLM bound torch's, not a second pool fighting it.
+ * Threads: a large step's tiles are shared out with OpenMP. The shared object needs
+ * libgomp.so.1, which in a process that has imported torch is torch's own copy (same soname,
+ * already loaded): one thread pool, bound to the cores as vLLM bound torch's, not a second
+ * pool fighting it.
  *
- * Layouts (contiguous, float32 or bf16): at [slots, in, sr] with sr = slices x rank rounded
- * up to LANES (slice i's rank columns at i*rank, the rest zero), b[i] [slots, rank, out_i].
+ * Layouts (contiguous, float32: bf16 weights were slower, as the widening costs more than the
+ * bytes it saves at these sizes): at [slots, in, sr] with sr = slices x rank rounded up to
+ * LANES (slice i's rank columns at i*rank, the rest zero), b[i] [slots, rank, out_i].
  * x and y are float32 or bf16 (rounded to nearest even, as torch casts), row-major with the
  * given row strides. Sums are float32. `order` lists the rows grouped by slot (rows without an
  * adapter, anywhere in it, are skipped). */
@@ -23,20 +25,89 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define TILE 4           /* rows of one slot computed together (1, 2 or 4 at a time) */
-#define LANES 16         /* one v16: a zmm register, two ymm, four xmm: GCC lowers it per clone */
-#define MAX_SR 256       /* slices x rank (padded to LANES): 3 x 64 with vLLM's largest rank */
-#define OUT_VECTORS 4    /* the expand's block of outputs: 4 x LANES per row of the tile */
+/* The signature every variant shares (the dispatcher below calls through it). */
+#define LORA_ADD_PARAMS                                                                       \
+    void *y, int y_bf16, int64_t y_stride, const void *x, int x_bf16, int64_t x_stride,       \
+    const int64_t *slot_of_row, const int64_t *order, int64_t n, const float *at, int64_t in, \
+    int64_t sr, int64_t slices, int64_t rank, const float *const *b,                           \
+    const int64_t *out_sizes, float scale
+#define LORA_ADD_ARGS                                                                         \
+    y, y_bf16, y_stride, x, x_bf16, x_stride, slot_of_row, order, n, at, in, sr, slices, rank, \
+    b, out_sizes, scale
 
-typedef float v16 __attribute__((vector_size(LANES * sizeof(float))));
-typedef uint16_t u16x16 __attribute__((vector_size(LANES * sizeof(uint16_t))));
-typedef uint32_t u32x16 __attribute__((vector_size(LANES * sizeof(uint32_t))));
-
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#else
-#define CLONES
+#ifdef DISPATCH
+/* The exported entry: one variant per instruction set, compiled from this file with -DNAME
+ * and -DLANES (lora_kernel.py), chosen once by what the CPU supports. A variant's vectors are
+ * its registers' width: 16-float vectors on AVX2 spill and ran 8x slower than 8-float ones. */
+const char *lora_add_isa(void);
+int lora_add_supported(const char *isa);
+#if defined(__x86_64__)
+int lora_add_avx512(LORA_ADD_PARAMS);
+int lora_add_avx2(LORA_ADD_PARAMS);
 #endif
+int lora_add_baseline(LORA_ADD_PARAMS);
+
+typedef int (*lora_add_fn)(LORA_ADD_PARAMS);
+static lora_add_fn chosen;
+static const char *chosen_isa;
+
+/* Whether this CPU runs the variant for `isa` ("avx512", "avx2" or "baseline"). */
+int lora_add_supported(const char *isa) {
+    if (strcmp(isa, "baseline") == 0) return 1;
+#if defined(__x86_64__)
+    __builtin_cpu_init();
+    if (strcmp(isa, "avx512") == 0)
+        return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw")
+            && __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
+    if (strcmp(isa, "avx2") == 0)
+        return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+#endif
+    return 0;
+}
+
+static void choose(void) {
+#if defined(__x86_64__)
+    if (lora_add_supported("avx512")) { chosen = lora_add_avx512; chosen_isa = "avx512"; return; }
+    if (lora_add_supported("avx2")) { chosen = lora_add_avx2; chosen_isa = "avx2"; return; }
+#endif
+    chosen = lora_add_baseline;
+    chosen_isa = "baseline";
+}
+
+const char *lora_add_isa(void) {
+    if (!chosen) choose();
+    return chosen_isa;
+}
+
+int lora_add(LORA_ADD_PARAMS) {
+    if (!chosen) choose();
+    return chosen(LORA_ADD_ARGS);
+}
+
+#else  /* a variant */
+
+#ifndef LANES
+#define LANES 4          /* floats per vector: 16 for AVX-512, 8 for AVX2, 4 otherwise */
+#endif
+#ifndef NAME
+#define NAME lora_add_baseline
+#endif
+#define TILE 4           /* rows of one slot computed together (1, 2 or 4 at a time) */
+#define MAX_SR 256       /* slices x rank (padded to 16): 3 x 64 with vLLM's largest rank */
+/* The expand's block of outputs per row of the tile, in vectors: with four rows, 16
+ * accumulators fit AVX-512's 32 registers, 8 those of AVX2 and SSE (16 each). */
+#if LANES == 16
+#define OUT_VECTORS 4
+#else
+#define OUT_VECTORS 2
+#endif
+/* Steps with fewer tiles run on the calling thread. At decode sizes a tile is a few
+ * microseconds, and sharing them out cost more than it saved: 16 rows took 3.0 ms per forward
+ * pass on two threads against 2.7 ms on one (docs/benchmarks.md, inference (a)). */
+#define PARALLEL_TILES 32
+
+typedef float vf __attribute__((vector_size(LANES * sizeof(float))));
+
 #define INLINE static inline __attribute__((always_inline))
 
 static inline float bf16_to_float(uint16_t v) {
@@ -53,24 +124,7 @@ static inline uint16_t float_to_bf16(float f) {
     return (uint16_t)(c.u >> 16);
 }
 
-/* Weights are float32, or bf16 when the engine's are (widening bf16 is exact, and half the
- * bytes is what several adapters in a decode step are bound by). */
-INLINE v16 load_w(const void *p, int64_t at, const int w_bf16) {
-    v16 v;
-    if (w_bf16) {
-        u16x16 h;
-        memcpy(&h, (const uint16_t *)p + at, sizeof(h));
-        const u32x16 wide = __builtin_convertvector(h, u32x16) << 16;
-        memcpy(&v, &wide, sizeof(v));
-    } else {
-        memcpy(&v, (const float *)p + at, sizeof(v));
-    }
-    return v;
-}
-
-INLINE float scalar_w(const void *p, int64_t at, const int w_bf16) {
-    return w_bf16 ? bf16_to_float(((const uint16_t *)p)[at]) : ((const float *)p)[at];
-}
+static inline vf loadv(const float *p) { vf v; memcpy(&v, p, sizeof(v)); return v; }
 
 static inline void load_row(float *dst, const void *x, int x_bf16, int64_t row, int64_t stride,
                             int64_t in) {
@@ -97,16 +151,15 @@ static inline void add_row(void *y, int y_bf16, int64_t row, int64_t stride, int
 typedef struct {
     void *y; int y_bf16; int64_t y_stride;
     const void *x; int x_bf16; int64_t x_stride;
-    const void *at; int64_t in, sr, slices, rank;
-    const void *const *b; const int64_t *out_sizes;
+    const float *at; int64_t in, sr, slices, rank;
+    const float *const *b; const int64_t *out_sizes;
     float scale;
 } layer_t;
 
 /* T rows of one slot (T a constant after inlining: the accumulators stay in registers). Each
  * row's arithmetic is the same whatever T is: one accumulator per row and lane, summed in
  * order. */
-INLINE void tile(const layer_t *L, const int64_t *rows, int64_t slot, float *xs, const int T,
-                 const int w_bf16) {
+INLINE void tile(const layer_t *L, const int64_t *rows, int64_t slot, float *xs, const int T) {
     const int64_t in = L->in, sr = L->sr, rank = L->rank;
     float h[TILE][MAX_SR];
     float delta[OUT_VECTORS * LANES];
@@ -115,13 +168,13 @@ INLINE void tile(const layer_t *L, const int64_t *rows, int64_t slot, float *xs,
     /* shrink: h[r] = scale * (x[r] @ At[slot]), each lane summed over i in order */
     const int64_t a0 = slot * in * sr;
     for (int64_t j = 0; j < sr; j += LANES) {
-        v16 acc[TILE] = {{0}};
+        vf acc[TILE] = {{0}};
         for (int64_t i = 0; i < in; i++) {
-            const v16 ai = load_w(L->at, a0 + i * sr + j, w_bf16);
+            const vf ai = loadv(L->at + a0 + i * sr + j);
             for (int r = 0; r < T; r++) acc[r] += xs[r * in + i] * ai;
         }
         for (int r = 0; r < T; r++) {
-            const v16 scaled = acc[r] * L->scale;
+            const vf scaled = acc[r] * L->scale;
             memcpy(&h[r][j], &scaled, sizeof(scaled));
         }
     }
@@ -131,15 +184,15 @@ INLINE void tile(const layer_t *L, const int64_t *rows, int64_t slot, float *xs,
     int64_t offset = 0;
     for (int64_t s = 0; s < L->slices; s++) {
         const int64_t out = L->out_sizes[s];
-        const void *bs = L->b[s];
+        const float *bs = L->b[s];
         const int64_t b0 = slot * rank * out;
         const int64_t hk = s * rank;
         int64_t o0 = 0;
         for (; o0 + OUT_VECTORS * LANES <= out; o0 += OUT_VECTORS * LANES) {
-            v16 acc[TILE][OUT_VECTORS] = {{{0}}};
+            vf acc[TILE][OUT_VECTORS] = {{{0}}};
             for (int64_t k = 0; k < rank; k++) {
                 for (int v = 0; v < OUT_VECTORS; v++) {
-                    const v16 bv = load_w(bs, b0 + k * out + o0 + v * LANES, w_bf16);
+                    const vf bv = loadv(bs + b0 + k * out + o0 + v * LANES);
                     for (int r = 0; r < T; r++) acc[r][v] += h[r][hk + k] * bv;
                 }
             }
@@ -150,9 +203,9 @@ INLINE void tile(const layer_t *L, const int64_t *rows, int64_t slot, float *xs,
             }
         }
         for (; o0 + LANES <= out; o0 += LANES) {
-            v16 acc[TILE] = {{0}};
+            vf acc[TILE] = {{0}};
             for (int64_t k = 0; k < rank; k++) {
-                const v16 bv = load_w(bs, b0 + k * out + o0, w_bf16);
+                const vf bv = loadv(bs + b0 + k * out + o0);
                 for (int r = 0; r < T; r++) acc[r] += h[r][hk + k] * bv;
             }
             for (int r = 0; r < T; r++) {
@@ -164,7 +217,7 @@ INLINE void tile(const layer_t *L, const int64_t *rows, int64_t slot, float *xs,
             for (int r = 0; r < T; r++) {
                 float sum = 0.0f;
                 for (int64_t k = 0; k < rank; k++)
-                    sum += h[r][hk + k] * scalar_w(bs, b0 + k * out + o0, w_bf16);
+                    sum += h[r][hk + k] * bs[b0 + k * out + o0];
                 add_row(L->y, L->y_bf16, rows[r], L->y_stride, offset + o0, &sum, 1);
             }
         }
@@ -173,13 +226,9 @@ INLINE void tile(const layer_t *L, const int64_t *rows, int64_t slot, float *xs,
 }
 
 /* Returns 0, or -1 when the layer does not fit the kernel's buffers (the caller then takes the
- * torch path) or memory for its tile list is short. `sr` is slices x rank rounded up to LANES
- * (a_t's padded columns are zero); `w_bf16`: a_t and b hold bf16, else float32. */
-CLONES
-int lora_add(void *y, int y_bf16, int64_t y_stride, const void *x, int x_bf16, int64_t x_stride,
-             const int64_t *slot_of_row, const int64_t *order, int64_t n,
-             const void *at, int64_t in, int64_t sr, int64_t slices, int64_t rank,
-             const void *const *b, const int64_t *out_sizes, int w_bf16, float scale) {
+ * torch path) or memory for its tile list is short. `sr` is slices x rank rounded up to
+ * LANES (a_t's padded columns are zero). */
+int NAME(LORA_ADD_PARAMS) {
     if (sr > MAX_SR || sr <= 0 || sr % LANES || slices * rank > sr) return -1;
     const layer_t L = {y, y_bf16, y_stride, x, x_bf16, x_stride, at, in, sr, slices, rank, b,
                        out_sizes, scale};
@@ -200,7 +249,7 @@ int lora_add(void *y, int y_bf16, int64_t y_stride, const void *x, int x_bf16, i
         g += t;
     }
     int failed = 0;
-    #pragma omp parallel if (tiles > 1) reduction(|: failed)
+    #pragma omp parallel if (tiles >= PARALLEL_TILES) reduction(|: failed)
     {
         float *xs = malloc((size_t)TILE * (size_t)in * sizeof(float));
         if (!xs) failed = 1;
@@ -209,15 +258,9 @@ int lora_add(void *y, int y_bf16, int64_t y_stride, const void *x, int x_bf16, i
             if (!xs) continue;
             const int64_t *rows = order + start[i];
             const int64_t slot = slot_of_row[rows[0]];
-            if (w_bf16) {
-                if (size[i] == 4) tile(&L, rows, slot, xs, 4, 1);
-                else if (size[i] == 2) tile(&L, rows, slot, xs, 2, 1);
-                else tile(&L, rows, slot, xs, 1, 1);
-            } else {
-                if (size[i] == 4) tile(&L, rows, slot, xs, 4, 0);
-                else if (size[i] == 2) tile(&L, rows, slot, xs, 2, 0);
-                else tile(&L, rows, slot, xs, 1, 0);
-            }
+            if (size[i] == 4) tile(&L, rows, slot, xs, 4);
+            else if (size[i] == 2) tile(&L, rows, slot, xs, 2);
+            else tile(&L, rows, slot, xs, 1);
         }
         free(xs);
     }
@@ -225,3 +268,5 @@ int lora_add(void *y, int y_bf16, int64_t y_stride, const void *x, int x_bf16, i
     free(size);
     return failed ? -1 : 0;
 }
+
+#endif  /* DISPATCH */

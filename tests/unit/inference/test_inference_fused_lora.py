@@ -179,12 +179,16 @@ def test_plans_pick_their_path():
 
 # --- the LoRA kernel (services/inference/lora_kernel.py) ------------------------------------
 
-@pytest.fixture(scope="module")
-def kernel():
-    """Built from the repository's source into a fresh cache (gcc is part of the install)."""
+@pytest.fixture(scope="module", params=["avx512", "avx2", "baseline"])
+def kernel(request):
+    """Each of the kernel's variants this CPU can run (the one it picks among them), built
+    from the repository's source (gcc is part of the install)."""
     from services.inference import lora_kernel
 
-    return lora_kernel.LoraKernel(lora_kernel.build())
+    path = lora_kernel.build()
+    if not lora_kernel.LoraKernel(path).supported(request.param):
+        pytest.skip(f"this CPU cannot run the {request.param} variant")
+    return lora_kernel.LoraKernel(path, request.param)
 
 
 def kernel_weights(ranks, dtype=torch.bfloat16, **shape):
@@ -299,6 +303,14 @@ def test_the_kernel_follows_slot_changes(kernel):
     kernel_add(kernel, y, x, weights, [1, 0, 2])
     torch.testing.assert_close(y, reference(torch.zeros(3, sum(SLICES)), x, a, b, [1, 0, 2],
                                             1.0), rtol=1e-5, atol=1e-4)
+
+
+def test_the_cpu_picks_the_widest_variant_it_runs():
+    from services.inference import lora_kernel
+
+    kernel = lora_kernel.LoraKernel(lora_kernel.build())
+    widest = next(isa for isa in lora_kernel.ISAS if kernel.supported(isa))
+    assert kernel.isa == widest and kernel.supported("baseline")
 
 
 def test_the_kernel_build_is_named_by_its_source_and_cached(tmp_path, monkeypatch):
