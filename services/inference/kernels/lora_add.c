@@ -38,7 +38,8 @@
 #ifdef DISPATCH
 /* The exported entry: one variant per instruction set, compiled from this file with -DNAME
  * and -DLANES (lora_kernel.py), chosen once by what the CPU supports. A variant's vectors are
- * its registers' width: 16-float vectors on AVX2 spill and ran 8x slower than 8-float ones. */
+ * its registers' width: 16-float vectors spill AVX2's registers (docs/benchmarks.md,
+ * inference (a)). */
 const char *lora_add_isa(void);
 int lora_add_supported(const char *isa);
 #if defined(__x86_64__)
@@ -101,9 +102,9 @@ int lora_add(LORA_ADD_PARAMS) {
 #else
 #define OUT_VECTORS 2
 #endif
-/* Steps with fewer tiles run on the calling thread. At decode sizes a tile is a few
- * microseconds, and sharing them out cost more than it saved: 16 rows took 3.0 ms per forward
- * pass on two threads against 2.7 ms on one (docs/benchmarks.md, inference (a)). */
+/* Steps with fewer tiles run on the calling thread: at decode sizes a tile is a few
+ * microseconds, and sharing them out cost more than it saved (docs/benchmarks.md, inference
+ * (a)). */
 #define PARALLEL_TILES 32
 
 typedef float vf __attribute__((vector_size(LANES * sizeof(float))));
