@@ -113,6 +113,7 @@ def test_fine_tuned_model_answers_trained_codes_and_base_does_not(client, traine
 def test_usage_counts_the_tokens_vllm_saw(client, trained_job, base_model_spec):
     tokenizer = AutoTokenizer.from_pretrained(base_model_spec.path)
     prompt = word_rows()[0]["prompt"]
+    before = datetime.now(timezone.utc)
     res = client.complete(MODEL, prompt, max_tokens=12)
     assert res.usage.prompt_tokens == len(prompt_token_ids(tokenizer, prompt=prompt))
     generated = tokenizer(res.text, add_special_tokens=False)["input_ids"]
@@ -120,6 +121,13 @@ def test_usage_counts_the_tokens_vllm_saw(client, trained_job, base_model_spec):
     assert res.usage.completion_tokens in (len(generated), len(generated) + 1)
     assert res.usage.total_tokens == res.usage.prompt_tokens + res.usage.completion_tokens
     assert res.finish_reason == "stop"
+    # Its usage row reaches control (delivered from inference's outbox after the answer; the
+    # client named the request, so the row has the engine's id): by the next test, which
+    # counts the rows that arrive after it starts, it is there.
+    wait_until(lambda: [(u.prompt_tokens, u.completion_tokens) for u in client.inference_usage(
+        start=before, model=MODEL, page_size=1000).usage]
+        == [(res.usage.prompt_tokens, res.usage.completion_tokens)], 60,
+        "the COMPLETE's usage row at control")
 
 
 def test_complete_inside_sql_answers_every_row_and_bills_each_once(client, trained_job):
