@@ -43,9 +43,13 @@ PORTABLE_VARIANTS = (("baseline", 4, ()),)
 ISAS = tuple(name for name, _, _ in X86_VARIANTS)
 
 
+# a_t's last dimension is padded to a multiple of the widest variant's vector (and so of every
+# variant's: kernels/lora_add.c checks sr % LANES).
+LANES = 16
+
+
 def _variants() -> tuple:
     return X86_VARIANTS if platform.machine() in ("x86_64", "AMD64") else PORTABLE_VARIANTS
-LANES = 16               # kernels/lora_add.c: a_t's last dimension is a multiple of this
 
 
 def cache_dir() -> Path:
