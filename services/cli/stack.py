@@ -167,6 +167,11 @@ class LocalStack:
         # it stops its processes; a one-machine stack serves nothing through Ray, so it stops
         # at once (a KubeRay pod keeps the drain).
         env.setdefault("RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S", "0")
+        # Ray turns token authentication on by itself when ~/.ray/auth_token exists (one
+        # `ray.init()` on the laptop leaves it), and then neither this launcher nor control,
+        # which know no token, could reach the stack's own dashboard. The stack's Ray listens
+        # on loopback only; an explicit RAY_AUTH_MODE is kept.
+        env.setdefault("RAY_AUTH_MODE", "disabled")
         env["PYTHONUNBUFFERED"] = "1"
         return env
 
