@@ -36,9 +36,9 @@ class PreparedData:
 
 def prepare_data(spec: JobSpec, store: ArtifactStore) -> PreparedData:
     """Read the job's snapshots and turn them into token ids with the base model's tokenizer."""
-    from transformers import AutoTokenizer
+    from services.common.tokenizer import load_tokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(base_model_folder(spec))
+    tokenizer = load_tokenizer(base_model_folder(spec))
     limits = data.TokenLimits.of(spec.base_model)
 
     def load(uri: str | None, what: str) -> data.FormattedData:

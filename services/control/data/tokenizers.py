@@ -9,12 +9,7 @@ from typing import Any
 
 from services.common.base_models import BaseModelSpec
 from services.common.errors import FailedPrecondition
-
-
-def load_tokenizer(path: str) -> Any:
-    from transformers import AutoTokenizer  # heavy: imported on first use only
-
-    return AutoTokenizer.from_pretrained(path)
+from services.common.tokenizer import load_tokenizer
 
 
 class Tokenizers:

@@ -1,11 +1,13 @@
-"""Evaluation metrics over lists of strings, computed by the libraries everyone checks against:
-scikit-learn (classification), sacrebleu (corpus BLEU-4) and rouge-score (ROUGE-L). Pure: no
+"""Evaluation metrics over lists of strings: classification by scikit-learn's definitions
+(computed here: importing scikit-learn would make transformers import it too, in every trainer
+and engine process), sacrebleu (corpus BLEU-4) and rouge-score (ROUGE-L). Pure: no
 I/O. Every metric is in 0-1 (BLEU too: sacrebleu's 0-100 score / 100), so min_improvement has
 one unit whatever the task.
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -47,24 +49,26 @@ def classification_metrics(references: Sequence[str], predictions: Sequence[str]
     labels the references use: a generated answer that is no label at all counts against the
     recall of the true label (and accuracy) but adds no label of its own, so a chatty base
     model does not add dozens of zero-support rows that would dilute macro-F1."""
-    from sklearn.metrics import accuracy_score, precision_recall_fscore_support
-
     shown = label_spellings(references)
     y_true = [label_key(r) for r in references]
     y_pred = [label_key(p) for p in predictions]
     keys = sorted(shown, key=lambda k: (shown[k], k))
-    precision, recall, f1, support = precision_recall_fscore_support(
-        y_true, y_pred, labels=keys, zero_division=0)
-    metrics = {"accuracy": float(accuracy_score(y_true, y_pred))}
-    for average in ("macro", "weighted"):
-        p, r, f, _ = precision_recall_fscore_support(y_true, y_pred, labels=keys,
-                                                     average=average, zero_division=0)
-        metrics[f"{average}_f1"] = float(f)
-        metrics[f"{average}_precision"] = float(p)
-        metrics[f"{average}_recall"] = float(r)
-    labels = [LabelMetric(label=shown[k], precision=float(p), recall=float(r), f1=float(f),
-                          support=int(s))
-              for k, p, r, f, s in zip(keys, precision, recall, f1, support, strict=True)]
+    support, predicted = Counter(y_true), Counter(y_pred)
+    hits = Counter(t for t, p in zip(y_true, y_pred, strict=True) if t == p)
+    labels = []
+    for k in keys:   # scikit-learn's precision_recall_fscore_support, zero_division=0
+        precision = hits[k] / predicted[k] if predicted[k] else 0.0
+        recall = hits[k] / support[k]
+        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+        labels.append(LabelMetric(label=shown[k], precision=precision, recall=recall, f1=f1,
+                                  support=support[k]))
+    metrics = {"accuracy": sum(hits.values()) / len(y_true)}
+    total = sum(m.support for m in labels)
+    for name in ("f1", "precision", "recall"):
+        values = [getattr(m, name) for m in labels]
+        metrics[f"macro_{name}"] = sum(values) / len(values)
+        metrics[f"weighted_{name}"] = sum(v * m.support for v, m in zip(values, labels,
+                                                                         strict=True)) / total
     return TaskMetrics(metrics, labels, [t == p for t, p in zip(y_true, y_pred, strict=True)])
 
 

@@ -27,8 +27,8 @@ if _version_not_supported:
 
 class EvaluationServiceStub:
     """ML.EVALUATE for fine-tuned and base models: generation runs through the inference service in
-    batches; metrics come from scikit-learn, sacrebleu and rouge-score. Results are stored with the
-    model (GetModel lists them) and downloadable as CSV.
+    batches; metrics are scikit-learn's classification definitions, sacrebleu and rouge-score.
+    Results are stored with the model (GetModel lists them) and downloadable as CSV.
     """
 
     def __init__(self, channel):
@@ -71,8 +71,8 @@ class EvaluationServiceStub:
 
 class EvaluationServiceServicer:
     """ML.EVALUATE for fine-tuned and base models: generation runs through the inference service in
-    batches; metrics come from scikit-learn, sacrebleu and rouge-score. Results are stored with the
-    model (GetModel lists them) and downloadable as CSV.
+    batches; metrics are scikit-learn's classification definitions, sacrebleu and rouge-score.
+    Results are stored with the model (GetModel lists them) and downloadable as CSV.
     """
 
     def EvaluateModel(self, request, context):
@@ -160,8 +160,8 @@ def add_EvaluationServiceServicer_to_server(servicer, server):
  # This class is part of an EXPERIMENTAL API.
 class EvaluationService:
     """ML.EVALUATE for fine-tuned and base models: generation runs through the inference service in
-    batches; metrics come from scikit-learn, sacrebleu and rouge-score. Results are stored with the
-    model (GetModel lists them) and downloadable as CSV.
+    batches; metrics are scikit-learn's classification definitions, sacrebleu and rouge-score.
+    Results are stored with the model (GetModel lists them) and downloadable as CSV.
     """
 
     @staticmethod
