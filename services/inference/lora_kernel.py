@@ -43,6 +43,8 @@ PORTABLE_VARIANTS = (("baseline", 4, ()),)
 ISAS = tuple(name for name, _, _ in X86_VARIANTS)
 
 
+WEIGHT_DTYPES = ROW_DTYPES = (torch.float32, torch.bfloat16)
+
 # a_t's last dimension is padded to a multiple of the widest variant's vector (and so of every
 # variant's: kernels/lora_add.c checks sr % LANES).
 LANES = 16
@@ -113,7 +115,7 @@ class LoraKernel:
             raise RuntimeError(f"this CPU cannot run the {isa} variant of the LoRA kernel")
         fn = lib.lora_add if isa is None else getattr(lib, f"lora_add_{isa}")
         p, i64, i32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
-        fn.argtypes = [p, i32, i64, p, i32, i64, p, p, i64, p, i64, i64, i64, i64, p, p,
+        fn.argtypes = [p, i32, i64, p, i32, i64, p, p, i64, p, i32, i64, i64, i64, i64, p, p,
                        ctypes.c_float]
         fn.restype = ctypes.c_int
         self._fn = fn
@@ -133,31 +135,37 @@ class LoraKernel:
         `rows`: (slot of each row, the rows sorted by slot, how many), as int64 tensors'
         addresses (StepPlan.kernel_rows). `layer`: the layer's weights as the kernel reads
         them (FusedLoraWeights.kernel_layer), made once per adapter load."""
-        if not supports(y, x):
-            return False
-        status = self._fn(y.data_ptr(), y.dtype is torch.bfloat16, y.stride(0),
-                          x.data_ptr(), x.dtype is torch.bfloat16, x.stride(0), *rows, *layer,
+        # ~120 calls a step: each tensor attribute read once (they are calls into torch).
+        y_dtype, x_dtype, y_stride, x_stride = y.dtype, x.dtype, y.stride(), x.stride()
+        if y_dtype not in ROW_DTYPES or x_dtype not in ROW_DTYPES or y_stride[1] != 1 \
+                or x_stride[1] != 1 or not (y.is_cpu and x.is_cpu):
+            return False   # the kernel reads float32 or bf16 rows, unit column stride, on the CPU
+        status = self._fn(y.data_ptr(), y_dtype is torch.bfloat16, y_stride[0],
+                          x.data_ptr(), x_dtype is torch.bfloat16, x_stride[0], *rows, *layer,
                           scale)
         return status == 0
 
 
 def layer_arguments(a_t: torch.Tensor, slices: int, rank: int, b_pointers: ctypes.Array,
                     out_sizes: ctypes.Array) -> tuple:
-    """A layer's float32 weights as lora_add reads them: (a_t, in, sr, slices, rank, b, out
-    sizes)."""
-    return (a_t.data_ptr(), a_t.shape[1], a_t.shape[2], slices, rank, b_pointers, out_sizes)
+    """A layer's weights (float32 or bf16, a_t's dtype and b's) as lora_add reads them: (a_t,
+    bf16 or not, in, sr, slices, rank, b, out sizes)."""
+    if a_t.dtype not in WEIGHT_DTYPES:
+        raise ValueError(f"the LoRA kernel reads float32 or bf16 weights, not {a_t.dtype}")
+    return (a_t.data_ptr(), a_t.dtype is torch.bfloat16, a_t.shape[1], a_t.shape[2], slices,
+            rank, b_pointers, out_sizes)
+
+
+def weight_dtype(source: torch.dtype) -> torch.dtype:
+    """The dtype the kernel keeps a layer's weights in: bf16 when vLLM holds them in bf16
+    (exactly the same values in half the bytes: a step reads every adapter's weights from
+    memory, after the base model's pass has evicted them from the caches), else float32."""
+    return torch.bfloat16 if source is torch.bfloat16 else torch.float32
 
 
 def padded(columns: int) -> int:
     """a_t's last dimension for slices x rank columns."""
     return -(-columns // LANES) * LANES
-
-
-def supports(y: torch.Tensor, x: torch.Tensor) -> bool:
-    """The kernel reads float32 or bf16 rows with unit column stride, on the CPU."""
-    ok = (torch.float32, torch.bfloat16)
-    return (y.dtype in ok and x.dtype in ok and y.device.type == "cpu"
-            and x.device.type == "cpu" and y.stride(1) == 1 and x.stride(1) == 1)
 
 
 @lru_cache(maxsize=1)

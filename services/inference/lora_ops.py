@@ -323,7 +323,9 @@ class FusedLoraWeights:
                                             bytes, and at decode the products are bound by
                                             the bytes of weight they read)
       a_t      [slots, in, >= slices x rank] `a` transposed and zero-padded to the kernel's
-                                            vector width (with_kernel only)
+                                            vector width (with_kernel only), and b_kernel:
+                                            both in bf16 where vLLM's weights are (the same
+                                            values), else float32
 
     `rank` is the largest rank loaded, not the engine's max_lora_rank (64 by default, where
     adapters are usually 8-16). `refresh` rewrites only the slots whose adapter changed, when
@@ -343,6 +345,7 @@ class FusedLoraWeights:
         self.b: tuple[torch.Tensor, ...] = ()
         self.with_kernel = with_kernel
         self.a_t = torch.zeros(0)
+        self.b_kernel: tuple[torch.Tensor, ...] = ()   # b as the kernel reads it (a_t's dtype)
         # The kernel's view of b and the slices' sizes, as C arrays (kept alive here), and the
         # layer's arguments to it.
         self.b_pointers = (ctypes.c_void_p * 0)()
@@ -380,12 +383,17 @@ class FusedLoraWeights:
             fused_b[slot].copy_(b[slot, :size, :r].t())
         if self.with_kernel:
             self.a_t[slot, :, :self.a.shape[1]].copy_(self.a[slot].t())
+            if self.b_kernel is not self.b:
+                for fused_b, kernel_b in zip(self.b, self.b_kernel, strict=True):
+                    kernel_b[slot].copy_(fused_b[slot])
 
     def _allocate_kernel_weights(self, slices: int, rank: int, features: int) -> None:
-        from services.inference.lora_kernel import layer_arguments, padded
+        from services.inference.lora_kernel import layer_arguments, padded, weight_dtype
 
-        self.a_t = torch.zeros(self.slots, features, padded(slices * rank), dtype=COMPUTE)
-        self.b_pointers = (ctypes.c_void_p * slices)(*(b.data_ptr() for b in self.b))
+        dtype = weight_dtype(self.a_stacked[0].dtype)
+        self.a_t = torch.zeros(self.slots, features, padded(slices * rank), dtype=dtype)
+        self.b_kernel = self.b if dtype == COMPUTE else tuple(b.to(dtype) for b in self.b)
+        self.b_pointers = (ctypes.c_void_p * slices)(*(b.data_ptr() for b in self.b_kernel))
         self.kernel_layer = layer_arguments(self.a_t, slices, rank, self.b_pointers,
                                             self.out_sizes)
 

@@ -14,12 +14,13 @@
  * already loaded): one thread pool, bound to the cores as vLLM bound torch's, not a second
  * pool fighting it.
  *
- * Layouts (contiguous, float32: bf16 weights were slower, as the widening costs more than the
- * bytes it saves at these sizes): at [slots, in, sr] with sr = slices x rank rounded up to
- * LANES (slice i's rank columns at i*rank, the rest zero), b[i] [slots, rank, out_i].
- * x and y are float32 or bf16 (rounded to nearest even, as torch casts), row-major with the
- * given row strides. Sums are float32. `order` lists the rows grouped by slot (rows without an
- * adapter, anywhere in it, are skipped). */
+ * Layouts (contiguous): at [slots, in, sr] with sr = slices x rank rounded up to LANES (slice
+ * i's rank columns at i*rank, the rest zero), b[i] [slots, rank, out_i]; both float32, or bf16
+ * (w_bf16) where the engine's weights are bf16: the same values in half the bytes, and a step
+ * reads every adapter's weights from memory, since the base model's pass evicts them from the
+ * caches. x and y are float32 or bf16 (rounded to nearest even, as torch casts), row-major
+ * with the given row strides. Sums are float32. `order` lists the rows grouped by slot (rows
+ * without an adapter, anywhere in it, are skipped). */
 
 #include <stdint.h>
 #include <stdlib.h>
@@ -28,12 +29,12 @@
 /* The signature every variant shares (the dispatcher below calls through it). */
 #define LORA_ADD_PARAMS                                                                       \
     void *y, int y_bf16, int64_t y_stride, const void *x, int x_bf16, int64_t x_stride,       \
-    const int64_t *slot_of_row, const int64_t *order, int64_t n, const float *at, int64_t in, \
-    int64_t sr, int64_t slices, int64_t rank, const float *const *b,                           \
+    const int64_t *slot_of_row, const int64_t *order, int64_t n, const void *at, int w_bf16,  \
+    int64_t in, int64_t sr, int64_t slices, int64_t rank, const void *const *b,               \
     const int64_t *out_sizes, float scale
 #define LORA_ADD_ARGS                                                                         \
-    y, y_bf16, y_stride, x, x_bf16, x_stride, slot_of_row, order, n, at, in, sr, slices, rank, \
-    b, out_sizes, scale
+    y, y_bf16, y_stride, x, x_bf16, x_stride, slot_of_row, order, n, at, w_bf16, in, sr,      \
+    slices, rank, b, out_sizes, scale
 
 #ifdef DISPATCH
 /* The exported entry: one variant per instruction set, compiled from this file with -DNAME
@@ -127,6 +128,28 @@ static inline uint16_t float_to_bf16(float f) {
 
 static inline vf loadv(const float *p) { vf v; memcpy(&v, p, sizeof(v)); return v; }
 
+/* bf16 weights widened to float32 a vector at a time (exact). */
+typedef uint32_t vu __attribute__((vector_size(LANES * sizeof(uint32_t))));
+typedef uint16_t vh __attribute__((vector_size(LANES * sizeof(uint16_t))));
+
+static inline vf widen(const uint16_t *p) {
+    vh h;
+    memcpy(&h, p, sizeof(h));
+    const vu u = __builtin_convertvector(h, vu) << 16;
+    vf f;
+    memcpy(&f, &u, sizeof(f));
+    return f;
+}
+
+/* A weight vector or scalar, stored as float32 or (WB) bf16. */
+INLINE vf loadw(const void *w, int64_t at, const int WB) {
+    return WB ? widen((const uint16_t *)w + at) : loadv((const float *)w + at);
+}
+
+INLINE float loadw1(const void *w, int64_t at, const int WB) {
+    return WB ? bf16_to_float(((const uint16_t *)w)[at]) : ((const float *)w)[at];
+}
+
 static inline void load_row(float *dst, const void *x, int x_bf16, int64_t row, int64_t stride,
                             int64_t in) {
     if (x_bf16) {
@@ -152,15 +175,16 @@ static inline void add_row(void *y, int y_bf16, int64_t row, int64_t stride, int
 typedef struct {
     void *y; int y_bf16; int64_t y_stride;
     const void *x; int x_bf16; int64_t x_stride;
-    const float *at; int64_t in, sr, slices, rank;
-    const float *const *b; const int64_t *out_sizes;
+    const void *at; int64_t in, sr, slices, rank;
+    const void *const *b; const int64_t *out_sizes;
     float scale;
 } layer_t;
 
 /* T rows of one slot (T a constant after inlining: the accumulators stay in registers). Each
  * row's arithmetic is the same whatever T is: one accumulator per row and lane, summed in
  * order. */
-INLINE void tile(const layer_t *L, const int64_t *rows, int64_t slot, float *xs, const int T) {
+INLINE void tile(const layer_t *L, const int64_t *rows, int64_t slot, float *xs, const int T,
+                 const int WB) {
     const int64_t in = L->in, sr = L->sr, rank = L->rank;
     float h[TILE][MAX_SR];
     float delta[OUT_VECTORS * LANES];
@@ -171,7 +195,7 @@ INLINE void tile(const layer_t *L, const int64_t *rows, int64_t slot, float *xs,
     for (int64_t j = 0; j < sr; j += LANES) {
         vf acc[TILE] = {{0}};
         for (int64_t i = 0; i < in; i++) {
-            const vf ai = loadv(L->at + a0 + i * sr + j);
+            const vf ai = loadw(L->at, a0 + i * sr + j, WB);
             for (int r = 0; r < T; r++) acc[r] += xs[r * in + i] * ai;
         }
         for (int r = 0; r < T; r++) {
@@ -185,7 +209,7 @@ INLINE void tile(const layer_t *L, const int64_t *rows, int64_t slot, float *xs,
     int64_t offset = 0;
     for (int64_t s = 0; s < L->slices; s++) {
         const int64_t out = L->out_sizes[s];
-        const float *bs = L->b[s];
+        const void *bs = L->b[s];
         const int64_t b0 = slot * rank * out;
         const int64_t hk = s * rank;
         int64_t o0 = 0;
@@ -193,7 +217,7 @@ INLINE void tile(const layer_t *L, const int64_t *rows, int64_t slot, float *xs,
             vf acc[TILE][OUT_VECTORS] = {{{0}}};
             for (int64_t k = 0; k < rank; k++) {
                 for (int v = 0; v < OUT_VECTORS; v++) {
-                    const vf bv = loadv(bs + b0 + k * out + o0 + v * LANES);
+                    const vf bv = loadw(bs, b0 + k * out + o0 + v * LANES, WB);
                     for (int r = 0; r < T; r++) acc[r][v] += h[r][hk + k] * bv;
                 }
             }
@@ -206,7 +230,7 @@ INLINE void tile(const layer_t *L, const int64_t *rows, int64_t slot, float *xs,
         for (; o0 + LANES <= out; o0 += LANES) {
             vf acc[TILE] = {{0}};
             for (int64_t k = 0; k < rank; k++) {
-                const vf bv = loadv(bs + b0 + k * out + o0);
+                const vf bv = loadw(bs, b0 + k * out + o0, WB);
                 for (int r = 0; r < T; r++) acc[r] += h[r][hk + k] * bv;
             }
             for (int r = 0; r < T; r++) {
@@ -218,7 +242,7 @@ INLINE void tile(const layer_t *L, const int64_t *rows, int64_t slot, float *xs,
             for (int r = 0; r < T; r++) {
                 float sum = 0.0f;
                 for (int64_t k = 0; k < rank; k++)
-                    sum += h[r][hk + k] * bs[b0 + k * out + o0];
+                    sum += h[r][hk + k] * loadw1(bs, b0 + k * out + o0, WB);
                 add_row(L->y, L->y_bf16, rows[r], L->y_stride, offset + o0, &sum, 1);
             }
         }
@@ -259,9 +283,15 @@ int NAME(LORA_ADD_PARAMS) {
             if (!xs) continue;
             const int64_t *rows = order + start[i];
             const int64_t slot = slot_of_row[rows[0]];
-            if (size[i] == 4) tile(&L, rows, slot, xs, 4);
-            else if (size[i] == 2) tile(&L, rows, slot, xs, 2);
-            else tile(&L, rows, slot, xs, 1);
+            if (w_bf16) {
+                if (size[i] == 4) tile(&L, rows, slot, xs, 4, 1);
+                else if (size[i] == 2) tile(&L, rows, slot, xs, 2, 1);
+                else tile(&L, rows, slot, xs, 1, 1);
+            } else {
+                if (size[i] == 4) tile(&L, rows, slot, xs, 4, 0);
+                else if (size[i] == 2) tile(&L, rows, slot, xs, 2, 0);
+                else tile(&L, rows, slot, xs, 1, 0);
+            }
         }
         free(xs);
     }

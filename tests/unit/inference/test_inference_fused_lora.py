@@ -273,6 +273,32 @@ def test_the_kernel_gives_a_row_the_same_bits_alone_and_in_any_batch(kernel):
         assert torch.equal(together[at], alone[0]), batch
 
 
+@pytest.mark.parametrize("shape", [dict(), dict(features=576, slices=(576, 192, 192),
+                                               max_rank=64)])
+def test_bf16_weights_stay_bf16_with_the_same_bits_as_in_float32(kernel, monkeypatch, shape):
+    """vLLM's weights in bf16 are kept in bf16 for the kernel (half the bytes a step reads)
+    and give exactly the answers of their float32 copies; float32 weights stay float32."""
+    from services.inference import lora_kernel
+
+    slices = shape.get("slices", SLICES)
+    features = shape.get("features", IN)
+    indices = [0, 1, -1, 2, 3, 0, 0, 0, 0, 1, 1, 2]
+    x = torch.randn(len(indices), features).to(torch.bfloat16)
+    y = torch.randn(len(indices), sum(slices)).to(torch.bfloat16)
+    half, _, _ = kernel_weights([8, 3, 5, 8], torch.bfloat16, **shape)
+    assert half.a_t.dtype == torch.bfloat16 and all(b.dtype == torch.bfloat16
+                                                    for b in half.b_kernel)
+    monkeypatch.setattr(lora_kernel, "weight_dtype", lambda source: torch.float32)
+    full, _, _ = kernel_weights([8, 3, 5, 8], torch.bfloat16, **shape)
+    assert full.a_t.dtype == torch.float32
+    from_half, from_full = y.clone(), y.clone()
+    kernel_add(kernel, from_half, x, half, indices, 0.5)
+    kernel_add(kernel, from_full, x, full, indices, 0.5)
+    assert torch.equal(from_half, from_full)
+    monkeypatch.undo()
+    assert kernel_weights([8, 3, 5, 8], torch.float32)[0].a_t.dtype == torch.float32
+
+
 def test_the_kernel_leaves_base_rows_and_idle_steps_exactly_as_they_were(kernel):
     weights, _, _ = kernel_weights([8, 8, 8, 8])
     indices = [-1, 0, 3, -1, 1, 2]
