@@ -111,6 +111,21 @@ class InferenceConfig:
         return self.state_dir / "usage-outbox.sqlite3"
 
 
+LORA_PATHS = ("kernel", "fused", "per-op")
+
+
+def requested_lora_path(environ: Mapping[str, str] | None = None) -> str:
+    """FINETUNE_LORA_PATH: `kernel` (the default: services/inference/lora_kernel.py), `fused`
+    (the fused punica wrapper with torch products) or `per-op` (vLLM's wrapper over the
+    grouped ops). The engine's worker reads it when it imports vllm_worker; the service checks
+    it at start, so a misspelt value stops the service with this message rather than quietly
+    running another path."""
+    path = (os.environ if environ is None else environ).get("FINETUNE_LORA_PATH", "kernel")
+    if path not in LORA_PATHS:
+        raise ValueError(f"FINETUNE_LORA_PATH={path!r}: expected one of {', '.join(LORA_PATHS)}")
+    return path
+
+
 def parse_config(argv: Sequence[str] | None = None,
                  environ: Mapping[str, str] | None = None) -> InferenceConfig:
     """Build the config from command-line flags, with environment variables as defaults."""
@@ -172,6 +187,7 @@ def parse_config(argv: Sequence[str] | None = None,
     if args.http_port < -1:
         p.error("--http-port must be a port, 0 (a free one) or -1 (off)")
     try:
+        requested_lora_path(env)
         return InferenceConfig(
             base_model=base,
             service_token=env.get("FINETUNE_SERVICE_TOKEN", ""),

@@ -21,19 +21,19 @@ more than every other LoRA layer together with several adapters in the batch.
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import torch
 from vllm.lora.punica_wrapper.punica_cpu import PunicaWrapperCPU
 
 from services.inference import lora_kernel
+from services.inference.config import requested_lora_path
 from services.inference.lora_ops import FusedLoraWeights, StepPlan, add_fused_lora, plan_step
 
 
 def kernel() -> lora_kernel.LoraKernel | None:
     """The LoRA kernel this process's layers call, or None for the torch products."""
-    if os.environ.get("FINETUNE_LORA_PATH", "kernel") != "kernel":
+    if requested_lora_path() != "kernel":
         return None
     return lora_kernel.load()
 

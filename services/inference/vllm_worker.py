@@ -9,7 +9,8 @@ and the fused punica wrapper that uses them (services/inference/punica_fused.py)
 from __future__ import annotations
 
 import logging
-import os
+
+from services.inference.config import requested_lora_path
 
 log = logging.getLogger(__name__)
 
@@ -95,5 +96,5 @@ install_grouped_lora_ops()
 # FINETUNE_LORA_PATH=per-op keeps vLLM's own punica wrapper over the grouped ops, and =fused
 # the fused wrapper without the kernel: what the default (kernel) is measured against
 # (benchmarks/inference/lora_mix.py), and ways back should a vLLM upgrade break it.
-if os.environ.get("FINETUNE_LORA_PATH", "kernel") != "per-op":
+if requested_lora_path() != "per-op":
     install_fused_punica_wrapper()

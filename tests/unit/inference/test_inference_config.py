@@ -129,3 +129,17 @@ def test_engine_arguments_are_vllms(on_cpu):
     config = parse_config(GPU_FLAGS, {"FINETUNE_SERVICE_TOKEN": "svc"})
     names = {f.name for f in dataclasses.fields(AsyncEngineArgs)}
     assert set(engine_arguments(config, "auto", on_cpu)) <= names
+
+
+def test_the_lora_path_setting_is_checked_at_start(capsys):
+    from services.inference.config import LORA_PATHS, requested_lora_path
+
+    assert requested_lora_path({}) == "kernel"
+    assert [requested_lora_path({"FINETUNE_LORA_PATH": p}) for p in LORA_PATHS] == \
+        list(LORA_PATHS)
+    env = {"FINETUNE_SERVICE_TOKEN": "s", "FINETUNE_LORA_PATH": "kernal"}
+    with pytest.raises(SystemExit) as exit_info:
+        parse_config([], env)
+    assert exit_info.value.code == 2
+    assert "FINETUNE_LORA_PATH='kernal': expected one of kernel, fused, per-op" in \
+        capsys.readouterr().err
