@@ -19,6 +19,7 @@ from typing import AsyncIterator, Iterator
 
 import grpc
 
+from benchmarks.results import save
 from finetune.control.v1 import internal_pb2, internal_pb2_grpc
 from services.common.errors import NotFound, Unauthenticated
 from services.common.interceptors import AuthInterceptor
@@ -172,9 +173,7 @@ class Stopwatch:
 
 def write_result(name: str, result: dict) -> Path:
     """Results land in benchmarks/inference/results/<name>.json (and are printed)."""
-    out = Path(__file__).with_name("results") / f"{name}.json"
-    out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    out = save(result, Path(__file__).with_name("results") / f"{name}.json")
     print(json.dumps(result, indent=2))
     return out
 

@@ -12,7 +12,6 @@ Also times the bare GEMM behind the difference. Writes results/lora_ops_dtype.js
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import time
 from pathlib import Path
@@ -20,6 +19,7 @@ from pathlib import Path
 import torch
 
 from benchmarks.inference.common import machine
+from benchmarks.results import save
 from services.inference import lora_ops
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -100,8 +100,7 @@ def main() -> None:
               "load_average_end": [round(x, 2) for x in os.getloadavg()],
               "rank": args.rank, "slots": args.slots, "rounds": args.rounds,
               "forward": rows, "gemm": gemm}
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(result, indent=2) + "\n")
+    save(result, args.output)
 
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from benchmarks.quality.banking77 import DATASET, cpu, sample
+from benchmarks.results import save
 from services.cli.client import FinetuneClient
 from services.cli.stack import LocalStack, StackConfig
 from services.common.base_models import DEFAULT_BASE_MODEL
@@ -132,8 +133,7 @@ def main() -> None:
               "ratio_job_over_direct": round(sides["job"]["rows_per_s"]
                                              / sides["direct"]["rows_per_s"], 3),
               "same_tokens": len({side["tokens"] for side in sides.values()}) == 1}
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(result, indent=2) + "\n")
+    save(result, args.output)
     print(json.dumps({k: result[k] for k in ("ratio_sql_over_direct", "ratio_job_over_direct",
                                              "same_tokens")}))
     print({name: {k: v for k, v in side.items() if k != "chunks"}

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import os
 import platform
 import random
@@ -30,6 +29,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from benchmarks.results import save
 from finetune.control.v1 import evaluations_pb2, jobs_pb2
 from services.cli import views
 from services.cli.client import FinetuneClient
@@ -223,8 +223,7 @@ def main() -> None:
     p.add_argument("--output", type=Path, default=RESULTS / "banking77.json")
     args = p.parse_args()
     result = run(args)
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(result, indent=2) + "\n")
+    save(result, args.output)
     show(result)
 
 

@@ -15,7 +15,6 @@ Writes benchmarks/trainer/results/ray_train_overhead.json (or --output) and prin
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import tempfile
@@ -26,6 +25,7 @@ from rich.console import Console
 from rich.table import Table
 
 from benchmarks.quality.banking77 import cpu
+from benchmarks.results import save
 from services.trainer.launch import HEALTH_CHECK_INTERVAL_S
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -105,8 +105,7 @@ def main() -> None:
     parser.add_argument("--output", type=Path, default=RESULTS / "ray_train_overhead.json")
     args = parser.parse_args()
     result = run(args)
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(result, indent=2) + "\n")
+    save(result, args.output)
     show(result)
     console.print(f"written to {args.output}")
 

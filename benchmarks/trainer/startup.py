@@ -16,7 +16,6 @@ Writes benchmarks/trainer/results/startup.json (or --output) and prints a table.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import tempfile
 import time
@@ -26,6 +25,7 @@ from rich.console import Console
 from rich.table import Table
 
 from benchmarks.quality.banking77 import DATASET, cpu, sample
+from benchmarks.results import save
 from finetune.control.v1 import jobs_pb2
 from services.cli.client import FinetuneClient
 from services.cli.stack import LocalStack, StackConfig
@@ -119,8 +119,7 @@ def main() -> None:
     parser.add_argument("--output", type=Path, default=RESULTS / "startup.json")
     args = parser.parse_args()
     result = run(args)
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(result, indent=2) + "\n")
+    save(result, args.output)
     show(result)
     console.print(f"written to {args.output}")
 

@@ -43,6 +43,7 @@ import time
 from pathlib import Path
 
 from benchmarks.quality import banking77
+from benchmarks.results import save
 
 RESULTS = Path(__file__).resolve().parent / "results"
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -441,8 +442,7 @@ def main() -> None:
         if result["ours"]["trained_tokens"] != result["hf"]["trained_tokens"]:
             result["note"] = "the two tokenizations differ in length"
     result["load_average_end"] = load()
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(result, indent=2) + "\n")
+    save(result, args.output)
     print(json.dumps({k: result.get(k) for k in ("ratio_ours_over_hf",
                                                  "ratio_ours_over_hf_end_to_end",
                                                  "model_gflops_in_steps",
