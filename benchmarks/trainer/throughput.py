@@ -131,6 +131,7 @@ def step_variants(spec_uri: str, args) -> dict:
 
     from services.common.artifacts import ArtifactStore
     from services.trainer import data, job, recipe
+    from services.trainer.config import EAGER_ATTENTION_MAX_LEN
     from services.trainer.spec import read_spec
 
     spec = read_spec(spec_uri)
@@ -147,7 +148,10 @@ def step_variants(spec_uri: str, args) -> dict:
                                batch["labels"][:, 1:].reshape(-1), reduction="sum")
 
     def target_loss(model, batch):
-        return recipe.TargetLoss(model)(**batch)
+        return recipe.TargetLoss(model)(**batch)   # SDPA attention throughout
+
+    def target_loss_eager(model, batch):           # what the trainer does: eager for short rows
+        return recipe.TargetLoss(model, EAGER_ATTENTION_MAX_LEN)(**batch)
 
     def packed_loss(model, batch):
         lm = model.get_base_model()
@@ -173,14 +177,17 @@ def step_variants(spec_uri: str, args) -> dict:
         "bf16_lora_weights_bf16": (target_loss, "padded", bf16, {"lora_bf16": True}),
         "bf16_adamw_foreach": (target_loss, "padded", bf16, {"optimizer": "foreach"}),
         "bf16_adamw_fused": (target_loss, "padded", bf16, {"optimizer": "fused"}),
-        "bf16_torch_compile": (target_loss, "padded", bf16, {"compile": True}),
+        # Six minutes of compilation per run: only when named with --variant.
+        "bf16_torch_compile": (target_loss, "padded", bf16, {"compile": True, "opt_in": True}),
+        "bf16_eager_attention": (target_loss_eager, "padded", bf16, {}),
     }
     padded_tokens = sum(len(b) * max(lengths[i] for i in b) for b in batches)
     real_tokens = sum(lengths[i] for b in batches for i in b)
     results = {"batches": len(batches), "tokens": real_tokens,
                "padding_fraction": round(1 - real_tokens / padded_tokens, 4)}
     for name, (loss_fn, layout, dtype, lever) in variants.items():
-        if args.variant and name not in args.variant:
+        named = args.variant or []
+        if name not in named and (named or lever.get("opt_in")):
             continue
         torch.manual_seed(args.seed)
         model = recipe.build_model(

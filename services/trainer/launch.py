@@ -81,6 +81,7 @@ def run_training(spec: JobSpec, train: Sequence[Example], validation: Sequence[E
     recipe_config = RecipeConfig(spec=spec, pad_id=pad_id, precision=config.precision,
                                  precision_cache=config.precision_cache,
                                  micro_batch_tokens=config.micro_batch_tokens,
+                                 eager_attention_max_len=config.eager_attention_max_len,
                                  threads=None if plan.use_gpu else plan.cpus_per_worker)
     trainer = TorchTrainer(
         # Ray's annotation says None, but rank 0's return value is the Result's return_value.

@@ -33,6 +33,7 @@ from torch import nn
 
 from services.common import precision as precision_probe
 from services.trainer import schedule
+from services.trainer.config import EAGER_ATTENTION_MAX_LEN
 from services.trainer.data import (
     IGNORE_INDEX,
     Example,
@@ -63,6 +64,7 @@ class RecipeConfig:
     precision: str = "auto"          # auto (measured, see pick_dtype) | bf16 | fp32
     precision_cache: str | None = None   # the probe's cache file (default: ~/.cache/finetune)
     micro_batch_tokens: int = 4096   # padded tokens per forward pass
+    eager_attention_max_len: int = EAGER_ATTENTION_MAX_LEN   # see attention_for; 0: SDPA only
     threads: int | None = None       # torch threads per worker
     adapter_dir: str | None = None   # local copy of spec.from_adapter_uri
 
@@ -111,20 +113,39 @@ class WorkerContext(Protocol):
         """Called by every worker at the same points (a barrier); rank 0 passes the checkpoint."""
 
 
+EAGER, SDPA = "eager", "sdpa"
+
+
+def attention_for(padded_length: int, device_type: str, eager_max_len: int) -> str:
+    """The attention implementation for a micro-batch of rows padded to `padded_length`.
+
+    On a CPU, torch's flash attention kernel costs a fixed amount per call that short rows
+    never earn back, its backward most of all; the plain product-softmax-product path is
+    faster there, and its S x S score matrix is small. Long rows keep SDPA, whose memory grows
+    linearly. GPUs always keep SDPA.
+    """
+    return EAGER if device_type == "cpu" and padded_length <= eager_max_len else SDPA
+
+
 class TargetLoss(nn.Module):
     """Summed cross-entropy over target tokens only.
 
     The LM head (49k x 576 for the default model) runs only on the positions that carry a label:
     for instruction data most tokens are prompt, so this skips most of the head's work and the
-    float32 log-softmax over the vocabulary.
+    float32 log-softmax over the vocabulary. Attention is picked per micro-batch by its padded
+    length (`attention_for`); `eager_max_len` 0 keeps SDPA throughout.
     """
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, eager_max_len: int = 0):
         super().__init__()
         self.model = model  # a peft model
+        self.eager_max_len = eager_max_len
 
     def forward(self, input_ids, attention_mask, labels) -> torch.Tensor:
         lm = self.model.get_base_model()  # type: ignore[operator]  # peft's, not a tensor
+        wanted = attention_for(input_ids.shape[1], input_ids.device.type, self.eager_max_len)
+        if lm.config._attn_implementation != wanted:
+            lm.set_attn_implementation(wanted)  # the decoder reads it at every forward
         hidden = lm.get_decoder()(input_ids=input_ids, attention_mask=attention_mask,
                                   use_cache=False).last_hidden_state
         targets = labels[:, 1:]
@@ -173,7 +194,7 @@ def build_model(spec: JobSpec, dtype: torch.dtype, adapter_dir: str | None) -> n
 
     opts = spec.options
     base = AutoModelForCausalLM.from_pretrained(spec.base_model.path, dtype=dtype,
-                                                attn_implementation="sdpa")
+                                                attn_implementation=SDPA)
     base.config.use_cache = False
     if adapter_dir:  # continue training an earlier adapter (its rank and modules win)
         model = PeftModel.from_pretrained(base, adapter_dir, is_trainable=True)
@@ -249,7 +270,7 @@ def train(cfg: RecipeConfig, train_examples: Sequence[Example],
             log.info("resuming %s after epoch %d, step %d (%d steps into epoch %d)",
                      spec.job_id, state.epoch, state.step, state.epoch_step, state.epoch + 1)
 
-    loss_module = TargetLoss(model)
+    loss_module = TargetLoss(model, cfg.eager_attention_max_len)
     parallel = ctx.wrap(loss_module)
     params = [p for p in model.parameters() if p.requires_grad]
     lengths = [len(e) for e in train_examples]

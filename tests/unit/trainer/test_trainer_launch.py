@@ -3,7 +3,7 @@ import errno
 import pytest
 
 from services.common.errors import InvalidArgument
-from services.trainer.config import parse_config
+from services.trainer.config import EAGER_ATTENTION_MAX_LEN, parse_config
 from services.trainer.launch import WorkerPlan, describe_failure, plan_workers
 
 
@@ -78,3 +78,13 @@ def test_config_from_flags_and_environment():
     assert parse_config(["--spec", "x", "--max-failures", "0"], env).max_failures == 0
     with pytest.raises(SystemExit):
         parse_config(["--spec", "x", "--max-failures", "-1"], {})
+
+
+def test_eager_attention_length_from_flag_or_environment():
+    assert parse_config(["--spec", "x"], {}).eager_attention_max_len == EAGER_ATTENTION_MAX_LEN
+    env = {"FINETUNE_TRAINER_EAGER_ATTENTION_MAX_LEN": "0"}
+    assert parse_config(["--spec", "x"], env).eager_attention_max_len == 0
+    assert parse_config(["--spec", "x", "--eager-attention-max-len", "128"],
+                        env).eager_attention_max_len == 128
+    with pytest.raises(SystemExit):
+        parse_config(["--spec", "x", "--eager-attention-max-len", "-1"], {})

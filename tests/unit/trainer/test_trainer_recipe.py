@@ -49,6 +49,37 @@ def test_target_loss_is_the_token_sum_of_hf_loss(tiny_model_dir):
     assert int((shifted != -100).sum()) == sum(e.n_targets for e in examples)
 
 
+def test_attention_is_eager_only_for_short_rows_on_a_cpu():
+    assert recipe.attention_for(64, "cpu", 256) == recipe.EAGER
+    assert recipe.attention_for(256, "cpu", 256) == recipe.EAGER
+    assert recipe.attention_for(257, "cpu", 256) == recipe.SDPA
+    assert recipe.attention_for(8, "cpu", 0) == recipe.SDPA      # 0: SDPA throughout
+    assert recipe.attention_for(8, "cuda", 256) == recipe.SDPA
+
+
+def test_eager_and_sdpa_attention_give_the_same_loss_and_gradients(tiny_model_dir):
+    """Padded rows of different lengths: the switch changes the kernel, not the numbers."""
+    spec = make_spec(tiny_model_dir)
+    model = build_model(spec, torch.float32, None)
+    examples = synthetic_examples(4)
+    assert len({len(e) for e in examples}) > 1   # so the batch has padding
+    batch = collate(examples, pad_id=0)
+    length = batch["input_ids"].shape[1]
+    results = {}
+    for eager_max_len in (0, length):
+        model.zero_grad(set_to_none=True)
+        loss = TargetLoss(model, eager_max_len)(**batch)
+        loss.backward()
+        results[model.get_base_model().config._attn_implementation] = (loss.detach(),
+                                                                       _grads(model))
+    assert set(results) == {recipe.EAGER, recipe.SDPA}
+    (eager_loss, eager_grads), (sdpa_loss, sdpa_grads) = results[recipe.EAGER], \
+        results[recipe.SDPA]
+    assert torch.allclose(eager_loss, sdpa_loss, rtol=1e-5, atol=1e-5)
+    for name, g in sdpa_grads.items():
+        assert torch.allclose(eager_grads[name], g, rtol=1e-4, atol=1e-6), name
+
+
 def _grads(model):
     return {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
 
