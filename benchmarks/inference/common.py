@@ -10,7 +10,6 @@ import contextlib
 import json
 import math
 import os
-import platform
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -19,6 +18,7 @@ from typing import AsyncIterator, Iterator
 
 import grpc
 
+from benchmarks.machine import describe, load
 from benchmarks.results import save
 from finetune.control.v1 import internal_pb2, internal_pb2_grpc
 from services.common.errors import NotFound, Unauthenticated
@@ -33,15 +33,10 @@ TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down
 
 
 def machine() -> dict:
+    """The machine (benchmarks.machine), torch's thread count and the load right now."""
     import torch
 
-    cpu = next((line.split(":", 1)[1].strip() for line in
-                Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())
-    return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-                                / 2**30, 1),
-            "load_average": [round(x, 2) for x in os.getloadavg()]}
+    return {**describe(), "torch_threads": torch.get_num_threads(), "load_average": load()}
 
 
 def base_model() -> BaseModel:

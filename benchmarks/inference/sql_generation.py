@@ -28,7 +28,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from benchmarks.quality.banking77 import DATASET, cpu, sample
+from benchmarks import machine
+from benchmarks.quality.banking77 import DATASET, sample
 from benchmarks.results import save
 from services.cli.client import FinetuneClient
 from services.cli.stack import LocalStack, StackConfig
@@ -124,8 +125,8 @@ def main() -> None:
               "benchmarks.inference.sql_generation " + " ".join(
                   f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items()
                   if k != "output"),
-              "machine": {**cpu(), "cores": os.cpu_count(), "load_average_start": load_start,
-                          "load_average_end": os.getloadavg()},
+              "machine": {**machine.describe(), "load_average_start": machine.load(load_start),
+                          "load_average_end": machine.load()},
               "rows": len(rows), "max_tokens": args.max_tokens, "concurrency": args.concurrency,
               **sides,
               "ratio_sql_over_direct": round(sides["sql"]["rows_per_s"]

@@ -1,6 +1,6 @@
 """Fine-tuning quality on BANKING77, through the service with its default options.
 
-    .venv/bin/python -m benchmarks.quality.banking77            # --per-intent 10 --eval-per-intent 4
+    .venv/bin/python -m benchmarks.quality.banking77     # --per-intent 10 --eval-per-intent 4
 
 Starts the embedded stack (Ray head, control, vLLM inference), loads two tables through the
 Data API: `per-intent` training examples of each of the 77 intents (770 rows by default) and a
@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import csv
 import os
-import platform
 import random
 import tempfile
 import time
@@ -29,6 +28,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from benchmarks import machine
 from benchmarks.results import save
 from finetune.control.v1 import evaluations_pb2, jobs_pb2
 from services.cli import views
@@ -64,18 +64,6 @@ def _noting_first_step(updates, first_step: list[float]):
         if update.step >= 1 and not first_step:
             first_step.append(time.monotonic())
         yield update
-
-
-def cpu() -> dict:
-    """The CPU as lscpu names it, and the flags that decide bf16 against fp32 on it."""
-    from services.common.hardware import cpu_flags
-
-    model = next((line.split(":", 1)[1].strip() for line in
-                  Path("/proc/cpuinfo").read_text().splitlines()
-                  if line.startswith("model name")), platform.machine())
-    flags = cpu_flags()
-    return {"cpu": model, "flags": sorted(f for f in flags if f.startswith(("avx512_bf16",
-                                                                           "amx", "avx2")))}
 
 
 def validation_by_epoch(results_csv: str) -> list[float]:
@@ -141,9 +129,8 @@ def run(args) -> dict:
     o = job.options
     return {
         "benchmark": "banking77",
-        "machine": {**cpu(), "cores": os.cpu_count(),
-                    "load_average_start": [round(x, 2) for x in load_before],
-                    "load_average_end": [round(x, 2) for x in os.getloadavg()]},
+        "machine": {**machine.describe(), "load_average_start": machine.load(load_before),
+                    "load_average_end": machine.load()},
         "data": {"training_rows": len(train), "evaluation_rows": len(test),
                  "per_intent": args.per_intent, "eval_per_intent": args.eval_per_intent,
                  "seed": args.seed},

@@ -30,6 +30,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchmarks import machine
 from benchmarks.quality import banking77
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -374,8 +375,7 @@ def run_variant(name: str, variant: Variant, args) -> dict:
             "trained_tokens": result.get("trained_tokens"),
             "train_seconds": round(result.get("train_seconds", 0.0), 1),
             "wall_seconds": round(time.perf_counter() - started - eval_seconds, 1),
-            "machine": {**banking77.cpu(), "cores": os.cpu_count(),
-                        "load_average_end": [round(x, 2) for x in os.getloadavg()]}}
+            "machine": {**machine.describe(), "load_average_end": machine.load()}}
 
 
 def main() -> None:

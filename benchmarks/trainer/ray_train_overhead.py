@@ -24,7 +24,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from benchmarks.quality.banking77 import cpu
+from benchmarks import machine
 from benchmarks.results import save
 from services.trainer.launch import HEALTH_CHECK_INTERVAL_S
 
@@ -80,9 +80,8 @@ def run(args) -> dict:
     finally:
         ray.shutdown()
     return {"benchmark": "ray_train_overhead",
-            "machine": {**cpu(), "cores": os.cpu_count(),
-                        "load_average_start": [round(x, 2) for x in load_before],
-                        "load_average_end": [round(x, 2) for x in os.getloadavg()]},
+            "machine": {**machine.describe(), "load_average_start": machine.load(load_before),
+                        "load_average_end": machine.load()},
             "ray": ray.__version__, "fits": fits}
 
 

@@ -24,7 +24,8 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from benchmarks.quality.banking77 import DATASET, cpu, sample
+from benchmarks import machine
+from benchmarks.quality.banking77 import DATASET, sample
 from benchmarks.results import save
 from finetune.control.v1 import jobs_pb2
 from services.cli.client import FinetuneClient
@@ -79,9 +80,8 @@ def run(args) -> dict:
             console.print(f"job {i + 1}: CREATE to first step "
                           f"{jobs[-1]['create_to_first_step_s']} s")
     return {"benchmark": "trainer_startup",
-            "machine": {**cpu(), "cores": os.cpu_count(),
-                        "load_average_start": [round(x, 2) for x in load_before],
-                        "load_average_end": [round(x, 2) for x in os.getloadavg()]},
+            "machine": {**machine.describe(), "load_average_start": machine.load(load_before),
+                        "load_average_end": machine.load()},
             "training_rows": len(rows), "jobs": jobs}
 
 

@@ -42,6 +42,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchmarks.machine import describe as machine
+from benchmarks.machine import load
 from benchmarks.quality import banking77
 from benchmarks.results import save
 
@@ -53,21 +55,6 @@ def sample(path: Path, per_label: int, seed: int) -> list[dict]:
     """The quality benchmark's training sample, as prompt/completion rows."""
     return [{"prompt": r["text"], "completion": r["category"]}
             for r in banking77.sample(path, per_label, seed)]
-
-
-def machine() -> dict:
-    from services.common.hardware import cpu_flags
-
-    flags = cpu_flags()
-    cpu = next((line.split(":", 1)[1].strip() for line in
-                Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), "")
-    return {"cpu": cpu, "cores": os.cpu_count(),
-            "avx512_bf16": "avx512_bf16" in flags, "amx_bf16": "amx_bf16" in flags}
-
-
-def load() -> list[float]:
-    return [round(x, 2) for x in os.getloadavg()]
 
 
 def base_model():
