@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import platform
-from pathlib import Path
 from typing import Sequence
 
 # The instruction-set flags that change which precision and kernels win.
@@ -17,28 +16,13 @@ FLAGS = ("avx2", "avx512f", "avx512bw", "avx512vl", "avx512_bf16", "avx512_vnni"
          "avx512_fp16", "amx_bf16", "amx_tile", "amx_int8")
 
 
-def _cpuinfo() -> dict[str, str]:
-    """The first processor's fields in /proc/cpuinfo (empty where there is none)."""
-    fields: dict[str, str] = {}
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return fields
-    for line in text.splitlines():
-        if not line.strip():
-            break
-        key, _, value = line.partition(":")
-        fields[key.strip()] = value.strip()
-    return fields
-
-
 def describe() -> dict:
     """The CPU (model name, family, model number, flags of interest), cores and memory."""
-    from services.common.hardware import cpu_flags
+    from services.common.hardware import cpu_flags, cpu_info, cpu_model
 
-    info = _cpuinfo()
+    info = cpu_info()
     flags = cpu_flags()
-    return {"cpu": info.get("model name") or platform.processor() or platform.machine(),
+    return {"cpu": cpu_model() or platform.machine(),
             "family": info.get("cpu family"), "model": info.get("model"),
             "flags": [f for f in FLAGS if f in flags], "cores": os.cpu_count(),
             "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")

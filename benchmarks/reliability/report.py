@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 from collections import defaultdict
@@ -19,16 +18,15 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
+from services.common.hardware import cpu_model
+
 DOC = Path(__file__).resolve().parents[2] / "docs" / "reliability.md"
 RESULTS = Path(__file__).resolve().parent / "results"
 SECTION = "## Latest full run"
 
 
 def cpu() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown"
+    return cpu_model() or "unknown"
 
 
 def replace_section(doc: str, heading: str, section: str) -> str:

@@ -31,7 +31,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
-from services.common.hardware import cpu_flags
+from services.common.hardware import cpu_flags, cpu_model
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +113,7 @@ def machine_key(workload: str, model_shape: dict[str, Any], device: str, threads
     flags = cpu_flags() if flags is None else flags
     identity = {
         "v": PROBE_VERSION, "workload": workload, "device": device, "threads": threads,
-        "cpu": _cpu_model(), "flags": hashlib.sha256(" ".join(sorted(flags)).encode())
+        "cpu": cpu_model(), "flags": hashlib.sha256(" ".join(sorted(flags)).encode())
         .hexdigest()[:16], "torch": torch.__version__, "model": model_shape,
         "machine": platform.machine(),
     }
@@ -185,16 +185,6 @@ def choose(workload: str, candidates: Sequence[str], probe: Probe, key: str,
         log.info("%s (probe took %.1fs)", choice.summary(), time.perf_counter() - started)
         cache.put(choice)
     return choice
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
 
 
 # ------------------------------------------------------------------------------- the probes
